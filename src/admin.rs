@@ -1,0 +1,166 @@
+//! The admin subcommands (`workspaces`, `users`, `members`, `providers`): thin wrappers over
+//! the store that print a line (or JSON) and fail with a clear message.
+
+use std::io::BufRead;
+
+use anyhow::{bail, Context};
+use serde::Serialize;
+
+use crate::cli::{MembersCmd, ProvidersCmd, RoleArg, UsersCmd, WorkspacesCmd};
+use crate::store::{Role, Store};
+
+/// Shortest password accepted.
+pub const MIN_PASSWORD_LEN: usize = 8;
+
+fn print<T: Serialize>(json: bool, value: &T, line: impl FnOnce(&T) -> String) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_default()
+        );
+    } else {
+        println!("{}", line(value));
+    }
+}
+
+fn print_list<T: Serialize>(json: bool, values: &[T], line: impl Fn(&T) -> String) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(values).unwrap_or_default()
+        );
+    } else {
+        for v in values {
+            println!("{}", line(v));
+        }
+    }
+}
+
+pub async fn workspaces(store: &Store, cmd: WorkspacesCmd) -> anyhow::Result<()> {
+    match cmd {
+        WorkspacesCmd::Add { name, json } => {
+            let ws = store.add_workspace(&name).await?;
+            print(json, &ws, |w| {
+                format!("created workspace {} ({})", w.name, w.id)
+            });
+        }
+        WorkspacesCmd::List { json } => {
+            print_list(json, &store.list_workspaces().await?, |w| {
+                format!("{}\t{}", w.name, w.id)
+            });
+        }
+    }
+    Ok(())
+}
+
+pub async fn users(store: &Store, cmd: UsersCmd) -> anyhow::Result<()> {
+    match cmd {
+        UsersCmd::Add {
+            email,
+            name,
+            password_stdin,
+            json,
+        } => {
+            let password = read_password(password_stdin)?;
+            let hash = hash_password(password).await?;
+            let user = store.add_user(&email, name.as_deref(), &hash).await?;
+            print(json, &user, |u| {
+                format!("created user {} ({})", u.email, u.id)
+            });
+        }
+        UsersCmd::List { json } => {
+            print_list(json, &store.list_users().await?, |u| {
+                format!("{}\t{}", u.email, u.id)
+            });
+        }
+    }
+    Ok(())
+}
+
+pub async fn members(store: &Store, cmd: MembersCmd) -> anyhow::Result<()> {
+    match cmd {
+        MembersCmd::Add {
+            workspace,
+            user,
+            role,
+            json,
+        } => {
+            let role = match role {
+                RoleArg::Viewer => Role::Viewer,
+                RoleArg::Editor => Role::Editor,
+                RoleArg::Admin => Role::Admin,
+            };
+            let m = store.set_member(&workspace, &user, role).await?;
+            print(json, &m, |m| {
+                format!("{} is {} of workspace {}", m.email, m.role, m.workspace)
+            });
+        }
+        MembersCmd::List { workspace, json } => {
+            print_list(json, &store.list_members(&workspace).await?, |m| {
+                format!("{}\t{}", m.email, m.role)
+            });
+        }
+    }
+    Ok(())
+}
+
+pub async fn providers(store: &Store, cmd: ProvidersCmd) -> anyhow::Result<()> {
+    match cmd {
+        ProvidersCmd::Add {
+            name,
+            workspace,
+            json,
+        } => {
+            let p = store.add_provider(&name, &workspace).await?;
+            print(json, &p, |p| {
+                format!("created provider {} in workspace {}", p.name, p.workspace)
+            });
+        }
+        ProvidersCmd::List { json } => {
+            print_list(json, &store.list_providers().await?, |p| {
+                format!("{}\t{}", p.name, p.workspace)
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Reads a password from the first line of stdin, or from a prompt on a terminal.
+fn read_password(from_stdin: bool) -> anyhow::Result<String> {
+    let password = if from_stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .context("cannot read the password from standard input")?;
+        line.trim_end_matches(['\r', '\n']).to_owned()
+    } else {
+        use std::io::IsTerminal;
+        if !std::io::stdin().is_terminal() {
+            bail!("no terminal to ask for a password: pass --password-stdin and pipe it in");
+        }
+        let first = rpassword::prompt_password("password: ")?;
+        let again = rpassword::prompt_password("again: ")?;
+        if first != again {
+            bail!("the passwords do not match");
+        }
+        first
+    };
+    if password.chars().count() < MIN_PASSWORD_LEN {
+        bail!("the password must have at least {MIN_PASSWORD_LEN} characters");
+    }
+    Ok(password)
+}
+
+/// argon2id with the crate's defaults, off the async threads.
+pub async fn hash_password(password: String) -> anyhow::Result<String> {
+    tokio::task::spawn_blocking(move || {
+        use argon2::password_hash::{rand_core::OsRng, PasswordHasher, SaltString};
+        let salt = SaltString::generate(&mut OsRng);
+        argon2::Argon2::default()
+            .hash_password(password.as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .map_err(|e| anyhow::anyhow!("cannot hash the password: {e}"))
+    })
+    .await?
+}

@@ -1,0 +1,585 @@
+//! The validated config: file < environment (`KEYGATE_<SECTION>_<KEY>`) < command line, turned
+//! into typed values. Every problem is collected and reported with where it is, before failing.
+
+pub mod file;
+
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use file::{FileConfig, RouteRule};
+
+use crate::route::{Methods, Route, RouteTable, Template};
+
+/// Sections of the file; `KEYGATE_<SECTION>_<KEY>` overrides `[section] key`.
+const SECTIONS: &[&str] = &["server", "database", "upstream", "routes", "log"];
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub control_listen: SocketAddr,
+    pub threads: usize,
+    pub header_timeout: Duration,
+    pub keepalive_timeout: Duration,
+    pub keepalive_requests: u32,
+    pub database: DatabaseConfig,
+    pub upstream: UpstreamConfig,
+    pub routes: RouteTable,
+    pub log: LogConfig,
+    /// Where the config came from, for messages.
+    pub source: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    pub url: String,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub peers: Vec<SocketAddr>,
+    pub health_check_interval: Duration,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub level: String,
+    pub json: bool,
+}
+
+/// Values from the command line, which win over the file and the environment.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub control_listen: Option<String>,
+    pub database_url: Option<String>,
+    pub peers: Vec<String>,
+}
+
+/// One problem with the config and where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub place: String,
+    pub message: String,
+}
+
+/// Every problem found while loading a config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub Vec<Problem>);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.len();
+        writeln!(
+            f,
+            "the config has {n} problem{}:",
+            if n == 1 { "" } else { "s" }
+        )?;
+        for p in &self.0 {
+            writeln!(f, "  {}: {}", p.place, p.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Loads the file (if any), applies `env` and `overrides`, validates everything.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let (text, place) = match path {
+            Some(p) => match std::fs::read_to_string(p) {
+                Ok(t) => (t, p.display().to_string()),
+                Err(e) => {
+                    return Err(ConfigError(vec![Problem {
+                        place: p.display().to_string(),
+                        message: format!("cannot read the file: {e}"),
+                    }]))
+                }
+            },
+            None => (String::new(), "defaults".to_owned()),
+        };
+        let mut config = Config::from_toml(&text, &place, env, overrides)?;
+        config.source = path.map(Path::to_path_buf);
+        Ok(config)
+    }
+
+    /// Parses and validates config text; `place` names it in messages.
+    pub fn from_toml(
+        text: &str,
+        place: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        // The file alone first, so that its errors point at a line.
+        if let Err(e) = toml::from_str::<FileConfig>(text) {
+            return Err(ConfigError(vec![Problem {
+                place: place.to_owned(),
+                message: e.to_string().trim_end().replace('\n', "\n    "),
+            }]));
+        }
+        let mut value: toml::Table = toml::from_str(text).unwrap_or_default();
+        let mut problems = Vec::new();
+        let mut env_names = Vec::new();
+        for (name, raw) in env {
+            let Some(rest) = name.strip_prefix("KEYGATE_") else {
+                continue;
+            };
+            let lower = rest.to_ascii_lowercase();
+            let Some((section, key)) = SECTIONS.iter().find_map(|s| {
+                lower
+                    .strip_prefix(s)
+                    .and_then(|k| k.strip_prefix('_'))
+                    .map(|k| (*s, k.to_owned()))
+            }) else {
+                continue;
+            };
+            let v = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or(toml::Value::String(raw));
+            let table = value
+                .entry(section)
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if let toml::Value::Table(t) = table {
+                t.insert(key, v);
+            }
+            env_names.push(name);
+        }
+        let file: FileConfig = match toml::Value::Table(value).try_into() {
+            Ok(f) => f,
+            Err(e) => {
+                return Err(ConfigError(vec![Problem {
+                    place: format!("environment ({})", env_names.join(", ")),
+                    message: e.to_string().trim_end().to_owned(),
+                }]))
+            }
+        };
+        let config = validate(file, overrides, &mut problems);
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            for p in &mut problems {
+                p.place = format!("{place}: {}", p.place);
+            }
+            Err(ConfigError(problems))
+        }
+    }
+}
+
+fn problem(problems: &mut Vec<Problem>, place: impl Into<String>, message: impl Into<String>) {
+    problems.push(Problem {
+        place: place.into(),
+        message: message.into(),
+    });
+}
+
+fn address(
+    problems: &mut Vec<Problem>,
+    place: &str,
+    raw: Option<&str>,
+    default: &str,
+) -> SocketAddr {
+    let raw = raw.unwrap_or(default);
+    match raw.to_socket_addrs().ok().and_then(|mut a| a.next()) {
+        Some(a) => a,
+        None => {
+            problem(
+                problems,
+                place,
+                format!("'{raw}' is not a host:port address"),
+            );
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        }
+    }
+}
+
+fn duration(
+    problems: &mut Vec<Problem>,
+    place: &str,
+    raw: Option<&str>,
+    default: Duration,
+) -> Duration {
+    match raw {
+        None => default,
+        Some(s) => match humantime::parse_duration(s) {
+            Ok(d) if !d.is_zero() => d,
+            _ => {
+                problem(
+                    problems,
+                    place,
+                    format!("'{s}' is not a duration such as '5s' or '2m'"),
+                );
+                default
+            }
+        },
+    }
+}
+
+fn validate(file: FileConfig, overrides: &Overrides, problems: &mut Vec<Problem>) -> Config {
+    let s = &file.server;
+    let listen = address(
+        problems,
+        "[server] listen",
+        overrides.listen.as_deref().or(s.listen.as_deref()),
+        "127.0.0.1:8080",
+    );
+    let control_listen = address(
+        problems,
+        "[server] control_listen",
+        overrides
+            .control_listen
+            .as_deref()
+            .or(s.control_listen.as_deref()),
+        "127.0.0.1:9090",
+    );
+    if listen.port() != 0 && listen == control_listen {
+        problem(
+            problems,
+            "[server] control_listen",
+            "must differ from listen",
+        );
+    }
+    let threads = match s.threads {
+        Some(0) => {
+            problem(problems, "[server] threads", "must be at least 1");
+            1
+        }
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(2, |n| n.get()),
+    };
+    let header_timeout = duration(
+        problems,
+        "[server] header_timeout",
+        s.header_timeout.as_deref(),
+        Duration::from_secs(10),
+    );
+    let keepalive_timeout = duration(
+        problems,
+        "[server] keepalive_timeout",
+        s.keepalive_timeout.as_deref(),
+        Duration::from_secs(60),
+    );
+    let keepalive_requests = s.keepalive_requests.unwrap_or(1000);
+
+    let url = overrides
+        .database_url
+        .clone()
+        .or(file.database.url.clone())
+        .unwrap_or_else(|| "sqlite://keygate.db".to_owned());
+    if !(url.starts_with("sqlite:")
+        || url.starts_with("postgres://")
+        || url.starts_with("postgresql://"))
+    {
+        problem(
+            problems,
+            "[database] url",
+            "must start with 'sqlite:' or 'postgres://' (the password, if any, is not shown)",
+        );
+    }
+    let database = DatabaseConfig {
+        url,
+        max_connections: file.database.max_connections.unwrap_or(10).max(1),
+    };
+
+    let u = &file.upstream;
+    let raw_peers: Vec<String> = if !overrides.peers.is_empty() {
+        overrides.peers.clone()
+    } else {
+        u.peers
+            .clone()
+            .unwrap_or_else(|| vec!["127.0.0.1:7070".to_owned()])
+    };
+    if raw_peers.is_empty() {
+        problem(problems, "[upstream] peers", "needs at least one host:port");
+    }
+    let peers = raw_peers
+        .iter()
+        .enumerate()
+        .map(|(i, p)| address(problems, &format!("[upstream] peers[{i}]"), Some(p), ""))
+        .collect();
+    let upstream = UpstreamConfig {
+        peers,
+        health_check_interval: duration(
+            problems,
+            "[upstream] health_check_interval",
+            u.health_check_interval.as_deref(),
+            Duration::from_secs(5),
+        ),
+        connect_timeout: duration(
+            problems,
+            "[upstream] connect_timeout",
+            u.connect_timeout.as_deref(),
+            Duration::from_secs(3),
+        ),
+        read_timeout: duration(
+            problems,
+            "[upstream] read_timeout",
+            u.read_timeout.as_deref(),
+            Duration::from_secs(60),
+        ),
+        write_timeout: duration(
+            problems,
+            "[upstream] write_timeout",
+            u.write_timeout.as_deref(),
+            Duration::from_secs(60),
+        ),
+    };
+
+    let routes = route_table(&file, problems);
+
+    let level = file.log.level.clone().unwrap_or_else(|| "info".to_owned());
+    if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+        problem(
+            problems,
+            "[log] level",
+            format!("'{level}' is not a log filter"),
+        );
+    }
+    let json = match file.log.format.as_deref() {
+        None | Some("text") => false,
+        Some("json") => true,
+        Some(other) => {
+            problem(
+                problems,
+                "[log] format",
+                format!("'{other}' is neither 'text' nor 'json'"),
+            );
+            false
+        }
+    };
+
+    Config {
+        listen,
+        control_listen,
+        threads,
+        header_timeout,
+        keepalive_timeout,
+        keepalive_requests,
+        database,
+        upstream,
+        routes,
+        log: LogConfig { level, json },
+        source: None,
+    }
+}
+
+fn check_name(problems: &mut Vec<Problem>, place: &str, what: &str, name: &str) {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b':' | b'.'));
+    if !ok {
+        problem(problems, place, format!("'{name}' is not a valid {what}"));
+    }
+}
+
+fn route_table(file: &FileConfig, problems: &mut Vec<Problem>) -> RouteTable {
+    let r = &file.routes;
+    let mut rules: Vec<(String, RouteRule)> = r
+        .rules
+        .iter()
+        .enumerate()
+        .map(|(i, rule)| (format!("[[routes.rule]] #{}", i + 1), rule.clone()))
+        .collect();
+    let preset = r.preset.as_deref().unwrap_or("storage-backend");
+    let dav_provider = r
+        .webdav_provider
+        .clone()
+        .unwrap_or_else(|| "dav".to_owned());
+    match crate::presets::rules(preset, &dav_provider) {
+        Some(preset_rules) => rules.extend(
+            preset_rules
+                .into_iter()
+                .map(|rule| (format!("preset '{preset}' ({})", rule.path), rule)),
+        ),
+        None => problem(
+            problems,
+            "[routes] preset",
+            format!("'{preset}' is not one of 'storage-backend', 'webdav', 'none'"),
+        ),
+    }
+    let mut routes = Vec::with_capacity(rules.len());
+    for (place, rule) in rules {
+        let template = match Template::parse(&rule.path) {
+            Ok(t) => t,
+            Err(e) => {
+                problem(problems, &place, e);
+                continue;
+            }
+        };
+        check_name(problems, &place, "action name", &rule.action);
+        let methods = if rule.methods.iter().any(|m| m == "*") {
+            Methods::Any
+        } else {
+            for m in &rule.methods {
+                if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()) {
+                    problem(
+                        problems,
+                        &place,
+                        format!("'{m}' is not an upper-case HTTP method"),
+                    );
+                }
+            }
+            Methods::List(rule.methods.clone())
+        };
+        if rule.methods.is_empty() {
+            problem(problems, &place, "needs at least one method");
+        }
+        if let Some(p) = &rule.provider {
+            check_name(problems, &place, "provider name", p);
+            if template.has_provider() {
+                problem(
+                    problems,
+                    &place,
+                    "names a provider and has {provider} in its path",
+                );
+            }
+        }
+        routes.push(Route {
+            methods,
+            template,
+            action: Arc::from(rule.action.as_str()),
+            provider: rule.provider.as_deref().map(Arc::from),
+            destination: rule.destination,
+        });
+    }
+    let default_action = r.default_action.as_deref().map(|a| {
+        check_name(problems, "[routes] default_action", "action name", a);
+        Arc::from(a)
+    });
+    RouteTable::new(routes, default_action)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_toml(
+            text,
+            "test.toml",
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+            &Overrides::default(),
+        )
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = load("", &[]).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.control_listen.to_string(), "127.0.0.1:9090");
+        assert_eq!(c.database.url, "sqlite://keygate.db");
+        assert!(!c.routes.routes().is_empty());
+    }
+
+    #[test]
+    fn unknown_fields_point_at_the_line() {
+        let e = load("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n", &[]).unwrap_err();
+        assert_eq!(e.0.len(), 1);
+        assert!(e.0[0].message.contains("line 3"), "{}", e);
+        assert!(e.0[0].message.contains("lisen"), "{}", e);
+    }
+
+    #[test]
+    fn every_problem_is_listed() {
+        let text = r#"
+[server]
+listen = "nowhere"
+[upstream]
+peers = ["127.0.0.1:7070", "x"]
+connect_timeout = "soon"
+[routes]
+preset = "ftp"
+[[routes.rule]]
+methods = ["get"]
+path = "/v1/{*rest}/x"
+action = "read file"
+[log]
+format = "xml"
+"#;
+        let e = load(text, &[]).unwrap_err();
+        let places: Vec<&str> = e.0.iter().map(|p| p.place.as_str()).collect();
+        for want in [
+            "[server] listen",
+            "[upstream] peers[1]",
+            "[upstream] connect_timeout",
+            "[routes] preset",
+            "[[routes.rule]] #1",
+            "[log] format",
+        ] {
+            assert!(
+                places.iter().any(|p| p.ends_with(want)),
+                "missing {want} in {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn environment_overrides_file_and_cli_overrides_environment() {
+        let text =
+            "[database]\nurl = \"sqlite://file.db\"\n[server]\nlisten = \"127.0.0.1:1000\"\n";
+        let c = load(
+            text,
+            &[
+                ("KEYGATE_DATABASE_URL", "sqlite://env.db"),
+                ("KEYGATE_CONFIG", "ignored"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.database.url, "sqlite://env.db");
+        let c = load(
+            "",
+            &[(
+                "KEYGATE_UPSTREAM_PEERS",
+                r#"["127.0.0.1:1", "127.0.0.1:2"]"#,
+            )],
+        )
+        .unwrap();
+        assert_eq!(c.upstream.peers.len(), 2);
+        let o = Overrides {
+            database_url: Some("sqlite://cli.db".into()),
+            ..Overrides::default()
+        };
+        let c = Config::from_toml(
+            text,
+            "t",
+            [(
+                "KEYGATE_DATABASE_URL".to_string(),
+                "sqlite://env.db".to_string(),
+            )],
+            &o,
+        )
+        .unwrap();
+        assert_eq!(c.database.url, "sqlite://cli.db");
+        let e = load("", &[("KEYGATE_SERVER_LISTN", "x")]).unwrap_err();
+        assert!(e.to_string().contains("environment"), "{e}");
+    }
+
+    #[test]
+    fn custom_rules_come_first() {
+        let text = r#"
+[routes]
+preset = "none"
+[[routes.rule]]
+methods = ["PROPFIND"]
+path = "/dav/{*path}"
+provider = "nas"
+action = "listFolder"
+"#;
+        let c = load(text, &[]).unwrap();
+        assert_eq!(c.routes.routes().len(), 1);
+        assert_eq!(c.routes.routes()[0].provider.as_deref(), Some("nas"));
+    }
+}

@@ -1,0 +1,115 @@
+//! `keygate demo`: storage-backend and keygate on one machine, on a temporary SQLite database
+//! and data folder, with a workspace, a user and a provider `local`. Runs until interrupted.
+
+use anyhow::Context;
+use rand::distributions::{Alphanumeric, DistString};
+
+use crate::cli::DemoArgs;
+use crate::config::{Config, Overrides};
+use crate::store::{Role, Store};
+
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let dir = tempfile::Builder::new().prefix("keygate-demo-").tempdir()?;
+    let data_root = dir.path().join("data");
+
+    let backend_state = storage_backend::AppState::open(&storage_backend::BackendConfig {
+        root: data_root.clone(),
+        providers: vec!["local".to_owned()],
+    })
+    .await?;
+    let backend_listener = tokio::net::TcpListener::bind(&args.backend_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.backend_listen))?;
+    let backend_addr = backend_listener.local_addr()?;
+    let (stop_backend, backend_stopped) = tokio::sync::oneshot::channel::<()>();
+    let backend = tokio::spawn(storage_backend::serve(
+        backend_listener,
+        backend_state,
+        async {
+            let _ = backend_stopped.await;
+        },
+    ));
+
+    let db_url = format!("sqlite://{}", dir.path().join("keygate.db").display());
+    let store = Store::open(&db_url, 5).await?;
+    let password = Alphanumeric.sample_string(&mut rand::thread_rng(), 16);
+    store.add_workspace("demo").await?;
+    let user = store
+        .add_user(
+            "demo@example.com",
+            Some("Demo User"),
+            &crate::admin::hash_password(password.clone()).await?,
+        )
+        .await?;
+    store.set_member("demo", &user.email, Role::Admin).await?;
+    store.add_provider("local", "demo").await?;
+
+    let config = Config::from_toml(
+        "",
+        "demo",
+        std::iter::empty(),
+        &Overrides {
+            listen: Some(args.listen.clone()),
+            control_listen: Some(args.control_listen.clone()),
+            database_url: Some(db_url.clone()),
+            peers: vec![backend_addr.to_string()],
+        },
+    )?;
+    let running = crate::server::start_with_store(&config, store).await?;
+    let data = running.data_addr;
+    let control = running.control_addr;
+
+    println!(
+        r#"keygate demo is running (Ctrl-C to stop; everything lives in {dir})
+
+  data plane     http://{data}
+  control plane  http://{control}
+  backend        http://{backend_addr}   (no authentication: keygate fronts it)
+
+  workspace demo, provider local, user demo@example.com (admin), password {password}
+
+Try:
+  echo 'hello keygate' > hello.txt
+  curl -sS -T hello.txt http://{data}/v1/files/local/docs/hello.txt
+  curl -sS http://{data}/v1/files/local/docs/hello.txt
+  curl -sS http://{data}/v1/folders/local/docs
+  curl -sS -X MOVE -H 'Destination: /v1/files/local/docs/renamed.txt' http://{data}/v1/files/local/docs/hello.txt
+  curl -sS 'http://{data}/v1/search/local?q=renamed'
+  curl -sS http://{data}/v1/files/local/docs/%2e%2e/secret     # refused: 400
+  curl -sS http://{control}/metrics | grep keygate_requests_total
+"#,
+        dir = dir.path().display(),
+    );
+
+    wait_for_signal().await;
+    println!("stopping");
+    running.shutdown().await;
+    let _ = stop_backend.send(());
+    let _ = backend.await;
+    drop(dir);
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,19 @@
+//! keygate: an authorization reverse proxy for storage services.
+//!
+//! The request path runs route → credentials → identity → rate limit → decide → forward → log;
+//! see ARCHITECTURE.md for the map. Each stage is a module with plain inputs and typed outputs.
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod demo;
+pub mod deny;
+pub mod forward;
+pub mod presets;
+pub mod proxy;
+pub mod route;
+pub mod server;
+pub mod store;
+pub mod telemetry;
+pub mod upstream;

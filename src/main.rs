@@ -1,0 +1,103 @@
+//! The `keygate` binary: parse the command line, load and validate the config, run.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use keygate::cli::{Cli, Command};
+use keygate::config::{Config, Overrides};
+use keygate::store::Store;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(path: Option<&std::path::Path>, overrides: Overrides) -> anyhow::Result<Config> {
+    Ok(Config::load(path, std::env::vars(), &overrides)?)
+}
+
+fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .enable_all()
+        .build()?)
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let db_override = Overrides {
+        database_url: cli.database_url.clone(),
+        ..Overrides::default()
+    };
+    let config_path = cli.config.clone();
+    match cli.command {
+        Command::CheckConfig => {
+            let config = load_config(cli.config.as_deref(), db_override)?;
+            println!(
+                "config ok ({}): data plane {}, control plane {}, {} route(s), {} upstream peer(s)",
+                config
+                    .source
+                    .as_ref()
+                    .map_or("defaults".into(), |p| p.display().to_string()),
+                config.listen,
+                config.control_listen,
+                config.routes.routes().len(),
+                config.upstream.peers.len(),
+            );
+            Ok(())
+        }
+        Command::Serve(ref args) => {
+            let overrides = Overrides {
+                listen: args.listen.clone(),
+                control_listen: args.control_listen.clone(),
+                database_url: cli.database_url.clone(),
+                peers: args.upstream.clone(),
+            };
+            let config = load_config(cli.config.as_deref(), overrides)?;
+            keygate::telemetry::init_logging(&config.log.level, config.log.json);
+            runtime(config.threads)?.block_on(async {
+                let running = keygate::server::start(&config).await?;
+                println!("keygate data plane listening on http://{}", running.data_addr);
+                println!("keygate control plane listening on http://{}", running.control_addr);
+                tracing::info!(data = %running.data_addr, control = %running.control_addr, "keygate started");
+                keygate::demo::wait_for_signal().await;
+                tracing::info!("shutting down");
+                running.shutdown().await;
+                Ok(())
+            })
+        }
+        Command::Demo(args) => {
+            keygate::telemetry::init_logging("warn", false);
+            runtime(2)?.block_on(keygate::demo::run(args))
+        }
+        command => {
+            let config = load_config(config_path.as_deref(), db_override)?;
+            runtime(1)?.block_on(async {
+                let store = Store::connect(&config.database.url, 2).await?;
+                store.migrate().await?;
+                let result = match command {
+                    Command::Migrate => {
+                        for (version, description) in store.applied_migrations().await? {
+                            println!("applied {version} {description}");
+                        }
+                        Ok(())
+                    }
+                    Command::Workspaces(c) => keygate::admin::workspaces(&store, c).await,
+                    Command::Users(c) => keygate::admin::users(&store, c).await,
+                    Command::Members(c) => keygate::admin::members(&store, c).await,
+                    Command::Providers(c) => keygate::admin::providers(&store, c).await,
+                    Command::Serve(_) | Command::Demo(_) | Command::CheckConfig => {
+                        unreachable!("handled above")
+                    }
+                };
+                store.close().await;
+                result
+            })
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! The data plane: keygate's `ProxyHttp`. The hot path and nothing else; the only module that
+//! touches the pingora `Session`.
+//!
+//! ```text
+//!  request_filter ─ route ─ (credentials ─ identity ─ rate limit ─ decide) ─┐
+//!        │ refusal: render once, answer, stop                                 │ allowed
+//!        ▼                                                                    ▼
+//!     logging  ◀─ response_filter (clean) ◀─ upstream ◀─ upstream_request_filter (forward)
+//! ```
+//! Each stage is a plain function in its own module that takes values and returns a typed
+//! result; the per-request [`RequestCtx`] carries what one stage hands to the next, each field
+//! written by exactly one stage. Nothing carries over between requests on one connection.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::FailToProxy;
+use pingora::{ErrorSource, ErrorType};
+
+use crate::deny::Refusal;
+use crate::forward;
+use crate::route::{RouteInput, RouteMatch, RouteTable};
+use crate::telemetry::Metrics;
+use crate::upstream::Upstream;
+
+/// What one request carries from stage to stage.
+pub struct RequestCtx {
+    /// Set at arrival.
+    pub request_id: String,
+    pub arrived: Instant,
+    /// Written by the route stage.
+    pub route: Option<RouteMatch>,
+    /// Written by whichever stage refused the request.
+    pub refusal: Option<Refusal>,
+    /// Written when the request is sent upstream.
+    pub sent_upstream: Option<Instant>,
+}
+
+impl RequestCtx {
+    fn new() -> RequestCtx {
+        RequestCtx {
+            request_id: uuid::Uuid::now_v7().simple().to_string(),
+            arrived: Instant::now(),
+            route: None,
+            refusal: None,
+            sent_upstream: None,
+        }
+    }
+
+    fn action(&self) -> &str {
+        self.route.as_ref().map_or("none", |r| &r.action)
+    }
+}
+
+/// Everything the data plane needs, shared by all requests.
+pub struct Keygate {
+    pub routes: RouteTable,
+    pub upstream: Arc<Upstream>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Keygate {
+    /// The stages up to the decision, in order. `Ok` means forward.
+    fn admit(
+        &self,
+        req: &RequestHeader,
+        raw_header: Option<&[u8]>,
+        ctx: &mut RequestCtx,
+    ) -> Result<(), Refusal> {
+        forward::check_framing(&req.headers, raw_header)?;
+        ctx.route = Some(self.routes.route(route_input(req))?);
+        // Credentials, identity, rate limit and the policy decision join here, in that order.
+        Ok(())
+    }
+}
+
+/// What the route stage reads from the request header.
+fn route_input(req: &RequestHeader) -> RouteInput<'_> {
+    RouteInput {
+        method: req.method.as_str(),
+        raw_target: req.raw_path(),
+        destination: req.headers.get("destination").map(|v| v.as_bytes()),
+        host: req
+            .headers
+            .get(http::header::HOST)
+            .and_then(|v| v.to_str().ok()),
+    }
+}
+
+/// Writes a refusal as the whole response.
+async fn respond(session: &mut Session, refusal: &Refusal, request_id: &str) -> Result<()> {
+    let rendered = refusal.render(request_id);
+    let mut resp = ResponseHeader::build(rendered.status, Some(rendered.headers.len() + 2))?;
+    for (name, value) in &rendered.headers {
+        resp.insert_header(*name, value.as_str())?;
+    }
+    resp.insert_header(
+        http::header::CONTENT_LENGTH,
+        rendered.body.len().to_string(),
+    )?;
+    resp.insert_header(forward::REQUEST_ID, request_id)?;
+    // A refused request's body is never read: close rather than resynchronise on it.
+    let has_body = session
+        .req_header()
+        .headers
+        .contains_key(http::header::CONTENT_LENGTH)
+        || session
+            .req_header()
+            .headers
+            .contains_key(http::header::TRANSFER_ENCODING);
+    if has_body || rendered.status == 400 {
+        session.set_keepalive(None);
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+    session
+        .write_response_body(Some(Bytes::from(rendered.body)), true)
+        .await?;
+    Ok(())
+}
+
+#[async_trait]
+impl ProxyHttp for Keygate {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let raw_header = session
+            .as_downstream()
+            .as_http1()
+            .map(|h1| h1.get_headers_raw_bytes());
+        match self.admit(session.req_header(), raw_header.as_deref(), ctx) {
+            Ok(()) => Ok(false),
+            Err(refusal) => {
+                respond(session, &refusal, &ctx.request_id).await?;
+                ctx.refusal = Some(refusal);
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        self.upstream
+            .select()
+            .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, "no healthy upstream peer"))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // INVARIANT: request_filter let the request through only with a route match.
+        let route = ctx.route.as_ref().ok_or_else(|| {
+            Error::explain(ErrorType::InternalError, "forwarding without a route")
+        })?;
+        if forward::prepare_upstream(upstream_request, route, &ctx.request_id).is_err() {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "cannot build the upstream request",
+            ));
+        }
+        let now = Instant::now();
+        self.metrics
+            .overhead
+            .with_label_values(&[&*route.action])
+            .observe(now.duration_since(ctx.arrived).as_secs_f64());
+        ctx.sent_upstream = Some(now);
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        forward::clean_response(upstream_response, &ctx.request_id);
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let refusal = match e.esource() {
+            ErrorSource::Upstream => {
+                self.metrics
+                    .upstream_errors
+                    .with_label_values(&[&e.etype().as_str()])
+                    .inc();
+                Some(Refusal::UpstreamUnavailable)
+            }
+            ErrorSource::Downstream => match e.etype() {
+                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => None,
+                _ => Some(Refusal::bad_request("the request could not be read")),
+            },
+            ErrorSource::Internal | ErrorSource::Unset => {
+                if matches!(e.etype(), ErrorType::ConnectNoRoute) {
+                    self.metrics
+                        .upstream_errors
+                        .with_label_values(&["no_healthy_peer"])
+                        .inc();
+                    Some(Refusal::UpstreamUnavailable)
+                } else {
+                    tracing::error!(request_id = %ctx.request_id, error = %e, "internal error while proxying");
+                    Some(Refusal::Unavailable(
+                        "keygate could not handle this request".into(),
+                    ))
+                }
+            }
+        };
+        let code = match &refusal {
+            Some(r) if session.response_written().is_none() => {
+                if respond(session, r, &ctx.request_id).await.is_err() {
+                    0
+                } else {
+                    r.status()
+                }
+            }
+            _ => 0,
+        };
+        ctx.refusal = refusal;
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        // Status codes are a bounded label set (three digits).
+        let status = session.response_written().map(|r| r.status);
+        let outcome = match &ctx.refusal {
+            Some(r) => r.code(),
+            None => "forwarded",
+        };
+        let now = Instant::now();
+        self.metrics
+            .requests
+            .with_label_values(&[
+                ctx.action(),
+                outcome,
+                status.as_ref().map_or("none", |s| s.as_str()),
+            ])
+            .inc();
+        self.metrics
+            .request_duration
+            .with_label_values(&[outcome])
+            .observe(now.duration_since(ctx.arrived).as_secs_f64());
+        if let Some(sent) = ctx.sent_upstream {
+            self.metrics
+                .upstream_duration
+                .with_label_values(&[ctx.action()])
+                .observe(now.duration_since(sent).as_secs_f64());
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! Process wiring for `keygate serve`: binds both listeners (port 0 picks a free port; the
+//! chosen addresses are printed), feeds every data-plane connection to pingora's HTTP proxy,
+//! serves the control plane beside it on the same runtime, and shuts down gracefully.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use pingora::apps::HttpServerApp;
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::l4::stream::Stream as TcpStream;
+use pingora::protocols::Stream;
+use pingora::server::configuration::ServerConf;
+use pingora::services::background::BackgroundService;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::config::Config;
+use crate::control::{self, ControlState};
+use crate::proxy::Keygate;
+use crate::store::Store;
+use crate::telemetry::Metrics;
+use crate::upstream::Upstream;
+
+/// How long in-flight requests get to finish after a shutdown signal.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// A running keygate: its addresses and the handle that stops it.
+pub struct Running {
+    pub data_addr: SocketAddr,
+    pub control_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+    store: Store,
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight requests finish (up to a deadline), closes the database.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        let drained = tokio::time::timeout(DRAIN, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("shutdown: in-flight requests did not finish in time");
+            self.tasks.abort_all();
+        }
+        self.store.close().await;
+    }
+}
+
+/// Opens the database, binds the listeners and starts serving on the current runtime.
+pub async fn start(config: &Config) -> anyhow::Result<Running> {
+    let store = Store::open(&config.database.url, config.database.max_connections)
+        .await
+        .context("cannot open the database")?;
+    start_with_store(config, store).await
+}
+
+pub async fn start_with_store(config: &Config, store: Store) -> anyhow::Result<Running> {
+    let metrics = Arc::new(Metrics::new());
+    let upstream = Arc::new(Upstream::new(&config.upstream).context("invalid upstream peers")?);
+    let data = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let control = TcpListener::bind(config.control_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.control_listen))?;
+    let data_addr = data.local_addr()?;
+    let control_addr = control.local_addr()?;
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+
+    if let Some(balancer) = upstream.balancer() {
+        let rx = shutdown_rx.clone();
+        tasks.spawn(async move { balancer.start(rx).await });
+    }
+
+    let control_app = control::app(ControlState {
+        store: store.clone(),
+        metrics: metrics.clone(),
+    });
+    let mut rx = shutdown_rx.clone();
+    tasks.spawn(async move {
+        let stop = async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        if let Err(e) = axum::serve(control, control_app)
+            .with_graceful_shutdown(stop)
+            .await
+        {
+            tracing::error!(error = %e, "control plane stopped");
+        }
+    });
+
+    let conf = ServerConf {
+        threads: config.threads,
+        ..ServerConf::default()
+    };
+    let keygate = Keygate {
+        routes: config.routes.clone(),
+        upstream,
+        metrics: metrics.clone(),
+    };
+    let proxy = Arc::new(pingora::proxy::http_proxy(&Arc::new(conf), keygate));
+    let settings = ConnSettings {
+        header_timeout: config.header_timeout,
+        keepalive_secs: config.keepalive_timeout.as_secs().max(1),
+        keepalive_requests: config.keepalive_requests,
+    };
+    tasks.spawn(accept_loop(data, proxy, settings, metrics, shutdown_rx));
+
+    Ok(Running {
+        data_addr,
+        control_addr,
+        shutdown: shutdown_tx,
+        tasks,
+        store,
+    })
+}
+
+#[derive(Clone, Copy)]
+struct ConnSettings {
+    header_timeout: Duration,
+    keepalive_secs: u64,
+    keepalive_requests: u32,
+}
+
+async fn accept_loop<A>(
+    listener: TcpListener,
+    app: Arc<A>,
+    settings: ConnSettings,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    let mut connections = JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.wait_for(|s| *s) => break,
+        };
+        let (tcp, _) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let app = app.clone();
+        let rx = shutdown.clone();
+        let metrics = metrics.clone();
+        connections.spawn(async move {
+            metrics.open_connections.inc();
+            serve_connection(app, Box::new(TcpStream::from(tcp)), settings, rx).await;
+            metrics.open_connections.dec();
+        });
+        while connections.try_join_next().is_some() {}
+    }
+    drop(listener);
+    while connections.join_next().await.is_some() {}
+}
+
+/// One HTTP/1 connection: each request is a fresh session, and nothing about identity carries
+/// over between them (keygate never persists a per-connection user context).
+async fn serve_connection<A>(
+    app: Arc<A>,
+    stream: Stream,
+    settings: ConnSettings,
+    shutdown: watch::Receiver<bool>,
+) where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    let mut stream = stream;
+    let mut served = 0u32;
+    loop {
+        let mut session = ServerSession::new_http1(stream);
+        session.set_read_timeout(Some(settings.header_timeout));
+        served += 1;
+        if *shutdown.borrow() || served >= settings.keepalive_requests {
+            session.set_keepalive(None);
+        } else {
+            session.set_keepalive(Some(settings.keepalive_secs));
+        }
+        match app.process_new_http(session, &shutdown).await {
+            Some(reused) => stream = reused.consume().0,
+            None => return,
+        }
+    }
+}

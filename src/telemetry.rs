@@ -1,0 +1,141 @@
+//! Every metric keygate exports, in one place, and the logging set-up.
+//!
+//! Labels are bounded: an action name from the route table, a status code, an outcome code.
+//! Never a user, a key, a token or a path.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+/// Latency buckets in seconds, from 50 µs to 10 s.
+const BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+];
+
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by action, outcome (`forwarded` or a refusal code) and status.
+    pub requests: IntCounterVec,
+    /// Whole request duration, arrival to last byte, by outcome.
+    pub request_duration: HistogramVec,
+    /// keygate's own time: arrival until the request is sent upstream.
+    pub overhead: HistogramVec,
+    /// Time from sending upstream to the end of the response.
+    pub upstream_duration: HistogramVec,
+    /// Failures talking to the upstream, by kind.
+    pub upstream_errors: IntCounterVec,
+    /// Connections open on the data plane.
+    pub open_connections: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new_custom(Some("keygate".to_owned()), None)
+            .expect("the metric prefix is valid");
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "requests_total",
+                "Requests handled, by action, outcome and status.",
+            ),
+            &["action", "outcome", "status"],
+        )
+        .expect("valid metric");
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "request_duration_seconds",
+                "Whole request duration, arrival to the last byte of the response.",
+            )
+            .buckets(BUCKETS.to_vec()),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        let overhead = HistogramVec::new(
+            HistogramOpts::new(
+                "overhead_seconds",
+                "keygate's own time per forwarded request: arrival until sent upstream.",
+            )
+            .buckets(BUCKETS.to_vec()),
+            &["action"],
+        )
+        .expect("valid metric");
+        let upstream_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "upstream_duration_seconds",
+                "Time from sending a request upstream to the end of its response.",
+            )
+            .buckets(BUCKETS.to_vec()),
+            &["action"],
+        )
+        .expect("valid metric");
+        let upstream_errors = IntCounterVec::new(
+            Opts::new(
+                "upstream_errors_total",
+                "Failures reaching or reading the upstream.",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
+        let open_connections = IntGauge::new(
+            "open_connections",
+            "Client connections currently open on the data plane.",
+        )
+        .expect("valid metric");
+        let build_info = IntGauge::with_opts(
+            Opts::new("build_info", "Always 1; the version is a label.")
+                .const_label("version", env!("CARGO_PKG_VERSION")),
+        )
+        .expect("valid metric");
+        build_info.set(1);
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(request_duration.clone()),
+            Box::new(overhead.clone()),
+            Box::new(upstream_duration.clone()),
+            Box::new(upstream_errors.clone()),
+            Box::new(open_connections.clone()),
+            Box::new(build_info),
+        ] {
+            registry
+                .register(c)
+                .expect("each metric is registered once");
+        }
+        Metrics {
+            registry,
+            requests,
+            request_duration,
+            overhead,
+            upstream_duration,
+            upstream_errors,
+            open_connections,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}
+
+/// Installs the global tracing subscriber (to stderr; stdout is for the addresses).
+pub fn init_logging(level: &str, json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}

@@ -1,0 +1,424 @@
+//! The integration-test harness: starts storage-backend and keygate as real processes on port 0,
+//! a recording upstream, and a database of the test's own (SQLite, or PostgreSQL when
+//! `KEYGATE_TEST_POSTGRES_URL` is set).
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+/// Path of a binary of this workspace, built by `cargo test --workspace`.
+pub fn bin(name: &str) -> PathBuf {
+    let keygate = PathBuf::from(env!("CARGO_BIN_EXE_keygate"));
+    if name == "keygate" {
+        return keygate;
+    }
+    // Another package's binary: cargo does not rebuild it for this test target, so make sure
+    // it is current (a no-op when it is), once per test binary.
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    BUILT.call_once(|| {
+        let status = Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "storage-backend",
+                "--bin",
+                "storage-backend",
+            ])
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "cannot build storage-backend");
+    });
+    keygate.with_file_name(name)
+}
+
+/// A child process killed when dropped; its stderr goes to a file.
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Peak resident memory so far (VmHWM), in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        proc_status_kib(self.pid(), "VmHWM:")
+    }
+
+    pub fn rss_kib(&self) -> u64 {
+        proc_status_kib(self.pid(), "VmRSS:")
+    }
+}
+
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Spawns `cmd`, waits for stdout lines starting with each of `prefixes`, returns the rest of
+/// each such line (an address) in order.
+fn spawn_and_read(mut cmd: Command, log: PathBuf, prefixes: &[&str]) -> (Proc, Vec<String>) {
+    let err = std::fs::File::create(&log).expect("log file");
+    cmd.stdout(Stdio::piped()).stderr(err).stdin(Stdio::null());
+    let mut child = cmd.spawn().expect("process starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let proc = Proc { child, log };
+    let mut found = Vec::new();
+    for prefix in prefixes {
+        loop {
+            let line = rx
+                .recv_timeout(Duration::from_secs(60))
+                .unwrap_or_else(|_| panic!("no '{prefix}' line; stderr:\n{}", proc.stderr()));
+            if let Some(rest) = line.strip_prefix(prefix) {
+                found.push(rest.trim().to_owned());
+                break;
+            }
+        }
+    }
+    (proc, found)
+}
+
+/// A running storage-backend with providers `local` and `other`.
+pub struct Backend {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+    pub dir: TempDir,
+}
+
+impl Backend {
+    pub fn start() -> Backend {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("data");
+        let mut cmd = Command::new(bin("storage-backend"));
+        cmd.arg("--root").arg(&root).args([
+            "--listen",
+            "127.0.0.1:0",
+            "--provider",
+            "local",
+            "--provider",
+            "other",
+        ]);
+        let (proc, found) = spawn_and_read(
+            cmd,
+            dir.path().join("backend.log"),
+            &["storage-backend listening on http://"],
+        );
+        Backend {
+            proc,
+            addr: found[0].parse().expect("address"),
+            dir,
+        }
+    }
+
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+}
+
+/// A database of the test's own.
+pub enum TestDb {
+    Sqlite { dir: TempDir },
+    Postgres { admin_url: String, name: String },
+}
+
+impl TestDb {
+    pub fn sqlite() -> TestDb {
+        TestDb::Sqlite {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    /// A fresh PostgreSQL database, or `None` (the test then reports itself skipped) when
+    /// `KEYGATE_TEST_POSTGRES_URL` is unset.
+    pub async fn postgres() -> Option<TestDb> {
+        use sqlx::Connection;
+        let Ok(admin_url) = std::env::var("KEYGATE_TEST_POSTGRES_URL") else {
+            eprintln!("skipped: KEYGATE_TEST_POSTGRES_URL is not set");
+            return None;
+        };
+        let name = format!("keygate_test_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = sqlx::PgConnection::connect(&admin_url)
+            .await
+            .expect("postgres reachable");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .expect("create database");
+        Some(TestDb::Postgres { admin_url, name })
+    }
+
+    pub fn url(&self) -> String {
+        match self {
+            TestDb::Sqlite { dir } => {
+                format!("sqlite://{}", dir.path().join("keygate.db").display())
+            }
+            TestDb::Postgres { admin_url, name } => {
+                let base = admin_url
+                    .rsplit_once('/')
+                    .map_or(admin_url.as_str(), |(b, _)| b);
+                format!("{base}/{name}")
+            }
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let TestDb::Postgres { admin_url, name } = self {
+            let (admin_url, name) = (admin_url.clone(), name.clone());
+            // Dropping needs a runtime of its own: Drop may run inside or outside one.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .ok()?;
+                rt.block_on(async {
+                    use sqlx::Connection;
+                    let mut conn = sqlx::PgConnection::connect(&admin_url).await.ok()?;
+                    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut conn)
+                        .await
+                        .ok()
+                })
+            })
+            .join();
+        }
+    }
+}
+
+/// A running keygate.
+pub struct Keygate {
+    pub proc: Proc,
+    pub data: SocketAddr,
+    pub control: SocketAddr,
+    pub dir: TempDir,
+    pub db: TestDb,
+}
+
+impl Keygate {
+    /// keygate on SQLite in front of `upstream`, with an optional extra config text.
+    pub fn start(upstream: &[SocketAddr], config: &str) -> Keygate {
+        Keygate::start_with_db(upstream, config, TestDb::sqlite())
+    }
+
+    pub fn start_with_db(upstream: &[SocketAddr], config: &str, db: TestDb) -> Keygate {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config_path = dir.path().join("keygate.toml");
+        std::fs::write(&config_path, config).expect("config");
+        let mut cmd = Command::new(bin("keygate"));
+        cmd.arg("--config")
+            .arg(&config_path)
+            .args(["--database-url", &db.url()])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--control-listen",
+                "127.0.0.1:0",
+            ]);
+        for peer in upstream {
+            cmd.args(["--upstream", &peer.to_string()]);
+        }
+        cmd.env("RUST_LOG", "keygate=debug,info");
+        let (proc, found) = spawn_and_read(
+            cmd,
+            dir.path().join("keygate.log"),
+            &[
+                "keygate data plane listening on http://",
+                "keygate control plane listening on http://",
+            ],
+        );
+        Keygate {
+            proc,
+            data: found[0].parse().expect("address"),
+            control: found[1].parse().expect("address"),
+            dir,
+            db,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.data, path)
+    }
+
+    pub fn control_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.control, path)
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(self.control_url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
+/// One request as a recording upstream saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub target: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// An upstream that records every request it receives and answers 200 `ok`.
+pub struct Recorder {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl Recorder {
+    pub async fn start() -> Recorder {
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let log = seen.clone();
+        let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+            let log = log.clone();
+            async move {
+                log.lock().unwrap().push(Seen {
+                    method: req.method().to_string(),
+                    target: req.uri().to_string(),
+                    headers: req
+                        .headers()
+                        .iter()
+                        .map(|(k, v)| {
+                            (
+                                k.to_string(),
+                                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                            )
+                        })
+                        .collect(),
+                });
+                "ok"
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Recorder {
+            addr,
+            seen,
+            _task: task,
+        }
+    }
+
+    pub fn requests(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// Sends raw bytes and returns the status code and the whole response text. For requests an
+/// HTTP client library would normalise (dot segments, odd bytes, conflicting framing).
+pub fn raw_request(addr: SocketAddr, bytes: &[u8]) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    // Read until the response is complete (Content-Length) or the peer closes.
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+        let text = String::from_utf8_lossy(&out);
+        if let Some(end) = text.find("\r\n\r\n") {
+            let cl = text[..end].lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse::<usize>().ok())?
+            });
+            if let Some(cl) = cl {
+                if out.len() >= end + 4 + cl {
+                    break;
+                }
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+/// A GET for `target` in raw form.
+pub fn raw_get(addr: SocketAddr, target: &[u8]) -> (u16, String) {
+    let mut req = b"GET ".to_vec();
+    req.extend_from_slice(target);
+    req.extend_from_slice(b" HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    raw_request(addr, &req)
+}
+
+/// The JSON body of a raw response.
+pub fn raw_json(response: &str) -> serde_json::Value {
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(body).unwrap_or(serde_json::Value::Null)
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex(&sha2::Sha256::digest(bytes))
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn file_under(root: &Path, rel: &str) -> PathBuf {
+    rel.split('/')
+        .filter(|s| !s.is_empty())
+        .fold(root.to_path_buf(), |p, s| p.join(s))
+}

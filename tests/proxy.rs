@@ -1,0 +1,562 @@
+//! The request path through real processes: client → keygate → storage-backend (or a
+//! recording upstream), asserting what a client and the backend would notice.
+
+mod common;
+
+use common::*;
+use futures_util::StreamExt;
+use reqwest::StatusCode;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// A deterministic pseudo-random body of `len` bytes, streamed in 64 KiB chunks, and its hash.
+fn body_stream(len: u64, seed: u64) -> (reqwest::Body, String) {
+    // The chunks are generated twice, once here for the hash and once while streaming, so the
+    // whole body is never held in memory.
+    let mut hasher = Sha256::new();
+    let mut state = seed;
+    let mut chunks = Vec::new();
+    let mut left = len;
+    let next = |state: &mut u64, n: usize| -> Vec<u8> {
+        let mut v = Vec::with_capacity(n);
+        while v.len() < n {
+            *state ^= *state << 13;
+            *state ^= *state >> 7;
+            *state ^= *state << 17;
+            v.extend_from_slice(&state.to_le_bytes());
+        }
+        v.truncate(n);
+        v
+    };
+    while left > 0 {
+        let n = left.min(64 * 1024) as usize;
+        let chunk = next(&mut state, n);
+        hasher.update(&chunk);
+        chunks.push(n);
+        left -= n as u64;
+    }
+    let digest = hex(&hasher.finalize());
+    let mut state2 = seed;
+    let stream = futures_util::stream::iter(chunks)
+        .map(move |n| Ok::<_, std::io::Error>(next(&mut state2, n)));
+    (reqwest::Body::wrap_stream(stream), digest)
+}
+
+async fn download_sha256(client: &reqwest::Client, url: &str) -> (StatusCode, u64, String) {
+    let resp = client.get(url).send().await.unwrap();
+    let status = resp.status();
+    let mut hasher = Sha256::new();
+    let mut total = 0u64;
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.unwrap();
+        total += chunk.len() as u64;
+        hasher.update(&chunk);
+    }
+    (status, total, hex(&hasher.finalize()))
+}
+
+#[tokio::test]
+async fn upload_and_download_through_keygate_keep_every_byte() {
+    let backend = Backend::start();
+    let kg = Keygate::start(&[backend.addr], "");
+    let client = reqwest::Client::new();
+
+    let (body, digest) = body_stream(1024 * 1024, 7);
+    let resp = client
+        .put(kg.url("/v1/files/local/backups/one%20mib.bin"))
+        .header("content-length", 1024 * 1024)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    assert!(resp.headers().contains_key("x-keygate-request-id"));
+    let stored = std::fs::read(file_under(&backend.root(), "local/backups/one mib.bin")).unwrap();
+    assert_eq!(sha256_hex(&stored), digest, "bytes stored on disk");
+    let (status, len, got) =
+        download_sha256(&client, &kg.url("/v1/files/local/backups/one%20mib.bin")).await;
+    assert_eq!((status, len), (StatusCode::OK, 1024 * 1024));
+    assert_eq!(got, digest);
+
+    // Range and ETag pass through.
+    let resp = client
+        .get(kg.url("/v1/files/local/backups/one%20mib.bin"))
+        .header("range", "bytes=10-19")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(resp.headers()["content-range"], "bytes 10-19/1048576");
+    let etag = resp.headers()["etag"].clone();
+    assert_eq!(resp.bytes().await.unwrap(), stored[10..20]);
+    let resp = client
+        .get(kg.url("/v1/files/local/backups/one%20mib.bin"))
+        .header("if-none-match", etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_MODIFIED);
+}
+
+#[tokio::test]
+async fn a_256_mib_body_streams_both_ways_without_buffering() {
+    const LEN: u64 = 256 * 1024 * 1024;
+    let backend = Backend::start();
+    let kg = Keygate::start(&[backend.addr], "");
+    let client = reqwest::Client::new();
+    // Warm up so that the baseline includes the connection pools and the runtime.
+    let _ = client
+        .get(kg.url("/v1/folders/local"))
+        .send()
+        .await
+        .unwrap();
+    let before = kg.proc.rss_kib();
+
+    let (body, digest) = body_stream(LEN, 42);
+    let resp = client
+        .put(kg.url("/v1/files/local/big.bin"))
+        .body(body) // no Content-Length: chunked all the way
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED, "{}", kg.proc.stderr());
+    let (status, len, got) = download_sha256(&client, &kg.url("/v1/files/local/big.bin")).await;
+    assert_eq!((status, len), (StatusCode::OK, LEN));
+    assert_eq!(got, digest);
+
+    let growth_mib = kg.proc.peak_rss_kib().saturating_sub(before) / 1024;
+    assert!(
+        growth_mib < 64,
+        "keygate's peak RSS grew by {growth_mib} MiB while 2 × 256 MiB passed"
+    );
+}
+
+#[tokio::test]
+async fn list_mkdir_move_delete_and_restore() {
+    let backend = Backend::start();
+    let kg = Keygate::start(&[backend.addr], "");
+    let c = reqwest::Client::new();
+
+    let r = c
+        .post(kg.url("/v1/folders/local/projects/2025"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert!(backend.root().join("local/projects/2025").is_dir());
+    let r = c
+        .post(kg.url("/v1/folders/local/projects/2025"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+
+    let r = c
+        .put(kg.url("/v1/files/local/projects/2025/plan.txt"))
+        .body("the plan")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+
+    let list: Value = c
+        .get(kg.url("/v1/folders/local/projects/2025"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> = list["data"]["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["plan.txt"]);
+    let root: Value = c
+        .get(kg.url("/v1/folders/local"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(root["data"]["entries"][0]["name"], "projects");
+
+    // Move with a Destination header, to another provider.
+    let r = c
+        .request(
+            reqwest::Method::from_bytes(b"MOVE").unwrap(),
+            kg.url("/v1/files/local/projects/2025/plan.txt"),
+        )
+        .header("destination", "/v1/files/other/archive/plan%20v1.txt")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert!(!backend.root().join("local/projects/2025/plan.txt").exists());
+    assert_eq!(
+        std::fs::read(backend.root().join("other/archive/plan v1.txt")).unwrap(),
+        b"the plan"
+    );
+
+    // Copy, then search by name.
+    let r = c
+        .request(
+            reqwest::Method::from_bytes(b"COPY").unwrap(),
+            kg.url("/v1/files/other/archive/plan%20v1.txt"),
+        )
+        .header("destination", "/v1/files/local/plan-copy.txt")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let found: Value = c
+        .get(kg.url("/v1/search/local?q=PLAN"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(found["data"]["entries"][0]["path"], "/plan-copy.txt");
+
+    // Delete into the trash, list it, restore it.
+    let r = c
+        .delete(kg.url("/v1/files/other/archive/plan%20v1.txt"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(!backend.root().join("other/archive/plan v1.txt").exists());
+    let trash: Value = c
+        .get(kg.url("/v1/trash/other"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let entry = &trash["data"]["entries"][0];
+    assert_eq!(entry["originalPath"], "/archive/plan v1.txt");
+    let id = entry["id"].as_str().unwrap();
+    let r = c
+        .post(kg.url(&format!("/v1/trash/other/{id}/restore")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        std::fs::read(backend.root().join("other/archive/plan v1.txt")).unwrap(),
+        b"the plan"
+    );
+    let trash: Value = c
+        .get(kg.url("/v1/trash/other"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(trash["data"]["entries"].as_array().unwrap().len(), 0);
+
+    // Delete and empty the trash for good.
+    c.delete(kg.url("/v1/files/local/plan-copy.txt"))
+        .send()
+        .await
+        .unwrap();
+    let r: Value = c
+        .delete(kg.url("/v1/trash/local"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["data"]["purged"], 1);
+}
+
+#[tokio::test]
+async fn client_supplied_identity_and_hop_headers_never_reach_the_backend() {
+    let rec = Recorder::start().await;
+    let kg = Keygate::start(&[rec.addr], "");
+    let c = reqwest::Client::new();
+    let r = c
+        .get(kg.url("/v1/files/local/a.txt"))
+        .header("x-keygate-user", "admin@example.com")
+        .header("X-Keygate-Workspace", "someone-elses")
+        .header("x-keygate-request-id", "forged")
+        .header("x-http-method-override", "DELETE")
+        .header("connection", "x-private-hop")
+        .header("x-private-hop", "secret")
+        .header("proxy-authorization", "Basic Zm9vOmJhcg==")
+        .header("x-api-key", "not-for-the-backend")
+        .header("x-custom", "kept")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let request_id = r.headers()["x-keygate-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let seen = rec.requests();
+    assert_eq!(seen.len(), 1);
+    let s = &seen[0];
+    assert_eq!(
+        s.method, "GET",
+        "the method override must not change the method"
+    );
+    for gone in [
+        "x-keygate-user",
+        "x-keygate-workspace",
+        "x-http-method-override",
+        "x-private-hop",
+        "proxy-authorization",
+        "x-api-key",
+        "connection",
+    ] {
+        assert_eq!(s.header(gone), None, "{gone} reached the backend");
+    }
+    assert_eq!(s.header("x-keygate-request-id"), Some(request_id.as_str()));
+    assert_ne!(request_id, "forged");
+    assert_eq!(s.header("x-custom"), Some("kept"));
+}
+
+#[tokio::test]
+async fn the_backend_records_only_the_identity_keygate_sets() {
+    let backend = Backend::start();
+    let kg = Keygate::start(&[backend.addr], "");
+    let c = reqwest::Client::new();
+    let r = c
+        .put(kg.url("/v1/files/local/who.txt"))
+        .header("x-keygate-user", "mallory")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let list: Value = c
+        .get(kg.url("/v1/folders/local"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["data"]["entries"][0]["name"], "who.txt");
+    assert!(
+        list["data"]["entries"][0].get("modifiedBy").is_none(),
+        "{list}"
+    );
+    // Called directly, the backend does record the header it trusts.
+    let r = c
+        .put(backend.url("/v1/files/local/direct.txt"))
+        .header("x-keygate-user", "user-1")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let list: Value = c
+        .get(backend.url("/v1/folders/local"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["data"]["entries"][0]["modifiedBy"], "user-1");
+}
+
+/// Every class of ambiguous target is refused with the JSON error, and none reaches upstream.
+#[tokio::test]
+async fn ambiguous_targets_are_refused_and_never_forwarded() {
+    let rec = Recorder::start().await;
+    let kg = Keygate::start(&[rec.addr], "");
+    let refused: &[&[u8]] = &[
+        b"/v1/files/local/a/../../etc/passwd",
+        b"/v1/files/local/%2e%2e/secret",
+        b"/v1/files/local/.%2E/secret",
+        b"/v1/files/local/./a",
+        b"/v1/files/local//a",
+        b"/v1/files/local/a%2fb",
+        b"/v1/files/local/a%5cb",
+        b"/v1/files/local/a\\b",
+        b"/v1/files/local/a%25b",
+        b"/v1/files/local/a;param/b",
+        b"/v1/files/local/a%00b",
+        b"/v1/files/local/a%0d%0aX-Injected:%201",
+        b"/v1/files/local/%c0%ae%c0%ae/x",
+        b"/v1/files/local/%EF%BC%8E%EF%BC%8E/x",
+        b"/v1/files/local/a%E2%88%95b",
+        b"/v1/files/local/cafe%CC%81",
+        b"http://127.0.0.1/v1/files/local/a",
+    ];
+    for target in refused {
+        let (status, text) = raw_get(kg.data, target);
+        assert_eq!(
+            status,
+            400,
+            "{:?} → {text}",
+            String::from_utf8_lossy(target)
+        );
+        let body = raw_json(&text);
+        assert_eq!(
+            body["success"],
+            false,
+            "{:?} → {text}",
+            String::from_utf8_lossy(target)
+        );
+        assert_eq!(body["error"]["code"], "BAD_REQUEST");
+        assert!(body["error"]["requestId"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty()));
+    }
+    // A target the HTTP parser cannot read at all is refused by pingora before keygate runs:
+    // still a 400, still never forwarded, but with pingora's empty body (docs/security.md).
+    let (status, _) = raw_get(kg.data, b"/v1/files/local/\xff");
+    assert_eq!(status, 400);
+    assert!(
+        rec.requests().is_empty(),
+        "refused requests reached the upstream: {:?}",
+        rec.requests()
+    );
+
+    // Forms that must pass, and arrive upstream in the one canonical spelling.
+    for (target, upstream) in [
+        (
+            &b"/v1/files/local/backups/.hidden"[..],
+            "/v1/files/local/backups/.hidden",
+        ),
+        (
+            b"/v1/files/local/backups/a..b",
+            "/v1/files/local/backups/a..b",
+        ),
+        (
+            b"/v1/files/local/db%20dump.tar",
+            "/v1/files/local/db%20dump.tar",
+        ),
+        (
+            "/v1/files/local/café/日本".as_bytes(),
+            "/v1/files/local/caf%C3%A9/%E6%97%A5%E6%9C%AC",
+        ),
+        (b"/v1/files/local/%7euser?x=1", "/v1/files/local/~user?x=1"),
+    ] {
+        let (status, text) = raw_get(kg.data, target);
+        assert_eq!(
+            status,
+            200,
+            "{:?} → {text}",
+            String::from_utf8_lossy(target)
+        );
+        assert_eq!(rec.requests().last().unwrap().target, upstream);
+    }
+}
+
+#[tokio::test]
+async fn conflicting_framing_is_refused() {
+    let rec = Recorder::start().await;
+    let kg = Keygate::start(&[rec.addr], "");
+    let (status, text) = raw_request(
+        kg.data,
+        b"PUT /v1/files/local/x HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    );
+    assert_eq!(status, 400, "{text}");
+    assert_eq!(raw_json(&text)["error"]["code"], "BAD_REQUEST");
+    assert!(rec.requests().is_empty());
+}
+
+#[tokio::test]
+async fn unknown_routes_are_404_json() {
+    let rec = Recorder::start().await;
+    let kg = Keygate::start(&[rec.addr], "");
+    let r = reqwest::get(kg.url("/v2/anything")).await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "NOT_FOUND");
+    let r = reqwest::Client::new()
+        .patch(kg.url("/v1/files/local/a"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert!(rec.requests().is_empty());
+}
+
+#[tokio::test]
+async fn backend_down_is_502_json() {
+    // A port that nothing listens on: bind, learn the port, close.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let kg = Keygate::start(&[dead], "");
+    let r = reqwest::get(kg.url("/v1/files/local/a")).await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "UPSTREAM_UNAVAILABLE");
+    assert!(kg.metrics().await.contains("keygate_upstream_errors_total"));
+}
+
+#[tokio::test]
+async fn several_peers_are_balanced_and_a_dead_one_is_skipped() {
+    let a = Recorder::start().await;
+    let b = Recorder::start().await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let kg = Keygate::start(
+        &[a.addr, b.addr, dead],
+        "[upstream]\nhealth_check_interval = \"100ms\"\n",
+    );
+    // Let the first health checks mark the dead peer down.
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let c = reqwest::Client::new();
+    for _ in 0..20 {
+        let r = c.get(kg.url("/v1/files/local/x")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    let (na, nb) = (a.requests().len(), b.requests().len());
+    assert_eq!(na + nb, 20);
+    assert!(na >= 5 && nb >= 5, "round robin spread {na}/{nb}");
+}
+
+#[tokio::test]
+async fn control_plane_health_readiness_and_metrics() {
+    let rec = Recorder::start().await;
+    let kg = Keygate::start(&[rec.addr], "");
+    let health: Value = reqwest::get(kg.control_url("/healthz"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "ok");
+    let r = reqwest::get(kg.control_url("/readyz")).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let ready: Value = r.json().await.unwrap();
+    assert_eq!(ready["checks"]["database"], "ok");
+
+    reqwest::get(kg.url("/v1/files/local/a")).await.unwrap();
+    reqwest::get(kg.url("/nowhere")).await.unwrap();
+    let m = kg.metrics().await;
+    assert!(
+        m.contains(
+            r#"keygate_requests_total{action="readFile",outcome="forwarded",status="200"} 1"#
+        ),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"keygate_requests_total{action="none",outcome="NOT_FOUND",status="404"} 1"#),
+        "{m}"
+    );
+    assert!(m.contains("keygate_request_duration_seconds_bucket"), "{m}");
+    assert!(
+        m.contains(r#"keygate_overhead_seconds_count{action="readFile"} 1"#),
+        "{m}"
+    );
+}
