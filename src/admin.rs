@@ -6,7 +6,9 @@ use std::io::BufRead;
 use anyhow::{bail, Context};
 use serde::Serialize;
 
-use crate::cli::{MembersCmd, ProvidersCmd, RoleArg, UsersCmd, WorkspacesCmd};
+use crate::cli::{KeysCmd, MembersCmd, ProvidersCmd, RoleArg, UsersCmd, WorkspacesCmd};
+use crate::keys::Grant;
+use crate::manage::{Actor, CreateKey, KeyManager, KeyView, UpdateKey};
 use crate::store::{Role, Store};
 
 /// Shortest password accepted.
@@ -163,4 +165,137 @@ pub async fn hash_password(password: String) -> anyhow::Result<String> {
             .map_err(|e| anyhow::anyhow!("cannot hash the password: {e}"))
     })
     .await?
+}
+
+/// `PROVIDER` or `PROVIDER:/BASE/PATH`.
+fn grant(spec: &str) -> Grant {
+    let (provider, base_path) = spec.split_once(':').unwrap_or((spec, "/"));
+    Grant {
+        provider: provider.to_owned(),
+        base_path: base_path.to_owned(),
+    }
+}
+
+fn key_line(k: &KeyView) -> String {
+    let providers = match &k.providers {
+        None => "all providers".to_owned(),
+        Some(list) => list
+            .iter()
+            .map(|g| format!("{}:{}", g.provider, g.base_path))
+            .collect::<Vec<_>>()
+            .join(","),
+    };
+    let warning = if k.expires_soon {
+        "  (expires within 7 days)"
+    } else {
+        ""
+    };
+    format!(
+        "{}\t{}\t{}\t{}\t{}\t{}\texpires {}{}",
+        k.id,
+        k.display_prefix,
+        k.name,
+        k.status,
+        k.scopes.join(","),
+        providers,
+        k.expires_at.as_deref().unwrap_or("never"),
+        warning
+    )
+}
+
+pub async fn keys(manager: &KeyManager, cmd: KeysCmd) -> anyhow::Result<()> {
+    let op = Actor::Operator;
+    match cmd {
+        KeysCmd::Create {
+            owner,
+            workspace,
+            name,
+            scopes,
+            providers,
+            expires,
+            json,
+        } => {
+            let req = CreateKey {
+                name,
+                scopes,
+                providers: (!providers.is_empty())
+                    .then(|| providers.iter().map(|p| grant(p)).collect()),
+                expires_in: Some(expires),
+                expires_at: None,
+                owner: Some(owner),
+                workspace,
+            };
+            let k = manager.create(&op, req).await?;
+            print(json, &k, |k| {
+                format!(
+                    "{}\n\nThis is the only time the key is shown. {}",
+                    k.key,
+                    key_line(&k.view)
+                )
+            });
+        }
+        KeysCmd::List {
+            owner,
+            workspace,
+            json,
+        } => {
+            let list = manager
+                .list(&op, owner.as_deref(), workspace.as_deref())
+                .await?;
+            print_list(json, &list, key_line);
+        }
+        KeysCmd::Show { id, json } => print(json, &manager.show(&op, &id).await?, key_line),
+        KeysCmd::Update {
+            id,
+            name,
+            scopes,
+            providers,
+            all_providers,
+            expires,
+            json,
+        } => {
+            let req = UpdateKey {
+                name,
+                scopes: (!scopes.is_empty()).then_some(scopes),
+                providers: if all_providers {
+                    Some(None)
+                } else if providers.is_empty() {
+                    None
+                } else {
+                    Some(Some(providers.iter().map(|p| grant(p)).collect()))
+                },
+                expires_in: expires,
+                expires_at: None,
+            };
+            print(json, &manager.update(&op, &id, req).await?, key_line);
+        }
+        KeysCmd::Revoke { id, json } => print(json, &manager.revoke(&op, &id).await?, key_line),
+        KeysCmd::Rotate { id, json } => {
+            let k = manager.rotate(&op, &id).await?;
+            print(json, &k, |k| {
+                format!(
+                    "{}\n\nThis is the only time the key is shown; the old key is revoked. {}",
+                    k.key,
+                    key_line(&k.view)
+                )
+            });
+        }
+        KeysCmd::Usage { id, json } => {
+            let u = manager.usage(&op, &id).await?;
+            print(json, &u, |u| {
+                let mut out = format!(
+                    "last used {}\n",
+                    u.last_used_at.as_deref().unwrap_or("never")
+                );
+                for d in u.days.iter().chain(std::iter::once(&u.totals)) {
+                    out.push_str(&format!(
+                        "{}\trequests {}\tdenied {}\tbytes in {}\tbytes out {}\n",
+                        d.day, d.requests, d.denied, d.bytes_in, d.bytes_out
+                    ));
+                }
+                out.trim_end().to_owned()
+            });
+        }
+    }
+    Ok(())
 }

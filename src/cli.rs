@@ -41,6 +41,90 @@ pub enum Command {
     /// Manage storage providers.
     #[command(subcommand)]
     Providers(ProvidersCmd),
+    /// Manage API keys (with operator rights, directly on the database).
+    #[command(subcommand)]
+    Keys(KeysCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCmd {
+    /// Create a key; the full key is printed once.
+    Create {
+        /// The owner's email.
+        #[arg(long)]
+        owner: String,
+        /// The workspace (may be left out when the owner belongs to exactly one).
+        #[arg(long)]
+        workspace: Option<String>,
+        #[arg(long)]
+        name: String,
+        /// A scope (repeatable): read, write, admin, files:read, files:write, files:delete,
+        /// folders:read, folders:write, search:read, trash:read, trash:write, workspace:admin.
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+        /// Restrict to a provider and base path, as PROVIDER or PROVIDER:/BASE/PATH
+        /// (repeatable). Without it the key works on every provider, now and future.
+        #[arg(long = "provider")]
+        providers: Vec<String>,
+        /// 30d, 90d, 1y, never, a date (2027-01-31) or an RFC 3339 time.
+        #[arg(long, default_value = "never")]
+        expires: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List keys (never their secrets).
+    List {
+        /// Only the keys of this owner (email).
+        #[arg(long)]
+        owner: Option<String>,
+        #[arg(long)]
+        workspace: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one key.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a key's name, scopes, providers or expiry.
+    Update {
+        id: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// Replace the scopes (repeatable).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// Replace the provider restrictions (repeatable), as with create.
+        #[arg(long = "provider", conflicts_with = "all_providers")]
+        providers: Vec<String>,
+        /// Lift the provider restrictions.
+        #[arg(long)]
+        all_providers: bool,
+        #[arg(long)]
+        expires: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key, at once and for good.
+    Revoke {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Issue a new secret with the same settings and revoke the old one.
+    Rotate {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Requests, denials and bytes per day, and when the key was last used.
+    Usage {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -14,7 +14,9 @@ use file::{FileConfig, RouteRule};
 use crate::route::{Methods, Route, RouteTable, Template};
 
 /// Sections of the file; `KEYGATE_<SECTION>_<KEY>` overrides `[section] key`.
-const SECTIONS: &[&str] = &["server", "database", "upstream", "routes", "log"];
+const SECTIONS: &[&str] = &[
+    "server", "database", "upstream", "routes", "log", "keys", "auth", "control",
+];
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -28,6 +30,10 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub routes: RouteTable,
     pub log: LogConfig,
+    pub keys: KeysConfig,
+    /// Failed authentications per client address and minute before 429.
+    pub auth_failures_per_minute: u32,
+    pub operator_token: Option<SecretSource>,
     /// Where the config came from, for messages.
     pub source: Option<PathBuf>,
 }
@@ -45,6 +51,63 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub write_timeout: Duration,
+}
+
+/// A secret given inline or in a file.
+#[derive(Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    Inline(String),
+    File(PathBuf),
+    /// A file created with a random secret if it does not exist yet.
+    Generated(PathBuf),
+}
+
+impl fmt::Debug for SecretSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretSource::Inline(_) => f.write_str("Inline(…)"),
+            SecretSource::File(p) => write!(f, "File({})", p.display()),
+            SecretSource::Generated(p) => write!(f, "Generated({})", p.display()),
+        }
+    }
+}
+
+impl SecretSource {
+    /// Reads the secret (creating a generated one, readable by its owner only).
+    pub fn load(&self) -> std::io::Result<String> {
+        match self {
+            SecretSource::Inline(s) => Ok(s.clone()),
+            SecretSource::File(p) => Ok(std::fs::read_to_string(p)?.trim().to_owned()),
+            SecretSource::Generated(p) => match std::fs::read_to_string(p) {
+                Ok(s) => Ok(s.trim().to_owned()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    use rand::RngCore;
+                    let mut bytes = [0u8; 32];
+                    rand::rngs::OsRng.fill_bytes(&mut bytes);
+                    let secret = crate::keys::hex(&bytes);
+                    let mut options = std::fs::OpenOptions::new();
+                    options.write(true).create_new(true);
+                    #[cfg(unix)]
+                    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+                    use std::io::Write;
+                    options.open(p)?.write_all(secret.as_bytes())?;
+                    tracing::info!(path = %p.display(), "created a new key pepper");
+                    Ok(secret)
+                }
+                Err(e) => Err(e),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct KeysConfig {
+    pub style: crate::keys::KeyStyle,
+    pub pepper: SecretSource,
+    pub max_active_per_user: u32,
+    pub cache_ttl: Duration,
+    pub usage_flush_interval: Duration,
+    pub change_poll_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -359,7 +422,37 @@ fn validate(file: FileConfig, overrides: &Overrides, problems: &mut Vec<Problem>
         }
     };
 
+    let keys = keys_config(&file, &database.url, problems);
+    let operator_token = match (
+        &file.control.operator_token,
+        &file.control.operator_token_file,
+    ) {
+        (Some(_), Some(_)) => {
+            problem(
+                problems,
+                "[control]",
+                "give operator_token or operator_token_file, not both",
+            );
+            None
+        }
+        (Some(t), None) => {
+            if t.len() < 16 {
+                problem(
+                    problems,
+                    "[control] operator_token",
+                    "must have at least 16 characters",
+                );
+            }
+            Some(SecretSource::Inline(t.clone()))
+        }
+        (None, Some(f)) => Some(SecretSource::File(PathBuf::from(f))),
+        (None, None) => None,
+    };
+
     Config {
+        keys,
+        auth_failures_per_minute: file.auth.failures_per_minute.unwrap_or(20).max(1),
+        operator_token,
         listen,
         control_listen,
         threads,
@@ -371,6 +464,103 @@ fn validate(file: FileConfig, overrides: &Overrides, problems: &mut Vec<Problem>
         routes,
         log: LogConfig { level, json },
         source: None,
+    }
+}
+
+fn keys_config(file: &FileConfig, db_url: &str, problems: &mut Vec<Problem>) -> KeysConfig {
+    use crate::keys::{KeyFormat, KeyStyle};
+    let k = &file.keys;
+    let format = match k.format.as_deref() {
+        None | Some("kg") => KeyFormat::Kg,
+        Some("drv") => KeyFormat::Drv,
+        Some("fo") => KeyFormat::Fo,
+        Some(other) => {
+            problem(
+                problems,
+                "[keys] format",
+                format!("'{other}' is not one of 'kg', 'drv', 'fo'"),
+            );
+            KeyFormat::Kg
+        }
+    };
+    let prefix = k.prefix.clone().unwrap_or_else(|| "kg".to_owned());
+    if prefix.is_empty()
+        || prefix.len() > 10
+        || !prefix.bytes().all(|b| b.is_ascii_alphanumeric())
+        || prefix == "drv"
+        || prefix == "fo"
+    {
+        problem(
+            problems,
+            "[keys] prefix",
+            format!("'{prefix}' must be 1 to 10 letters or digits, and not 'drv' or 'fo'"),
+        );
+    }
+    let pepper = match (&k.pepper, &k.pepper_file) {
+        (Some(_), Some(_)) => {
+            problem(problems, "[keys]", "give pepper or pepper_file, not both");
+            SecretSource::Inline(String::new())
+        }
+        (Some(p), None) => {
+            if p.len() < crate::keys::MIN_PEPPER_LEN {
+                problem(
+                    problems,
+                    "[keys] pepper",
+                    format!(
+                        "must have at least {} characters",
+                        crate::keys::MIN_PEPPER_LEN
+                    ),
+                );
+            }
+            SecretSource::Inline(p.clone())
+        }
+        (None, Some(f)) => SecretSource::File(PathBuf::from(f)),
+        (None, None) => match db_url
+            .strip_prefix("sqlite://")
+            .or_else(|| db_url.strip_prefix("sqlite:"))
+        {
+            Some(path) => {
+                let path = path.split('?').next().unwrap_or(path);
+                let dir = Path::new(path)
+                    .parent()
+                    .filter(|d| !d.as_os_str().is_empty());
+                SecretSource::Generated(dir.map_or_else(
+                    || PathBuf::from("keygate.pepper"),
+                    |d| d.join("keygate.pepper"),
+                ))
+            }
+            None => {
+                problem(
+                    problems,
+                    "[keys] pepper_file",
+                    "is required with PostgreSQL: every instance must hash keys with the same pepper",
+                );
+                SecretSource::Inline(String::new())
+            }
+        },
+    };
+    KeysConfig {
+        style: KeyStyle { format, prefix },
+        pepper,
+        max_active_per_user: k.max_active_per_user.unwrap_or(10).max(1),
+        cache_ttl: duration(
+            problems,
+            "[keys] cache_ttl",
+            k.cache_ttl.as_deref(),
+            Duration::from_secs(300),
+        ),
+        usage_flush_interval: duration(
+            problems,
+            "[keys] usage_flush_interval",
+            k.usage_flush_interval.as_deref(),
+            Duration::from_secs(5),
+        ),
+        change_poll_interval: duration(
+            problems,
+            "[keys] change_poll_interval",
+            k.change_poll_interval.as_deref(),
+            Duration::from_secs(1),
+        ),
     }
 }
 

@@ -44,8 +44,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     store.set_member("demo", &user.email, Role::Admin).await?;
     store.add_provider("local", "demo").await?;
 
+    let operator_token = format!(
+        "op_{}",
+        Alphanumeric.sample_string(&mut rand::thread_rng(), 32)
+    );
     let config = Config::from_toml(
-        "",
+        &format!("[control]\noperator_token = \"{operator_token}\"\n"),
         "demo",
         std::iter::empty(),
         &Overrides {
@@ -55,6 +59,20 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             peers: vec![backend_addr.to_string()],
         },
     )?;
+    let manager = crate::server::key_manager(&config, store.clone())?;
+    let key = manager
+        .create(
+            &crate::manage::Actor::Operator,
+            crate::manage::CreateKey {
+                name: "demo full access".to_owned(),
+                scopes: vec!["admin".to_owned()],
+                owner: Some(user.email.clone()),
+                workspace: Some("demo".to_owned()),
+                ..Default::default()
+            },
+        )
+        .await?
+        .key;
     let running = crate::server::start_with_store(&config, store).await?;
     let data = running.data_addr;
     let control = running.control_addr;
@@ -67,15 +85,23 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
   backend        http://{backend_addr}   (no authentication: keygate fronts it)
 
   workspace demo, provider local, user demo@example.com (admin), password {password}
+  API key (full access)  {key}
+  operator token         {operator_token}
 
 Try:
+  export KEY={key} OP={operator_token}
   echo 'hello keygate' > hello.txt
-  curl -sS -T hello.txt http://{data}/v1/files/local/docs/hello.txt
-  curl -sS http://{data}/v1/files/local/docs/hello.txt
-  curl -sS http://{data}/v1/folders/local/docs
-  curl -sS -X MOVE -H 'Destination: /v1/files/local/docs/renamed.txt' http://{data}/v1/files/local/docs/hello.txt
-  curl -sS 'http://{data}/v1/search/local?q=renamed'
-  curl -sS http://{data}/v1/files/local/docs/%2e%2e/secret     # refused: 400
+  curl -sS -H "X-API-Key: $KEY" -T hello.txt http://{data}/v1/files/local/docs/hello.txt
+  curl -sS -H "Authorization: Bearer $KEY" http://{data}/v1/files/local/docs/hello.txt
+  curl -sS -H "X-API-Key: $KEY" http://{data}/v1/folders/local/docs
+  curl -sS -H "X-API-Key: $KEY" -X MOVE -H 'Destination: /v1/files/local/docs/renamed.txt' http://{data}/v1/files/local/docs/hello.txt
+  curl -sS -H "X-API-Key: $KEY" 'http://{data}/v1/search/local?q=renamed'
+  curl -sS http://{data}/v1/folders/local                          # refused: 401, no key
+  curl -sS -H "X-API-Key: $KEY" http://{data}/v1/files/local/%2e%2e/x  # refused: 400
+  curl -sS -H "Authorization: Bearer $OP" -H 'content-type: application/json' \
+       -d '{{"name":"backups only","scopes":["read"],"providers":[{{"provider":"local","basePath":"/backups"}}],"expiresIn":"30d","owner":"demo@example.com"}}' \
+       http://{control}/v1/keys
+  curl -sS -H "Authorization: Bearer $OP" http://{control}/v1/keys
   curl -sS http://{control}/metrics | grep keygate_requests_total
 "#,
         dir = dir.path().display(),

@@ -135,6 +135,20 @@ impl Refusal {
     }
 }
 
+impl Refusal {
+    /// The refusal as an axum response (for the control plane).
+    pub fn render_response(&self, request_id: &str) -> axum::response::Response {
+        let r = self.render(request_id);
+        let mut builder = axum::http::Response::builder().status(r.status);
+        for (name, value) in &r.headers {
+            builder = builder.header(*name, value.as_str());
+        }
+        builder
+            .body(axum::body::Body::from(r.body))
+            .unwrap_or_default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,9 +8,15 @@ use http::HeaderMap;
 use pingora::http::{RequestHeader, ResponseHeader};
 
 use crate::deny::Refusal;
+use crate::identity::Principal;
 use crate::route::RouteMatch;
 
 pub const REQUEST_ID: &str = "x-keygate-request-id";
+pub const USER: &str = "x-keygate-user";
+pub const KEY_ID: &str = "x-keygate-key-id";
+pub const WORKSPACE: &str = "x-keygate-workspace";
+/// On responses to a key that expires within 7 days: when it does (RFC 3339).
+pub const KEY_EXPIRES: &str = "x-keygate-key-expires-at";
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1 and the common non-standard ones). The framing headers
 /// `Content-Length` and `Transfer-Encoding` are not here: pingora re-frames the body itself.
@@ -112,6 +118,7 @@ fn keygate_headers(headers: &HeaderMap) -> Vec<HeaderName> {
 pub fn prepare_upstream(
     req: &mut RequestHeader,
     route: &RouteMatch,
+    principal: &Principal,
     request_id: &str,
 ) -> Result<(), Refusal> {
     let uri: http::Uri = route
@@ -133,6 +140,14 @@ pub fn prepare_upstream(
             .map_err(|_| Refusal::bad_request("the Destination header cannot be forwarded"))?;
     }
     let _ = req.insert_header(REQUEST_ID, request_id);
+    for (name, value) in [
+        (USER, principal.user_email.as_str()),
+        (KEY_ID, principal.key_id.as_str()),
+        (WORKSPACE, principal.workspace.as_str()),
+    ] {
+        req.insert_header(name, value)
+            .map_err(|_| Refusal::bad_request("an identity header cannot be forwarded"))?;
+    }
     Ok(())
 }
 
@@ -214,13 +229,35 @@ mod tests {
             upstream_target: "/v1/files/local/a.".to_owned(),
             upstream_destination: None,
         };
-        prepare_upstream(&mut req, &route, "rid-1").unwrap();
+        let principal = Principal {
+            key_id: "key-1".into(),
+            user_id: "user-1".into(),
+            user_email: "ada@example.com".into(),
+            workspace_id: "ws-1".into(),
+            workspace: "acme".into(),
+            scopes: vec![],
+            grants: None,
+            role: None,
+            expires_at: None,
+            generation: 0,
+            usage: Default::default(),
+        };
+        prepare_upstream(&mut req, &route, &principal, "rid-1").unwrap();
         let mut names: Vec<&str> = req.headers.keys().map(|k| k.as_str()).collect();
         names.sort_unstable();
         assert_eq!(
             names,
-            ["accept", "content-length", "host", "x-keygate-request-id"]
+            [
+                "accept",
+                "content-length",
+                "host",
+                "x-keygate-key-id",
+                "x-keygate-request-id",
+                "x-keygate-user",
+                "x-keygate-workspace"
+            ]
         );
+        assert_eq!(req.headers["x-keygate-user"], "ada@example.com");
         assert_eq!(req.raw_path(), b"/v1/files/local/a.");
     }
 

@@ -91,6 +91,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     Command::Users(c) => keygate::admin::users(&store, c).await,
                     Command::Members(c) => keygate::admin::members(&store, c).await,
                     Command::Providers(c) => keygate::admin::providers(&store, c).await,
+                    Command::Keys(c) => {
+                        let manager = keygate::server::key_manager(&config, store.clone())?;
+                        keygate::admin::keys(&manager, c).await
+                    }
                     Command::Serve(_) | Command::Demo(_) | Command::CheckConfig => {
                         unreachable!("handled above")
                     }

@@ -11,6 +11,7 @@
 //! result; the per-request [`RequestCtx`] carries what one stage hands to the next, each field
 //! written by exactly one stage. Nothing carries over between requests on one connection.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -21,8 +22,11 @@ use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
 use pingora::{ErrorSource, ErrorType};
 
+use crate::credentials::credentials;
 use crate::deny::Refusal;
 use crate::forward;
+use crate::identity::{Identity, Principal};
+use crate::manage::EXPIRY_WARNING_MS;
 use crate::route::{RouteInput, RouteMatch, RouteTable};
 use crate::telemetry::Metrics;
 use crate::upstream::Upstream;
@@ -34,6 +38,8 @@ pub struct RequestCtx {
     pub arrived: Instant,
     /// Written by the route stage.
     pub route: Option<RouteMatch>,
+    /// Written by the identity stage.
+    pub principal: Option<Arc<Principal>>,
     /// Written by whichever stage refused the request.
     pub refusal: Option<Refusal>,
     /// Written when the request is sent upstream.
@@ -46,6 +52,7 @@ impl RequestCtx {
             request_id: uuid::Uuid::now_v7().simple().to_string(),
             arrived: Instant::now(),
             route: None,
+            principal: None,
             refusal: None,
             sent_upstream: None,
         }
@@ -59,22 +66,39 @@ impl RequestCtx {
 /// Everything the data plane needs, shared by all requests.
 pub struct Keygate {
     pub routes: RouteTable,
+    pub identity: Arc<Identity>,
     pub upstream: Arc<Upstream>,
     pub metrics: Arc<Metrics>,
 }
 
 impl Keygate {
     /// The stages up to the decision, in order. `Ok` means forward.
-    fn admit(
+    async fn admit(
         &self,
         req: &RequestHeader,
         raw_header: Option<&[u8]>,
+        client: Option<IpAddr>,
         ctx: &mut RequestCtx,
     ) -> Result<(), Refusal> {
         forward::check_framing(&req.headers, raw_header)?;
-        ctx.route = Some(self.routes.route(route_input(req))?);
-        // Credentials, identity, rate limit and the policy decision join here, in that order.
+        let route = ctx.route.insert(self.routes.route(route_input(req))?);
+        self.identity.check_address(client)?;
+        let creds = credentials(&req.headers, route.query(), self.identity.style())
+            .inspect_err(|r| self.count_failure(r, client))?;
+        let principal = self
+            .identity
+            .authenticate(&creds)
+            .await
+            .inspect_err(|r| self.count_failure(r, client))?;
+        ctx.principal = Some(principal);
+        // The rate limit and the policy decision join here, in that order.
         Ok(())
+    }
+
+    fn count_failure(&self, refusal: &Refusal, client: Option<IpAddr>) {
+        if let Refusal::Unauthorized(reason) = refusal {
+            self.identity.record_failure(client, *reason);
+        }
     }
 }
 
@@ -135,7 +159,14 @@ impl ProxyHttp for Keygate {
             .as_downstream()
             .as_http1()
             .map(|h1| h1.get_headers_raw_bytes());
-        match self.admit(session.req_header(), raw_header.as_deref(), ctx) {
+        let client = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        match self
+            .admit(session.req_header(), raw_header.as_deref(), client, ctx)
+            .await
+        {
             Ok(()) => Ok(false),
             Err(refusal) => {
                 respond(session, &refusal, &ctx.request_id).await?;
@@ -161,11 +192,22 @@ impl ProxyHttp for Keygate {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        // INVARIANT: request_filter let the request through only with a route match.
-        let route = ctx.route.as_ref().ok_or_else(|| {
-            Error::explain(ErrorType::InternalError, "forwarding without a route")
-        })?;
-        if forward::prepare_upstream(upstream_request, route, &ctx.request_id).is_err() {
+        // INVARIANT: request_filter lets a request through only with a route and a principal.
+        let (Some(route), Some(principal)) = (ctx.route.as_ref(), ctx.principal.as_ref()) else {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "forwarding an unchecked request",
+            ));
+        };
+        // A revoke or change that returned while this request was in flight stops it here.
+        if !self.identity.is_current(principal) {
+            ctx.refusal = Some(Refusal::Unauthorized(crate::deny::AuthFailure::Revoked));
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(401),
+                "credential changed in flight",
+            ));
+        }
+        if forward::prepare_upstream(upstream_request, route, principal, &ctx.request_id).is_err() {
             return Err(Error::explain(
                 ErrorType::InternalError,
                 "cannot build the upstream request",
@@ -187,6 +229,12 @@ impl ProxyHttp for Keygate {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         forward::clean_response(upstream_response, &ctx.request_id);
+        if let Some(expires_at) = ctx.principal.as_ref().and_then(|p| p.expires_at) {
+            if expires_at - crate::store::now_millis() <= EXPIRY_WARNING_MS {
+                let _ = upstream_response
+                    .insert_header(forward::KEY_EXPIRES, crate::keys::format_time(expires_at));
+            }
+        }
         Ok(())
     }
 
@@ -260,6 +308,13 @@ impl ProxyHttp for Keygate {
             .request_duration
             .with_label_values(&[outcome])
             .observe(now.duration_since(ctx.arrived).as_secs_f64());
+        if let Some(p) = &ctx.principal {
+            p.usage.record(
+                ctx.refusal.is_some(),
+                session.body_bytes_read() as u64,
+                session.body_bytes_sent() as u64,
+            );
+        }
         if let Some(sent) = ctx.sent_upstream {
             self.metrics
                 .upstream_duration

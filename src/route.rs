@@ -415,6 +415,13 @@ pub struct RouteMatch {
     pub upstream_destination: Option<String>,
 }
 
+impl RouteMatch {
+    /// The query as received (checked printable ASCII), if any.
+    pub fn query(&self) -> Option<&str> {
+        self.upstream_target.split_once('?').map(|(_, q)| q)
+    }
+}
+
 /// The route table from the config: first match wins.
 #[derive(Debug, Clone, Default)]
 pub struct RouteTable {

@@ -19,10 +19,14 @@ use tokio::task::JoinSet;
 
 use crate::config::Config;
 use crate::control::{self, ControlState};
+use crate::identity::{Identity, IdentityConfig};
+use crate::keys::Pepper;
+use crate::manage::{KeyManager, EXPIRY_WARNING_MS};
 use crate::proxy::Keygate;
-use crate::store::Store;
+use crate::store::{now_millis, Store};
 use crate::telemetry::Metrics;
 use crate::upstream::Upstream;
+use crate::usage::UsageRecorder;
 
 /// How long in-flight requests get to finish after a shutdown signal.
 const DRAIN: Duration = Duration::from_secs(10);
@@ -34,6 +38,7 @@ pub struct Running {
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
     store: Store,
+    usage: Arc<UsageRecorder>,
 }
 
 impl Running {
@@ -48,6 +53,9 @@ impl Running {
             tracing::warn!("shutdown: in-flight requests did not finish in time");
             self.tasks.abort_all();
         }
+        if let Err(e) = self.usage.flush(&self.store).await {
+            tracing::error!(error = %e, "shutdown: could not write the last usage counts");
+        }
         self.store.close().await;
     }
 }
@@ -60,8 +68,58 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     start_with_store(config, store).await
 }
 
+/// The pepper of the config, read (or created) and checked.
+pub fn load_pepper(config: &Config) -> anyhow::Result<Pepper> {
+    let secret = config
+        .keys
+        .pepper
+        .load()
+        .context("cannot read the key pepper")?;
+    Pepper::new(secret.as_bytes()).map_err(|e| anyhow::anyhow!("invalid key pepper: {e}"))
+}
+
+/// The key manager for a process that is not serving (the CLI).
+pub fn key_manager(config: &Config, store: Store) -> anyhow::Result<KeyManager> {
+    Ok(KeyManager {
+        store,
+        style: config.keys.style.clone(),
+        pepper: load_pepper(config)?,
+        max_active_per_user: config.keys.max_active_per_user,
+        identity: None,
+        usage: None,
+    })
+}
+
 pub async fn start_with_store(config: &Config, store: Store) -> anyhow::Result<Running> {
     let metrics = Arc::new(Metrics::new());
+    let usage = Arc::new(UsageRecorder::default());
+    let pepper = load_pepper(config)?;
+    let identity = Arc::new(Identity::new(
+        store.clone(),
+        pepper.clone(),
+        &IdentityConfig {
+            style: config.keys.style.clone(),
+            cache_ttl: config.keys.cache_ttl,
+            cache_capacity: 100_000,
+            failures_per_minute: config.auth_failures_per_minute,
+        },
+        usage.clone(),
+        metrics.clone(),
+    ));
+    let keys = Arc::new(KeyManager {
+        store: store.clone(),
+        style: config.keys.style.clone(),
+        pepper,
+        max_active_per_user: config.keys.max_active_per_user,
+        identity: Some(identity.clone()),
+        usage: Some(usage.clone()),
+    });
+    let operator_token = match &config.operator_token {
+        Some(source) => Some(Arc::<str>::from(
+            source.load().context("cannot read the operator token")?,
+        )),
+        None => None,
+    };
     let upstream = Arc::new(Upstream::new(&config.upstream).context("invalid upstream peers")?);
     let data = TcpListener::bind(config.listen)
         .await
@@ -80,9 +138,29 @@ pub async fn start_with_store(config: &Config, store: Store) -> anyhow::Result<R
         tasks.spawn(async move { balancer.start(rx).await });
     }
 
+    tasks.spawn(
+        identity
+            .clone()
+            .follow_changes(config.keys.change_poll_interval, shutdown_rx.clone()),
+    );
+    tasks.spawn(flush_usage(
+        usage.clone(),
+        store.clone(),
+        config.keys.usage_flush_interval,
+        shutdown_rx.clone(),
+    ));
+    tasks.spawn(watch_expiring_keys(
+        store.clone(),
+        metrics.clone(),
+        shutdown_rx.clone(),
+    ));
+
     let control_app = control::app(ControlState {
         store: store.clone(),
         metrics: metrics.clone(),
+        identity: identity.clone(),
+        keys,
+        operator_token,
     });
     let mut rx = shutdown_rx.clone();
     tasks.spawn(async move {
@@ -103,6 +181,7 @@ pub async fn start_with_store(config: &Config, store: Store) -> anyhow::Result<R
     };
     let keygate = Keygate {
         routes: config.routes.clone(),
+        identity,
         upstream,
         metrics: metrics.clone(),
     };
@@ -120,7 +199,47 @@ pub async fn start_with_store(config: &Config, store: Store) -> anyhow::Result<R
         shutdown: shutdown_tx,
         tasks,
         store,
+        usage,
     })
+}
+
+/// Writes usage counters every `interval` until shutdown (the last flush is `Running::shutdown`'s).
+async fn flush_usage(
+    usage: Arc<UsageRecorder>,
+    store: Store,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        if let Err(e) = usage.flush(&store).await {
+            tracing::warn!(error = %e, "cannot write usage counts; keeping them for the next try");
+        }
+    }
+}
+
+/// Keeps the expiring-keys gauge current.
+async fn watch_expiring_keys(
+    store: Store,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        match store
+            .count_keys_expiring(now_millis() + EXPIRY_WARNING_MS)
+            .await
+        {
+            Ok(n) => metrics.keys_expiring_soon.set(n),
+            Err(e) => tracing::warn!(error = %e, "cannot count expiring keys"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+    }
 }
 
 #[derive(Clone, Copy)]

@@ -27,6 +27,12 @@ pub struct Metrics {
     pub upstream_errors: IntCounterVec,
     /// Connections open on the data plane.
     pub open_connections: IntGauge,
+    /// Failed authentications by reason (missing, malformed, unknown, expired, revoked).
+    pub auth_failures: IntCounterVec,
+    /// Identity-cache lookups by result (hit, miss, negative_hit).
+    pub identity_cache: IntCounterVec,
+    /// Active keys that expire within 7 days.
+    pub keys_expiring_soon: IntGauge,
 }
 
 impl Metrics {
@@ -81,6 +87,21 @@ impl Metrics {
             "Client connections currently open on the data plane.",
         )
         .expect("valid metric");
+        let auth_failures = IntCounterVec::new(
+            Opts::new("auth_failures_total", "Failed authentications, by reason."),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let identity_cache = IntCounterVec::new(
+            Opts::new("identity_cache_total", "Identity-cache lookups, by result."),
+            &["result"],
+        )
+        .expect("valid metric");
+        let keys_expiring_soon = IntGauge::new(
+            "keys_expiring_soon",
+            "Active API keys that expire within 7 days.",
+        )
+        .expect("valid metric");
         let build_info = IntGauge::with_opts(
             Opts::new("build_info", "Always 1; the version is a label.")
                 .const_label("version", env!("CARGO_PKG_VERSION")),
@@ -94,6 +115,9 @@ impl Metrics {
             Box::new(upstream_duration.clone()),
             Box::new(upstream_errors.clone()),
             Box::new(open_connections.clone()),
+            Box::new(auth_failures.clone()),
+            Box::new(identity_cache.clone()),
+            Box::new(keys_expiring_soon.clone()),
             Box::new(build_info),
         ] {
             registry
@@ -108,6 +132,9 @@ impl Metrics {
             upstream_duration,
             upstream_errors,
             open_connections,
+            auth_failures,
+            identity_cache,
+            keys_expiring_soon,
         }
     }
 

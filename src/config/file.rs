@@ -15,6 +15,50 @@ pub struct FileConfig {
     pub routes: RoutesSection,
     #[serde(default)]
     pub log: LogSection,
+    #[serde(default)]
+    pub keys: KeysSection,
+    #[serde(default)]
+    pub auth: AuthSection,
+    #[serde(default)]
+    pub control: ControlSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysSection {
+    /// Shape of new keys: `kg` (default), `drv` (Drivebase) or `fo` (File Organizer).
+    pub format: Option<String>,
+    /// Prefix of `kg`-format keys (default `kg`).
+    pub prefix: Option<String>,
+    /// The server-side secret keys are hashed with (at least 32 bytes). Prefer `pepper_file`.
+    pub pepper: Option<String>,
+    /// A file holding the pepper. Without `pepper` or `pepper_file`, a SQLite deployment
+    /// creates `keygate.pepper` beside its database on first start.
+    pub pepper_file: Option<String>,
+    /// Most active keys one user may hold (default 10).
+    pub max_active_per_user: Option<u32>,
+    /// How long a verified key stays cached (default `5m`).
+    pub cache_ttl: Option<String>,
+    /// How often usage counters are written to the database (default `5s`).
+    pub usage_flush_interval: Option<String>,
+    /// How often key changes made elsewhere (CLI, other instances) are picked up (default `1s`).
+    pub change_poll_interval: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    /// Failed authentications one client address may make per minute before it gets 429.
+    pub failures_per_minute: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlSection {
+    /// A token for automation that acts as a workspace admin on the control plane.
+    pub operator_token: Option<String>,
+    /// A file holding the operator token.
+    pub operator_token_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

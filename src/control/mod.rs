@@ -1,5 +1,7 @@
-//! The control plane (axum, in the same process): health, readiness and metrics for now;
-//! login, tokens, keys and policy status join it in later stages.
+//! The control plane (axum, in the same process): health, readiness, metrics and the
+//! key-management API; every answer uses the JSON shape of the data plane's refusals.
+
+mod keys;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +13,9 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
+use crate::deny::Refusal;
+use crate::identity::Identity;
+use crate::manage::{KeyManager, ManageError};
 use crate::store::Store;
 use crate::telemetry::Metrics;
 
@@ -18,6 +23,63 @@ use crate::telemetry::Metrics;
 pub struct ControlState {
     pub store: Store,
     pub metrics: Arc<Metrics>,
+    pub identity: Arc<Identity>,
+    pub keys: Arc<KeyManager>,
+    /// The operator token from the config; acts as a workspace admin everywhere.
+    pub operator_token: Option<Arc<str>>,
+}
+
+/// An error in the shared JSON shape.
+pub fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    let request_id = uuid::Uuid::now_v7().simple().to_string();
+    (
+        status,
+        Json(json!({"success": false, "error": {"code": code, "message": message, "requestId": request_id}})),
+    )
+        .into_response()
+}
+
+/// Every way a control-plane request fails; rendered once, internals hidden.
+#[derive(Debug)]
+pub enum ApiError {
+    /// A refusal of the request path (401, 429, 503).
+    Refusal(Refusal),
+    BadRequest(String),
+    Manage(ManageError),
+}
+
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> ApiError {
+        ApiError::Refusal(r)
+    }
+}
+
+impl From<ManageError> for ApiError {
+    fn from(e: ManageError) -> ApiError {
+        ApiError::Manage(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let request_id = uuid::Uuid::now_v7().simple().to_string();
+        let (status, code, message) = match self {
+            ApiError::Refusal(r) => return r.render_response(&request_id),
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "BAD_REQUEST", m),
+            ApiError::Manage(e) => match e {
+                ManageError::BadRequest(m) => (StatusCode::BAD_REQUEST, "BAD_REQUEST", m),
+                ManageError::Forbidden(m) => (StatusCode::FORBIDDEN, "FORBIDDEN", m),
+                ManageError::NotFound(m) => (StatusCode::NOT_FOUND, "NOT_FOUND", m),
+                ManageError::Conflict(m) => (StatusCode::CONFLICT, "CONFLICT", m),
+                ManageError::Store(inner) => {
+                    tracing::error!(error = %inner, "control plane: database failure");
+                    return Refusal::Unavailable("the database is unavailable".into())
+                        .render_response(&request_id);
+                }
+            },
+        };
+        error(status, code, &message)
+    }
 }
 
 /// The control-plane API, without a socket.
@@ -26,6 +88,7 @@ pub fn app(state: ControlState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(keys::routes())
         .fallback(not_found)
         .with_state(state)
 }
@@ -65,9 +128,5 @@ async fn metrics(State(st): State<ControlState>) -> Response {
 }
 
 async fn not_found() -> Response {
-    (
-        StatusCode::NOT_FOUND,
-        Json(json!({"success": false, "error": {"code": "NOT_FOUND", "message": "no such endpoint"}})),
-    )
-        .into_response()
+    error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such endpoint")
 }

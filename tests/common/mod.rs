@@ -223,13 +223,104 @@ impl Drop for TestDb {
     }
 }
 
-/// A running keygate.
+/// The pepper and operator token every keygate under test uses (generated test values).
+pub const TEST_PEPPER: &str = "test-pepper-0123456789abcdef0123456789abcdef";
+pub const OPERATOR_TOKEN: &str = "op-test-token-0123456789";
+
+/// Runs the keygate CLI on a database with the test environment; returns (success, stdout,
+/// stderr).
+pub fn cli(db_url: &str, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    let mut child = Command::new(bin("keygate"))
+        .args(["--database-url", db_url])
+        .args(args)
+        .env("KEYGATE_KEYS_PEPPER", TEST_PEPPER)
+        .env_remove("KEYGATE_CONFIG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("keygate runs");
+    let mut input = child.stdin.take().unwrap();
+    if let Some(s) = stdin {
+        input.write_all(s.as_bytes()).unwrap();
+    }
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Like [`cli`], but the command must succeed; returns stdout.
+pub fn cli_ok(db_url: &str, args: &[&str], stdin: Option<&str>) -> String {
+    let (ok, out, err) = cli(db_url, args, stdin);
+    assert!(ok, "keygate {args:?} failed: {err}");
+    out
+}
+
+/// Workspace `acme`, its admin `ada@example.com`, providers `local` and `other`; returns a
+/// full-access key (scope `admin`, every provider).
+pub fn fixture(db_url: &str) -> String {
+    cli_ok(db_url, &["workspaces", "add", "acme"], None);
+    cli_ok(
+        db_url,
+        &["users", "add", "ada@example.com", "--password-stdin"],
+        Some("ada's long password\n"),
+    );
+    cli_ok(
+        db_url,
+        &[
+            "members",
+            "add",
+            "--workspace",
+            "acme",
+            "--user",
+            "ada@example.com",
+            "--role",
+            "admin",
+        ],
+        None,
+    );
+    cli_ok(
+        db_url,
+        &["providers", "add", "local", "--workspace", "acme"],
+        None,
+    );
+    cli_ok(
+        db_url,
+        &["providers", "add", "other", "--workspace", "acme"],
+        None,
+    );
+    let out = cli_ok(
+        db_url,
+        &[
+            "keys",
+            "create",
+            "--owner",
+            "ada@example.com",
+            "--name",
+            "full access",
+            "--scope",
+            "admin",
+            "--json",
+        ],
+        None,
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["key"].as_str().unwrap().to_owned()
+}
+
+/// A running keygate, with the fixture above.
 pub struct Keygate {
     pub proc: Proc,
     pub data: SocketAddr,
     pub control: SocketAddr,
     pub dir: TempDir,
     pub db: TestDb,
+    /// The fixture's full-access key.
+    pub key: String,
 }
 
 impl Keygate {
@@ -239,6 +330,7 @@ impl Keygate {
     }
 
     pub fn start_with_db(upstream: &[SocketAddr], config: &str, db: TestDb) -> Keygate {
+        let key = fixture(&db.url());
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("keygate.toml");
         std::fs::write(&config_path, config).expect("config");
@@ -256,7 +348,9 @@ impl Keygate {
         for peer in upstream {
             cmd.args(["--upstream", &peer.to_string()]);
         }
-        cmd.env("RUST_LOG", "keygate=debug,info");
+        cmd.env("RUST_LOG", "keygate=debug,info")
+            .env("KEYGATE_KEYS_PEPPER", TEST_PEPPER)
+            .env("KEYGATE_CONTROL_OPERATOR_TOKEN", OPERATOR_TOKEN);
         let (proc, found) = spawn_and_read(
             cmd,
             dir.path().join("keygate.log"),
@@ -271,6 +365,7 @@ impl Keygate {
             control: found[1].parse().expect("address"),
             dir,
             db,
+            key,
         }
     }
 
@@ -282,6 +377,29 @@ impl Keygate {
         format!("http://{}{}", self.control, path)
     }
 
+    /// A client that sends the fixture's key on every request.
+    pub fn client(&self) -> reqwest::Client {
+        client_with_key(&self.key)
+    }
+
+    /// A client that sends the operator token (for the control plane).
+    pub fn operator(&self) -> reqwest::Client {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert(
+            "authorization",
+            format!("Bearer {OPERATOR_TOKEN}").parse().unwrap(),
+        );
+        reqwest::Client::builder()
+            .default_headers(h)
+            .build()
+            .unwrap()
+    }
+
+    /// Runs the CLI on this keygate's database.
+    pub fn cli(&self, args: &[&str]) -> String {
+        cli_ok(&self.db.url(), args, None)
+    }
+
     pub async fn metrics(&self) -> String {
         reqwest::get(self.control_url("/metrics"))
             .await
@@ -290,6 +408,16 @@ impl Keygate {
             .await
             .unwrap()
     }
+}
+
+/// A client that sends `key` in `X-API-Key` on every request.
+pub fn client_with_key(key: &str) -> reqwest::Client {
+    let mut h = reqwest::header::HeaderMap::new();
+    h.insert("x-api-key", key.parse().unwrap());
+    reqwest::Client::builder()
+        .default_headers(h)
+        .build()
+        .unwrap()
 }
 
 /// One request as a recording upstream saw it.
@@ -394,11 +522,14 @@ pub fn raw_request(addr: SocketAddr, bytes: &[u8]) -> (u16, String) {
     (status, text)
 }
 
-/// A GET for `target` in raw form.
-pub fn raw_get(addr: SocketAddr, target: &[u8]) -> (u16, String) {
+/// A GET for `target` in raw form, with `key` in `X-API-Key`.
+pub fn raw_get(addr: SocketAddr, target: &[u8], key: &str) -> (u16, String) {
     let mut req = b"GET ".to_vec();
     req.extend_from_slice(target);
-    req.extend_from_slice(b" HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    req.extend_from_slice(
+        format!(" HTTP/1.1\r\nHost: test\r\nX-API-Key: {key}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    );
     raw_request(addr, &req)
 }
 

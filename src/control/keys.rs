@@ -1,0 +1,129 @@
+//! `/v1/keys`: the key-management API. Authentication is the operator token or an API key
+//! (`Authorization: Bearer` or `X-API-Key`); the rules live in `manage.rs`.
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+
+use super::{ApiError, ControlState};
+use crate::credentials::credentials;
+use crate::deny::Refusal;
+use crate::manage::{Actor, CreateKey, UpdateKey};
+
+pub fn routes() -> Router<ControlState> {
+    Router::new()
+        .route("/v1/keys", get(list).post(create))
+        .route("/v1/keys/{id}", get(show).patch(update).delete(revoke))
+        .route("/v1/keys/{id}/rotate", post(rotate))
+        .route("/v1/keys/{id}/usage", get(usage))
+}
+
+/// Who is calling: the operator token, or an API key.
+async fn actor(st: &ControlState, headers: &HeaderMap) -> Result<Actor, ApiError> {
+    if let (Some(token), Some(value)) =
+        (&st.operator_token, headers.get(http::header::AUTHORIZATION))
+    {
+        let presented = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer "));
+        if presented.is_some_and(|p| bool::from(p.trim().as_bytes().ct_eq(token.as_bytes()))) {
+            return Ok(Actor::Operator);
+        }
+    }
+    let identity = &st.identity;
+    let creds = credentials(headers, None, identity.style()).inspect_err(|r| {
+        if let Refusal::Unauthorized(f) = r {
+            identity.record_failure(None, *f);
+        }
+    })?;
+    Ok(Actor::ApiKey(identity.authenticate(&creds).await?))
+}
+
+fn ok<T: serde::Serialize>(status: StatusCode, data: T) -> Response {
+    (status, Json(json!({"success": true, "data": data}))).into_response()
+}
+
+/// Parses a JSON body, answering 400 in the error shape when it does not fit.
+fn body<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::BadRequest(format!("invalid request body: {e}")))
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    owner: Option<String>,
+    workspace: Option<String>,
+}
+
+async fn list(
+    State(st): State<ControlState>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    let actor = actor(&st, &headers).await?;
+    let keys = st
+        .keys
+        .list(&actor, q.owner.as_deref(), q.workspace.as_deref())
+        .await?;
+    Ok(ok(StatusCode::OK, keys))
+}
+
+async fn create(
+    State(st): State<ControlState>,
+    headers: HeaderMap,
+    raw: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let actor = actor(&st, &headers).await?;
+    let req: CreateKey = body(&raw)?;
+    Ok(ok(StatusCode::CREATED, st.keys.create(&actor, req).await?))
+}
+
+async fn show(
+    State(st): State<ControlState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let actor = actor(&st, &headers).await?;
+    Ok(ok(StatusCode::OK, st.keys.show(&actor, &id).await?))
+}
+
+async fn update(
+    State(st): State<ControlState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    raw: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let actor = actor(&st, &headers).await?;
+    let req: UpdateKey = body(&raw)?;
+    Ok(ok(StatusCode::OK, st.keys.update(&actor, &id, req).await?))
+}
+
+async fn revoke(
+    State(st): State<ControlState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let actor = actor(&st, &headers).await?;
+    Ok(ok(StatusCode::OK, st.keys.revoke(&actor, &id).await?))
+}
+
+async fn rotate(
+    State(st): State<ControlState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let actor = actor(&st, &headers).await?;
+    Ok(ok(StatusCode::CREATED, st.keys.rotate(&actor, &id).await?))
+}
+
+async fn usage(
+    State(st): State<ControlState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let actor = actor(&st, &headers).await?;
+    Ok(ok(StatusCode::OK, st.keys.usage(&actor, &id).await?))
+}
