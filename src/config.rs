@@ -60,6 +60,8 @@ pub enum SecretSource {
     File(PathBuf),
     /// A file created with a random secret if it does not exist yet.
     Generated(PathBuf),
+    /// Not configured, and nothing sensible to fall back on; says what to set.
+    Missing(&'static str),
 }
 
 impl fmt::Debug for SecretSource {
@@ -68,6 +70,7 @@ impl fmt::Debug for SecretSource {
             SecretSource::Inline(_) => f.write_str("Inline(…)"),
             SecretSource::File(p) => write!(f, "File({})", p.display()),
             SecretSource::Generated(p) => write!(f, "Generated({})", p.display()),
+            SecretSource::Missing(why) => write!(f, "Missing({why})"),
         }
     }
 }
@@ -76,6 +79,9 @@ impl SecretSource {
     /// Reads the secret (creating a generated one, readable by its owner only).
     pub fn load(&self) -> std::io::Result<String> {
         match self {
+            SecretSource::Missing(why) => {
+                Err(std::io::Error::new(std::io::ErrorKind::NotFound, *why))
+            }
             SecretSource::Inline(s) => Ok(s.clone()),
             SecretSource::File(p) => Ok(std::fs::read_to_string(p)?.trim().to_owned()),
             SecretSource::Generated(p) => match std::fs::read_to_string(p) {
@@ -467,6 +473,23 @@ fn validate(file: FileConfig, overrides: &Overrides, problems: &mut Vec<Problem>
     }
 }
 
+const PEPPER_REQUIRED: &str =
+    "[keys] pepper_file (or KEYGATE_KEYS_PEPPER) is required with PostgreSQL: every instance must hash keys with the same pepper";
+
+impl Config {
+    /// Problems that only matter to a serving keygate (not to `migrate` or the admin commands).
+    pub fn serve_problems(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        if let SecretSource::Missing(why) = &self.keys.pepper {
+            out.push(Problem {
+                place: "[keys] pepper_file".to_owned(),
+                message: (*why).to_owned(),
+            });
+        }
+        out
+    }
+}
+
 fn keys_config(file: &FileConfig, db_url: &str, problems: &mut Vec<Problem>) -> KeysConfig {
     use crate::keys::{KeyFormat, KeyStyle};
     let k = &file.keys;
@@ -529,14 +552,7 @@ fn keys_config(file: &FileConfig, db_url: &str, problems: &mut Vec<Problem>) -> 
                     |d| d.join("keygate.pepper"),
                 ))
             }
-            None => {
-                problem(
-                    problems,
-                    "[keys] pepper_file",
-                    "is required with PostgreSQL: every instance must hash keys with the same pepper",
-                );
-                SecretSource::Inline(String::new())
-            }
+            None => SecretSource::Missing(PEPPER_REQUIRED),
         },
     };
     KeysConfig {

@@ -178,6 +178,7 @@ impl Identity {
             .inc();
         // A lookup that raced a change (the table moved past what we read) is read again.
         for _ in 0..3 {
+            self.metrics.identity_db_lookups.inc();
             let found = self
                 .store
                 .key_by_hash(&crate::keys::hex(&hash))

@@ -38,6 +38,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::CheckConfig => {
             let config = load_config(cli.config.as_deref(), db_override)?;
+            let problems = config.serve_problems();
+            if !problems.is_empty() {
+                return Err(keygate::config::ConfigError(problems).into());
+            }
             println!(
                 "config ok ({}): data plane {}, control plane {}, {} route(s), {} upstream peer(s)",
                 config

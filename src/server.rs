@@ -10,7 +10,7 @@ use anyhow::Context;
 use pingora::apps::HttpServerApp;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::stream::Stream as TcpStream;
-use pingora::protocols::Stream;
+use pingora::protocols::{GetSocketDigest, SocketDigest, Stream};
 use pingora::server::configuration::ServerConf;
 use pingora::services::background::BackgroundService;
 use tokio::net::TcpListener;
@@ -21,9 +21,9 @@ use crate::config::Config;
 use crate::control::{self, ControlState};
 use crate::identity::{Identity, IdentityConfig};
 use crate::keys::Pepper;
-use crate::manage::{KeyManager, EXPIRY_WARNING_MS};
+use crate::manage::KeyManager;
 use crate::proxy::Keygate;
-use crate::store::{now_millis, Store};
+use crate::store::Store;
 use crate::telemetry::Metrics;
 use crate::upstream::Upstream;
 use crate::usage::UsageRecorder;
@@ -149,11 +149,6 @@ pub async fn start_with_store(config: &Config, store: Store) -> anyhow::Result<R
         config.keys.usage_flush_interval,
         shutdown_rx.clone(),
     ));
-    tasks.spawn(watch_expiring_keys(
-        store.clone(),
-        metrics.clone(),
-        shutdown_rx.clone(),
-    ));
 
     let control_app = control::app(ControlState {
         store: store.clone(),
@@ -221,27 +216,6 @@ async fn flush_usage(
     }
 }
 
-/// Keeps the expiring-keys gauge current.
-async fn watch_expiring_keys(
-    store: Store,
-    metrics: Arc<Metrics>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    loop {
-        match store
-            .count_keys_expiring(now_millis() + EXPIRY_WARNING_MS)
-            .await
-        {
-            Ok(n) => metrics.keys_expiring_soon.set(n),
-            Err(e) => tracing::warn!(error = %e, "cannot count expiring keys"),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(30)) => {}
-            _ = shutdown.wait_for(|s| *s) => return,
-        }
-    }
-}
-
 #[derive(Clone, Copy)]
 struct ConnSettings {
     header_timeout: Duration,
@@ -264,7 +238,7 @@ async fn accept_loop<A>(
             a = listener.accept() => a,
             _ = shutdown.wait_for(|s| *s) => break,
         };
-        let (tcp, _) = match accepted {
+        let (tcp, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -274,18 +248,30 @@ async fn accept_loop<A>(
             }
         };
         let _ = tcp.set_nodelay(true);
+        let stream = stream_with_peer(tcp, peer);
         let app = app.clone();
         let rx = shutdown.clone();
         let metrics = metrics.clone();
         connections.spawn(async move {
             metrics.open_connections.inc();
-            serve_connection(app, Box::new(TcpStream::from(tcp)), settings, rx).await;
+            serve_connection(app, stream, settings, rx).await;
             metrics.open_connections.dec();
         });
         while connections.try_join_next().is_some() {}
     }
     drop(listener);
     while connections.join_next().await.is_some() {}
+}
+
+/// A pingora stream that knows its peer, as pingora's own listener builds it, so that
+/// `Session::client_addr` works (the failed-authentication limiter needs it).
+fn stream_with_peer(tcp: tokio::net::TcpStream, peer: SocketAddr) -> Stream {
+    use std::os::fd::AsRawFd;
+    let mut stream = TcpStream::from(tcp);
+    let digest = SocketDigest::from_raw_fd(stream.as_raw_fd());
+    let _ = digest.peer_addr.set(Some(peer.into()));
+    stream.set_socket_digest(digest);
+    Box::new(stream)
 }
 
 /// One HTTP/1 connection: each request is a fresh session, and nothing about identity carries

@@ -31,6 +31,8 @@ pub struct Metrics {
     pub auth_failures: IntCounterVec,
     /// Identity-cache lookups by result (hit, miss, negative_hit).
     pub identity_cache: IntCounterVec,
+    /// Database lookups made by the identity stage (cache misses that reached the database).
+    pub identity_db_lookups: prometheus::IntCounter,
     /// Active keys that expire within 7 days.
     pub keys_expiring_soon: IntGauge,
 }
@@ -97,6 +99,11 @@ impl Metrics {
             &["result"],
         )
         .expect("valid metric");
+        let identity_db_lookups = prometheus::IntCounter::new(
+            "identity_db_lookups_total",
+            "Database lookups made by the identity stage.",
+        )
+        .expect("valid metric");
         let keys_expiring_soon = IntGauge::new(
             "keys_expiring_soon",
             "Active API keys that expire within 7 days.",
@@ -117,6 +124,7 @@ impl Metrics {
             Box::new(open_connections.clone()),
             Box::new(auth_failures.clone()),
             Box::new(identity_cache.clone()),
+            Box::new(identity_db_lookups.clone()),
             Box::new(keys_expiring_soon.clone()),
             Box::new(build_info),
         ] {
@@ -134,6 +142,7 @@ impl Metrics {
             open_connections,
             auth_failures,
             identity_cache,
+            identity_db_lookups,
             keys_expiring_soon,
         }
     }

@@ -71,3 +71,41 @@ fn check_config_lists_every_problem() {
         "the environment overrides the file"
     );
 }
+
+#[test]
+fn postgres_needs_a_pepper_to_serve_but_not_to_migrate() {
+    let out = Command::new(bin("keygate"))
+        .args([
+            "--database-url",
+            "postgres://nobody@127.0.0.1:1/x",
+            "check-config",
+        ])
+        .env_remove("KEYGATE_KEYS_PEPPER")
+        .env_remove("KEYGATE_CONFIG")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("pepper_file"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(bin("keygate"))
+        .args([
+            "--database-url",
+            "postgres://nobody@127.0.0.1:1/x",
+            "check-config",
+        ])
+        .env(
+            "KEYGATE_KEYS_PEPPER",
+            "a pepper of at least thirty-two bytes",
+        )
+        .env_remove("KEYGATE_CONFIG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -117,6 +117,12 @@ async fn readyz(State(st): State<ControlState>) -> Response {
 }
 
 async fn metrics(State(st): State<ControlState>) -> Response {
+    // Gauges that come from the database are read at scrape time.
+    let until = crate::store::now_millis() + crate::manage::EXPIRY_WARNING_MS;
+    match st.store.count_keys_expiring(until).await {
+        Ok(n) => st.metrics.keys_expiring_soon.set(n),
+        Err(e) => tracing::warn!(error = %e, "cannot count expiring keys"),
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -331,6 +331,32 @@ impl Keygate {
 
     pub fn start_with_db(upstream: &[SocketAddr], config: &str, db: TestDb) -> Keygate {
         let key = fixture(&db.url());
+        Keygate::spawn(upstream, config, db, key)
+    }
+
+    /// Stops gracefully (SIGTERM) and starts again on the same database and config.
+    pub fn restart(self, upstream: &[SocketAddr]) -> Keygate {
+        let Keygate {
+            mut proc,
+            dir,
+            db,
+            key,
+            ..
+        } = self;
+        let config = std::fs::read_to_string(dir.path().join("keygate.toml")).unwrap();
+        let _ = Command::new("kill")
+            .args(["-TERM", &proc.pid().to_string()])
+            .status();
+        let status = proc.child.wait().expect("keygate exits");
+        assert!(
+            status.success(),
+            "keygate did not stop cleanly: {}",
+            proc.stderr()
+        );
+        Keygate::spawn(upstream, &config, db, key)
+    }
+
+    fn spawn(upstream: &[SocketAddr], config: &str, db: TestDb, key: String) -> Keygate {
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("keygate.toml");
         std::fs::write(&config_path, config).expect("config");
