@@ -34,6 +34,10 @@ pub struct Config {
     /// Failed authentications per client address and minute before 429.
     pub auth_failures_per_minute: u32,
     pub operator_token: Option<SecretSource>,
+    /// The policy folder.
+    pub policy_dir: PathBuf,
+    /// Reload on file changes.
+    pub policy_watch: bool,
     /// Where the config came from, for messages.
     pub source: Option<PathBuf>,
 }
@@ -456,6 +460,13 @@ fn validate(file: FileConfig, overrides: &Overrides, problems: &mut Vec<Problem>
     };
 
     Config {
+        policy_dir: PathBuf::from(
+            file.policies
+                .dir
+                .clone()
+                .unwrap_or_else(|| "policies".to_owned()),
+        ),
+        policy_watch: file.policies.watch.unwrap_or(true),
         keys,
         auth_failures_per_minute: file.auth.failures_per_minute.unwrap_or(20).max(1),
         operator_token,

@@ -30,6 +30,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         },
     ));
 
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies)?;
+    for (name, text) in crate::policy::SHIPPED {
+        std::fs::write(policies.join(name), text)?;
+    }
     let db_url = format!("sqlite://{}", dir.path().join("keygate.db").display());
     let store = Store::open(&db_url, 5).await?;
     let password = Alphanumeric.sample_string(&mut rand::thread_rng(), 16);
@@ -49,7 +54,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         Alphanumeric.sample_string(&mut rand::thread_rng(), 32)
     );
     let config = Config::from_toml(
-        &format!("[control]\noperator_token = \"{operator_token}\"\n"),
+        &format!(
+            "[control]\noperator_token = \"{operator_token}\"\n[policies]\ndir = \"{}\"\n",
+            policies.display()
+        ),
         "demo",
         std::iter::empty(),
         &Overrides {
@@ -98,6 +106,7 @@ Try:
   curl -sS -H "X-API-Key: $KEY" 'http://{data}/v1/search/local?q=renamed'
   curl -sS http://{data}/v1/folders/local                          # refused: 401, no key
   curl -sS -H "X-API-Key: $KEY" http://{data}/v1/files/local/%2e%2e/x  # refused: 400
+  # policies (edit them and keygate reloads): {dir}/policies
   curl -sS -H "Authorization: Bearer $OP" -H 'content-type: application/json' \
        -d '{{"name":"backups only","scopes":["read"],"providers":[{{"provider":"local","basePath":"/backups"}}],"expiresIn":"30d","owner":"demo@example.com"}}' \
        http://{control}/v1/keys

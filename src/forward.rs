@@ -230,6 +230,7 @@ mod tests {
             upstream_destination: None,
         };
         let principal = Principal {
+            kind: Default::default(),
             key_id: "key-1".into(),
             user_id: "user-1".into(),
             user_email: "ada@example.com".into(),

@@ -26,9 +26,20 @@ use crate::store::{now_millis, KeyRecord, Role, Store};
 use crate::telemetry::Metrics;
 use crate::usage::{KeyCounters, UsageRecorder};
 
+/// What kind of credential a principal came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PrincipalKind {
+    #[default]
+    ApiKey,
+    ScopedToken,
+    Login,
+}
+
 /// Who is making a request, as the later stages need it.
 #[derive(Debug)]
 pub struct Principal {
+    pub kind: PrincipalKind,
+    /// The credential's id (an API key's id).
     pub key_id: String,
     pub user_id: String,
     pub user_email: String,
@@ -45,6 +56,24 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// The principal of a stored API key.
+    pub fn from_key(r: KeyRecord, usage: Arc<KeyCounters>) -> Principal {
+        Principal {
+            kind: PrincipalKind::ApiKey,
+            usage,
+            key_id: r.id,
+            user_id: r.owner_id,
+            user_email: r.owner_email,
+            workspace_id: r.workspace_id,
+            workspace: r.workspace,
+            scopes: r.scopes,
+            grants: r.grants,
+            role: r.role,
+            expires_at: r.expires_at,
+            generation: r.generation,
+        }
+    }
+
     pub fn is_expired(&self, now_ms: i64) -> bool {
         self.expires_at.is_some_and(|e| e <= now_ms)
     }
@@ -233,19 +262,8 @@ impl Identity {
     }
 
     fn principal(&self, r: KeyRecord) -> Principal {
-        Principal {
-            usage: self.usage.counters(&r.id),
-            key_id: r.id,
-            user_id: r.owner_id,
-            user_email: r.owner_email,
-            workspace_id: r.workspace_id,
-            workspace: r.workspace,
-            scopes: r.scopes,
-            grants: r.grants,
-            role: r.role,
-            expires_at: r.expires_at,
-            generation: r.generation,
-        }
+        let usage = self.usage.counters(&r.id);
+        Principal::from_key(r, usage)
     }
 
     /// Follows key changes made by other processes (the CLI, other instances) by polling,

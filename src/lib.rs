@@ -14,6 +14,7 @@ pub mod forward;
 pub mod identity;
 pub mod keys;
 pub mod manage;
+pub mod policy;
 pub mod presets;
 pub mod proxy;
 pub mod route;

@@ -27,6 +27,7 @@ use crate::deny::Refusal;
 use crate::forward;
 use crate::identity::{Identity, Principal};
 use crate::manage::EXPIRY_WARNING_MS;
+use crate::policy::{PolicyEngine, Verdict};
 use crate::route::{RouteInput, RouteMatch, RouteTable};
 use crate::telemetry::Metrics;
 use crate::upstream::Upstream;
@@ -40,6 +41,8 @@ pub struct RequestCtx {
     pub route: Option<RouteMatch>,
     /// Written by the identity stage.
     pub principal: Option<Arc<Principal>>,
+    /// Written by the decide stage: one verdict per resource decided.
+    pub verdicts: Vec<Arc<Verdict>>,
     /// Written by whichever stage refused the request.
     pub refusal: Option<Refusal>,
     /// Written when the request is sent upstream.
@@ -53,6 +56,7 @@ impl RequestCtx {
             arrived: Instant::now(),
             route: None,
             principal: None,
+            verdicts: Vec::new(),
             refusal: None,
             sent_upstream: None,
         }
@@ -67,6 +71,7 @@ impl RequestCtx {
 pub struct Keygate {
     pub routes: RouteTable,
     pub identity: Arc<Identity>,
+    pub policy: Arc<PolicyEngine>,
     pub upstream: Arc<Upstream>,
     pub metrics: Arc<Metrics>,
 }
@@ -90,9 +95,11 @@ impl Keygate {
             .authenticate(&creds)
             .await
             .inspect_err(|r| self.count_failure(r, client))?;
-        ctx.principal = Some(principal);
-        // The rate limit and the policy decision join here, in that order.
-        Ok(())
+        let principal = ctx.principal.insert(principal);
+        // The rate limit joins here.
+        let decided = self.policy.decide(principal, route);
+        ctx.verdicts = decided.verdicts;
+        decided.refusal.map_or(Ok(()), Err)
     }
 
     fn count_failure(&self, refusal: &Refusal, client: Option<IpAddr>) {

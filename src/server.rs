@@ -22,6 +22,7 @@ use crate::control::{self, ControlState};
 use crate::identity::{Identity, IdentityConfig};
 use crate::keys::Pepper;
 use crate::manage::KeyManager;
+use crate::policy::PolicyEngine;
 use crate::proxy::Keygate;
 use crate::store::Store;
 use crate::telemetry::Metrics;
@@ -114,6 +115,20 @@ pub async fn start_with_store(config: &Config, store: Store) -> anyhow::Result<R
         identity: Some(identity.clone()),
         usage: Some(usage.clone()),
     });
+    let policy = Arc::new(
+        PolicyEngine::load(&config.policy_dir, metrics.clone()).map_err(|e| {
+            anyhow::anyhow!(
+                "the policies in {} are not valid:\n{e}",
+                config.policy_dir.display()
+            )
+        })?,
+    );
+    policy.set_providers(
+        store
+            .provider_directory()
+            .await
+            .context("cannot read the providers")?,
+    );
     let operator_token = match &config.operator_token {
         Some(source) => Some(Arc::<str>::from(
             source.load().context("cannot read the operator token")?,
@@ -143,6 +158,20 @@ pub async fn start_with_store(config: &Config, store: Store) -> anyhow::Result<R
             .clone()
             .follow_changes(config.keys.change_poll_interval, shutdown_rx.clone()),
     );
+    tasks.spawn(follow_providers(
+        policy.clone(),
+        store.clone(),
+        config.keys.change_poll_interval,
+        shutdown_rx.clone(),
+    ));
+    tasks.spawn(reload_on_signal(policy.clone(), shutdown_rx.clone()));
+    if config.policy_watch {
+        tasks.spawn(reload_on_change(
+            policy.clone(),
+            config.policy_dir.clone(),
+            shutdown_rx.clone(),
+        ));
+    }
     tasks.spawn(flush_usage(
         usage.clone(),
         store.clone(),
@@ -156,6 +185,7 @@ pub async fn start_with_store(config: &Config, store: Store) -> anyhow::Result<R
         identity: identity.clone(),
         keys,
         operator_token,
+        policy: policy.clone(),
     });
     let mut rx = shutdown_rx.clone();
     tasks.spawn(async move {
@@ -177,6 +207,7 @@ pub async fn start_with_store(config: &Config, store: Store) -> anyhow::Result<R
     let keygate = Keygate {
         routes: config.routes.clone(),
         identity,
+        policy,
         upstream,
         metrics: metrics.clone(),
     };
@@ -196,6 +227,84 @@ pub async fn start_with_store(config: &Config, store: Store) -> anyhow::Result<R
         store,
         usage,
     })
+}
+
+/// Keeps the provider → workspace directory of the policy stage current.
+async fn follow_providers(
+    policy: Arc<PolicyEngine>,
+    store: Store,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        match store.provider_directory().await {
+            Ok(d) => policy.set_providers(d),
+            Err(e) => tracing::warn!(error = %e, "cannot read the providers"),
+        }
+    }
+}
+
+/// Reloads the policies on SIGHUP.
+async fn reload_on_signal(policy: Arc<PolicyEngine>, mut shutdown: watch::Receiver<bool>) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; reload through the control plane instead");
+        return;
+    };
+    loop {
+        let hupped = tokio::select! {
+            got = hup.recv() => got.is_some(),
+            _ = shutdown.wait_for(|s| *s) => false,
+        };
+        if !hupped {
+            return;
+        }
+        let p = policy.clone();
+        let _ = tokio::task::spawn_blocking(move || p.reload()).await;
+    }
+}
+
+/// Reloads the policies when a file of the folder changes (after 200 ms of quiet).
+async fn reload_on_change(
+    policy: Arc<PolicyEngine>,
+    dir: std::path::PathBuf,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    use notify::Watcher;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok_and(|e| !e.kind.is_access()) {
+            let _ = tx.send(());
+        }
+    });
+    let mut watcher = match watcher {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the policy folder; reload with SIGHUP or the control plane");
+            return;
+        }
+    };
+    if let Err(e) = watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
+        tracing::warn!(error = %e, "cannot watch the policy folder; reload with SIGHUP or the control plane");
+        return;
+    }
+    loop {
+        let changed = tokio::select! {
+            got = rx.recv() => got.is_some(),
+            _ = shutdown.wait_for(|s| *s) => false,
+        };
+        if !changed {
+            return;
+        }
+        // Let an editor finish writing: wait for 200 ms without events.
+        while let Ok(Some(())) = tokio::time::timeout(Duration::from_millis(200), rx.recv()).await {
+        }
+        let p = policy.clone();
+        let _ = tokio::task::spawn_blocking(move || p.reload()).await;
+    }
 }
 
 /// Writes usage counters every `interval` until shutdown (the last flush is `Running::shutdown`'s).

@@ -832,6 +832,16 @@ impl Store {
             .collect()
     }
 
+    /// Every provider's name and the id of the workspace that owns it.
+    pub async fn provider_directory(
+        &self,
+    ) -> Result<std::collections::HashMap<String, String>, StoreError> {
+        let rows = sqlx::query("SELECT name, workspace_id FROM providers")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
     /// The workspace that owns a provider.
     pub async fn provider_workspace(&self, provider: &str) -> Result<Option<String>, StoreError> {
         Ok(

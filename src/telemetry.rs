@@ -35,6 +35,14 @@ pub struct Metrics {
     pub identity_db_lookups: prometheus::IntCounter,
     /// Active keys that expire within 7 days.
     pub keys_expiring_soon: IntGauge,
+    /// Policy reloads by result (ok, error, unchanged).
+    pub policy_reloads: IntCounterVec,
+    /// The epoch of the running policy set.
+    pub policy_epoch: IntGauge,
+    /// Decision-cache lookups by result (hit, miss).
+    pub decision_cache: IntCounterVec,
+    /// Decisions turned into denies because a policy failed to evaluate.
+    pub policy_errors: prometheus::IntCounter,
 }
 
 impl Metrics {
@@ -109,6 +117,23 @@ impl Metrics {
             "Active API keys that expire within 7 days.",
         )
         .expect("valid metric");
+        let policy_reloads = IntCounterVec::new(
+            Opts::new("policy_reloads_total", "Policy reloads, by result."),
+            &["result"],
+        )
+        .expect("valid metric");
+        let policy_epoch = IntGauge::new("policy_epoch", "The epoch of the running policy set.")
+            .expect("valid metric");
+        let decision_cache = IntCounterVec::new(
+            Opts::new("decision_cache_total", "Decision-cache lookups, by result."),
+            &["result"],
+        )
+        .expect("valid metric");
+        let policy_errors = prometheus::IntCounter::new(
+            "policy_errors_total",
+            "Decisions denied because a policy failed to evaluate.",
+        )
+        .expect("valid metric");
         let build_info = IntGauge::with_opts(
             Opts::new("build_info", "Always 1; the version is a label.")
                 .const_label("version", env!("CARGO_PKG_VERSION")),
@@ -126,6 +151,10 @@ impl Metrics {
             Box::new(identity_cache.clone()),
             Box::new(identity_db_lookups.clone()),
             Box::new(keys_expiring_soon.clone()),
+            Box::new(policy_reloads.clone()),
+            Box::new(policy_epoch.clone()),
+            Box::new(decision_cache.clone()),
+            Box::new(policy_errors.clone()),
             Box::new(build_info),
         ] {
             registry
@@ -144,6 +173,10 @@ impl Metrics {
             identity_cache,
             identity_db_lookups,
             keys_expiring_soon,
+            policy_reloads,
+            policy_epoch,
+            decision_cache,
+            policy_errors,
         }
     }
 

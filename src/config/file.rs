@@ -21,6 +21,17 @@ pub struct FileConfig {
     pub auth: AuthSection,
     #[serde(default)]
     pub control: ControlSection,
+    #[serde(default)]
+    pub policies: PoliciesSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoliciesSection {
+    /// The policy folder: one .cedarschema, the .cedar policies, tests/ (default `policies`).
+    pub dir: Option<String>,
+    /// Reload when a file in the folder changes (default true).
+    pub watch: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -24,7 +24,7 @@ pub fn routes() -> Router<ControlState> {
 }
 
 /// Who is calling: the operator token, or an API key.
-async fn actor(st: &ControlState, headers: &HeaderMap) -> Result<Actor, ApiError> {
+pub(super) async fn actor(st: &ControlState, headers: &HeaderMap) -> Result<Actor, ApiError> {
     if let (Some(token), Some(value)) =
         (&st.operator_token, headers.get(http::header::AUTHORIZATION))
     {

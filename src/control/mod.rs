@@ -2,6 +2,7 @@
 //! key-management API; every answer uses the JSON shape of the data plane's refusals.
 
 mod keys;
+mod policy;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +28,7 @@ pub struct ControlState {
     pub keys: Arc<KeyManager>,
     /// The operator token from the config; acts as a workspace admin everywhere.
     pub operator_token: Option<Arc<str>>,
+    pub policy: Arc<crate::policy::PolicyEngine>,
 }
 
 /// An error in the shared JSON shape.
@@ -89,6 +91,7 @@ pub fn app(state: ControlState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(keys::routes())
+        .merge(policy::routes())
         .fallback(not_found)
         .with_state(state)
 }
@@ -109,9 +112,13 @@ async fn readyz(State(st): State<ControlState>) -> Response {
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
     };
     let ready = status == StatusCode::OK;
+    // The policy set is always loaded: keygate refuses to start without a valid one, and a
+    // failed reload keeps the last good set.
+    let epoch = st.policy.current().epoch;
     (
         status,
-        Json(json!({"status": if ready { "ready" } else { "not ready" }, "checks": {"database": db_state}})),
+        Json(json!({"status": if ready { "ready" } else { "not ready" },
+            "checks": {"database": db_state, "policies": {"state": "ok", "epoch": epoch}}})),
     )
         .into_response()
 }

@@ -358,6 +358,16 @@ impl Keygate {
 
     fn spawn(upstream: &[SocketAddr], config: &str, db: TestDb, key: String) -> Keygate {
         let dir = tempfile::tempdir().expect("tempdir");
+        // Each keygate gets its own copy of the shipped policies, so a test may edit them.
+        let policies = dir.path().join("policies");
+        std::fs::create_dir(&policies).unwrap();
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+        for entry in std::fs::read_dir(shipped).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_file() {
+                std::fs::copy(&path, policies.join(path.file_name().unwrap())).unwrap();
+            }
+        }
         let config_path = dir.path().join("keygate.toml");
         std::fs::write(&config_path, config).expect("config");
         let mut cmd = Command::new(bin("keygate"));
@@ -375,6 +385,7 @@ impl Keygate {
             cmd.args(["--upstream", &peer.to_string()]);
         }
         cmd.env("RUST_LOG", "keygate=debug,info")
+            .env("KEYGATE_POLICIES_DIR", &policies)
             .env("KEYGATE_KEYS_PEPPER", TEST_PEPPER)
             .env("KEYGATE_CONTROL_OPERATOR_TOKEN", OPERATOR_TOKEN);
         let (proc, found) = spawn_and_read(
@@ -397,6 +408,11 @@ impl Keygate {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.data, path)
+    }
+
+    /// This keygate's policy folder.
+    pub fn policies(&self) -> PathBuf {
+        self.dir.path().join("policies")
     }
 
     pub fn control_url(&self, path: &str) -> String {

@@ -1,0 +1,52 @@
+//! `/v1/admin/policy`: the running policy set's status, and reloading it (operator only).
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+
+use super::{keys::actor, ApiError, ControlState};
+use crate::manage::{Actor, ManageError};
+
+pub fn routes() -> Router<ControlState> {
+    Router::new()
+        .route("/v1/admin/policy", get(status))
+        .route("/v1/admin/policy/reload", post(reload))
+}
+
+async fn operator(st: &ControlState, headers: &HeaderMap) -> Result<(), ApiError> {
+    match actor(st, headers).await? {
+        Actor::Operator => Ok(()),
+        Actor::ApiKey(_) => {
+            Err(ManageError::Forbidden("only the operator manages policies".to_owned()).into())
+        }
+    }
+}
+
+async fn status(State(st): State<ControlState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    operator(&st, &headers).await?;
+    Ok(Json(json!({"success": true, "data": st.policy.status()})).into_response())
+}
+
+/// Reloads now; answers after the new set is in force (or rejected).
+async fn reload(State(st): State<ControlState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    operator(&st, &headers).await?;
+    let engine = st.policy.clone();
+    let result = tokio::task::spawn_blocking(move || engine.reload())
+        .await
+        .map_err(|_| ApiError::BadRequest("the reload failed".to_owned()))?;
+    let status = st.policy.status();
+    Ok(match result {
+        Ok(_) => Json(json!({"success": true, "data": status})).into_response(),
+        Err(message) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(
+                json!({"success": false, "error": {"code": "INVALID_POLICY", "message": message,
+                "details": {"runningEpoch": status.epoch, "runningHash": status.hash}}}),
+            ),
+        )
+            .into_response(),
+    })
+}
