@@ -122,8 +122,14 @@ fn route_input(req: &RequestHeader) -> RouteInput<'_> {
     }
 }
 
-/// Writes a refusal as the whole response.
-async fn respond(session: &mut Session, refusal: &Refusal, request_id: &str) -> Result<()> {
+/// Writes a refusal as the whole response. With `close`, or when the request's body was never
+/// read, the response says `Connection: close` and the connection ends.
+async fn respond(
+    session: &mut Session,
+    refusal: &Refusal,
+    request_id: &str,
+    close: bool,
+) -> Result<()> {
     let rendered = refusal.render(request_id);
     let mut resp = ResponseHeader::build(rendered.status, Some(rendered.headers.len() + 2))?;
     for (name, value) in &rendered.headers {
@@ -143,7 +149,7 @@ async fn respond(session: &mut Session, refusal: &Refusal, request_id: &str) -> 
             .req_header()
             .headers
             .contains_key(http::header::TRANSFER_ENCODING);
-    if has_body || rendered.status == 400 {
+    if close || has_body || rendered.status == 400 {
         session.set_keepalive(None);
     }
     session.write_response_header(Box::new(resp), false).await?;
@@ -176,7 +182,7 @@ impl ProxyHttp for Keygate {
         {
             Ok(()) => Ok(false),
             Err(refusal) => {
-                respond(session, &refusal, &ctx.request_id).await?;
+                respond(session, &refusal, &ctx.request_id, false).await?;
                 ctx.refusal = Some(refusal);
                 Ok(true)
             }
@@ -280,7 +286,7 @@ impl ProxyHttp for Keygate {
         };
         let code = match &refusal {
             Some(r) if session.response_written().is_none() => {
-                if respond(session, r, &ctx.request_id).await.is_err() {
+                if respond(session, r, &ctx.request_id, true).await.is_err() {
                     0
                 } else {
                     r.status()
