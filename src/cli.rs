@@ -44,6 +44,45 @@ pub enum Command {
     /// Manage API keys (with operator rights, directly on the database).
     #[command(subcommand)]
     Keys(KeysCmd),
+    /// Work with the policy files: validate, test, explain a decision, format.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCmd {
+    /// Validate the policies against the schema (strict mode); problems point at file and line.
+    Validate {
+        /// The policy folder (default: the config's [policies] dir).
+        dir: Option<PathBuf>,
+    },
+    /// Run the scenario files in DIR/tests; exits non-zero on any mismatch.
+    Test { dir: Option<PathBuf> },
+    /// The decision a real request would get, the policies that decided it, and why.
+    Explain {
+        /// As this API key (its id).
+        #[arg(long, required_unless_present = "user", conflicts_with = "user")]
+        key: Option<String>,
+        /// As this user signed in (their role in the provider's workspace sets the scopes).
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        method: String,
+        /// The request path, as a client would send it.
+        #[arg(long)]
+        path: String,
+        /// The Destination header, for MOVE and COPY.
+        #[arg(long)]
+        destination: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Format the .cedar files in place; with --check, list the unformatted ones and fail.
+    Fmt {
+        dir: Option<PathBuf>,
+        #[arg(long)]
+        check: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

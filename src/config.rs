@@ -15,7 +15,7 @@ use crate::route::{Methods, Route, RouteTable, Template};
 
 /// Sections of the file; `KEYGATE_<SECTION>_<KEY>` overrides `[section] key`.
 const SECTIONS: &[&str] = &[
-    "server", "database", "upstream", "routes", "log", "keys", "auth", "control",
+    "server", "database", "upstream", "routes", "log", "keys", "auth", "control", "policies",
 ];
 
 #[derive(Debug, Clone)]
@@ -782,6 +782,34 @@ format = "xml"
         assert_eq!(c.database.url, "sqlite://cli.db");
         let e = load("", &[("KEYGATE_SERVER_LISTN", "x")]).unwrap_err();
         assert!(e.to_string().contains("environment"), "{e}");
+    }
+
+    #[test]
+    fn every_section_can_be_overridden_from_the_environment() {
+        // Each section of the file model, by a key it has; a section missing from SECTIONS
+        // would be silently ignored.
+        let samples = [
+            ("KEYGATE_SERVER_THREADS", "3"),
+            ("KEYGATE_DATABASE_MAX_CONNECTIONS", "4"),
+            ("KEYGATE_UPSTREAM_CONNECT_TIMEOUT", "7s"),
+            ("KEYGATE_ROUTES_PRESET", "webdav"),
+            ("KEYGATE_LOG_FORMAT", "json"),
+            ("KEYGATE_KEYS_MAX_ACTIVE_PER_USER", "3"),
+            ("KEYGATE_AUTH_FAILURES_PER_MINUTE", "9"),
+            ("KEYGATE_CONTROL_OPERATOR_TOKEN", "0123456789abcdef-token"),
+            ("KEYGATE_POLICIES_DIR", "/etc/keygate/policies"),
+        ];
+        assert_eq!(samples.len(), SECTIONS.len());
+        let c = load("", &samples).unwrap();
+        assert_eq!(c.threads, 3);
+        assert_eq!(c.database.max_connections, 4);
+        assert_eq!(c.upstream.connect_timeout, Duration::from_secs(7));
+        assert!(c.routes.routes().iter().any(|r| r.provider.is_some()));
+        assert!(c.log.json);
+        assert_eq!(c.keys.max_active_per_user, 3);
+        assert_eq!(c.auth_failures_per_minute, 9);
+        assert!(c.operator_token.is_some());
+        assert_eq!(c.policy_dir, PathBuf::from("/etc/keygate/policies"));
     }
 
     #[test]

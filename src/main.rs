@@ -75,6 +75,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             })
         }
+        Command::Policy(cmd) => {
+            let config = load_config(cli.config.as_deref(), db_override)?;
+            runtime(1)?.block_on(async {
+                let store = match cmd {
+                    keygate::cli::PolicyCmd::Explain { .. } => {
+                        Some(Store::open(&config.database.url, 2).await?)
+                    }
+                    _ => None,
+                };
+                let result = keygate::policy_tool::run(&config, cmd, store.as_ref()).await;
+                if let Some(s) = store {
+                    s.close().await;
+                }
+                result
+            })
+        }
         Command::Demo(args) => {
             keygate::telemetry::init_logging("warn", false);
             runtime(2)?.block_on(keygate::demo::run(args))
@@ -99,7 +115,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         let manager = keygate::server::key_manager(&config, store.clone())?;
                         keygate::admin::keys(&manager, c).await
                     }
-                    Command::Serve(_) | Command::Demo(_) | Command::CheckConfig => {
+                    Command::Serve(_)
+                    | Command::Demo(_)
+                    | Command::CheckConfig
+                    | Command::Policy(_) => {
                         unreachable!("handled above")
                     }
                 };

@@ -1,16 +1,18 @@
 //! Key management: create, list, show, update, revoke, rotate, usage. One implementation behind
 //! the control-plane API and the `keygate keys` CLI, so both follow the same rules.
 //!
-//! Who may do what (until the policy files take these decisions over): the operator (the
-//! control-plane token, or the CLI on the database) manages every key; an API key may read its
-//! owner's keys and their usage, and can never create, rotate, change or revoke keys.
+//! Who may do what is the policy files' decision (`management.cedar`): each call asks Cedar
+//! about the action (`createKey`, `readKey`, `updateKey`, `revokeKey`, `rotateKey`) on the
+//! credential concerned. The operator (the control-plane token, or the CLI on the database)
+//! acts as an admin of the credential's workspace.
 
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::identity::{Identity, Principal};
+use crate::identity::{Identity, Principal, PrincipalKind};
 use crate::keys::{self, format_time, Grant, KeyStyle, Pepper};
+use crate::policy::PolicyEngine;
 use crate::store::{now_millis, KeyChanges, KeyRecord, NewKey, Store, StoreError, UsageDay};
 use crate::usage::UsageRecorder;
 
@@ -148,6 +150,37 @@ pub struct KeyManager {
     pub identity: Option<Arc<Identity>>,
     /// Counts not yet flushed, added to usage answers.
     pub usage: Option<Arc<UsageRecorder>>,
+    /// Decides every management action.
+    pub policy: Arc<PolicyEngine>,
+}
+
+/// The operator as a principal: an admin of `workspace_id`.
+fn operator_principal(workspace_id: &str) -> Principal {
+    Principal {
+        kind: PrincipalKind::Login,
+        key_id: "operator".to_owned(),
+        user_id: "operator".to_owned(),
+        user_email: "operator".to_owned(),
+        workspace_id: workspace_id.to_owned(),
+        workspace: String::new(),
+        scopes: vec!["admin".to_owned()],
+        grants: None,
+        role: Some(crate::store::Role::Admin),
+        expires_at: None,
+        generation: 0,
+        usage: Default::default(),
+    }
+}
+
+/// What a refused management action tells the client.
+fn refusal_message(details: &serde_json::Map<String, serde_json::Value>) -> String {
+    match details.get("restriction").and_then(|v| v.as_str()) {
+        Some("api_key") => "an API key cannot create, change or rotate keys".to_owned(),
+        Some("ownership") => "that key belongs to another workspace".to_owned(),
+        Some("role") => "only a workspace admin manages other people's keys".to_owned(),
+        Some(other) => format!("permission denied ({other})"),
+        None => "permission denied".to_owned(),
+    }
 }
 
 fn view(r: &KeyRecord, last_used_override: Option<i64>) -> KeyView {
@@ -210,23 +243,46 @@ fn expiry(
 }
 
 impl KeyManager {
-    fn forbid_api_key(actor: &Actor, what: &str) -> Result<(), ManageError> {
-        match actor {
-            Actor::Operator => Ok(()),
-            Actor::ApiKey(_) => Err(ManageError::Forbidden(format!(
-                "an API key cannot {what} keys"
-            ))),
+    /// Asks the policies whether `actor` may do `action` to a credential.
+    fn authorize(
+        &self,
+        actor: &Actor,
+        action: &str,
+        id: &str,
+        owner_id: &str,
+        workspace_id: &str,
+    ) -> Result<(), ManageError> {
+        let operator;
+        let principal: &Principal = match actor {
+            Actor::Operator => {
+                operator = operator_principal(workspace_id);
+                &operator
+            }
+            Actor::ApiKey(p) => p,
+        };
+        let verdict = self
+            .policy
+            .decide_credential(principal, action, id, owner_id, workspace_id);
+        if verdict.allowed {
+            Ok(())
+        } else {
+            tracing::info!(action, policies = ?verdict.policies, "management action denied");
+            Err(ManageError::Forbidden(refusal_message(&verdict.details)))
         }
     }
 
-    /// A key the actor may see, or not found.
+    /// A key the actor may read, or not found (its existence is not revealed).
     async fn visible(&self, actor: &Actor, id: &str) -> Result<KeyRecord, ManageError> {
         let record = self.store.key(id).await?;
-        match actor {
-            Actor::Operator => Ok(record),
-            Actor::ApiKey(p) if p.user_id == record.owner_id => Ok(record),
-            Actor::ApiKey(_) => Err(ManageError::NotFound(format!("no key with id '{id}'"))),
-        }
+        self.authorize(
+            actor,
+            "readKey",
+            &record.id,
+            &record.owner_id,
+            &record.workspace_id,
+        )
+        .map_err(|_| ManageError::NotFound(format!("no key with id '{id}'")))?;
+        Ok(record)
     }
 
     /// Tells the running data plane about a change at once.
@@ -266,15 +322,18 @@ impl KeyManager {
     }
 
     pub async fn create(&self, actor: &Actor, req: CreateKey) -> Result<NewKeyView, ManageError> {
-        Self::forbid_api_key(actor, "create")?;
         let name = check_name(&req.name)?;
         let scopes = keys::parse_scopes(&req.scopes).map_err(ManageError::BadRequest)?;
-        let owner_email = req.owner.as_deref().ok_or_else(|| {
-            ManageError::BadRequest(
-                "the operator must name the key's owner (owner: email)".to_owned(),
-            )
-        })?;
-        let owner = self.store.user_by_email(owner_email).await?;
+        let owner_email = match (actor, req.owner.as_deref()) {
+            (_, Some(email)) => email.to_owned(),
+            (Actor::ApiKey(p), None) => p.user_email.clone(),
+            (Actor::Operator, None) => {
+                return Err(ManageError::BadRequest(
+                    "the operator must name the key's owner (owner: email)".to_owned(),
+                ))
+            }
+        };
+        let owner = self.store.user_by_email(&owner_email).await?;
         let memberships = self.store.memberships(&owner.id).await?;
         let (workspace_id, _, _) = match &req.workspace {
             Some(ws) => memberships
@@ -303,6 +362,7 @@ impl KeyManager {
                 }
             },
         };
+        self.authorize(actor, "createKey", "new", &owner.id, &workspace_id)?;
         let grants = self.grants(&workspace_id, req.providers.as_deref()).await?;
         let expires_at = expiry(req.expires_in.as_deref(), req.expires_at.as_deref())?.flatten();
         self.insert(
@@ -373,7 +433,14 @@ impl KeyManager {
             .store
             .list_keys(owner_id.as_deref(), workspace_id.as_deref())
             .await?;
-        Ok(records.iter().map(|r| self.view_with_pending(r)).collect())
+        Ok(records
+            .iter()
+            .filter(|r| {
+                self.authorize(actor, "readKey", &r.id, &r.owner_id, &r.workspace_id)
+                    .is_ok()
+            })
+            .map(|r| self.view_with_pending(r))
+            .collect())
     }
 
     fn view_with_pending(&self, r: &KeyRecord) -> KeyView {
@@ -397,8 +464,14 @@ impl KeyManager {
         id: &str,
         req: UpdateKey,
     ) -> Result<KeyView, ManageError> {
-        Self::forbid_api_key(actor, "change")?;
         let current = self.visible(actor, id).await?;
+        self.authorize(
+            actor,
+            "updateKey",
+            &current.id,
+            &current.owner_id,
+            &current.workspace_id,
+        )?;
         let changes = KeyChanges {
             name: req.name.as_deref().map(check_name).transpose()?,
             scopes: req
@@ -419,8 +492,14 @@ impl KeyManager {
     }
 
     pub async fn revoke(&self, actor: &Actor, id: &str) -> Result<KeyView, ManageError> {
-        Self::forbid_api_key(actor, "revoke")?;
-        self.visible(actor, id).await?;
+        let current = self.visible(actor, id).await?;
+        self.authorize(
+            actor,
+            "revokeKey",
+            &current.id,
+            &current.owner_id,
+            &current.workspace_id,
+        )?;
         let r = self.store.revoke_key(id).await?;
         self.announce(&r);
         Ok(view(&r, None))
@@ -428,8 +507,14 @@ impl KeyManager {
 
     /// A new secret with the same settings; the old key is revoked in the same transaction.
     pub async fn rotate(&self, actor: &Actor, id: &str) -> Result<NewKeyView, ManageError> {
-        Self::forbid_api_key(actor, "rotate")?;
         let old = self.visible(actor, id).await?;
+        self.authorize(
+            actor,
+            "rotateKey",
+            &old.id,
+            &old.owner_id,
+            &old.workspace_id,
+        )?;
         if old.revoked_at.is_some() {
             return Err(ManageError::Conflict(format!(
                 "key '{id}' is revoked; create a new one"

@@ -33,7 +33,7 @@ use crate::route::{Resource, RouteMatch};
 use crate::store::Role;
 use crate::telemetry::Metrics;
 
-/// The policies keygate ships, compiled in: `keygate demo` and `policy init` write them out.
+/// The policies keygate ships, compiled in: `keygate demo` writes them out.
 pub const SHIPPED: &[(&str, &str)] = &[
     (
         "keygate.cedarschema",
@@ -44,7 +44,24 @@ pub const SHIPPED: &[(&str, &str)] = &[
         "restrictions.cedar",
         include_str!("../policies/restrictions.cedar"),
     ),
+    (
+        "management.cedar",
+        include_str!("../policies/management.cedar"),
+    ),
 ];
+
+/// What a decision is about.
+#[derive(Debug, Clone, Copy)]
+pub enum Target<'a> {
+    /// A storage path.
+    Path(&'a Resource),
+    /// A key or token (existing, or about to be created) of `owner` in `workspace` (ids).
+    Credential {
+        id: &'a str,
+        owner: &'a str,
+        workspace: &'a str,
+    },
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
@@ -360,13 +377,13 @@ fn required_scopes(actions: &Entities) -> HashMap<String, String> {
 }
 
 impl Loaded {
-    /// Decides one resource of a request, uncached.
+    /// Decides one target, uncached.
     fn decide(
         &self,
         authorizer: &Authorizer,
         principal: &Principal,
         action: &str,
-        resource: &Resource,
+        target: Target<'_>,
         workspace_of: &HashMap<String, String>,
     ) -> Verdict {
         let deny_error = |what: String| {
@@ -379,7 +396,7 @@ impl Loaded {
             }
         };
         let (entities, principal_uid, resource_uid) =
-            match build_entities(principal, resource, workspace_of) {
+            match build_entities(principal, target, workspace_of) {
                 Ok(x) => x,
                 Err(e) => return deny_error(e),
             };
@@ -455,11 +472,11 @@ fn path_id(provider: &str, path: &str) -> String {
     format!("{provider}:{path}")
 }
 
-/// The request's entities: the principal, the resource with every folder above it, the
-/// provider and its workspace. No database work.
+/// The request's entities: the principal and the target (a path with every folder above it, its
+/// provider and the provider's workspace; or a credential). No database work.
 fn build_entities(
     principal: &Principal,
-    resource: &Resource,
+    target: Target<'_>,
     workspace_of: &HashMap<String, String>,
 ) -> Result<(Vec<Entity>, EntityUid, EntityUid), String> {
     let mut entities = Vec::with_capacity(8);
@@ -529,6 +546,43 @@ fn build_entities(
     ));
     entities.push(Entity::new_no_attrs(workspace, HashSet::new()));
 
+    let resource = match target {
+        Target::Path(resource) => resource,
+        Target::Credential {
+            id,
+            owner,
+            workspace,
+        } => {
+            let credential = uid("Keygate::Credential", id);
+            let attrs = HashMap::from([
+                (
+                    "owner".to_owned(),
+                    RestrictedExpression::new_entity_uid(uid("Keygate::User", owner)),
+                ),
+                (
+                    "workspace".to_owned(),
+                    RestrictedExpression::new_entity_uid(uid("Keygate::Workspace", workspace)),
+                ),
+            ]);
+            entities.push(
+                Entity::new(credential.clone(), attrs, HashSet::new())
+                    .map_err(|e| e.to_string())?,
+            );
+            if owner != principal.user_id {
+                entities.push(Entity::new_no_attrs(
+                    uid("Keygate::User", owner),
+                    HashSet::new(),
+                ));
+            }
+            if workspace != principal.workspace_id {
+                entities.push(Entity::new_no_attrs(
+                    uid("Keygate::Workspace", workspace),
+                    HashSet::new(),
+                ));
+            }
+            return Ok((entities, principal_uid, credential));
+        }
+    };
     let provider = uid("Keygate::Provider", &resource.provider);
     let provider_parents: HashSet<EntityUid> = workspace_of
         .get(&*resource.provider)
@@ -694,7 +748,7 @@ impl PolicyEngine {
                         &self.authorizer,
                         principal,
                         &route.action,
-                        resource,
+                        Target::Path(resource),
                         &providers,
                     ));
                     if v.errored {
@@ -724,8 +778,44 @@ impl PolicyEngine {
         route
             .resources
             .iter()
-            .map(|r| loaded.decide(&self.authorizer, principal, &route.action, r, &providers))
+            .map(|r| {
+                loaded.decide(
+                    &self.authorizer,
+                    principal,
+                    &route.action,
+                    Target::Path(r),
+                    &providers,
+                )
+            })
             .collect()
+    }
+
+    /// Decides a management action on a credential (uncached: management is rare).
+    pub fn decide_credential(
+        &self,
+        principal: &Principal,
+        action: &str,
+        id: &str,
+        owner: &str,
+        workspace: &str,
+    ) -> Verdict {
+        let loaded = self.current.load();
+        let providers = self.providers.load();
+        let v = loaded.decide(
+            &self.authorizer,
+            principal,
+            action,
+            Target::Credential {
+                id,
+                owner,
+                workspace,
+            },
+            &providers,
+        );
+        if v.errored {
+            self.metrics.policy_errors.inc();
+        }
+        v
     }
 }
 

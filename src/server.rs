@@ -79,9 +79,22 @@ pub fn load_pepper(config: &Config) -> anyhow::Result<Pepper> {
     Pepper::new(secret.as_bytes()).map_err(|e| anyhow::anyhow!("invalid key pepper: {e}"))
 }
 
+/// The policy set of the config, for a process that is not serving (the CLI).
+pub fn load_policies(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Arc<PolicyEngine>> {
+    Ok(Arc::new(
+        PolicyEngine::load(&config.policy_dir, metrics).map_err(|e| {
+            anyhow::anyhow!(
+                "the policies in {} are not valid:\n{e}",
+                config.policy_dir.display()
+            )
+        })?,
+    ))
+}
+
 /// The key manager for a process that is not serving (the CLI).
 pub fn key_manager(config: &Config, store: Store) -> anyhow::Result<KeyManager> {
     Ok(KeyManager {
+        policy: load_policies(config, Arc::new(Metrics::new()))?,
         store,
         style: config.keys.style.clone(),
         pepper: load_pepper(config)?,
@@ -107,7 +120,9 @@ pub async fn start_with_store(config: &Config, store: Store) -> anyhow::Result<R
         usage.clone(),
         metrics.clone(),
     ));
+    let policy = load_policies(config, metrics.clone())?;
     let keys = Arc::new(KeyManager {
+        policy: policy.clone(),
         store: store.clone(),
         style: config.keys.style.clone(),
         pepper,
@@ -115,14 +130,6 @@ pub async fn start_with_store(config: &Config, store: Store) -> anyhow::Result<R
         identity: Some(identity.clone()),
         usage: Some(usage.clone()),
     });
-    let policy = Arc::new(
-        PolicyEngine::load(&config.policy_dir, metrics.clone()).map_err(|e| {
-            anyhow::anyhow!(
-                "the policies in {} are not valid:\n{e}",
-                config.policy_dir.display()
-            )
-        })?,
-    );
     policy.set_providers(
         store
             .provider_directory()

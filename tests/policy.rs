@@ -1,0 +1,742 @@
+//! Cedar decides every request: scopes, base paths, ownership, role caps, reload, evaluation
+//! errors, and the policy tooling, through real processes.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+async fn key_with(kg: &Keygate, body: Value) -> String {
+    let r = kg
+        .operator()
+        .post(kg.control_url("/v1/keys"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    r.json::<Value>().await.unwrap()["data"]["key"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// (action, method, path, destination)
+const ACTIONS: &[(&str, &str, &str, Option<&str>)] = &[
+    ("readFile", "GET", "/v1/files/local/docs/a.txt", None),
+    ("writeFile", "PUT", "/v1/files/local/docs/a.txt", None),
+    ("deleteFile", "DELETE", "/v1/files/local/docs/a.txt", None),
+    (
+        "moveFile",
+        "MOVE",
+        "/v1/files/local/docs/a.txt",
+        Some("/v1/files/local/docs/b.txt"),
+    ),
+    (
+        "copyFile",
+        "COPY",
+        "/v1/files/local/docs/a.txt",
+        Some("/v1/files/local/docs/c.txt"),
+    ),
+    ("listFolder", "GET", "/v1/folders/local/docs", None),
+    ("createFolder", "POST", "/v1/folders/local/docs/new", None),
+    ("searchFiles", "GET", "/v1/search/local/docs?q=a", None),
+    ("listTrash", "GET", "/v1/trash/local", None),
+    (
+        "restoreTrash",
+        "POST",
+        "/v1/trash/local/0123456789abcdef0123456789abcdef/restore",
+        None,
+    ),
+    ("purgeTrash", "DELETE", "/v1/trash/local", None),
+];
+
+/// Which actions each scope allows (the table of the policy model).
+fn allowed(scope: &str) -> Vec<&'static str> {
+    let read = vec!["readFile", "listFolder", "searchFiles", "listTrash"];
+    match scope {
+        "read" => read,
+        "write" | "admin" => ACTIONS.iter().map(|a| a.0).collect(),
+        "files:read" => vec!["readFile"],
+        "files:write" => vec!["writeFile", "moveFile", "copyFile"],
+        "files:delete" => vec!["deleteFile"],
+        "folders:read" => vec!["listFolder"],
+        "folders:write" => vec!["createFolder"],
+        "search:read" => vec!["searchFiles"],
+        "trash:read" => vec!["listTrash"],
+        "trash:write" => vec!["restoreTrash", "purgeTrash"],
+        _ => vec![],
+    }
+}
+
+fn request(
+    c: &reqwest::Client,
+    kg: &Keygate,
+    method: &str,
+    path: &str,
+    dest: Option<&str>,
+) -> reqwest::RequestBuilder {
+    let mut r = c.request(
+        reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+        kg.url(path),
+    );
+    if let Some(d) = dest {
+        r = r.header("destination", d);
+    }
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_scope_against_every_storage_action() {
+    let rec = Recorder::start().await;
+    let kg = Keygate::start(&[rec.addr], "[keys]\nmax_active_per_user = 50\n");
+    let scopes = [
+        "read",
+        "write",
+        "admin",
+        "files:read",
+        "files:write",
+        "files:delete",
+        "folders:read",
+        "folders:write",
+        "search:read",
+        "trash:read",
+        "trash:write",
+        "workspace:admin",
+    ];
+    for scope in scopes {
+        let key = key_with(
+            &kg,
+            json!({"name": scope, "scopes": [scope], "owner": "ada@example.com"}),
+        )
+        .await;
+        let c = client_with_key(&key);
+        let allow = allowed(scope);
+        for (action, method, path, dest) in ACTIONS {
+            let before = rec.requests().len();
+            let r = request(&c, &kg, method, path, *dest).send().await.unwrap();
+            let status = r.status();
+            if allow.contains(action) {
+                assert_eq!(status, StatusCode::OK, "{scope} {action}");
+                assert_eq!(rec.requests().len(), before + 1);
+            } else {
+                assert_eq!(status, StatusCode::FORBIDDEN, "{scope} {action}");
+                let b: Value = r.json().await.unwrap();
+                assert_eq!(b["error"]["code"], "FORBIDDEN");
+                assert!(
+                    b["error"]["details"]["required"].as_str().is_some(),
+                    "{scope} {action}: {b}"
+                );
+                assert_eq!(b["error"]["details"]["granted"], json!([scope]));
+                assert_eq!(
+                    rec.requests().len(),
+                    before,
+                    "a denied request reached the backend"
+                );
+            }
+        }
+    }
+    // A denial names the scope that would have allowed it, and never a policy id.
+    let key = key_with(
+        &kg,
+        json!({"name": "rw", "scopes": ["files:read", "files:write"], "owner": "ada@example.com"}),
+    )
+    .await;
+    let r = client_with_key(&key)
+        .delete(kg.url("/v1/files/local/x"))
+        .send()
+        .await
+        .unwrap();
+    let text = r.text().await.unwrap();
+    let b: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(b["error"]["message"], "permission denied");
+    assert_eq!(
+        b["error"]["details"],
+        json!({"required": "files:delete", "granted": ["files:read", "files:write"]})
+    );
+    assert!(
+        !text.contains("scope-") && !text.contains("policy"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn base_paths_are_compared_segment_by_segment() {
+    let backend = Backend::start();
+    let kg = Keygate::start(&[backend.addr], "");
+    let full = kg.client();
+    for path in [
+        "/v1/files/local/backups/2025/db.tar",
+        "/v1/files/local/backupsX/a",
+        "/v1/files/local/documents/a",
+        "/v1/files/other/backups/a",
+    ] {
+        assert_eq!(
+            full.put(kg.url(path))
+                .body("x")
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            StatusCode::CREATED
+        );
+    }
+    let key = key_with(
+        &kg,
+        json!({"name": "backups", "scopes": ["write"], "providers": [{"provider": "local", "basePath": "/backups"}], "owner": "ada@example.com"}),
+    )
+    .await;
+    let c = client_with_key(&key);
+    let status = |r: reqwest::Response| r.status();
+    // Inside and exactly at the base path.
+    assert_eq!(
+        status(
+            c.get(kg.url("/v1/files/local/backups/2025/db.tar"))
+                .send()
+                .await
+                .unwrap()
+        ),
+        StatusCode::OK
+    );
+    assert_eq!(
+        status(
+            c.get(kg.url("/v1/folders/local/backups"))
+                .send()
+                .await
+                .unwrap()
+        ),
+        StatusCode::OK
+    );
+    assert_eq!(
+        status(
+            c.put(kg.url("/v1/files/local/backups/new.tar"))
+                .body("y")
+                .send()
+                .await
+                .unwrap()
+        ),
+        StatusCode::CREATED
+    );
+    // A sibling with the same prefix, another folder, the provider root, another provider.
+    for (path, restriction) in [
+        ("/v1/files/local/backupsX/a", "base_path"),
+        ("/v1/files/local/documents/a", "base_path"),
+        ("/v1/folders/local", "base_path"),
+        ("/v1/files/other/backups/a", "provider"),
+    ] {
+        let r = c.get(kg.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{path}");
+        let b: Value = r.json().await.unwrap();
+        assert_eq!(b["error"]["details"]["restriction"], restriction, "{path}");
+    }
+    // Moves need both ends inside: out and in are refused and move nothing.
+    let mv = |from: &str, to: &str| {
+        c.request(reqwest::Method::from_bytes(b"MOVE").unwrap(), kg.url(from))
+            .header("destination", to.to_owned())
+    };
+    let r = mv(
+        "/v1/files/local/backups/new.tar",
+        "/v1/files/local/documents/new.tar",
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(
+        backend.root().join("local/backups/new.tar").exists()
+            && !backend.root().join("local/documents/new.tar").exists()
+    );
+    let r = mv("/v1/files/local/documents/a", "/v1/files/local/backups/a")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(
+        backend.root().join("local/documents/a").exists()
+            && !backend.root().join("local/backups/a").exists()
+    );
+    let r = mv(
+        "/v1/files/local/backups/new.tar",
+        "/v1/files/local/backups/2025/new.tar",
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert!(backend.root().join("local/backups/2025/new.tar").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ownership_across_workspaces_and_role_downgrades() {
+    let backend = Backend::start();
+    let kg = Keygate::start(&[backend.addr], "");
+    // A second workspace with its own provider and member.
+    kg.cli(&["workspaces", "add", "globex"]);
+    kg.cli(&["providers", "add", "gx", "--workspace", "globex"]);
+    cli_ok(
+        &kg.db.url(),
+        &["users", "add", "hank@example.com", "--password-stdin"],
+        Some("hank's long password\n"),
+    );
+    kg.cli(&[
+        "members",
+        "add",
+        "--workspace",
+        "globex",
+        "--user",
+        "hank@example.com",
+        "--role",
+        "admin",
+    ]);
+    std::fs::create_dir_all(backend.root().join("gx")).unwrap();
+    std::fs::write(backend.root().join("gx/plans.txt"), "globex only").unwrap();
+    let hank = key_with(
+        &kg,
+        json!({"name": "hank", "scopes": ["admin"], "owner": "hank@example.com"}),
+    )
+    .await;
+    // Providers reach the running keygate within its poll interval.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = client_with_key(&hank)
+            .get(kg.url("/v1/files/gx/plans.txt"))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == StatusCode::OK {
+            assert_eq!(r.text().await.unwrap(), "globex only");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new provider never became usable"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Ada's full-access key (acme) cannot touch globex's provider, and hank's cannot touch acme's.
+    let r = kg
+        .client()
+        .get(kg.url("/v1/files/gx/plans.txt"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["details"]["restriction"],
+        "ownership"
+    );
+    let r = client_with_key(&hank)
+        .get(kg.url("/v1/folders/local"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+
+    // Downgrading ada to viewer caps her admin-scoped key to reads.
+    let put = |n: u32| {
+        kg.client()
+            .put(kg.url(&format!("/v1/files/local/d{n}.txt")))
+            .body("x")
+            .send()
+    };
+    assert_eq!(put(0).await.unwrap().status(), StatusCode::CREATED);
+    kg.cli(&[
+        "members",
+        "add",
+        "--workspace",
+        "acme",
+        "--user",
+        "ada@example.com",
+        "--role",
+        "viewer",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut n = 1;
+    loop {
+        let r = put(n).await.unwrap();
+        if r.status() == StatusCode::FORBIDDEN {
+            assert_eq!(
+                r.json::<Value>().await.unwrap()["error"]["details"]["restriction"],
+                "role"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a role downgrade did not take effect"
+        );
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        kg.client()
+            .get(kg.url("/v1/files/local/d0.txt"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+}
+
+async fn reload(kg: &Keygate) -> (StatusCode, Value) {
+    let r = kg
+        .operator()
+        .post(kg.control_url("/v1/admin/policy/reload"))
+        .send()
+        .await
+        .unwrap();
+    (r.status(), r.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_keep_the_last_good_set_and_apply_good_ones_at_once() {
+    let rec = Recorder::start().await;
+    let kg = Keygate::start(&[rec.addr], "[policies]\nwatch = false\n");
+    let key = key_with(
+        &kg,
+        json!({"name": "reader", "scopes": ["read"], "owner": "ada@example.com"}),
+    )
+    .await;
+    let c = client_with_key(&key);
+    let get = || c.get(kg.url("/v1/files/local/a.txt")).send();
+    assert_eq!(get().await.unwrap().status(), StatusCode::OK);
+    let status: Value = kg
+        .operator()
+        .get(kg.control_url("/v1/admin/policy"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["data"]["epoch"], 1);
+    let hash = status["data"]["hash"].as_str().unwrap().to_owned();
+
+    // A broken file is rejected; the old decisions stand, unchanged.
+    std::fs::write(
+        kg.policies().join("broken.cedar"),
+        "@id(\"oops\")\nforbid (principal, action, resource) when { principal.nope };\n",
+    )
+    .unwrap();
+    let (s, b) = reload(&kg).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("broken.cedar:2"),
+        "{b}"
+    );
+    assert_eq!(b["error"]["details"]["runningEpoch"], 1);
+    assert_eq!(get().await.unwrap().status(), StatusCode::OK);
+    let status: Value = kg
+        .operator()
+        .get(kg.control_url("/v1/admin/policy"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            status["data"]["epoch"].as_u64(),
+            status["data"]["hash"].as_str()
+        ),
+        (Some(1), Some(hash.as_str()))
+    );
+    assert!(status["data"]["lastError"]
+        .as_str()
+        .unwrap()
+        .contains("nope"));
+    assert!(kg
+        .metrics()
+        .await
+        .contains(r#"keygate_policy_reloads_total{result="error"} 1"#));
+
+    // A good file applies on the next request.
+    std::fs::write(
+        kg.policies().join("broken.cedar"),
+        "@id(\"no-reading-a\")\n@restriction(\"maintenance\")\nforbid (principal, action == Keygate::Action::\"readFile\", resource == Keygate::Path::\"local:/a.txt\");\n",
+    )
+    .unwrap();
+    let (s, b) = reload(&kg).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["data"]["epoch"], 2);
+    assert_eq!(b["data"]["lastError"], Value::Null);
+    let r = get().await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["details"]["restriction"],
+        "maintenance"
+    );
+    assert_eq!(
+        c.get(kg.url("/v1/files/local/b.txt"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    assert!(kg.metrics().await.contains("keygate_policy_epoch 2"));
+    // An API key cannot reload policies.
+    let r = client_with_key(&key)
+        .post(kg.control_url("/v1/admin/policy/reload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_file_is_picked_up_by_the_watcher() {
+    let rec = Recorder::start().await;
+    let kg = Keygate::start(&[rec.addr], "");
+    let get = || {
+        kg.client()
+            .get(kg.url("/v1/files/local/watched.txt"))
+            .send()
+    };
+    assert_eq!(get().await.unwrap().status(), StatusCode::OK);
+    std::fs::write(
+        kg.policies().join("extra.cedar"),
+        "@id(\"no-watched\")\nforbid (principal, action, resource == Keygate::Path::\"local:/watched.txt\");\n",
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while get().await.unwrap().status() != StatusCode::FORBIDDEN {
+        assert!(Instant::now() < deadline, "the file watcher did not reload");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_that_errors_while_evaluating_denies() {
+    let rec = Recorder::start().await;
+    let kg = Keygate::start(&[rec.addr], "[policies]\nwatch = false\n");
+    assert_eq!(
+        kg.client()
+            .get(kg.url("/v1/files/local/a"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    // Valid in strict mode, but the addition overflows on every evaluation. Cedar skips an
+    // erroring policy, which would let this forbid allow; keygate must deny.
+    std::fs::write(
+        kg.policies().join("overflow.cedar"),
+        "@id(\"overflowing-forbid\")\nforbid (principal, action, resource) when { 9223372036854775807 + 1 > 0 };\n",
+    )
+    .unwrap();
+    let (s, b) = reload(&kg).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let before = rec.requests().len();
+    let r = kg
+        .client()
+        .get(kg.url("/v1/files/local/a"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["details"]["restriction"],
+        "policy_error"
+    );
+    assert_eq!(rec.requests().len(), before);
+    assert!(kg.metrics().await.contains("keygate_policy_errors_total 1"));
+}
+
+#[test]
+fn keygate_refuses_to_start_on_an_invalid_policy_set() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        "policies/keygate.cedarschema",
+        dir.path().join("keygate.cedarschema"),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("bad.cedar"), "@id(\"bad\")\npermit (principal, action, resource) when { principal.sc0pes.contains(\"read\") };\n").unwrap();
+    let db = TestDb::sqlite();
+    let mut child = Command::new(bin("keygate"))
+        .args([
+            "--database-url",
+            &db.url(),
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--control-listen",
+            "127.0.0.1:0",
+        ])
+        .env("KEYGATE_POLICIES_DIR", dir.path())
+        .env("KEYGATE_KEYS_PEPPER", TEST_PEPPER)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // It must exit by itself; if it is still serving after a while, that is the failure.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("keygate started on an invalid policy set");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.cedar:2") && err.contains("sc0pes"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_policy_tools_pass_on_the_shipped_policies_and_catch_breakage() {
+    let run = |args: &[&str]| {
+        Command::new(bin("keygate"))
+            .args(args)
+            .env_remove("KEYGATE_CONFIG")
+            .output()
+            .unwrap()
+    };
+    for args in [
+        &["policy", "validate", "policies"][..],
+        &["policy", "test", "policies"],
+        &["policy", "fmt", "--check", "policies"],
+    ] {
+        let out = run(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = run(&["policy", "test", "policies"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(" passed, 0 failed"), "{text}");
+
+    // Breaking the base-path policy makes the scenarios fail.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("tests")).unwrap();
+    for entry in std::fs::read_dir("policies")
+        .unwrap()
+        .chain(std::fs::read_dir("policies/tests").unwrap())
+    {
+        let p = entry.unwrap().path();
+        if p.is_file() {
+            let rel = p.strip_prefix("policies").unwrap();
+            std::fs::copy(&p, dir.path().join(rel)).unwrap();
+        }
+    }
+    let restrictions = dir.path().join("restrictions.cedar");
+    let text = std::fs::read_to_string(&restrictions)
+        .unwrap()
+        .replace("!(resource in principal.grants)", "false");
+    std::fs::write(&restrictions, text).unwrap();
+    let out = run(&["policy", "test", dir.path().to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("FAIL restrictions.toml"));
+    std::fs::write(
+        dir.path().join("ugly.cedar"),
+        "@id(\"u\") permit(principal,action,resource);",
+    )
+    .unwrap();
+    let out = run(&["policy", "fmt", "--check", dir.path().to_str().unwrap()]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("ugly.cedar"));
+    // Formatting rewrites the files; then the check passes.
+    assert!(run(&["policy", "fmt", dir.path().to_str().unwrap()])
+        .status
+        .success());
+    assert!(
+        run(&["policy", "fmt", "--check", dir.path().to_str().unwrap()])
+            .status
+            .success()
+    );
+    assert!(std::fs::read_to_string(dir.path().join("ugly.cedar"))
+        .unwrap()
+        .contains("permit (principal, action, resource);"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_shows_the_decision_and_the_deciding_policies() {
+    let rec = Recorder::start().await;
+    let kg = Keygate::start(&[rec.addr], "");
+    let r = kg
+        .operator()
+        .post(kg.control_url("/v1/keys"))
+        .json(&json!({"name": "b", "scopes": ["read"], "providers": [{"provider": "local", "basePath": "/backups"}], "owner": "ada@example.com"}))
+        .send()
+        .await
+        .unwrap();
+    let id = r.json::<Value>().await.unwrap()["data"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let explain = |path: &str| {
+        let out = Command::new(bin("keygate"))
+            .args([
+                "--database-url",
+                &kg.db.url(),
+                "policy",
+                "explain",
+                "--key",
+                &id,
+                "--method",
+                "GET",
+                "--path",
+                path,
+            ])
+            .env("KEYGATE_POLICIES_DIR", kg.policies())
+            .env("KEYGATE_KEYS_PEPPER", TEST_PEPPER)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let inside = explain("/v1/files/local/backups/x");
+    assert!(
+        inside.contains("decision: ALLOW") && inside.contains("scope-read"),
+        "{inside}"
+    );
+    let outside = explain("/v1/files/local/documents/x");
+    assert!(
+        outside.contains("decision: DENY")
+            && outside.contains("outside-base-path")
+            && outside.contains("base_path"),
+        "{outside}"
+    );
+    let out = Command::new(bin("keygate"))
+        .args([
+            "--database-url",
+            &kg.db.url(),
+            "policy",
+            "explain",
+            "--user",
+            "ada@example.com",
+            "--method",
+            "DELETE",
+            "--path",
+            "/v1/files/local/x",
+        ])
+        .env("KEYGATE_POLICIES_DIR", kg.policies())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("decision: ALLOW") && text.contains("scope-admin"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
