@@ -309,6 +309,36 @@ impl ProxyHttp for Keygate {
             None => "forwarded",
         };
         let now = Instant::now();
+        // One audit event per decision: who, what, the verdict and the policies that decided
+        // it (never sent to the client, never a secret).
+        if let (Some(p), Some(route)) = (&ctx.principal, &ctx.route) {
+            if !ctx.verdicts.is_empty() {
+                let allowed = ctx.verdicts.iter().all(|v| v.allowed);
+                let policies: Vec<&str> = ctx
+                    .verdicts
+                    .iter()
+                    .flat_map(|v| v.policies.iter().map(String::as_str))
+                    .collect();
+                let resources: Vec<String> = route
+                    .resources
+                    .iter()
+                    .map(|r| format!("{}:{}", r.provider, r.path))
+                    .collect();
+                tracing::info!(
+                    target: "keygate::audit",
+                    request_id = %ctx.request_id,
+                    key_id = %p.key_id,
+                    user_id = %p.user_id,
+                    action = %route.action,
+                    resources = ?resources,
+                    decision = if allowed { "allow" } else { "deny" },
+                    policies = ?policies,
+                    policy_epoch = self.policy.current().epoch,
+                    status = status.map_or(0, |s| s.as_u16()),
+                    "decision"
+                );
+            }
+        }
         self.metrics
             .requests
             .with_label_values(&[

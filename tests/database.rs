@@ -3,41 +3,18 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 
-use common::{bin, TestDb};
+use common::{bin, cli, cli_ok, TestDb};
 use serde_json::Value;
 
-fn keygate(db: &TestDb, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(bin("keygate"))
-        .args(["--database-url", &db.url()])
-        .args(args)
-        .env_remove("KEYGATE_CONFIG")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    if let Some(s) = stdin {
-        input.write_all(s.as_bytes()).unwrap();
-    }
-    drop(input);
-    child.wait_with_output().unwrap()
-}
-
 fn ok(db: &TestDb, args: &[&str], stdin: Option<&str>) -> String {
-    let out = keygate(db, args, stdin);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "keygate {args:?} failed: {stderr}");
-    String::from_utf8(out.stdout).unwrap()
+    cli_ok(&db.url(), args, stdin)
 }
 
 fn fails(db: &TestDb, args: &[&str], stdin: Option<&str>, message: &str) {
-    let out = keygate(db, args, stdin);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "keygate {args:?} should fail");
+    let (ok, _, stderr) = cli(&db.url(), args, stdin);
+    assert!(!ok, "keygate {args:?} should fail");
     assert!(
         stderr.contains(message),
         "keygate {args:?}: expected '{message}' in: {stderr}"

@@ -516,6 +516,42 @@ async fn a_changed_file_is_picked_up_by_the_watcher() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_and_denials_are_audited_with_their_policies() {
+    let rec = Recorder::start().await;
+    let kg = Keygate::start(&[rec.addr], "[policies]\nwatch = false\n");
+    let get = || kg.client().get(kg.url("/v1/files/local/hup.txt")).send();
+    assert_eq!(get().await.unwrap().status(), StatusCode::OK);
+    std::fs::write(
+        kg.policies().join("hup.cedar"),
+        "@id(\"no-hup\")\nforbid (principal, action, resource == Keygate::Path::\"local:/hup.txt\");\n",
+    )
+    .unwrap();
+    // Not watched: nothing changes until the signal.
+    assert_eq!(get().await.unwrap().status(), StatusCode::OK);
+    assert!(Command::new("kill")
+        .args(["-HUP", &kg.proc.pid().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while get().await.unwrap().status() != StatusCode::FORBIDDEN {
+        assert!(Instant::now() < deadline, "SIGHUP did not reload");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The audit event names the deciding policy; the client never sees it.
+    let log = kg.proc.stderr();
+    let line = log
+        .lines()
+        .rfind(|l| l.contains("keygate::audit") && l.contains("deny"))
+        .unwrap_or_else(|| panic!("no audit line for the denial: {log}"));
+    assert!(
+        line.contains("no-hup") && line.contains("local:/hup.txt") && line.contains("readFile"),
+        "{line}"
+    );
+    assert!(!log.contains(&kg.key), "the key is never logged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_policy_that_errors_while_evaluating_denies() {
     let rec = Recorder::start().await;
     let kg = Keygate::start(&[rec.addr], "[policies]\nwatch = false\n");
