@@ -725,16 +725,24 @@ async fn usage_and_last_used_after_a_burst_and_a_restart() {
         assert_eq!(u["data"]["days"].as_array().unwrap().len(), 1, "{u}");
         assert!(u["data"]["lastUsedAt"].as_str().is_some(), "{u}");
     };
-    // Counted in memory (nothing flushed yet: the interval is an hour) and served at once.
-    let usage: Value = kg
-        .operator()
-        .get(kg.control_url(&format!("/v1/keys/{id}/usage")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    // Counted in memory (nothing flushed yet: the interval is an hour) and served at once. The
+    // last request is counted just after its response went out, so allow a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let usage: Value = loop {
+        let usage: Value = kg
+            .operator()
+            .get(kg.control_url(&format!("/v1/keys/{id}/usage")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if usage["data"]["totals"]["requests"] == 30 || Instant::now() > deadline {
+            break usage;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     check(&usage);
     let shown: Value = kg
         .operator()

@@ -538,12 +538,24 @@ async fn sighup_reloads_and_denials_are_audited_with_their_policies() {
         assert!(Instant::now() < deadline, "SIGHUP did not reload");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // The audit event names the deciding policy; the client never sees it.
-    let log = kg.proc.stderr();
-    let line = log
-        .lines()
-        .rfind(|l| l.contains("keygate::audit") && l.contains("deny"))
-        .unwrap_or_else(|| panic!("no audit line for the denial: {log}"));
+    // The audit event names the deciding policy; the client never sees it. It is written after
+    // the response went out, so wait for it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (log, line) = loop {
+        let log = kg.proc.stderr();
+        if let Some(line) = log
+            .lines()
+            .rfind(|l| l.contains("keygate::audit") && l.contains("\"deny\""))
+        {
+            let line = line.to_owned();
+            break (log, line);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no audit line for the denial: {log}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert!(
         line.contains("no-hup") && line.contains("local:/hup.txt") && line.contains("readFile"),
         "{line}"

@@ -583,7 +583,12 @@ async fn control_plane_health_readiness_and_metrics() {
         .await
         .unwrap();
     kg.client().get(kg.url("/nowhere")).send().await.unwrap();
-    let m = kg.metrics().await;
+    let m = kg
+        .metrics_with(&[
+            r#"keygate_requests_total{action="readFile",outcome="forwarded",status="200"} 1"#,
+            r#"keygate_requests_total{action="none",outcome="NOT_FOUND",status="404"} 1"#,
+        ])
+        .await;
     assert!(
         m.contains(
             r#"keygate_requests_total{action="readFile",outcome="forwarded",status="200"} 1"#
