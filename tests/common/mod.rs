@@ -450,6 +450,20 @@ impl Keygate {
             .await
             .unwrap()
     }
+
+    /// The metrics once they contain every one of `lines` (or after 5 s). keygate counts a
+    /// request in its logging phase, just after the response has gone out, so a client that
+    /// reads the metrics at once can be a moment early.
+    pub async fn metrics_with(&self, lines: &[&str]) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let m = self.metrics().await;
+            if lines.iter().all(|l| m.contains(l)) || std::time::Instant::now() > deadline {
+                return m;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 /// A client that sends `key` in `X-API-Key` on every request.
