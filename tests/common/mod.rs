@@ -1,6 +1,7 @@
 //! The integration-test harness: starts storage-backend and keygate as real processes on port 0,
 //! a recording upstream, and a database of the test's own (SQLite, or PostgreSQL when
 //! `KEYGATE_TEST_POSTGRES_URL` is set).
+// Each test binary uses part of this module; the rest would warn as dead code there.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
