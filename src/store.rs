@@ -275,12 +275,8 @@ impl Store {
             .bind(&email)
             .fetch_optional(&self.pool)
             .await?
-            .map(|r| User {
-                id: r.get(0),
-                email: r.get(1),
-                display_name: r.get(2),
-                created_at: r.get(3),
-            })
+            .as_ref()
+            .map(user_row)
             .ok_or_else(|| StoreError::NotFound(format!("no user with email '{email}'")))
     }
 
@@ -289,15 +285,7 @@ impl Store {
             sqlx::query("SELECT id, email, display_name, created_at FROM users ORDER BY email")
                 .fetch_all(&self.pool)
                 .await?;
-        Ok(rows
-            .iter()
-            .map(|r| User {
-                id: r.get(0),
-                email: r.get(1),
-                display_name: r.get(2),
-                created_at: r.get(3),
-            })
-            .collect())
+        Ok(rows.iter().map(user_row).collect())
     }
 
     /// The stored password hash of a user, for verification.
@@ -417,6 +405,15 @@ impl Store {
                 created_at: r.get(3),
             })
             .collect())
+    }
+}
+
+fn user_row(r: &AnyRow) -> User {
+    User {
+        id: r.get(0),
+        email: r.get(1),
+        display_name: r.get(2),
+        created_at: r.get(3),
     }
 }
 

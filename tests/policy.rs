@@ -94,20 +94,9 @@ fn request(
 async fn every_scope_against_every_storage_action() {
     let rec = Recorder::start().await;
     let kg = Keygate::start(&[rec.addr], "[keys]\nmax_active_per_user = 50\n");
-    let scopes = [
-        "read",
-        "write",
-        "admin",
-        "files:read",
-        "files:write",
-        "files:delete",
-        "folders:read",
-        "folders:write",
-        "search:read",
-        "trash:read",
-        "trash:write",
-        "workspace:admin",
-    ];
+    // Every scope keygate knows, from its own list: a new scope is tested as soon as it exists
+    // (and fails here until `allowed` says what it allows).
+    let scopes = keygate::keys::SCOPES;
     for scope in scopes {
         let key = key_with(
             &kg,
