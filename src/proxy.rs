@@ -311,7 +311,9 @@ impl ProxyHttp for Keygate {
         let now = Instant::now();
         // One audit event per decision: who, what, the verdict and the policies that decided
         // it (never sent to the client, never a secret).
-        if let (Some(p), Some(route)) = (&ctx.principal, &ctx.route) {
+        // Built only when the audit target is enabled: nothing is allocated for it otherwise.
+        let audit = tracing::enabled!(target: "keygate::audit", tracing::Level::INFO);
+        if let (true, Some(p), Some(route)) = (audit, &ctx.principal, &ctx.route) {
             if !ctx.verdicts.is_empty() {
                 let allowed = ctx.verdicts.iter().all(|v| v.allowed);
                 let policies: Vec<&str> = ctx
