@@ -199,9 +199,12 @@ pub async fn start_with_store(config: &Config, store: Store) -> anyhow::Result<R
         let stop = async move {
             let _ = rx.wait_for(|s| *s).await;
         };
-        if let Err(e) = axum::serve(control, control_app)
-            .with_graceful_shutdown(stop)
-            .await
+        if let Err(e) = axum::serve(
+            control,
+            control_app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(stop)
+        .await
         {
             tracing::error!(error = %e, "control plane stopped");
         }

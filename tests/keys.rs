@@ -938,3 +938,42 @@ fn matches_shape(key: &str, shape: &str) -> bool {
             .is_some_and(|b| b.len() == 38 && b.bytes().all(|c| c.is_ascii_alphanumeric())),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_plane_failures_are_throttled_like_the_data_plane() {
+    let rec = Recorder::start().await;
+    let kg = Keygate::start(&[rec.addr], "[auth]\nfailures_per_minute = 3\n");
+    let c = reqwest::Client::new();
+    let try_keys = |key: String| {
+        c.get(kg.control_url("/v1/keys"))
+            .header("x-api-key", key)
+            .send()
+    };
+    // Three failures fit the budget; the fourth trips the limiter.
+    for i in 0..4 {
+        let r = try_keys(format!("kg_not-a-key-{i}")).await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "attempt {i}");
+    }
+    let r = try_keys(unissued_key()).await.unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "RATE_LIMIT_EXCEEDED"
+    );
+    // The address is throttled on the data plane too, valid key or not, until its budget refills.
+    let r = kg
+        .client()
+        .get(kg.url("/v1/files/local/a"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    // The operator token is not an API-key attempt and still works.
+    let r = kg
+        .operator()
+        .get(kg.control_url("/v1/keys"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}

@@ -1,7 +1,10 @@
 //! `/v1/keys`: the key-management API. Authentication is the operator token or an API key
 //! (`Authorization: Bearer` or `X-API-Key`); the rules live in `manage.rs`.
 
-use axum::extract::{Path, Query, State};
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -23,8 +26,28 @@ pub fn routes() -> Router<ControlState> {
         .route("/v1/keys/{id}/usage", get(usage))
 }
 
-/// Who is calling: the operator token, or an API key.
-pub(super) async fn actor(st: &ControlState, headers: &HeaderMap) -> Result<Actor, ApiError> {
+/// Who is calling: the operator token, or an API key. An extractor, so that every handler
+/// authenticates the same way; failed API-key attempts count against the client address like
+/// on the data plane, and an address that keeps failing is answered 429 before any lookup.
+pub struct Caller(pub Actor);
+
+impl FromRequestParts<ControlState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, st: &ControlState) -> Result<Caller, ApiError> {
+        let addr = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        actor(st, &parts.headers, addr).await.map(Caller)
+    }
+}
+
+async fn actor(
+    st: &ControlState,
+    headers: &HeaderMap,
+    addr: Option<IpAddr>,
+) -> Result<Actor, ApiError> {
     if let (Some(token), Some(value)) =
         (&st.operator_token, headers.get(http::header::AUTHORIZATION))
     {
@@ -34,12 +57,15 @@ pub(super) async fn actor(st: &ControlState, headers: &HeaderMap) -> Result<Acto
         }
     }
     let identity = &st.identity;
-    let creds = credentials(headers, None, identity.style()).inspect_err(|r| {
+    identity.check_address(addr)?;
+    let count = |r: &Refusal| {
         if let Refusal::Unauthorized(f) = r {
-            identity.record_failure(None, *f);
+            identity.record_failure(addr, *f);
         }
-    })?;
-    Ok(Actor::ApiKey(identity.authenticate(&creds).await?))
+    };
+    let creds = credentials(headers, None, identity.style()).inspect_err(count)?;
+    let principal = identity.authenticate(&creds).await.inspect_err(count)?;
+    Ok(Actor::ApiKey(principal))
 }
 
 fn ok<T: serde::Serialize>(status: StatusCode, data: T) -> Response {
@@ -60,10 +86,9 @@ struct ListQuery {
 
 async fn list(
     State(st): State<ControlState>,
-    headers: HeaderMap,
+    Caller(actor): Caller,
     Query(q): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
-    let actor = actor(&st, &headers).await?;
     let keys = st
         .keys
         .list(&actor, q.owner.as_deref(), q.workspace.as_deref())
@@ -73,57 +98,51 @@ async fn list(
 
 async fn create(
     State(st): State<ControlState>,
-    headers: HeaderMap,
+    Caller(actor): Caller,
     raw: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let actor = actor(&st, &headers).await?;
     let req: CreateKey = body(&raw)?;
     Ok(ok(StatusCode::CREATED, st.keys.create(&actor, req).await?))
 }
 
 async fn show(
     State(st): State<ControlState>,
-    headers: HeaderMap,
+    Caller(actor): Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let actor = actor(&st, &headers).await?;
     Ok(ok(StatusCode::OK, st.keys.show(&actor, &id).await?))
 }
 
 async fn update(
     State(st): State<ControlState>,
-    headers: HeaderMap,
+    Caller(actor): Caller,
     Path(id): Path<String>,
     raw: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let actor = actor(&st, &headers).await?;
     let req: UpdateKey = body(&raw)?;
     Ok(ok(StatusCode::OK, st.keys.update(&actor, &id, req).await?))
 }
 
 async fn revoke(
     State(st): State<ControlState>,
-    headers: HeaderMap,
+    Caller(actor): Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let actor = actor(&st, &headers).await?;
     Ok(ok(StatusCode::OK, st.keys.revoke(&actor, &id).await?))
 }
 
 async fn rotate(
     State(st): State<ControlState>,
-    headers: HeaderMap,
+    Caller(actor): Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let actor = actor(&st, &headers).await?;
     Ok(ok(StatusCode::CREATED, st.keys.rotate(&actor, &id).await?))
 }
 
 async fn usage(
     State(st): State<ControlState>,
-    headers: HeaderMap,
+    Caller(actor): Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let actor = actor(&st, &headers).await?;
     Ok(ok(StatusCode::OK, st.keys.usage(&actor, &id).await?))
 }

@@ -1,13 +1,13 @@
 //! `/v1/admin/policy`: the running policy set's status, and reloading it (operator only).
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
-use super::{keys::actor, ApiError, ControlState};
+use super::{keys::Caller, ApiError, ControlState};
 use crate::manage::{Actor, ManageError};
 
 pub fn routes() -> Router<ControlState> {
@@ -16,8 +16,8 @@ pub fn routes() -> Router<ControlState> {
         .route("/v1/admin/policy/reload", post(reload))
 }
 
-async fn operator(st: &ControlState, headers: &HeaderMap) -> Result<(), ApiError> {
-    match actor(st, headers).await? {
+fn operator(actor: Actor) -> Result<(), ApiError> {
+    match actor {
         Actor::Operator => Ok(()),
         Actor::ApiKey(_) => {
             Err(ManageError::Forbidden("only the operator manages policies".to_owned()).into())
@@ -25,14 +25,20 @@ async fn operator(st: &ControlState, headers: &HeaderMap) -> Result<(), ApiError
     }
 }
 
-async fn status(State(st): State<ControlState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    operator(&st, &headers).await?;
+async fn status(
+    State(st): State<ControlState>,
+    Caller(actor): Caller,
+) -> Result<Response, ApiError> {
+    operator(actor)?;
     Ok(Json(json!({"success": true, "data": st.policy.status()})).into_response())
 }
 
 /// Reloads now; answers after the new set is in force (or rejected).
-async fn reload(State(st): State<ControlState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    operator(&st, &headers).await?;
+async fn reload(
+    State(st): State<ControlState>,
+    Caller(actor): Caller,
+) -> Result<Response, ApiError> {
+    operator(actor)?;
     let engine = st.policy.clone();
     let result = tokio::task::spawn_blocking(move || engine.reload())
         .await
