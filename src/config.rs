@@ -15,7 +15,17 @@ use crate::route::{Methods, Route, RouteTable, Template};
 
 /// Sections of the file; `KEYGATE_<SECTION>_<KEY>` overrides `[section] key`.
 const SECTIONS: &[&str] = &[
-    "server", "database", "upstream", "routes", "log", "keys", "auth", "control", "policies",
+    "server",
+    "database",
+    "upstream",
+    "routes",
+    "log",
+    "keys",
+    "auth",
+    "control",
+    "policies",
+    "rate_limit",
+    "audit",
 ];
 
 #[derive(Debug, Clone)]
@@ -33,11 +43,15 @@ pub struct Config {
     pub keys: KeysConfig,
     /// Failed authentications per client address and minute before 429.
     pub auth_failures_per_minute: u32,
+    /// Requests refused 403 per client address and minute before 429.
+    pub auth_forbidden_per_minute: u32,
     pub operator_token: Option<SecretSource>,
     /// The policy folder.
     pub policy_dir: PathBuf,
     /// Reload on file changes.
     pub policy_watch: bool,
+    pub rate_limit: crate::ratelimit::RateLimitConfig,
+    pub audit: crate::audit::AuditConfig,
     /// Where the config came from, for messages.
     pub source: Option<PathBuf>,
 }
@@ -459,7 +473,11 @@ fn validate(file: FileConfig, overrides: &Overrides, problems: &mut Vec<Problem>
         (None, None) => None,
     };
 
+    let rate_limit = rate_limit_config(&file, problems);
+    let audit = audit_config(&file, problems);
     Config {
+        rate_limit,
+        audit,
         policy_dir: PathBuf::from(
             file.policies
                 .dir
@@ -469,6 +487,7 @@ fn validate(file: FileConfig, overrides: &Overrides, problems: &mut Vec<Problem>
         policy_watch: file.policies.watch.unwrap_or(true),
         keys,
         auth_failures_per_minute: file.auth.failures_per_minute.unwrap_or(20).max(1),
+        auth_forbidden_per_minute: file.auth.forbidden_per_minute.unwrap_or(300).max(1),
         operator_token,
         listen,
         control_listen,
@@ -589,6 +608,88 @@ fn keys_config(file: &FileConfig, db_url: &str, problems: &mut Vec<Problem>) -> 
             Duration::from_secs(1),
         ),
     }
+}
+
+fn rate_limit_config(
+    file: &FileConfig,
+    problems: &mut Vec<Problem>,
+) -> crate::ratelimit::RateLimitConfig {
+    use crate::ratelimit::{Limit, RateLimitConfig, Rule, RuleMatch};
+    let r = &file.rate_limit;
+    let mut config = RateLimitConfig::default();
+    match r.default.as_deref() {
+        None => {}
+        Some("off") => config.default = None,
+        Some(raw) => match Limit::parse(raw) {
+            Ok(l) => config.default = Some(l),
+            Err(e) => problem(problems, "[rate_limit] default", e),
+        },
+    }
+    for (i, rule) in r.rules.iter().enumerate() {
+        let place = format!("[[rate_limit.rule]] #{} ({})", i + 1, rule.name);
+        check_name(problems, &place, "rule name", &rule.name);
+        if rule.name == "default" || r.rules[..i].iter().any(|o| o.name == rule.name) {
+            problem(
+                problems,
+                &place,
+                "rule names must be unique and not 'default'",
+            );
+        }
+        let matches = RuleMatch {
+            action: rule.action.clone(),
+            scope: rule.scope.clone(),
+            workspace: rule.workspace.clone(),
+            key: rule.key.clone(),
+        };
+        if matches == RuleMatch::default() {
+            problem(
+                problems,
+                &place,
+                "needs at least one of action, scope, workspace, key (use 'default' for everyone)",
+            );
+        }
+        if let Some(scope) = &rule.scope {
+            if !crate::keys::SCOPES.contains(&scope.as_str()) {
+                problem(problems, &place, format!("'{scope}' is not a scope"));
+            }
+        }
+        match Limit::parse(&rule.limit) {
+            Ok(limit) => config.rules.push(Rule {
+                name: rule.name.clone(),
+                matches,
+                limit,
+            }),
+            Err(e) => problem(problems, &place, e),
+        }
+    }
+    config
+}
+
+fn audit_config(file: &FileConfig, problems: &mut Vec<Problem>) -> crate::audit::AuditConfig {
+    use crate::audit::{AuditConfig, AuditOutput};
+    let a = &file.audit;
+    let mut config = AuditConfig::default();
+    if let Some(out) = &a.output {
+        config.output = AuditOutput::parse(out);
+    }
+    if let Some(rate) = a.allow_sample_rate {
+        if (0.0..=1.0).contains(&rate) {
+            config.allow_sample_rate = rate;
+        } else {
+            problem(
+                problems,
+                "[audit] allow_sample_rate",
+                "must be between 0.0 and 1.0",
+            );
+        }
+    }
+    if let Some(q) = a.queue {
+        if q == 0 {
+            problem(problems, "[audit] queue", "must be at least 1");
+        }
+        config.queue = q.max(1);
+    }
+    config
 }
 
 fn check_name(problems: &mut Vec<Problem>, place: &str, what: &str, name: &str) {
@@ -798,6 +899,8 @@ format = "xml"
             ("KEYGATE_AUTH_FAILURES_PER_MINUTE", "9"),
             ("KEYGATE_CONTROL_OPERATOR_TOKEN", "0123456789abcdef-token"),
             ("KEYGATE_POLICIES_DIR", "/etc/keygate/policies"),
+            ("KEYGATE_RATE_LIMIT_DEFAULT", "50/10s"),
+            ("KEYGATE_AUDIT_OUTPUT", "off"),
         ];
         assert_eq!(samples.len(), SECTIONS.len());
         let c = load("", &samples).unwrap();
@@ -810,6 +913,53 @@ format = "xml"
         assert_eq!(c.auth_failures_per_minute, 9);
         assert!(c.operator_token.is_some());
         assert_eq!(c.policy_dir, PathBuf::from("/etc/keygate/policies"));
+        assert_eq!(
+            c.rate_limit.default,
+            Some(crate::ratelimit::Limit {
+                requests: 50,
+                window: Duration::from_secs(10)
+            })
+        );
+        assert_eq!(c.audit.output, crate::audit::AuditOutput::Off);
+    }
+
+    #[test]
+    fn rate_limit_rules_are_checked() {
+        let text = r#"
+[rate_limit]
+default = "1000/min"
+[[rate_limit.rule]]
+name = "uploads"
+action = "upload"
+limit = "60/min"
+[[rate_limit.rule]]
+name = "everyone"
+limit = "5/s"
+[[rate_limit.rule]]
+name = "uploads"
+scope = "write:everything"
+limit = "ten/min"
+[audit]
+allow_sample_rate = 2.0
+"#;
+        let e = load(text, &[]).unwrap_err();
+        let all = e.to_string();
+        for want in [
+            "#2 (everyone): needs at least one of",
+            "#3 (uploads): rule names must be unique",
+            "'write:everything' is not a scope",
+            "'ten/min' is not a limit",
+            "[audit] allow_sample_rate",
+        ] {
+            assert!(all.contains(want), "missing {want} in {all}");
+        }
+        let ok = load(
+            "[rate_limit]\ndefault = \"off\"\n[[rate_limit.rule]]\nname = \"up\"\naction = \"upload\"\nlimit = \"2/s\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(ok.rate_limit.default, None);
+        assert_eq!(ok.rate_limit.rules[0].limit.requests, 2);
     }
 
     #[test]

@@ -86,6 +86,8 @@ pub struct IdentityConfig {
     pub cache_capacity: u64,
     /// Failed authentications per address and minute before the address is answered 429.
     pub failures_per_minute: u32,
+    /// Requests refused 403 per address and minute before the address is answered 429.
+    pub forbidden_per_minute: u32,
 }
 
 pub struct Identity {
@@ -96,6 +98,7 @@ pub struct Identity {
     unknown: Cache<[u8; 32], ()>,
     generations: Cache<String, i64>,
     failures: DefaultKeyedRateLimiter<IpAddr>,
+    forbidden: DefaultKeyedRateLimiter<IpAddr>,
     blocked: Cache<IpAddr, Instant>,
     usage: Arc<UsageRecorder>,
     metrics: Arc<Metrics>,
@@ -109,8 +112,7 @@ impl Identity {
         usage: Arc<UsageRecorder>,
         metrics: Arc<Metrics>,
     ) -> Identity {
-        let per_minute =
-            NonZeroU32::new(config.failures_per_minute.max(1)).unwrap_or(NonZeroU32::MIN);
+        let per_minute = |n: u32| Quota::per_minute(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN));
         Identity {
             store,
             style: config.style.clone(),
@@ -124,7 +126,8 @@ impl Identity {
                 .time_to_live(Duration::from_secs(300))
                 .build(),
             generations: Cache::builder().max_capacity(1_000_000).build(),
-            failures: DefaultKeyedRateLimiter::keyed(Quota::per_minute(per_minute)),
+            failures: DefaultKeyedRateLimiter::keyed(per_minute(config.failures_per_minute)),
+            forbidden: DefaultKeyedRateLimiter::keyed(per_minute(config.forbidden_per_minute)),
             blocked: Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(3600))
@@ -142,13 +145,17 @@ impl Identity {
         &self.pepper
     }
 
-    /// 429 when `addr` has failed to authenticate too often lately.
+    /// 429 when requests from `addr` have been refused (401, 403) too often lately.
     pub fn check_address(&self, addr: Option<IpAddr>) -> Result<(), Refusal> {
         let Some(addr) = addr else { return Ok(()) };
         match self.blocked.get(&addr) {
             Some(until) => {
                 let now = Instant::now();
                 if until > now {
+                    self.metrics
+                        .rate_limited
+                        .with_label_values(&["address", "failures"])
+                        .inc();
                     Err(Refusal::RateLimited {
                         retry_after_secs: (until - now).as_secs().max(1),
                     })
@@ -167,8 +174,21 @@ impl Identity {
             .auth_failures
             .with_label_values(&[reason.as_str()])
             .inc();
-        let Some(addr) = addr else { return };
-        if let Err(not_until) = self.failures.check_key(&addr) {
+        if let Some(addr) = addr {
+            self.throttle(addr, &self.failures);
+        }
+    }
+
+    /// Counts a request refused 403 against `addr`: an address that keeps probing for paths
+    /// it may not touch is answered 429 for a while, like one that guesses keys.
+    pub fn record_forbidden(&self, addr: Option<IpAddr>) {
+        if let Some(addr) = addr {
+            self.throttle(addr, &self.forbidden);
+        }
+    }
+
+    fn throttle(&self, addr: IpAddr, limiter: &DefaultKeyedRateLimiter<IpAddr>) {
+        if let Err(not_until) = limiter.check_key(&addr) {
             let wait = not_until.wait_time_from(governor::clock::Clock::now(
                 &governor::clock::DefaultClock::default(),
             ));

@@ -4,6 +4,7 @@
 //! see ARCHITECTURE.md for the map. Each stage is a module with plain inputs and typed outputs.
 
 pub mod admin;
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -18,6 +19,7 @@ pub mod policy;
 pub mod policy_tool;
 pub mod presets;
 pub mod proxy;
+pub mod ratelimit;
 pub mod route;
 pub mod scenarios;
 pub mod server;

@@ -669,11 +669,13 @@ impl PolicyEngine {
                         .policy_reloads
                         .with_label_values(&["unchanged"])
                         .inc();
+                    self.metrics.policy_reload_failing.set(0);
                     return Ok(self.current.load().epoch);
                 }
                 self.current.store(Arc::new(loaded));
                 *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 self.metrics.policy_reloads.with_label_values(&["ok"]).inc();
+                self.metrics.policy_reload_failing.set(0);
                 self.metrics.policy_epoch.set(next_epoch as i64);
                 tracing::info!(epoch = next_epoch, "policies reloaded");
                 Ok(next_epoch)
@@ -686,6 +688,7 @@ impl PolicyEngine {
                     .policy_reloads
                     .with_label_values(&["error"])
                     .inc();
+                self.metrics.policy_reload_failing.set(1);
                 Err(message)
             }
         }

@@ -22,12 +22,15 @@ use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
 use pingora::{ErrorSource, ErrorType};
 
+use crate::audit::{AuditEvent, AuditLog, AuditPrincipal};
 use crate::credentials::credentials;
 use crate::deny::Refusal;
 use crate::forward;
+use crate::identity::PrincipalKind;
 use crate::identity::{Identity, Principal};
 use crate::manage::EXPIRY_WARNING_MS;
 use crate::policy::{PolicyEngine, Verdict};
+use crate::ratelimit::{RateLimiter, Standing};
 use crate::route::{RouteInput, RouteMatch, RouteTable};
 use crate::telemetry::Metrics;
 use crate::upstream::Upstream;
@@ -37,10 +40,13 @@ pub struct RequestCtx {
     /// Set at arrival.
     pub request_id: String,
     pub arrived: Instant,
+    pub client: Option<IpAddr>,
     /// Written by the route stage.
     pub route: Option<RouteMatch>,
     /// Written by the identity stage.
     pub principal: Option<Arc<Principal>>,
+    /// Written by the rate-limit stage: becomes the rate-limit headers of the response.
+    pub standing: Option<Standing>,
     /// Written by the decide stage: one verdict per resource decided.
     pub verdicts: Vec<Arc<Verdict>>,
     /// Written by whichever stage refused the request.
@@ -54,8 +60,10 @@ impl RequestCtx {
         RequestCtx {
             request_id: uuid::Uuid::now_v7().simple().to_string(),
             arrived: Instant::now(),
+            client: None,
             route: None,
             principal: None,
+            standing: None,
             verdicts: Vec::new(),
             refusal: None,
             sent_upstream: None,
@@ -71,8 +79,10 @@ impl RequestCtx {
 pub struct Keygate {
     pub routes: RouteTable,
     pub identity: Arc<Identity>,
+    pub limits: RateLimiter,
     pub policy: Arc<PolicyEngine>,
     pub upstream: Arc<Upstream>,
+    pub audit: Arc<AuditLog>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -82,9 +92,9 @@ impl Keygate {
         &self,
         req: &RequestHeader,
         raw_header: Option<&[u8]>,
-        client: Option<IpAddr>,
         ctx: &mut RequestCtx,
     ) -> Result<(), Refusal> {
+        let client = ctx.client;
         forward::check_framing(&req.headers, raw_header)?;
         let route = ctx.route.insert(self.routes.route(route_input(req))?);
         self.identity.check_address(client)?;
@@ -96,10 +106,24 @@ impl Keygate {
             .await
             .inspect_err(|r| self.count_failure(r, client))?;
         let principal = ctx.principal.insert(principal);
-        // The rate limit joins here.
+        match self.limits.check(principal, &route.action) {
+            Ok(standing) => ctx.standing = standing,
+            Err((refusal, standing)) => {
+                ctx.standing = standing;
+                return Err(refusal);
+            }
+        }
         let decided = self.policy.decide(principal, route);
         ctx.verdicts = decided.verdicts;
-        decided.refusal.map_or(Ok(()), Err)
+        match decided.refusal {
+            None => Ok(()),
+            Some(refusal) => {
+                if matches!(refusal, Refusal::Forbidden(_)) {
+                    self.identity.record_forbidden(client);
+                }
+                Err(refusal)
+            }
+        }
     }
 
     fn count_failure(&self, refusal: &Refusal, client: Option<IpAddr>) {
@@ -127,13 +151,19 @@ fn route_input(req: &RequestHeader) -> RouteInput<'_> {
 async fn respond(
     session: &mut Session,
     refusal: &Refusal,
-    request_id: &str,
+    ctx: &RequestCtx,
     close: bool,
 ) -> Result<()> {
+    let request_id = ctx.request_id.as_str();
     let rendered = refusal.render(request_id);
-    let mut resp = ResponseHeader::build(rendered.status, Some(rendered.headers.len() + 2))?;
+    let mut resp = ResponseHeader::build(rendered.status, Some(rendered.headers.len() + 7))?;
     for (name, value) in &rendered.headers {
         resp.insert_header(*name, value.as_str())?;
+    }
+    if let Some(standing) = &ctx.standing {
+        for (name, value) in standing.headers() {
+            resp.insert_header(name, value)?;
+        }
     }
     resp.insert_header(
         http::header::CONTENT_LENGTH,
@@ -172,17 +202,17 @@ impl ProxyHttp for Keygate {
             .as_downstream()
             .as_http1()
             .map(|h1| h1.get_headers_raw_bytes());
-        let client = session
+        ctx.client = session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
         match self
-            .admit(session.req_header(), raw_header.as_deref(), client, ctx)
+            .admit(session.req_header(), raw_header.as_deref(), ctx)
             .await
         {
             Ok(()) => Ok(false),
             Err(refusal) => {
-                respond(session, &refusal, &ctx.request_id, false).await?;
+                respond(session, &refusal, ctx, false).await?;
                 ctx.refusal = Some(refusal);
                 Ok(true)
             }
@@ -242,6 +272,11 @@ impl ProxyHttp for Keygate {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         forward::clean_response(upstream_response, &ctx.request_id);
+        if let Some(standing) = &ctx.standing {
+            for (name, value) in standing.headers() {
+                upstream_response.insert_header(name, value)?;
+            }
+        }
         if let Some(expires_at) = ctx.principal.as_ref().and_then(|p| p.expires_at) {
             if expires_at - crate::store::now_millis() <= EXPIRY_WARNING_MS {
                 let _ = upstream_response
@@ -286,7 +321,7 @@ impl ProxyHttp for Keygate {
         };
         let code = match &refusal {
             Some(r) if session.response_written().is_none() => {
-                if respond(session, r, &ctx.request_id, true).await.is_err() {
+                if respond(session, r, ctx, true).await.is_err() {
                     0
                 } else {
                     r.status()
@@ -309,38 +344,7 @@ impl ProxyHttp for Keygate {
             None => "forwarded",
         };
         let now = Instant::now();
-        // One audit event per decision: who, what, the verdict and the policies that decided
-        // it (never sent to the client, never a secret).
-        // Built only when the audit target is enabled: nothing is allocated for it otherwise.
-        let audit = tracing::enabled!(target: "keygate::audit", tracing::Level::INFO);
-        if let (true, Some(p), Some(route)) = (audit, &ctx.principal, &ctx.route) {
-            if !ctx.verdicts.is_empty() {
-                let allowed = ctx.verdicts.iter().all(|v| v.allowed);
-                let policies: Vec<&str> = ctx
-                    .verdicts
-                    .iter()
-                    .flat_map(|v| v.policies.iter().map(String::as_str))
-                    .collect();
-                let resources: Vec<String> = route
-                    .resources
-                    .iter()
-                    .map(|r| format!("{}:{}", r.provider, r.path))
-                    .collect();
-                tracing::info!(
-                    target: "keygate::audit",
-                    request_id = %ctx.request_id,
-                    key_id = %p.key_id,
-                    user_id = %p.user_id,
-                    action = %route.action,
-                    resources = ?resources,
-                    decision = if allowed { "allow" } else { "deny" },
-                    policies = ?policies,
-                    policy_epoch = self.policy.current().epoch,
-                    status = status.map_or(0, |s| s.as_u16()),
-                    "decision"
-                );
-            }
-        }
+        self.audit_decision(ctx, status.map_or(0, |s| s.as_u16()), now);
         self.metrics
             .requests
             .with_label_values(&[
@@ -366,5 +370,71 @@ impl ProxyHttp for Keygate {
                 .with_label_values(&[ctx.action()])
                 .observe(now.duration_since(sent).as_secs_f64());
         }
+    }
+}
+
+impl Keygate {
+    /// The audit event of a request that reached a decision: authentication failed, the rate
+    /// limit or a policy refused it, keygate could not decide, or it was allowed (sampled).
+    fn audit_decision(&self, ctx: &RequestCtx, status: u16, now: Instant) {
+        let denied_by = match &ctx.refusal {
+            Some(
+                r @ (Refusal::Unauthorized(_)
+                | Refusal::Forbidden(_)
+                | Refusal::RateLimited { .. }
+                | Refusal::Unavailable(_)),
+            ) => Some(r),
+            // Malformed requests and unknown routes decide nothing; an upstream failure after
+            // an allow is still an allow.
+            _ => None,
+        };
+        let allowed = denied_by.is_none()
+            && !ctx.verdicts.is_empty()
+            && ctx.verdicts.iter().all(|v| v.allowed);
+        if (denied_by.is_none() && !allowed) || !self.audit.wants(allowed) {
+            return;
+        }
+        let loaded = self.policy.current();
+        let details = match &ctx.refusal {
+            Some(Refusal::Unauthorized(f)) => Some(serde_json::json!({ "reason": f.as_str() })),
+            Some(Refusal::Forbidden(d)) if !d.is_empty() => {
+                Some(serde_json::Value::Object(d.clone()))
+            }
+            _ => None,
+        };
+        self.audit.record(AuditEvent {
+            time: crate::keys::format_time(crate::store::now_millis()),
+            request_id: ctx.request_id.clone(),
+            client: ctx.client.map(|c| c.to_string()),
+            principal: ctx.principal.as_ref().map(|p| AuditPrincipal {
+                kind: match p.kind {
+                    PrincipalKind::ApiKey => "apiKey",
+                    PrincipalKind::ScopedToken => "scopedToken",
+                    PrincipalKind::Login => "login",
+                },
+                key_id: p.key_id.clone(),
+                user_id: p.user_id.clone(),
+                workspace: p.workspace.clone(),
+            }),
+            action: ctx.action().to_owned(),
+            resources: ctx.route.as_ref().map_or_else(Vec::new, |r| {
+                r.resources
+                    .iter()
+                    .map(|r| format!("{}:{}", r.provider, r.path))
+                    .collect()
+            }),
+            decision: if allowed { "allow" } else { "deny" },
+            reason: denied_by.map_or("allowed", Refusal::code),
+            details,
+            policies: ctx
+                .verdicts
+                .iter()
+                .flat_map(|v| v.policies.iter().cloned())
+                .collect(),
+            policy_set: loaded.hash.clone(),
+            policy_epoch: loaded.epoch,
+            status,
+            latency_ms: now.duration_since(ctx.arrived).as_secs_f64() * 1000.0,
+        });
     }
 }

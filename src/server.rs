@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::control::{self, ControlState};
 use crate::identity::{Identity, IdentityConfig};
@@ -24,6 +25,7 @@ use crate::keys::Pepper;
 use crate::manage::KeyManager;
 use crate::policy::PolicyEngine;
 use crate::proxy::Keygate;
+use crate::ratelimit::RateLimiter;
 use crate::store::Store;
 use crate::telemetry::Metrics;
 use crate::upstream::Upstream;
@@ -40,6 +42,7 @@ pub struct Running {
     tasks: JoinSet<()>,
     store: Store,
     usage: Arc<UsageRecorder>,
+    audit: Arc<AuditLog>,
 }
 
 impl Running {
@@ -58,6 +61,7 @@ impl Running {
             tracing::error!(error = %e, "shutdown: could not write the last usage counts");
         }
         self.store.close().await;
+        self.audit.drain(Duration::from_secs(5));
     }
 }
 
@@ -116,6 +120,7 @@ pub async fn start_with_store(config: &Config, store: Store) -> anyhow::Result<R
             cache_ttl: config.keys.cache_ttl,
             cache_capacity: 100_000,
             failures_per_minute: config.auth_failures_per_minute,
+            forbidden_per_minute: config.auth_forbidden_per_minute,
         },
         usage.clone(),
         metrics.clone(),
@@ -143,6 +148,9 @@ pub async fn start_with_store(config: &Config, store: Store) -> anyhow::Result<R
         None => None,
     };
     let upstream = Arc::new(Upstream::new(&config.upstream).context("invalid upstream peers")?);
+    let audit = Arc::new(
+        AuditLog::start(&config.audit, metrics.clone()).context("cannot open the audit log")?,
+    );
     let data = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -217,8 +225,10 @@ pub async fn start_with_store(config: &Config, store: Store) -> anyhow::Result<R
     let keygate = Keygate {
         routes: config.routes.clone(),
         identity,
+        limits: RateLimiter::new(config.rate_limit.clone(), metrics.clone()),
         policy,
         upstream,
+        audit: audit.clone(),
         metrics: metrics.clone(),
     };
     let proxy = Arc::new(pingora::proxy::http_proxy(&Arc::new(conf), keygate));
@@ -236,6 +246,7 @@ pub async fn start_with_store(config: &Config, store: Store) -> anyhow::Result<R
         tasks,
         store,
         usage,
+        audit,
     })
 }
 

@@ -39,10 +39,19 @@ pub struct Metrics {
     pub policy_reloads: IntCounterVec,
     /// The epoch of the running policy set.
     pub policy_epoch: IntGauge,
+    /// 1 while the newest policy files are rejected (the last good set keeps running).
+    pub policy_reload_failing: IntGauge,
     /// Decision-cache lookups by result (hit, miss).
     pub decision_cache: IntCounterVec,
     /// Decisions turned into denies because a policy failed to evaluate.
     pub policy_errors: prometheus::IntCounter,
+    /// Requests answered 429, by limiter (`principal`, `address`) and policy (a rule name from
+    /// the config, `default`, or `failures` for the address limiter).
+    pub rate_limited: IntCounterVec,
+    /// Audit lines written, by decision.
+    pub audit_events: IntCounterVec,
+    /// Audit events lost, by reason (`queue_full`, `write_error`).
+    pub audit_dropped: IntCounterVec,
 }
 
 impl Metrics {
@@ -124,6 +133,11 @@ impl Metrics {
         .expect("valid metric");
         let policy_epoch = IntGauge::new("policy_epoch", "The epoch of the running policy set.")
             .expect("valid metric");
+        let policy_reload_failing = IntGauge::new(
+            "policy_reload_failing",
+            "1 while the policy files on disk are rejected and the last good set runs.",
+        )
+        .expect("valid metric");
         let decision_cache = IntCounterVec::new(
             Opts::new("decision_cache_total", "Decision-cache lookups, by result."),
             &["result"],
@@ -132,6 +146,24 @@ impl Metrics {
         let policy_errors = prometheus::IntCounter::new(
             "policy_errors_total",
             "Decisions denied because a policy failed to evaluate.",
+        )
+        .expect("valid metric");
+        let rate_limited = IntCounterVec::new(
+            Opts::new(
+                "rate_limited_total",
+                "Requests answered 429, by limiter and rate-limit policy.",
+            ),
+            &["limiter", "policy"],
+        )
+        .expect("valid metric");
+        let audit_events = IntCounterVec::new(
+            Opts::new("audit_events_total", "Audit lines written, by decision."),
+            &["decision"],
+        )
+        .expect("valid metric");
+        let audit_dropped = IntCounterVec::new(
+            Opts::new("audit_dropped_total", "Audit events lost, by reason."),
+            &["reason"],
         )
         .expect("valid metric");
         let build_info = IntGauge::with_opts(
@@ -153,14 +185,38 @@ impl Metrics {
             Box::new(keys_expiring_soon.clone()),
             Box::new(policy_reloads.clone()),
             Box::new(policy_epoch.clone()),
+            Box::new(policy_reload_failing.clone()),
             Box::new(decision_cache.clone()),
             Box::new(policy_errors.clone()),
+            Box::new(rate_limited.clone()),
+            Box::new(audit_events.clone()),
+            Box::new(audit_dropped.clone()),
             Box::new(build_info),
         ] {
             registry
                 .register(c)
                 .expect("each metric is registered once");
         }
+        // Series of bounded label sets exist from the start, so rates read 0 rather than nothing.
+        for reason in ["missing", "malformed", "unknown", "expired", "revoked"] {
+            auth_failures.with_label_values(&[reason]);
+        }
+        for result in ["hit", "miss", "negative_hit"] {
+            identity_cache.with_label_values(&[result]);
+        }
+        for result in ["hit", "miss"] {
+            decision_cache.with_label_values(&[result]);
+        }
+        for result in ["ok", "error", "unchanged"] {
+            policy_reloads.with_label_values(&[result]);
+        }
+        for decision in ["allow", "deny"] {
+            audit_events.with_label_values(&[decision]);
+        }
+        for reason in ["queue_full", "write_error"] {
+            audit_dropped.with_label_values(&[reason]);
+        }
+        rate_limited.with_label_values(&["address", "failures"]);
         Metrics {
             registry,
             requests,
@@ -175,8 +231,12 @@ impl Metrics {
             keys_expiring_soon,
             policy_reloads,
             policy_epoch,
+            policy_reload_failing,
             decision_cache,
             policy_errors,
+            rate_limited,
+            audit_events,
+            audit_dropped,
         }
     }
 

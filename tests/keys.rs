@@ -41,21 +41,6 @@ async fn get_with(
     (status, body, headers)
 }
 
-/// A key shaped right, with a valid checksum, that was never issued.
-fn unissued_key() -> String {
-    let body: String = "0123456789abcdefghijABCDEFGHIJ01".to_owned();
-    let head = format!("kg_{body}");
-    let sum = crc32fast::hash(head.as_bytes());
-    let mut v = sum;
-    let digits = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-    let mut out = [b'0'; 6];
-    for slot in out.iter_mut().rev() {
-        *slot = digits[(v % 62) as usize];
-        v /= 62;
-    }
-    head + std::str::from_utf8(&out).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_401_reason_and_no_key_in_any_body_or_log() {
     let rec = Recorder::start().await;

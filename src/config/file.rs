@@ -23,6 +23,49 @@ pub struct FileConfig {
     pub control: ControlSection,
     #[serde(default)]
     pub policies: PoliciesSection,
+    #[serde(default)]
+    pub rate_limit: RateLimitSection,
+    #[serde(default)]
+    pub audit: AuditSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSection {
+    /// Requests per principal (key, token or user) and window, such as `1000/min` (the
+    /// default) or `100/10s`; `off` for no default limit.
+    pub default: Option<String>,
+    /// Rules that override the default; the first that matches a request applies.
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<RateLimitRule>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitRule {
+    /// Names the rule in `RateLimit-Policy` and in metrics.
+    pub name: String,
+    /// Such as `100/min`.
+    pub limit: String,
+    /// Applies to requests of this action (a route's action).
+    pub action: Option<String>,
+    /// Applies to principals holding this scope.
+    pub scope: Option<String>,
+    /// Applies to principals of this workspace (its slug).
+    pub workspace: Option<String>,
+    /// Applies to this key (its id).
+    pub key: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSection {
+    /// `stdout` (default), `stderr`, `off`, or a file path to append JSON lines to.
+    pub output: Option<String>,
+    /// Share of allowed requests logged, 0.0 (default) to 1.0; every deny is logged.
+    pub allow_sample_rate: Option<f64>,
+    /// Events waiting for the writer before new ones are dropped and counted (default 16384).
+    pub queue: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -61,6 +104,8 @@ pub struct KeysSection {
 pub struct AuthSection {
     /// Failed authentications one client address may make per minute before it gets 429.
     pub failures_per_minute: Option<u32>,
+    /// Requests refused 403 one client address may have per minute before it gets 429.
+    pub forbidden_per_minute: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -313,9 +313,78 @@ pub fn fixture(db_url: &str) -> String {
     v["key"].as_str().unwrap().to_owned()
 }
 
+/// Where the harness's own settings start in a keygate's config file.
+const HARNESS_DEFAULTS: &str = "\n# --- test harness defaults ---\n";
+
+/// The harness's settings, for the sections a test's config leaves out: a per-key rate limit
+/// high enough not to interfere, and every decision in an audit file of the test's own.
+fn with_harness_defaults(config: &str, dir: &Path) -> String {
+    let own = config.split(HARNESS_DEFAULTS).next().unwrap_or_default();
+    let mut out = format!("{own}{HARNESS_DEFAULTS}");
+    if !own.contains("rate_limit") {
+        out.push_str("[rate_limit]\ndefault = \"1000000/min\"\n");
+    }
+    if !own.contains("[audit]") {
+        out.push_str(&format!(
+            "[audit]\noutput = {:?}\nallow_sample_rate = 1.0\n",
+            dir.join("audit.jsonl").display().to_string()
+        ));
+    }
+    if !own.contains("[auth]") {
+        out.push_str("[auth]\nforbidden_per_minute = 1000000\n");
+    }
+    out
+}
+
+/// Fails the test if a secret appears in anything keygate wrote: its log (at debug level) and
+/// its audit log. Secrets are the fixture's, and anything shaped like a key or a token.
+pub fn assert_no_secrets_in(dir: &Path) {
+    let patterns = regex::Regex::new(concat!(
+        r"\b[A-Za-z0-9]{1,10}_[0-9A-Za-z]{38}\b",
+        r"|\bdrv_[0-9a-f]{40}\b",
+        r"|\bfo_[0-9A-Za-z]{12}_[0-9A-Za-z]{32}",
+        r"|eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.",
+    ))
+    .unwrap();
+    let literals = [TEST_PEPPER, OPERATOR_TOKEN, "ada's long password"];
+    for name in ["keygate.log", "audit.jsonl"] {
+        let text = std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+        for (n, line) in text.lines().enumerate() {
+            let hit = patterns
+                .find(line)
+                .map(|m| m.as_str().to_owned())
+                .or_else(|| {
+                    literals
+                        .iter()
+                        .find(|l| line.contains(*l))
+                        .map(|l| l.to_string())
+                });
+            if let Some(hit) = hit {
+                panic!(
+                    "a secret ({}…) is in {name}, line {}:\n{line}",
+                    &hit[..hit.len().min(6)],
+                    n + 1
+                );
+            }
+        }
+    }
+}
+
+/// Scans a keygate's output for secrets when the test is done with it.
+struct SecretScan(PathBuf);
+
+impl Drop for SecretScan {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            assert_no_secrets_in(&self.0);
+        }
+    }
+}
+
 /// A running keygate, with the fixture above.
 pub struct Keygate {
     pub proc: Proc,
+    scan: SecretScan,
     pub data: SocketAddr,
     pub control: SocketAddr,
     pub dir: TempDir,
@@ -339,6 +408,7 @@ impl Keygate {
     pub fn restart(self, upstream: &[SocketAddr]) -> Keygate {
         let Keygate {
             mut proc,
+            scan,
             dir,
             db,
             key,
@@ -354,6 +424,8 @@ impl Keygate {
             "keygate did not stop cleanly: {}",
             proc.stderr()
         );
+        drop(scan);
+        drop(dir);
         Keygate::spawn(upstream, &config, db, key)
     }
 
@@ -370,7 +442,7 @@ impl Keygate {
             }
         }
         let config_path = dir.path().join("keygate.toml");
-        std::fs::write(&config_path, config).expect("config");
+        std::fs::write(&config_path, with_harness_defaults(config, dir.path())).expect("config");
         let mut cmd = Command::new(bin("keygate"));
         cmd.arg("--config")
             .arg(&config_path)
@@ -399,6 +471,7 @@ impl Keygate {
         );
         Keygate {
             proc,
+            scan: SecretScan(dir.path().to_path_buf()),
             data: found[0].parse().expect("address"),
             control: found[1].parse().expect("address"),
             dir,
@@ -409,6 +482,31 @@ impl Keygate {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.data, path)
+    }
+
+    /// The audit lines written so far (the harness sends them to a file of the test's own).
+    pub fn audit(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.dir.path().join("audit.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("each audit line is JSON"))
+            .collect()
+    }
+
+    /// The audit lines once `done` holds for them (or after 5 s): they are written just after
+    /// the response goes out.
+    pub async fn audit_until(
+        &self,
+        done: impl Fn(&[serde_json::Value]) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let lines = self.audit();
+            if done(&lines) || std::time::Instant::now() > deadline {
+                return lines;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// This keygate's policy folder.
@@ -594,6 +692,21 @@ pub fn raw_get(addr: SocketAddr, target: &[u8], key: &str) -> (u16, String) {
 pub fn raw_json(response: &str) -> serde_json::Value {
     let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
     serde_json::from_str(body).unwrap_or(serde_json::Value::Null)
+}
+
+/// A key shaped right, with a valid checksum, that was never issued.
+pub fn unissued_key() -> String {
+    let body: String = "0123456789abcdefghijABCDEFGHIJ01".to_owned();
+    let head = format!("kg_{body}");
+    let sum = crc32fast::hash(head.as_bytes());
+    let mut v = sum;
+    let digits = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut out = [b'0'; 6];
+    for slot in out.iter_mut().rev() {
+        *slot = digits[(v % 62) as usize];
+        v /= 62;
+    }
+    head + std::str::from_utf8(&out).unwrap()
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
