@@ -6,6 +6,9 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use keygate::config::{Config, Overrides};
+use keygate::credentials::{credentials, Credentials};
+use keygate::proxy::{Keygate, RequestCtx};
+use pingora::http::RequestHeader;
 use keygate::identity::{Principal, PrincipalKind};
 use keygate::keys::Grant;
 use keygate::policy::{PolicyEngine, SHIPPED};
@@ -106,6 +109,27 @@ fn decide_stage(c: &mut Criterion) {
     c.bench_function("decide/cold_uncached", |b| {
         b.iter(|| engine.decide_uncached(black_box(&restricted), black_box(&route)))
     });
+    // A miss for a principal already seen (the common cold case: a new file for a known
+    // key): the principal's entities are reused, the resource's are built, Cedar runs.
+    let paths: Vec<_> = (0..200_000)
+        .map(|i| {
+            routes
+                .route(RouteInput {
+                    method: "GET",
+                    raw_target: format!("/v1/files/local/backups/2025/f-{i}.tar").as_bytes(),
+                    destination: None,
+                    host: None,
+                })
+                .expect("routes")
+        })
+        .collect();
+    let mut i = 0;
+    c.bench_function("decide/cold_known_principal", |b| {
+        b.iter(|| {
+            i = (i + 1) % paths.len();
+            engine.decide(black_box(&restricted), black_box(&paths[i]))
+        })
+    });
     // A hit: the same request again.
     let _ = engine.decide(&restricted, &route);
     c.bench_function("decide/cache_hit", |b| {
@@ -132,5 +156,155 @@ fn decide_stage(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, route_stage, decide_stage);
+/// A keygate with its real stages over a SQLite database in `dir`, one workspace, provider
+/// `local`, and a key with the `write` scope; returns it with the key.
+async fn keygate(dir: &std::path::Path) -> (Keygate, String) {
+    use keygate::audit::{AuditConfig, AuditLog, AuditOutput};
+    use keygate::identity::{Identity, IdentityConfig};
+    use keygate::manage::{Actor, CreateKey};
+    use keygate::ratelimit::{Limit, RateLimitConfig, RateLimiter};
+    use keygate::store::Store;
+    use keygate::upstream::Upstream;
+    use keygate::usage::UsageRecorder;
+
+    for (name, text) in SHIPPED {
+        std::fs::write(dir.join(name), text).expect("write policies");
+    }
+    let db = format!("sqlite://{}", dir.join("bench.db").display());
+    let toml = format!(
+        "[policies]\ndir = {:?}\n[keys]\npepper = \"bench-pepper-0123456789abcdef0123456789\"\n",
+        dir.display().to_string()
+    );
+    let config = Config::from_toml(&toml, "bench", std::iter::empty(), &Overrides::default())
+        .expect("bench config");
+    let store = Store::open(&db, 4).await.expect("database");
+    store.add_workspace("acme").await.expect("workspace");
+    store
+        .add_user("ada@example.com", None, "unused")
+        .await
+        .expect("user");
+    store
+        .set_member("acme", "ada@example.com", Role::Admin)
+        .await
+        .expect("member");
+    store.add_provider("local", "acme").await.expect("provider");
+    let manager = keygate::server::key_manager(&config, store.clone()).expect("manager");
+    let key = manager
+        .create(
+            &Actor::Operator,
+            CreateKey {
+                name: "bench".into(),
+                scopes: vec!["write".into()],
+                owner: Some("ada@example.com".into()),
+                ..CreateKey::default()
+            },
+        )
+        .await
+        .expect("key")
+        .key;
+    let metrics = Arc::new(Metrics::new());
+    let identity = Arc::new(Identity::new(
+        store.clone(),
+        keygate::server::load_pepper(&config).expect("pepper"),
+        &IdentityConfig {
+            style: config.keys.style.clone(),
+            cache_ttl: std::time::Duration::from_secs(3600),
+            cache_capacity: 100_000,
+            failures_per_minute: 20,
+            forbidden_per_minute: 300,
+        },
+        Arc::new(UsageRecorder::default()),
+        metrics.clone(),
+    ));
+    let policy = keygate::server::load_policies(&config, metrics.clone()).expect("policies");
+    policy.set_providers(store.provider_directory().await.expect("providers"));
+    let limits = RateLimitConfig {
+        // Counted like in production, but never reached by a benchmark's millions of calls.
+        default: Some(Limit {
+            requests: u32::MAX,
+            window: std::time::Duration::from_secs(60),
+        }),
+        rules: Vec::new(),
+    };
+    let kg = Keygate {
+        routes: config.routes.clone(),
+        identity,
+        limits: RateLimiter::new(limits, metrics.clone()),
+        policy,
+        upstream: Arc::new(Upstream::new(&config.upstream).expect("upstream")),
+        audit: Arc::new(
+            AuditLog::start(
+                &AuditConfig {
+                    output: AuditOutput::Off,
+                    ..AuditConfig::default()
+                },
+                metrics.clone(),
+            )
+            .expect("audit"),
+        ),
+        metrics,
+    };
+    (kg, key)
+}
+
+fn get(path: &str, key: &str) -> RequestHeader {
+    let mut req = RequestHeader::build("GET", path.as_bytes(), None).expect("request");
+    req.insert_header("host", "localhost").expect("header");
+    req.insert_header("x-api-key", key).expect("header");
+    req
+}
+
+/// The stages of `request_filter` together: framing, route, address check, credentials,
+/// identity, rate limit and decision, as `admit` runs them for every request. Each iteration
+/// includes one `block_on` of a current-thread runtime (a few hundred ns).
+fn pipeline(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (kg, key) = rt.block_on(keygate(dir.path()));
+    let style = kg.identity.style().clone();
+    let req = get("/v1/files/local/backups/2025/db-dump.tar", &key);
+
+    c.bench_function("credentials/parse_with_checksum", |b| {
+        b.iter(|| {
+            let creds = credentials(black_box(&req.headers), None, &style).expect("credentials");
+            let Credentials::ApiKey(k) = &creds;
+            assert!(style.is_well_formed(k));
+            creds
+        })
+    });
+    let creds = credentials(&req.headers, None, &style).expect("credentials");
+    rt.block_on(kg.identity.authenticate(&creds))
+        .expect("the key is valid");
+    c.bench_function("identity/cache_hit", |b| {
+        b.iter(|| rt.block_on(kg.identity.authenticate(black_box(&creds))))
+    });
+
+    let admit = |req: &RequestHeader| {
+        let mut ctx = RequestCtx::new();
+        let out = rt.block_on(kg.admit(req, None, &mut ctx));
+        assert!(out.is_ok(), "{out:?}");
+        ctx
+    };
+    admit(&req);
+    c.bench_function("request_filter/allowed_warm", |b| {
+        b.iter(|| admit(black_box(&req)))
+    });
+    // Every request a different file: the decision cache misses, Cedar runs.
+    let mut n = 0u64;
+    c.bench_function("request_filter/allowed_cold_decision", |b| {
+        b.iter_batched(
+            || {
+                n += 1;
+                get(&format!("/v1/files/local/backups/2025/file-{n}.tar"), &key)
+            },
+            |req| admit(&req),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+}
+
+criterion_group!(benches, route_stage, decide_stage, pipeline);
 criterion_main!(benches);

@@ -75,8 +75,9 @@ pub enum PolicyError {
 pub struct Loaded {
     policies: PolicySet,
     schema: Schema,
-    /// The action entities (with their groups), added to every request's entities.
-    actions: Entities,
+    /// Each action as an entity whose parents are all its groups, transitively: the one
+    /// action entity a request needs, so no request copies the whole action hierarchy.
+    actions: HashMap<String, Entity>,
     pub epoch: u64,
     /// SHA-256 over the files' names and contents, in name order.
     pub hash: String,
@@ -338,6 +339,21 @@ pub fn load_texts(files: &[(String, String)], epoch: u64) -> Result<Loaded, Poli
         .action_entities()
         .map_err(|e| PolicyError::Invalid(format!("the schema's actions: {e}")))?;
     let required = required_scopes(&actions);
+    let actions = actions
+        .iter()
+        .map(|e| {
+            let ancestors: HashSet<EntityUid> = actions
+                .ancestors(&e.uid())
+                .into_iter()
+                .flatten()
+                .cloned()
+                .collect();
+            (
+                e.uid().id().unescaped().to_owned(),
+                Entity::new_no_attrs(e.uid(), ancestors),
+            )
+        })
+        .collect();
     Ok(Loaded {
         policies: set,
         schema,
@@ -395,12 +411,16 @@ impl Loaded {
                 errored: true,
             }
         };
-        let (entities, principal_uid, resource_uid) =
+        let (mut entities, principal_uid, resource_uid) =
             match build_entities(principal, target, workspace_of) {
                 Ok(x) => x,
                 Err(e) => return deny_error(e),
             };
-        let entities = match self.actions.clone().add_entities(entities, None) {
+        match self.actions.get(action) {
+            Some(a) => entities.push(a.clone()),
+            None => return deny_error(format!("'{action}' is not an action of the schema")),
+        }
+        let entities = match Entities::from_entities(entities, None) {
             Ok(e) => e,
             Err(e) => return deny_error(e.to_string()),
         };

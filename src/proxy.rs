@@ -56,7 +56,7 @@ pub struct RequestCtx {
 }
 
 impl RequestCtx {
-    fn new() -> RequestCtx {
+    pub fn new() -> RequestCtx {
         RequestCtx {
             request_id: uuid::Uuid::now_v7().simple().to_string(),
             arrived: Instant::now(),
@@ -75,6 +75,12 @@ impl RequestCtx {
     }
 }
 
+impl Default for RequestCtx {
+    fn default() -> RequestCtx {
+        RequestCtx::new()
+    }
+}
+
 /// Everything the data plane needs, shared by all requests.
 pub struct Keygate {
     pub routes: RouteTable,
@@ -87,8 +93,9 @@ pub struct Keygate {
 }
 
 impl Keygate {
-    /// The stages up to the decision, in order. `Ok` means forward.
-    async fn admit(
+    /// The stages up to the decision, in order. `Ok` means forward. (`request_filter` without
+    /// the pingora session; public for the benchmarks.)
+    pub async fn admit(
         &self,
         req: &RequestHeader,
         raw_header: Option<&[u8]>,

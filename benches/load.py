@@ -1,0 +1,615 @@
+#!/usr/bin/env python3
+"""keygate's load harness. Run it through `bash benches/load.sh`, which installs and builds
+what this needs.
+
+Starts the storage-backend, then in front of it, one at a time and with the same settings:
+keygate, the plain pingora pass-through (benches/passthrough.rs) and nginx as a plain reverse
+proxy; the backend is also measured directly. Every server runs on SERVER_CPU, the load
+generator on LOAD_CPU. Each scenario runs ROUNDS rounds, alternating the targets within each
+round (A B C D, A B C D, ...) so drift cancels out; the tables show medians over rounds.
+"""
+
+import argparse
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import zlib
+
+OPERATOR = "bench-operator-token-0123456789"
+PEPPER = "bench-pepper-0123456789abcdef0123456789abcdef"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+class Server:
+    def __init__(self, name, cmd, port, cpu, workdir, env=None):
+        self.name, self.port = name, port
+        self.log = open(os.path.join(workdir, f"{name}.log"), "w")
+        self.proc = subprocess.Popen(
+            ["taskset", "-c", str(cpu)] + cmd,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+        wait_port(port)
+
+    def pids(self):
+        """The process and its children (nginx's workers)."""
+        out = [self.proc.pid]
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat") as f:
+                        fields = f.read().rsplit(")", 1)[1].split()
+                    if int(fields[1]) == self.proc.pid:
+                        out.append(int(entry))
+                except OSError:
+                    pass
+        return out
+
+    def cpu_seconds(self):
+        total = 0
+        for pid in self.pids():
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])
+            except OSError:
+                pass
+        return total / CLK_TCK
+
+    def status_kib(self, field):
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith(field):
+                    return int(line.split()[1])
+        return 0
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+def to_us(text):
+    m = re.match(r"([\d.]+)(us|ms|s)", text)
+    value, unit = float(m.group(1)), m.group(2)
+    return value * {"us": 1, "ms": 1e3, "s": 1e6}[unit]
+
+
+def wrk(args, url, connections=None, headers=(), script=None, seconds=None):
+    cmd = ["taskset", "-c", str(args.load_cpu), "wrk", "-t1",
+           f"-c{connections or args.connections}", f"-d{seconds or args.seconds}s", "--latency"]
+    for h in headers:
+        cmd += ["-H", h]
+    if script:
+        cmd += ["-s", script]
+    out = subprocess.run(cmd + [url], capture_output=True, text=True, check=True).stdout
+    lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "requests": int(re.search(r"(\d+) requests in", out).group(1)),
+        "p50": to_us(lat["50"]),
+        "p99": to_us(lat["99"]),
+        "non2xx": int((re.search(r"Non-2xx or 3xx responses: (\d+)", out) or [0, 0])[1]),
+        "errors": sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", out)),
+    }
+
+
+def measure(args, server, url, **kw):
+    before = server.cpu_seconds()
+    r = wrk(args, url, **kw)
+    r["cpu_us"] = (server.cpu_seconds() - before) * 1e6 / max(r["requests"], 1)
+    return r
+
+
+def http(method, url, body=None, headers=None):
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    with urllib.request.urlopen(req) as r:
+        return r.status, r.read()
+
+
+def unissued_key(rng):
+    """A key of keygate's default shape with a valid checksum that was never issued."""
+    head = "kg_" + "".join(rng.choice(BASE62) for _ in range(32))
+    v = zlib.crc32(head.encode())
+    tail = ""
+    for _ in range(6):
+        tail = BASE62[v % 62] + tail
+        v //= 62
+    return head + tail
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.work = tempfile.mkdtemp(prefix="keygate-load-")
+        self.bin = args.bin
+        self.rows = []  # (scenario, target, round, result)
+        self.notes = []
+        self.backend = None
+
+    # --- set-up -------------------------------------------------------------------------
+    def start_backend(self):
+        self.backend_port = free_port()
+        self.backend = Server(
+            "backend",
+            [f"{self.bin}/storage-backend", "--root", f"{self.work}/data", "--listen",
+             f"127.0.0.1:{self.backend_port}", "--provider", "local"],
+            self.backend_port, self.args.server_cpu, self.work)
+        base = f"http://127.0.0.1:{self.backend_port}/v1/files/local"
+        http("PUT", f"{base}/small.txt", b"x" * 64)
+        http("PUT", f"{base}/big.bin", os.urandom(1 << 20))
+
+    def kg_cli(self, *cmd, stdin=None):
+        return subprocess.run(
+            [f"{self.bin}/keygate", "--config", self.kg_config, *cmd],
+            input=stdin, capture_output=True, text=True, check=True).stdout
+
+    def setup_keygate(self):
+        policies = f"{self.work}/policies"
+        os.makedirs(policies)
+        for name in os.listdir("policies"):
+            if os.path.isfile(f"policies/{name}"):
+                shutil.copy(f"policies/{name}", policies)
+        self.kg_port, self.kg_control = free_port(), free_port()
+        self.kg_config = f"{self.work}/keygate.toml"
+        self.write_kg_config(cache_ttl="5m")
+        self.kg_cli("workspaces", "add", "bench")
+        self.kg_cli("users", "add", "ada@example.com", "--password-stdin",
+                    stdin="a long bench password\n")
+        self.kg_cli("members", "add", "--workspace", "bench", "--user", "ada@example.com",
+                    "--role", "admin")
+        self.kg_cli("providers", "add", "local", "--workspace", "bench")
+        key = lambda *a: json.loads(self.kg_cli("keys", "create", "--owner", "ada@example.com",
+                                                "--json", *a))["key"]
+        self.key = key("--name", "bench", "--scope", "write")
+        self.deny_key = key("--name", "confined", "--scope", "read", "--provider",
+                            "local:/backups")
+
+    def write_kg_config(self, cache_ttl):
+        with open(self.kg_config, "w") as f:
+            f.write(f"""
+[server]
+threads = 1
+[database]
+url = "sqlite://{self.work}/keygate.db"
+[upstream]
+peers = ["127.0.0.1:{self.backend_port}"]
+[keys]
+pepper = "{PEPPER}"
+cache_ttl = "{cache_ttl}"
+max_active_per_user = 100000
+[control]
+operator_token = "{OPERATOR}"
+[policies]
+dir = "{self.work}/policies"
+# The limits run on every request but are never reached: the harness measures their cost,
+# not their effect (see docs/benchmarks.md).
+[rate_limit]
+default = "1000000000/min"
+[auth]
+failures_per_minute = 1000000000
+forbidden_per_minute = 1000000000
+[audit]
+output = "{self.work}/audit.jsonl"
+[log]
+level = "warn"
+""")
+
+    def start_keygate(self):
+        return Server(
+            "keygate",
+            [f"{self.bin}/keygate", "--config", self.kg_config, "serve", "--listen",
+             f"127.0.0.1:{self.kg_port}", "--control-listen", f"127.0.0.1:{self.kg_control}"],
+            self.kg_port, self.args.server_cpu, self.work)
+
+    def start_passthrough(self):
+        port = free_port()
+        return Server(
+            "passthrough",
+            [f"{self.bin}/examples/passthrough", "--listen", f"127.0.0.1:{port}", "--upstream",
+             f"127.0.0.1:{self.backend_port}", "--threads", "1"],
+            port, self.args.server_cpu, self.work)
+
+    def start_nginx(self):
+        port = free_port()
+        root = f"{self.work}/nginx"
+        os.makedirs(root, exist_ok=True)
+        with open(f"{root}/nginx.conf", "w") as f:
+            f.write(f"""
+worker_processes 1;
+daemon off;
+pid {root}/nginx.pid;
+error_log {root}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {root}/body;
+    proxy_temp_path {root}/proxy;
+    fastcgi_temp_path {root}/fastcgi;
+    uwsgi_temp_path {root}/uwsgi;
+    scgi_temp_path {root}/scgi;
+    upstream backend {{ server 127.0.0.1:{self.backend_port}; keepalive 64; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_request_buffering off;
+            client_max_body_size 0;
+        }}
+    }}
+}}
+""")
+        return Server("nginx", ["nginx", "-p", root, "-c", f"{root}/nginx.conf", "-e",
+                                f"{root}/error.log"], port, self.args.server_cpu, self.work)
+
+    # --- scenarios ----------------------------------------------------------------------
+    def record(self, scenario, target, rnd, result):
+        self.rows.append((scenario, target, rnd, result))
+        log(f"  {scenario:<28} {target:<12} round {rnd}: {result['rps']:>9.0f} req/s  "
+            f"p50 {result['p50']:>8.0f} µs  p99 {result['p99']:>8.0f} µs  "
+            f"cpu {result.get('cpu_us', 0):>6.1f} µs/req  non-2xx {result['non2xx']}")
+
+    def side_by_side(self, servers, path, scenario, headers_for):
+        for rnd in range(1, self.args.rounds + 1):
+            for name, server in servers:
+                url = f"http://127.0.0.1:{server.port}{path}"
+                self.record(scenario, name, rnd,
+                            measure(self.args, server, url, headers=headers_for(name)))
+
+    def run(self):
+        a = self.args
+        self.start_backend()
+        self.setup_keygate()
+        kg = self.start_keygate()
+        pt = self.start_passthrough()
+        ngx = self.start_nginx()
+        key = [f"X-API-Key: {self.key}"]
+        with_key = lambda name: key if name == "keygate" else []
+        servers = [("keygate", kg), ("passthrough", pt), ("nginx", ngx), ("direct", self.backend)]
+        # Warm the caches (credential and decision) before anything is measured.
+        wrk(a, f"http://127.0.0.1:{kg.port}/v1/files/local/small.txt", headers=key, seconds=1)
+
+        log("small GET, allowed (credential and decision cached)")
+        self.side_by_side(servers, "/v1/files/local/small.txt", "small GET", with_key)
+        log("1 MiB GET")
+        self.side_by_side(servers, "/v1/files/local/big.bin", "1 MiB GET", with_key)
+
+        log("every request a different file (Cedar on every request)")
+        script = f"{self.work}/distinct.lua"
+        with open(script, "w") as f:
+            f.write('local n = 0\nrequest = function()\n  n = n + 1\n'
+                    '  return wrk.format(nil, "/v1/files/local/cold/f" .. n .. ".txt")\nend\n')
+        for rnd in range(1, a.rounds + 1):
+            for name, server in [("keygate", kg), ("passthrough", pt)]:
+                url = f"http://127.0.0.1:{server.port}/"
+                self.record("distinct files (Cedar)", name, rnd,
+                            measure(a, server, url, headers=with_key(name), script=script))
+
+        log("denied requests (403)")
+        for rnd in range(1, a.rounds + 1):
+            url = f"http://127.0.0.1:{kg.port}/v1/files/local/small.txt"
+            self.record("denied (403)", "keygate", rnd,
+                        measure(a, kg, url, headers=[f"X-API-Key: {self.deny_key}"]))
+
+        log("half the requests with well-formed wrong keys")
+        rng = random.Random(7)
+        flood = f"{self.work}/flood.lua"
+        with open(flood, "w") as f:
+            f.write("local keys = {\n")
+            for _ in range(100_000):
+                f.write(f'"{unissued_key(rng)}",\n')
+            f.write("}\nlocal n = 0\nrequest = function()\n  n = n % #keys + 1\n"
+                    '  return wrk.format(nil, nil, {["X-API-Key"] = keys[n]})\nend\n')
+        url = f"http://127.0.0.1:{kg.port}/v1/files/local/small.txt"
+        half = max(a.connections // 2, 1)
+        for rnd in range(1, a.rounds + 1):
+            for label, other in [("no flood", None), ("flood", flood)]:
+                out = {}
+
+                def second():
+                    if other:
+                        out["other"] = wrk(a, url, connections=half, script=other)
+                    else:
+                        out["other"] = wrk(a, url, connections=half, headers=key)
+
+                t = threading.Thread(target=second)
+                t.start()
+                valid = measure(a, kg, url, connections=half, headers=key)
+                t.join()
+                valid["other_rps"] = out["other"]["rps"]
+                self.record(f"valid keys, {label}", "keygate", rnd, valid)
+
+        log("policies reloaded every second")
+        stop = threading.Event()
+
+        def reloader():
+            path = f"{self.work}/policies/scopes.cedar"
+            original = open(path).read()
+            n = 0
+            while not stop.wait(1.0):
+                n += 1
+                with open(path, "w") as f:
+                    f.write(original + f"\n// reload {n}\n")
+            with open(path, "w") as f:
+                f.write(original)
+
+        for rnd in range(1, a.rounds + 1):
+            url = f"http://127.0.0.1:{kg.port}/v1/files/local/small.txt"
+            self.record("small GET, no reloads", "keygate", rnd, measure(a, kg, url, headers=key))
+            stop.clear()
+            t = threading.Thread(target=reloader)
+            t.start()
+            self.record("small GET, reload every 1 s", "keygate", rnd,
+                        measure(a, kg, url, headers=key))
+            stop.set()
+            t.join()
+        epoch = urllib.request.urlopen(
+            f"http://127.0.0.1:{self.kg_control}/metrics").read().decode()
+        m = re.search(r"^keygate_policy_epoch (\d+)", epoch, re.M)
+        self.notes.append(f"policy epoch after the reload scenario: {m.group(1) if m else '?'}")
+
+        log("open loop at half the pass-through's saturation")
+        p_sat = statistics.median(r["rps"] for s, t, _, r in self.rows
+                                  if s == "small GET" and t == "passthrough")
+        rate = int(p_sat / 2)
+        for rnd in range(1, a.rounds + 1):
+            for name, server in [("keygate", kg), ("passthrough", pt)]:
+                cmd = ["taskset", "-c", str(a.load_cpu), f"{self.bin}/examples/openloop",
+                       "--addr", f"127.0.0.1:{server.port}", "--path", "/v1/files/local/small.txt",
+                       "--rate", str(rate), "--seconds", str(a.seconds), "--connections",
+                       str(a.connections)]
+                if name == "keygate":
+                    cmd += ["-H", key[0]]
+                out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+                f = dict(kv.split("=") for kv in out.split())
+                self.record(f"open loop {rate}/s", name, rnd, {
+                    "rps": int(f["ok"]) / a.seconds, "p50": float(f["p50_us"]),
+                    "p99": float(f["p99_us"]), "non2xx": int(f["errors"]),
+                    "requests": int(f["sent"])})
+
+        pt.stop()
+        ngx.stop()
+        kg.stop()
+
+        log("every request a different valid key (identity cache misses)")
+        count = 1000 if not a.quick else 200
+        kg = self.start_keygate()
+        control = f"http://127.0.0.1:{self.kg_control}/v1/keys"
+        keys = []
+        for i in range(count):
+            body = json.dumps({"name": f"k{i}", "scopes": ["write"],
+                               "owner": "ada@example.com"}).encode()
+            _, resp = http("POST", control, body, {"Authorization": f"Bearer {OPERATOR}",
+                                                   "Content-Type": "application/json"})
+            keys.append(json.loads(resp)["data"]["key"])
+        kg.stop()
+        many = f"{self.work}/many.lua"
+        with open(many, "w") as f:
+            f.write("local keys = {\n" + "".join(f'"{k}",\n' for k in keys) + "}\n"
+                    "local n = 0\nrequest = function()\n  n = n % #keys + 1\n"
+                    '  return wrk.format(nil, nil, {["X-API-Key"] = keys[n]})\nend\n')
+        # A verified key stays cached for 1 ms only: every request looks its key up again.
+        self.write_kg_config(cache_ttl="1ms")
+        kg = self.start_keygate()
+        pt = self.start_passthrough()
+        url_path = "/v1/files/local/small.txt"
+        for rnd in range(1, a.rounds + 1):
+            for name, server in [("keygate", kg), ("passthrough", pt)]:
+                url = f"http://127.0.0.1:{server.port}{url_path}"
+                self.record("different key each request", name, rnd,
+                            measure(a, server, url, script=many if name == "keygate" else None))
+        pt.stop()
+        kg.stop()
+
+        log("1 GiB upload, keygate against direct")
+        self.write_kg_config(cache_ttl="5m")
+        kg = self.start_keygate()
+        big = f"{self.work}/upload.bin"
+        with open(big, "wb") as f:
+            chunk = os.urandom(1 << 20)
+            for _ in range(a.upload_mib):
+                f.write(chunk)
+        rss_before = kg.status_kib("VmHWM:")
+        for rnd in range(1, a.rounds + 1):
+            for name, port, headers in [("keygate", kg.port, key), ("direct", self.backend_port, [])]:
+                cmd = ["taskset", "-c", str(a.load_cpu), "curl", "-sS", "-o", "/dev/null",
+                       "-w", "%{speed_upload} %{http_code}", "-T", big, "-H", "Expect:"]
+                for h in headers:
+                    cmd += ["-H", h]
+                cmd.append(f"http://127.0.0.1:{port}/v1/files/local/upload-{name}.bin")
+                speed, code = subprocess.run(cmd, capture_output=True, text=True,
+                                             check=True).stdout.split()
+                self.rows.append(("upload", name, rnd, {"mib_s": float(speed) / (1 << 20),
+                                                        "code": code}))
+                log(f"  upload {name:<10} round {rnd}: {float(speed) / (1 << 20):.0f} MiB/s "
+                    f"(HTTP {code})")
+        self.upload_rss_growth = (kg.status_kib("VmHWM:") - rss_before) / 1024
+        kg.stop()
+        os.remove(big)
+        self.backend.stop()
+
+    # --- report -------------------------------------------------------------------------
+    def med(self, scenario, target, field):
+        vals = [r[field] for s, t, _, r in self.rows if s == scenario and t == target]
+        return statistics.median(vals) if vals else float("nan")
+
+    def report(self, command):
+        a = self.args
+        m = self.med
+        lines = []
+        cpu = "unknown"
+        try:
+            for line in open("/proc/cpuinfo"):
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+        except OSError:
+            pass
+        wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout
+        nginx_version = subprocess.run(["nginx", "-v"], capture_output=True,
+                                       text=True).stderr.strip()
+        lines += [
+            "# Benchmarks",
+            "",
+            "Produced by the load harness; every figure below comes from one run of it.",
+            "",
+            f"- command: `{command}`",
+            f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+            f"- machine: {os.cpu_count()} × {cpu}, Linux {platform.release()}",
+            f"- servers on CPU {a.server_cpu} (the backend too), load generator on CPU "
+            f"{a.load_cpu}; {a.rounds} rounds of {a.seconds} s per target and scenario, "
+            f"alternating targets; {a.connections} connections; medians over rounds",
+            f"- load: {wrk_version.splitlines()[0] if wrk_version else 'wrk'} (closed loop), "
+            "benches/openloop.rs (open loop); nginx: " + nginx_version,
+            "- keygate: release build, 1 worker thread, SQLite, shipped policies, rate limits "
+            "and the per-address throttle on but set too high to trigger, audit log to a file",
+            "- pass-through: benches/passthrough.rs, pingora with no authorization, 1 thread; "
+            "nginx: 1 worker, upstream keep-alive, no buffering",
+            "",
+        ]
+        P = lambda s, f="rps": m(s, "passthrough", f)
+        K = lambda s, f="rps": m(s, "keygate", f)
+
+        def table(scenario, targets):
+            out = [f"### {scenario}", "",
+                   "| target | requests/s | p50 µs | p99 µs | server CPU µs/request | non-2xx |",
+                   "| --- | ---: | ---: | ---: | ---: | ---: |"]
+            for t in targets:
+                out.append(f"| {t} | {m(scenario, t, 'rps'):,.0f} | {m(scenario, t, 'p50'):,.0f} "
+                           f"| {m(scenario, t, 'p99'):,.0f} | {m(scenario, t, 'cpu_us'):,.1f} "
+                           f"| {m(scenario, t, 'non2xx'):,.0f} |")
+            return out + [""]
+
+        lines += ["## Results", ""]
+        for s in ["small GET", "1 MiB GET"]:
+            lines += table(s, ["keygate", "passthrough", "nginx", "direct"])
+            lines += [f"keygate / pass-through: throughput **{K(s) / P(s):.2f}**, CPU per request "
+                      f"**{K(s, 'cpu_us') / P(s, 'cpu_us'):.2f}**; keygate / nginx: throughput "
+                      f"**{K(s) / m(s, 'nginx', 'rps'):.2f}**", ""]
+        s = "distinct files (Cedar)"
+        lines += table(s, ["keygate", "passthrough"])
+        lines += [f"Every request a different file, so every decision is a cache miss and Cedar "
+                  f"runs (the backend answers 404): keygate / pass-through **{K(s) / P(s):.2f}**.",
+                  ""]
+        s = "different key each request"
+        lines += table(s, ["keygate", "passthrough"])
+        lines += [f"1,000 keys in turn with a 1 ms identity-cache lifetime, so every request looks "
+                  f"its key up in SQLite and decides afresh: keygate / pass-through "
+                  f"**{K(s) / P(s):.2f}**.", ""]
+        lines += table("denied (403)", ["keygate"])
+        lines += [f"Denied requests are answered by keygate itself: "
+                  f"{K('denied (403)') / K('small GET'):.2f} × the allowed rate.", ""]
+        nf, fl = "valid keys, no flood", "valid keys, flood"
+        lines += ["### Wrong-key flood", "",
+                  "Two load generators at once, each with half the connections: one sends the "
+                  "valid key, the other either the valid key too (no flood) or, in turn, 100,000 "
+                  "well-formed keys with valid checksums that were never issued (flood; each "
+                  "misses the caches and is looked up). The per-address throttle is set too "
+                  "high to trigger, as for a flood from many addresses.", "",
+                  "| run | valid requests/s | other requests/s | valid p99 µs |",
+                  "| --- | ---: | ---: | ---: |",
+                  f"| no flood | {K(nf):,.0f} | {K(nf, 'other_rps'):,.0f} | {K(nf, 'p99'):,.0f} |",
+                  f"| flood | {K(fl):,.0f} | {K(fl, 'other_rps'):,.0f} | {K(fl, 'p99'):,.0f} |",
+                  "", f"Valid throughput under the flood: **{K(fl) / K(nf):.2f}** × no flood.", ""]
+        r0, r1 = "small GET, no reloads", "small GET, reload every 1 s"
+        lines += ["### Policy reloads", "",
+                  "| run | requests/s | p99 µs |", "| --- | ---: | ---: |",
+                  f"| no reloads | {K(r0):,.0f} | {K(r0, 'p99'):,.0f} |",
+                  f"| a policy file changed every second | {K(r1):,.0f} | {K(r1, 'p99'):,.0f} |",
+                  "", f"Throughput while reloading: **{K(r1) / K(r0):.2f}** × ({'; '.join(self.notes)}).",
+                  ""]
+        ol = next((s for s, *_ in self.rows if s.startswith("open loop")), None)
+        if ol:
+            lines += [f"### Latency at a fixed rate ({ol[len('open loop '):]}, half the "
+                      "pass-through's saturation)", "",
+                      "| target | p50 µs | p99 µs | errors |", "| --- | ---: | ---: | ---: |"]
+            for t in ["keygate", "passthrough"]:
+                lines.append(f"| {t} | {m(ol, t, 'p50'):,.0f} | {m(ol, t, 'p99'):,.0f} | "
+                             f"{m(ol, t, 'non2xx'):,.0f} |")
+            lines += ["", f"keygate − pass-through: p50 **{K(ol, 'p50') - P(ol, 'p50'):+.0f} µs**, "
+                          f"p99 **{K(ol, 'p99') - P(ol, 'p99'):+.0f} µs** "
+                          f"({K(ol, 'p99') / P(ol, 'p99'):.2f} ×).", ""]
+        up_k = m("upload", "keygate", "mib_s")
+        up_d = m("upload", "direct", "mib_s")
+        lines += [f"### {a.upload_mib} MiB upload", "",
+                  "| target | MiB/s |", "| --- | ---: |",
+                  f"| keygate | {up_k:,.0f} |", f"| direct | {up_d:,.0f} |", "",
+                  f"keygate / direct: **{up_k / up_d:.2f}**; keygate's peak RSS grew by "
+                  f"**{self.upload_rss_growth:.1f} MiB** over the uploads.", ""]
+        return "\n".join(lines)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--bin", required=True)
+    args = p.parse_args()
+    env = os.environ
+    quick = env.get("QUICK") == "1"
+    args.quick = quick
+    args.rounds = int(env.get("ROUNDS", 1 if quick else 3))
+    args.seconds = int(env.get("SECONDS_PER_RUN", 3 if quick else 8))
+    args.connections = int(env.get("CONNECTIONS", 32))
+    args.server_cpu = int(env.get("SERVER_CPU", 0))
+    args.load_cpu = int(env.get("LOAD_CPU", 1))
+    args.upload_mib = int(env.get("UPLOAD_MIB", 256 if quick else 1024))
+    out = env.get("OUT", "docs/benchmarks.md")
+    bench = Bench(args)
+    try:
+        bench.run()
+    finally:
+        if bench.backend and bench.backend.proc.poll() is None:
+            bench.backend.stop()
+    settings = " ".join(f"{k}={env[k]}" for k in
+                        ["QUICK", "ROUNDS", "SECONDS_PER_RUN", "CONNECTIONS", "UPLOAD_MIB"]
+                        if k in env)
+    text = bench.report(f"{settings + ' ' if settings else ''}bash benches/load.sh")
+    print(text)
+    header = open(out).read().split("<!-- results -->")[0] if os.path.exists(out) else ""
+    with open(out, "w") as f:
+        f.write(header + "<!-- results -->\n\n" + text + "\n" if header else text + "\n")
+    shutil.rmtree(bench.work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
