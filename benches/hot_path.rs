@@ -7,14 +7,14 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, Criterion};
 use keygate::config::{Config, Overrides};
 use keygate::credentials::{credentials, Credentials};
-use keygate::proxy::{Keygate, RequestCtx};
-use pingora::http::RequestHeader;
 use keygate::identity::{Principal, PrincipalKind};
 use keygate::keys::Grant;
 use keygate::policy::{PolicyEngine, SHIPPED};
+use keygate::proxy::{Keygate, RequestCtx};
 use keygate::route::{canonicalize, RouteInput, RouteTable};
 use keygate::store::Role;
 use keygate::telemetry::Metrics;
+use pingora::http::RequestHeader;
 
 fn route_stage(c: &mut Criterion) {
     let config = Config::from_toml("", "bench", std::iter::empty(), &Overrides::default())

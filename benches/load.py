@@ -333,18 +333,22 @@ http {{
                         measure(a, kg, url, headers=[f"X-API-Key: {self.deny_key}"]))
 
         log("half the requests with well-formed wrong keys")
-        rng = random.Random(7)
-        flood = f"{self.work}/flood.lua"
-        with open(flood, "w") as f:
-            f.write("local keys = {\n")
-            for _ in range(100_000):
-                f.write(f'"{unissued_key(rng)}",\n')
-            f.write("}\nlocal n = 0\nrequest = function()\n  n = n % #keys + 1\n"
-                    '  return wrk.format(nil, nil, {["X-API-Key"] = keys[n]})\nend\n')
+        def flood_script(seed):
+            # Fresh keys for every round: none of them is in the negative cache yet.
+            rng = random.Random(seed)
+            path = f"{self.work}/flood-{seed}.lua"
+            with open(path, "w") as f:
+                f.write("local keys = {\n")
+                for _ in range(100_000):
+                    f.write(f'"{unissued_key(rng)}",\n')
+                f.write("}\nlocal n = 0\nrequest = function()\n  n = n % #keys + 1\n"
+                        '  return wrk.format(nil, nil, {["X-API-Key"] = keys[n]})\nend\n')
+            return path
+
         url = f"http://127.0.0.1:{kg.port}/v1/files/local/small.txt"
         half = max(a.connections // 2, 1)
         for rnd in range(1, a.rounds + 1):
-            for label, other in [("no flood", None), ("flood", flood)]:
+            for label, other in [("no flood", None), ("flood", flood_script(rnd))]:
                 out = {}
 
                 def second():

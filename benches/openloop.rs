@@ -131,7 +131,10 @@ async fn connection(args: std::sync::Arc<Args>, offset: Duration, start: Instant
 #[tokio::main]
 async fn main() {
     let args = std::sync::Arc::new(Args::parse());
-    assert!(args.rate > 0 && args.connections > 0, "rate and connections must be positive");
+    assert!(
+        args.rate > 0 && args.connections > 0,
+        "rate and connections must be positive"
+    );
     let start = Instant::now() + Duration::from_millis(100);
     let spacing = Duration::from_secs_f64(1.0 / args.rate as f64);
     let tasks: Vec<_> = (0..args.connections)

@@ -219,7 +219,12 @@ impl ProxyHttp for Keygate {
         {
             Ok(()) => Ok(false),
             Err(refusal) => {
-                respond(session, &refusal, ctx, false).await?;
+                let written = respond(session, &refusal, ctx, false).await;
+                // A client that hung up before its refusal was written is still counted and
+                // audited as refused, not as an internal failure.
+                if let Err(e) = written {
+                    tracing::debug!(request_id = %ctx.request_id, error = %e, "client went away before its refusal was written");
+                }
                 ctx.refusal = Some(refusal);
                 Ok(true)
             }
