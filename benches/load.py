@@ -494,8 +494,6 @@ http {{
         nginx_version = subprocess.run(["nginx", "-v"], capture_output=True,
                                        text=True).stderr.strip()
         lines += [
-            "# Benchmarks",
-            "",
             "Produced by the load harness; every figure below comes from one run of it.",
             "",
             f"- command: `{command}`",
@@ -609,9 +607,12 @@ def main():
                         if k in env)
     text = bench.report(f"{settings + ' ' if settings else ''}bash benches/load.sh")
     print(text)
-    header = open(out).read().split("<!-- results -->")[0] if os.path.exists(out) else ""
+    # The hand-written part of the page (above the marker) is kept; the results are replaced.
+    previous = open(out).read() if os.path.exists(out) else ""
+    header = previous.split("<!-- results -->")[0] if "<!-- results -->" in previous \
+        else "# Benchmarks\n\n"
     with open(out, "w") as f:
-        f.write(header + "<!-- results -->\n\n" + text + "\n" if header else text + "\n")
+        f.write(header + "<!-- results -->\n\n" + text + "\n")
     shutil.rmtree(bench.work, ignore_errors=True)
 
 

@@ -10,14 +10,6 @@ use common::*;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 async fn create_key(kg: &Keygate, body: Value) -> (StatusCode, Value) {
     let r = kg
         .operator()

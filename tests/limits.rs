@@ -19,14 +19,6 @@ fn header(r: &reqwest::Response, name: &str) -> String {
         .to_owned()
 }
 
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 async fn key_with(kg: &Keygate, body: Value) -> (String, String) {
     let r = kg
         .operator()

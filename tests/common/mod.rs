@@ -709,6 +709,16 @@ pub fn unissued_key() -> String {
     head + std::str::from_utf8(&out).unwrap()
 }
 
+/// The value of one series (`name{labels}` exactly as exposed) in a Prometheus text page; 0
+/// when absent.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex(&sha2::Sha256::digest(bytes))
