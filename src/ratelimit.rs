@@ -195,14 +195,14 @@ impl Window {
 /// The rate-limit stage.
 pub struct RateLimiter {
     config: RateLimitConfig,
+    /// The name of each rule, then `default`: what `RateLimit-Policy` and the metrics say.
     policies: Vec<Arc<str>>,
-    /// Counters per (principal, rule); idle ones are dropped after two of the longest windows.
-    windows: Cache<(Arc<str>, usize), Arc<Mutex<Window>>>,
+    /// Per principal, one counter per rule and a last one for the default; looked up by the
+    /// principal's id without allocating. Idle principals are dropped after two of the longest
+    /// windows.
+    windows: Cache<String, Arc<[Mutex<Window>]>>,
     metrics: Arc<Metrics>,
 }
-
-/// The rule index used for the default limit.
-const DEFAULT_RULE: usize = usize::MAX;
 
 impl RateLimiter {
     pub fn new(config: RateLimitConfig, metrics: Arc<Metrics>) -> RateLimiter {
@@ -217,6 +217,7 @@ impl RateLimiter {
             .rules
             .iter()
             .map(|r| Arc::from(r.name.as_str()))
+            .chain([Arc::from("default")])
             .collect();
         RateLimiter {
             config,
@@ -244,7 +245,7 @@ impl RateLimiter {
         });
         match found {
             Some(i) => Some((i, self.config.rules[i].limit)),
-            None => self.config.default.map(|d| (DEFAULT_RULE, d)),
+            None => self.config.default.map(|d| (self.config.rules.len(), d)),
         }
     }
 
@@ -258,25 +259,24 @@ impl RateLimiter {
         let Some((rule, limit)) = self.rule_for(principal, action) else {
             return Ok(None);
         };
-        let subject = principal_subject(principal);
-        let window = self
+        let slots = self
             .windows
-            .get_with((subject, rule), || Arc::new(Mutex::new(Window::default())));
+            .get_with_by_ref(principal_subject(principal), || {
+                (0..self.policies.len())
+                    .map(|_| Mutex::new(Window::default()))
+                    .collect()
+            });
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_millis() as u64;
         let window_ms = limit.window.as_millis() as u64;
-        let result = window.lock().unwrap_or_else(|e| e.into_inner()).check(
+        let result = slots[rule].lock().unwrap_or_else(|e| e.into_inner()).check(
             u64::from(limit.requests),
             window_ms,
             now,
         );
-        let policy = if rule == DEFAULT_RULE {
-            Arc::from("default")
-        } else {
-            self.policies[rule].clone()
-        };
+        let policy = self.policies[rule].clone();
         let reset_ms = now - now % window_ms + window_ms;
         let mut standing = Standing {
             policy,
@@ -303,11 +303,12 @@ impl RateLimiter {
     }
 }
 
-/// Whose counter a request uses: the key or token, or for a login the user.
-fn principal_subject(p: &Principal) -> Arc<str> {
+/// Whose counters a request uses: the key or token, or for a login the user. Key, token and
+/// user ids are all UUIDs, so they never collide.
+fn principal_subject(p: &Principal) -> &str {
     match p.kind {
-        PrincipalKind::ApiKey | PrincipalKind::ScopedToken => p.key_id.as_str().into(),
-        PrincipalKind::Login => format!("user:{}", p.user_id).into(),
+        PrincipalKind::ApiKey | PrincipalKind::ScopedToken => &p.key_id,
+        PrincipalKind::Login => &p.user_id,
     }
 }
 
