@@ -61,7 +61,9 @@ impl Running {
             tracing::error!(error = %e, "shutdown: could not write the last usage counts");
         }
         self.store.close().await;
-        self.audit.drain(Duration::from_secs(5));
+        // The audit writer is a thread of its own: wait for it off the runtime's threads.
+        let audit = self.audit.clone();
+        let _ = tokio::task::spawn_blocking(move || audit.drain(Duration::from_secs(5))).await;
     }
 }
 
