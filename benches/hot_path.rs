@@ -164,6 +164,7 @@ async fn keygate(dir: &std::path::Path) -> (Keygate, String) {
     use keygate::manage::{Actor, CreateKey};
     use keygate::ratelimit::{Limit, RateLimitConfig, RateLimiter};
     use keygate::store::Store;
+    use keygate::tokens::Tokens;
     use keygate::upstream::Upstream;
     use keygate::usage::UsageRecorder;
 
@@ -203,16 +204,25 @@ async fn keygate(dir: &std::path::Path) -> (Keygate, String) {
         .expect("key")
         .key;
     let metrics = Arc::new(Metrics::new());
+    let pepper = keygate::server::load_pepper(&config).expect("pepper");
+    let tokens = Arc::new(
+        Tokens::open(store.clone(), &pepper, config.tokens.clone())
+            .await
+            .expect("signing keys"),
+    );
     let identity = Arc::new(Identity::new(
         store.clone(),
-        keygate::server::load_pepper(&config).expect("pepper"),
+        pepper,
         &IdentityConfig {
             style: config.keys.style.clone(),
+            session_cookie: Some(config.tokens.session_cookie.clone()),
+            allowed_origins: Vec::new(),
             cache_ttl: std::time::Duration::from_secs(3600),
             cache_capacity: 100_000,
             failures_per_minute: 20,
             forbidden_per_minute: 300,
         },
+        Some(tokens),
         Arc::new(UsageRecorder::default()),
         metrics.clone(),
     ));
@@ -264,18 +274,20 @@ fn pipeline(c: &mut Criterion) {
         .expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
     let (kg, key) = rt.block_on(keygate(dir.path()));
-    let style = kg.identity.style().clone();
+    let rules = kg.identity.rules().clone();
     let req = get("/v1/files/local/backups/2025/db-dump.tar", &key);
 
     c.bench_function("credentials/parse_with_checksum", |b| {
         b.iter(|| {
-            let creds = credentials(black_box(&req.headers), None, &style).expect("credentials");
-            let Credentials::ApiKey(k) = &creds;
-            assert!(style.is_well_formed(k));
+            let creds = credentials(black_box(&req.headers), None, &rules).expect("credentials");
+            let Credentials::ApiKey(k) = &creds else {
+                panic!("an API key")
+            };
+            assert!(rules.style.is_well_formed(k));
             creds
         })
     });
-    let creds = credentials(&req.headers, None, &style).expect("credentials");
+    let creds = credentials(&req.headers, None, &rules).expect("credentials");
     rt.block_on(kg.identity.authenticate(&creds))
         .expect("the key is valid");
     c.bench_function("identity/cache_hit", |b| {
@@ -306,5 +318,65 @@ fn pipeline(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, route_stage, decide_stage, pipeline);
+/// JWT verification with the backend keygate ships (jsonwebtoken's pure-Rust `rust_crypto`:
+/// ed25519-dalek for EdDSA): what a token costs on an identity-cache miss. Against it, HS256
+/// from the same crate as a floor for "verify anything at all".
+fn jwt(c: &mut Criterion) {
+    use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+    use keygate::tokens::{JwtKind, Tokens};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tokens = rt.block_on(async {
+        let store = keygate::store::Store::open(
+            &format!("sqlite://{}", dir.path().join("jwt.db").display()),
+            2,
+        )
+        .await
+        .expect("database");
+        let pepper = keygate::keys::Pepper::new(&[9u8; 32]).expect("pepper");
+        Tokens::open(store, &pepper, Default::default())
+            .await
+            .expect("signing keys")
+    });
+    let expires = keygate::store::now_millis() + 600_000;
+    let claims = tokens.claims(
+        JwtKind::Access,
+        "t-1",
+        "u-1",
+        "ada@example.com",
+        "w-1",
+        expires,
+    );
+    let token = tokens.sign(&claims).expect("sign");
+    c.bench_function("jwt/verify_eddsa", |b| {
+        b.iter(|| {
+            let v = rt.block_on(tokens.verify(black_box(&token)));
+            assert!(v.is_ok(), "{v:?}");
+        })
+    });
+    c.bench_function("jwt/sign_eddsa", |b| {
+        b.iter(|| tokens.sign(black_box(&claims)))
+    });
+    let secret = [7u8; 32];
+    let hs = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(&secret),
+    )
+    .expect("sign hs256");
+    let mut validation = Validation::new(Algorithm::HS256);
+    validation.set_audience(&["keygate"]);
+    let key = DecodingKey::from_secret(&secret);
+    c.bench_function("jwt/verify_hs256_floor", |b| {
+        b.iter(|| {
+            jsonwebtoken::decode::<keygate::tokens::Claims>(black_box(&hs), &key, &validation)
+                .expect("valid")
+        })
+    });
+}
+
+criterion_group!(benches, route_stage, decide_stage, pipeline, jwt);
 criterion_main!(benches);

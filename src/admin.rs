@@ -6,7 +6,9 @@ use std::io::BufRead;
 use anyhow::{bail, Context};
 use serde::Serialize;
 
-use crate::cli::{KeysCmd, MembersCmd, ProvidersCmd, RoleArg, UsersCmd, WorkspacesCmd};
+use crate::cli::{
+    KeysCmd, MembersCmd, ProvidersCmd, RoleArg, SigningKeysCmd, UsersCmd, WorkspacesCmd,
+};
 use crate::keys::Grant;
 use crate::manage::{Actor, CreateKey, KeyManager, KeyView, UpdateKey};
 use crate::store::{Role, Store};
@@ -36,6 +38,62 @@ fn print_list<T: Serialize>(json: bool, values: &[T], line: impl Fn(&T) -> Strin
             println!("{}", line(v));
         }
     }
+}
+
+pub async fn signing_keys(
+    store: &Store,
+    pepper: &crate::keys::Pepper,
+    config: &crate::config::Config,
+    cmd: SigningKeysCmd,
+) -> anyhow::Result<()> {
+    // Opening the keyring checks that this pepper unseals the key in force (and creates the
+    // first key on a new database).
+    let tokens = crate::tokens::Tokens::open(store.clone(), pepper, config.tokens.clone())
+        .await
+        .context("cannot open the signing keys")?;
+    match cmd {
+        SigningKeysCmd::List { json } => {
+            #[derive(Serialize)]
+            #[serde(rename_all = "camelCase")]
+            struct View {
+                kid: String,
+                alg: String,
+                signing: bool,
+                created_at: String,
+                retire_at: Option<String>,
+            }
+            let keys: Vec<View> = store
+                .signing_keys()
+                .await?
+                .into_iter()
+                .map(|k| View {
+                    signing: k.rotated_at.is_none(),
+                    kid: k.kid,
+                    alg: k.alg,
+                    created_at: crate::keys::format_time(k.created_at),
+                    retire_at: k.retire_at.map(crate::keys::format_time),
+                })
+                .collect();
+            print_list(json, &keys, |k| {
+                format!(
+                    "{}\t{}\t{}\tcreated {}{}",
+                    k.kid,
+                    k.alg,
+                    if k.signing { "signing" } else { "verifying" },
+                    k.created_at,
+                    k.retire_at
+                        .as_deref()
+                        .map(|r| format!(", retires {r}"))
+                        .unwrap_or_default()
+                )
+            });
+        }
+        SigningKeysCmd::Rotate => {
+            let kid = tokens.add_key().await.context("cannot rotate")?;
+            println!("signing key {kid} signs from now on; earlier keys keep verifying the tokens they signed");
+        }
+    }
+    Ok(())
 }
 
 pub async fn workspaces(store: &Store, cmd: WorkspacesCmd) -> anyhow::Result<()> {

@@ -47,6 +47,21 @@ pub enum Command {
     /// Work with the policy files: validate, test, explain a decision, format.
     #[command(subcommand)]
     Policy(PolicyCmd),
+    /// Manage the keys keygate signs its JWTs with.
+    #[command(subcommand)]
+    SigningKeys(SigningKeysCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SigningKeysCmd {
+    /// The keys that still verify tokens, newest first (public halves only).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// A new key signs from now on; the old ones keep verifying the tokens they signed until
+    /// those can no longer be alive. Running instances pick it up within seconds.
+    Rotate,
 }
 
 #[derive(Debug, Subcommand)]

@@ -15,6 +15,8 @@ pub enum AuthFailure {
     Unknown,
     Expired,
     Revoked,
+    /// A token whose signature, issuer, audience, `nbf`, algorithm or `kid` does not check out.
+    Invalid,
 }
 
 impl AuthFailure {
@@ -25,6 +27,7 @@ impl AuthFailure {
             AuthFailure::Unknown => "unknown",
             AuthFailure::Expired => "expired",
             AuthFailure::Revoked => "revoked",
+            AuthFailure::Invalid => "invalid",
         }
     }
 }
@@ -95,6 +98,7 @@ impl Refusal {
                 AuthFailure::Unknown => "the credential is not recognised".into(),
                 AuthFailure::Expired => "the credential has expired".into(),
                 AuthFailure::Revoked => "the credential has been revoked".into(),
+                AuthFailure::Invalid => "the token is not valid".into(),
             },
             Refusal::Forbidden(_) => "permission denied".into(),
             Refusal::NotFound => "no route matches this request".into(),

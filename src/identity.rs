@@ -9,6 +9,12 @@
 //! by each change that must retire cached copies. The in-memory table `generations` holds the
 //! newest generation seen per key and only ever grows; a cached principal is used only while its
 //! generation equals the table's, and a lookup that raced a revoke is retried.
+//!
+//! Tokens go the same way. A JWT's signature and claims are verified once per cache fill
+//! (`tokens.rs`); its database row (found by the `tokenId` claim) says whether it was revoked
+//! and carries the generation, so a remote revoke refuses the next request. A session cookie is
+//! found by its keyed hash, like a key. An external issuer's token is recorded as a row the
+//! first time it is seen, so it is listed and revocable like keygate's own.
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -19,11 +25,12 @@ use governor::{DefaultKeyedRateLimiter, Quota};
 use moka::sync::Cache;
 use subtle::ConstantTimeEq;
 
-use crate::credentials::Credentials;
+use crate::credentials::{CredentialRules, Credentials};
 use crate::deny::{AuthFailure, Refusal};
 use crate::keys::{Grant, KeyStyle, Pepper};
-use crate::store::{now_millis, KeyRecord, Role, Store};
+use crate::store::{now_millis, KeyRecord, NewToken, Role, Store, TokenKind, TokenRecord};
 use crate::telemetry::Metrics;
+use crate::tokens::{Tokens, Verified};
 use crate::usage::{KeyCounters, UsageRecorder};
 
 /// What kind of credential a principal came from.
@@ -74,14 +81,59 @@ impl Principal {
         }
     }
 
+    /// The principal of a token row: a scoped token holds its permissions; a login holds
+    /// the scope of the user's role.
+    pub fn from_token(r: TokenRecord, usage: Arc<KeyCounters>) -> Principal {
+        let (kind, scopes, grants) = match r.kind {
+            TokenKind::Scoped => (
+                PrincipalKind::ScopedToken,
+                r.scopes.unwrap_or_default(),
+                r.grants,
+            ),
+            _ => (
+                PrincipalKind::Login,
+                r.role
+                    .map(|role| vec![crate::policy::role_scope(role).to_owned()])
+                    .unwrap_or_default(),
+                None,
+            ),
+        };
+        Principal {
+            kind,
+            usage,
+            key_id: r.id,
+            user_id: r.user_id,
+            user_email: r.user_email,
+            workspace_id: r.workspace_id,
+            workspace: r.workspace,
+            scopes,
+            grants,
+            role: r.role,
+            expires_at: Some(r.expires_at),
+            generation: r.generation,
+        }
+    }
+
     pub fn is_expired(&self, now_ms: i64) -> bool {
         self.expires_at.is_some_and(|e| e <= now_ms)
     }
 }
 
+/// What a lookup found behind a credential.
+struct Found {
+    principal: Principal,
+    revoked: bool,
+    /// Note the use on the token's row (tokens have no usage counters).
+    touch: bool,
+}
+
 #[derive(Debug, Clone)]
 pub struct IdentityConfig {
     pub style: KeyStyle,
+    /// The session cookie's name; `None`: cookies are not credentials.
+    pub session_cookie: Option<String>,
+    /// Origins allowed to send state-changing requests with the session cookie.
+    pub allowed_origins: Vec<String>,
     pub cache_ttl: Duration,
     pub cache_capacity: u64,
     /// Failed authentications per address and minute before the address is answered 429.
@@ -92,8 +144,10 @@ pub struct IdentityConfig {
 
 pub struct Identity {
     store: Store,
-    style: KeyStyle,
+    rules: CredentialRules,
     pepper: Pepper,
+    /// Verifies JWTs; `None`: JWTs are not accepted.
+    tokens: Option<Arc<Tokens>>,
     principals: Cache<[u8; 32], Arc<Principal>>,
     unknown: Cache<[u8; 32], ()>,
     generations: Cache<String, i64>,
@@ -109,14 +163,20 @@ impl Identity {
         store: Store,
         pepper: Pepper,
         config: &IdentityConfig,
+        tokens: Option<Arc<Tokens>>,
         usage: Arc<UsageRecorder>,
         metrics: Arc<Metrics>,
     ) -> Identity {
         let per_minute = |n: u32| Quota::per_minute(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN));
         Identity {
             store,
-            style: config.style.clone(),
+            rules: CredentialRules {
+                style: config.style.clone(),
+                session_cookie: config.session_cookie.clone(),
+                allowed_origins: config.allowed_origins.clone(),
+            },
             pepper,
+            tokens,
             principals: Cache::builder()
                 .max_capacity(config.cache_capacity)
                 .time_to_live(config.cache_ttl)
@@ -138,7 +198,16 @@ impl Identity {
     }
 
     pub fn style(&self) -> &KeyStyle {
-        &self.style
+        &self.rules.style
+    }
+
+    /// Where credentials are looked for.
+    pub fn rules(&self) -> &CredentialRules {
+        &self.rules
+    }
+
+    pub fn tokens(&self) -> Option<&Arc<Tokens>> {
+        self.tokens.as_ref()
     }
 
     pub fn pepper(&self) -> &Pepper {
@@ -199,11 +268,16 @@ impl Identity {
 
     /// The identity stage.
     pub async fn authenticate(&self, creds: &Credentials) -> Result<Arc<Principal>, Refusal> {
-        let Credentials::ApiKey(key) = creds;
-        if !self.style.is_well_formed(key) {
-            return Err(Refusal::Unauthorized(AuthFailure::Malformed));
-        }
-        let hash = self.pepper.hash(key);
+        let secret = match creds {
+            Credentials::ApiKey(key) => {
+                if !self.rules.style.is_well_formed(key) {
+                    return Err(Refusal::Unauthorized(AuthFailure::Malformed));
+                }
+                key
+            }
+            Credentials::Jwt(token) | Credentials::Session(token) => token,
+        };
+        let hash = self.pepper.hash(secret);
         if let Some(p) = self.principals.get(&hash) {
             if self.generations.get(&p.key_id) == Some(p.generation) {
                 self.metrics
@@ -225,38 +299,177 @@ impl Identity {
             .identity_cache
             .with_label_values(&["miss"])
             .inc();
+        let verified = match creds {
+            Credentials::Jwt(token) => {
+                let tokens = self
+                    .tokens
+                    .as_ref()
+                    .ok_or(Refusal::Unauthorized(AuthFailure::Invalid))?;
+                Some(tokens.verify(token).await.map_err(Refusal::Unauthorized)?)
+            }
+            _ => None,
+        };
         // A lookup that raced a change (the table moved past what we read) is read again.
         for _ in 0..3 {
             self.metrics.identity_db_lookups.inc();
-            let found = self
-                .store
-                .key_by_hash(&crate::keys::hex(&hash))
-                .await
-                .map_err(|e| {
-                    tracing::error!(error = %e, "identity lookup failed");
-                    Refusal::Unavailable("keygate cannot check credentials right now".into())
-                })?;
-            let Some((record, stored)) = found else {
+            let Some(found) = self.lookup(creds, &hash, verified.as_ref()).await? else {
                 self.unknown.insert(hash, ());
                 return Err(Refusal::Unauthorized(AuthFailure::Unknown));
             };
-            if !bool::from(stored.as_bytes().ct_eq(crate::keys::hex(&hash).as_bytes())) {
-                return Err(Refusal::Unauthorized(AuthFailure::Unknown));
-            }
-            if record.revoked_at.is_some() {
+            if found.revoked {
                 return Err(Refusal::Unauthorized(AuthFailure::Revoked));
             }
-            let current = self.observe(&record.id, record.generation);
-            if current != record.generation {
+            let p = found.principal;
+            let current = self.observe(&p.key_id, p.generation);
+            if current != p.generation {
                 continue;
             }
-            let principal = Arc::new(self.principal(record));
+            if found.touch {
+                let store = self.store.clone();
+                let id = p.key_id.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = store.touch_token(&id, now_millis()).await {
+                        tracing::debug!(error = %e, "cannot note a token's use");
+                    }
+                });
+            }
+            let principal = Arc::new(p);
             self.principals.insert(hash, principal.clone());
             return self.admit(principal);
         }
         Err(Refusal::Unavailable(
             "the credential is changing; try again".into(),
         ))
+    }
+
+    /// Reads what stands behind a credential from the database; `None` when nothing does.
+    async fn lookup(
+        &self,
+        creds: &Credentials,
+        hash: &[u8; 32],
+        verified: Option<&Verified>,
+    ) -> Result<Option<Found>, Refusal> {
+        let unavailable = |e: crate::store::StoreError| {
+            tracing::error!(error = %e, "identity lookup failed");
+            Refusal::Unavailable("keygate cannot check credentials right now".into())
+        };
+        let hex = crate::keys::hex(hash);
+        match (creds, verified) {
+            (Credentials::ApiKey(_), _) => {
+                let Some((record, stored)) =
+                    self.store.key_by_hash(&hex).await.map_err(unavailable)?
+                else {
+                    return Ok(None);
+                };
+                if !bool::from(stored.as_bytes().ct_eq(hex.as_bytes())) {
+                    return Ok(None);
+                }
+                Ok(Some(Found {
+                    revoked: record.revoked_at.is_some(),
+                    principal: self.principal(record),
+                    touch: false,
+                }))
+            }
+            (Credentials::Session(_), _) => {
+                let Some((record, stored)) = self
+                    .store
+                    .token_by_secret(&hex)
+                    .await
+                    .map_err(unavailable)?
+                else {
+                    return Ok(None);
+                };
+                if !bool::from(stored.as_bytes().ct_eq(hex.as_bytes()))
+                    || record.kind != TokenKind::Session
+                {
+                    return Ok(None);
+                }
+                Ok(Some(self.found_token(record)))
+            }
+            (Credentials::Jwt(_), Some(Verified::Own(claims))) => {
+                let record = match self.store.token(&claims.token_id).await {
+                    Ok(r) => r,
+                    Err(crate::store::StoreError::NotFound(_)) => return Ok(None),
+                    Err(e) => return Err(unavailable(e)),
+                };
+                let kind_matches = matches!(
+                    (claims.kind, record.kind),
+                    (crate::tokens::JwtKind::Mobile, TokenKind::Mobile)
+                        | (crate::tokens::JwtKind::Access, TokenKind::Access)
+                        | (crate::tokens::JwtKind::Scoped, TokenKind::Scoped)
+                );
+                if !kind_matches
+                    || record.user_id != claims.sub
+                    || record.workspace_id != claims.workspace
+                {
+                    return Ok(None);
+                }
+                Ok(Some(self.found_token(record)))
+            }
+            (Credentials::Jwt(_), Some(Verified::External { issuer, user, exp })) => self
+                .external(*issuer, user, *exp, hash)
+                .await
+                .map_err(unavailable),
+            (Credentials::Jwt(_), None) => Ok(None),
+        }
+    }
+
+    fn found_token(&self, record: TokenRecord) -> Found {
+        Found {
+            revoked: record.revoked_at.is_some() || record.used_at.is_some(),
+            principal: Principal::from_token(record, Arc::default()),
+            touch: true,
+        }
+    }
+
+    /// The row of an external issuer's token, recorded the first time it is seen (the same id
+    /// on every instance, so recording twice is harmless).
+    async fn external(
+        &self,
+        issuer: usize,
+        user: &str,
+        exp: i64,
+        hash: &[u8; 32],
+    ) -> Result<Option<Found>, crate::store::StoreError> {
+        let Some(tokens) = &self.tokens else {
+            return Ok(None);
+        };
+        let config = tokens.issuer(issuer);
+        let user = match self.store.user_by_email(user).await {
+            Ok(u) => u,
+            Err(crate::store::StoreError::NotFound(_) | crate::store::StoreError::Invalid(_)) => {
+                tracing::info!(issuer = %config.name, "an external token names no keygate user");
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        let memberships = self.store.memberships(&user.id).await?;
+        let workspace = match &config.workspace {
+            Some(name) => memberships.iter().find(|(_, n, _)| n == name),
+            None if memberships.len() == 1 => memberships.first(),
+            None => None,
+        };
+        let Some((workspace_id, _, _)) = workspace else {
+            tracing::info!(issuer = %config.name, "an external token's user has no workspace to act in");
+            return Ok(None);
+        };
+        let id = format!("ext-{}", &crate::keys::hex(hash)[..32]);
+        let record = self
+            .store
+            .insert_token(&NewToken {
+                id: Some(id),
+                kind: TokenKind::External,
+                family_id: None,
+                user_id: user.id,
+                workspace_id: workspace_id.clone(),
+                label: Some(config.name.clone()),
+                secret_hash: None,
+                scopes: None,
+                grants: None,
+                expires_at: exp.saturating_mul(1000),
+            })
+            .await?;
+        Ok(Some(self.found_token(record)))
     }
 
     fn admit(&self, p: Arc<Principal>) -> Result<Arc<Principal>, Refusal> {
@@ -286,6 +499,13 @@ impl Identity {
         Principal::from_key(r, usage)
     }
 
+    /// Retires every cached copy of the tokens listed (after a revoke made here).
+    pub fn observe_all(&self, changed: &[(String, i64)]) {
+        for (id, generation) in changed {
+            self.observe(id, *generation);
+        }
+    }
+
     /// Follows key changes made by other processes (the CLI, other instances) by polling,
     /// every `interval`, until `shutdown` turns true.
     pub async fn follow_changes(
@@ -302,14 +522,18 @@ impl Identity {
                 _ = tokio::time::sleep(interval) => {}
                 _ = shutdown.wait_for(|s| *s) => return,
             }
-            match self.store.keys_changed_since(since - OVERLAP_MS).await {
-                Ok((changes, newest)) => {
-                    for (id, generation) in changes {
-                        self.observe(&id, generation);
-                    }
-                    since = since.max(newest);
+            let keys = self.store.keys_changed_since(since - OVERLAP_MS).await;
+            let tokens = self.store.tokens_changed_since(since - OVERLAP_MS).await;
+            match (keys, tokens) {
+                (Ok((keys, a)), Ok((tokens, b))) => {
+                    self.observe_all(&keys);
+                    self.observe_all(&tokens);
+                    since = since.max(a).max(b);
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot poll key changes"),
+                (Err(e), _) | (_, Err(e)) => tracing::warn!(error = %e, "cannot poll key changes"),
+            }
+            if let Some(tokens) = &self.tokens {
+                tokens.refresh().await;
             }
         }
     }

@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -25,5 +26,6 @@ pub mod scenarios;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod tokens;
 pub mod upstream;
 pub mod usage;

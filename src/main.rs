@@ -115,6 +115,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         let manager = keygate::server::key_manager(&config, store.clone())?;
                         keygate::admin::keys(&manager, c).await
                     }
+                    Command::SigningKeys(c) => {
+                        let pepper = keygate::server::load_pepper(&config)?;
+                        keygate::admin::signing_keys(&store, &pepper, &config, c).await
+                    }
                     Command::Serve(_)
                     | Command::Demo(_)
                     | Command::CheckConfig

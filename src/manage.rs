@@ -23,7 +23,9 @@ pub const EXPIRY_WARNING_MS: i64 = 7 * 86_400_000;
 #[derive(Debug, Clone)]
 pub enum Actor {
     Operator,
-    ApiKey(Arc<Principal>),
+    /// A user, through any credential: an API key, a login, a session, a scoped token. What
+    /// each may do is the policies' decision.
+    User(Arc<Principal>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -176,6 +178,10 @@ fn operator_principal(workspace_id: &str) -> Principal {
 fn refusal_message(details: &serde_json::Map<String, serde_json::Value>) -> String {
     match details.get("restriction").and_then(|v| v.as_str()) {
         Some("api_key") => "an API key cannot create, change or rotate keys".to_owned(),
+        Some("scoped_token") => {
+            "a scoped token cannot create, change or rotate keys or mint tokens; sign in".to_owned()
+        }
+        Some("login_required") => "only a signed-in user can do this".to_owned(),
         Some("ownership") => "that key belongs to another workspace".to_owned(),
         Some("role") => "only a workspace admin manages other people's keys".to_owned(),
         Some(other) => format!("permission denied ({other})"),
@@ -244,7 +250,7 @@ fn expiry(
 
 impl KeyManager {
     /// Asks the policies whether `actor` may do `action` to a credential.
-    fn authorize(
+    pub fn authorize(
         &self,
         actor: &Actor,
         action: &str,
@@ -258,7 +264,7 @@ impl KeyManager {
                 operator = operator_principal(workspace_id);
                 &operator
             }
-            Actor::ApiKey(p) => p,
+            Actor::User(p) => p,
         };
         let verdict = self
             .policy
@@ -293,7 +299,7 @@ impl KeyManager {
     }
 
     /// Checks grants against the workspace's providers.
-    async fn grants(
+    pub async fn grants(
         &self,
         workspace_id: &str,
         grants: Option<&[Grant]>,
@@ -326,7 +332,7 @@ impl KeyManager {
         let scopes = keys::parse_scopes(&req.scopes).map_err(ManageError::BadRequest)?;
         let owner_email = match (actor, req.owner.as_deref()) {
             (_, Some(email)) => email.to_owned(),
-            (Actor::ApiKey(p), None) => p.user_email.clone(),
+            (Actor::User(p), None) => p.user_email.clone(),
             (Actor::Operator, None) => {
                 return Err(ManageError::BadRequest(
                     "the operator must name the key's owner (owner: email)".to_owned(),
@@ -421,7 +427,7 @@ impl KeyManager {
         workspace: Option<&str>,
     ) -> Result<Vec<KeyView>, ManageError> {
         let owner_id = match (actor, owner) {
-            (Actor::ApiKey(p), _) => Some(p.user_id.clone()),
+            (Actor::User(p), _) => Some(p.user_id.clone()),
             (Actor::Operator, Some(email)) => Some(self.store.user_by_email(email).await?.id),
             (Actor::Operator, None) => None,
         };

@@ -842,6 +842,21 @@ impl PolicyEngine {
     }
 }
 
+impl PolicyEngine {
+    /// True when scope `scope` lies within scope `cap` in the schema's action hierarchy
+    /// (`files:read` within `read`, `read` within `write`, ...). Unknown scopes lie nowhere.
+    pub fn scope_within(&self, scope: &str, cap: &str) -> bool {
+        if scope == cap {
+            return true;
+        }
+        let loaded = self.current.load();
+        loaded.actions.get(scope).is_some_and(|e| {
+            let (_, _, ancestors) = e.clone().into_inner();
+            ancestors.iter().any(|uid| uid.id().unescaped() == cap)
+        })
+    }
+}
+
 /// The scope a signed-in user's role amounts to.
 pub fn role_scope(role: Role) -> &'static str {
     match role {

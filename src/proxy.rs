@@ -23,7 +23,7 @@ use pingora::proxy::FailToProxy;
 use pingora::{ErrorSource, ErrorType};
 
 use crate::audit::{AuditEvent, AuditLog, AuditPrincipal};
-use crate::credentials::credentials;
+use crate::credentials::{check_csrf, credentials, Credentials};
 use crate::deny::Refusal;
 use crate::forward;
 use crate::identity::{Identity, Principal, PrincipalKind};
@@ -104,8 +104,18 @@ impl Keygate {
         forward::check_framing(&req.headers, raw_header)?;
         let route = ctx.route.insert(self.routes.route(route_input(req))?);
         self.identity.check_address(client)?;
-        let creds = credentials(&req.headers, route.query(), self.identity.style())
+        let creds = credentials(&req.headers, route.query(), self.identity.rules())
             .inspect_err(|r| self.count_failure(r, client))?;
+        if let Credentials::Session(secret) = &creds {
+            check_csrf(
+                &req.method,
+                &req.headers,
+                secret,
+                self.identity.rules(),
+                self.identity.pepper(),
+            )
+            .inspect_err(|_| self.identity.record_forbidden(client))?;
+        }
         let principal = self
             .identity
             .authenticate(&creds)

@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::audit::AuditLog;
+use crate::auth::Auth;
 use crate::config::Config;
 use crate::control::{self, ControlState};
 use crate::identity::{Identity, IdentityConfig};
@@ -28,6 +29,7 @@ use crate::proxy::Keygate;
 use crate::ratelimit::RateLimiter;
 use crate::store::Store;
 use crate::telemetry::Metrics;
+use crate::tokens::Tokens;
 use crate::upstream::Upstream;
 use crate::usage::UsageRecorder;
 
@@ -114,16 +116,24 @@ pub async fn start_with_store(config: &Config, store: Store) -> anyhow::Result<R
     let metrics = Arc::new(Metrics::new());
     let usage = Arc::new(UsageRecorder::default());
     let pepper = load_pepper(config)?;
+    let tokens = Arc::new(
+        Tokens::open(store.clone(), &pepper, config.tokens.clone())
+            .await
+            .context("cannot load the token signing keys")?,
+    );
     let identity = Arc::new(Identity::new(
         store.clone(),
         pepper.clone(),
         &IdentityConfig {
             style: config.keys.style.clone(),
+            session_cookie: Some(config.tokens.session_cookie.clone()),
+            allowed_origins: config.tokens.allowed_origins.clone(),
             cache_ttl: config.keys.cache_ttl,
             cache_capacity: 100_000,
             failures_per_minute: config.auth_failures_per_minute,
             forbidden_per_minute: config.auth_forbidden_per_minute,
         },
+        Some(tokens.clone()),
         usage.clone(),
         metrics.clone(),
     ));
@@ -132,11 +142,19 @@ pub async fn start_with_store(config: &Config, store: Store) -> anyhow::Result<R
         policy: policy.clone(),
         store: store.clone(),
         style: config.keys.style.clone(),
-        pepper,
+        pepper: pepper.clone(),
         max_active_per_user: config.keys.max_active_per_user,
         identity: Some(identity.clone()),
         usage: Some(usage.clone()),
     });
+    let auth = Arc::new(Auth::new(
+        store.clone(),
+        pepper,
+        tokens,
+        identity.clone(),
+        keys.clone(),
+        metrics.clone(),
+    ));
     policy.set_providers(
         store
             .provider_directory()
@@ -189,6 +207,7 @@ pub async fn start_with_store(config: &Config, store: Store) -> anyhow::Result<R
             shutdown_rx.clone(),
         ));
     }
+    tasks.spawn(purge_tokens(store.clone(), shutdown_rx.clone()));
     tasks.spawn(flush_usage(
         usage.clone(),
         store.clone(),
@@ -201,6 +220,7 @@ pub async fn start_with_store(config: &Config, store: Store) -> anyhow::Result<R
         metrics: metrics.clone(),
         identity: identity.clone(),
         keys,
+        auth,
         operator_token,
         policy: policy.clone(),
     });
@@ -250,6 +270,22 @@ pub async fn start_with_store(config: &Config, store: Store) -> anyhow::Result<R
         usage,
         audit,
     })
+}
+
+/// Deletes token rows a week after they expired, hourly.
+async fn purge_tokens(store: Store, mut shutdown: watch::Receiver<bool>) {
+    const GRACE_MS: i64 = 7 * 86_400_000;
+    loop {
+        match store.purge_expired_tokens(GRACE_MS).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(tokens = n, "purged expired tokens"),
+            Err(e) => tracing::warn!(error = %e, "cannot purge expired tokens"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+    }
 }
 
 /// Keeps the provider → workspace directory of the policy stage current.

@@ -7,6 +7,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
+mod tokens;
+
+pub use tokens::{Exchange, NewToken, SigningKeyRow, TokenKind, TokenRecord};
+
 /// A workspace member's role; it caps what the member's credentials may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {
@@ -335,6 +339,13 @@ impl Store {
             .await?;
         sqlx::query(
             "UPDATE api_keys SET generation = generation + 1, updated_at = $1 WHERE owner_id = $2",
+        )
+        .bind(now_millis())
+        .bind(&user.id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE auth_tokens SET generation = generation + 1, updated_at = $1 WHERE user_id = $2",
         )
         .bind(now_millis())
         .bind(&user.id)

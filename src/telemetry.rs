@@ -27,7 +27,8 @@ pub struct Metrics {
     pub upstream_errors: IntCounterVec,
     /// Connections open on the data plane.
     pub open_connections: IntGauge,
-    /// Failed authentications by reason (missing, malformed, unknown, expired, revoked).
+    /// Failed authentications by reason (missing, malformed, unknown, expired, revoked,
+    /// invalid).
     pub auth_failures: IntCounterVec,
     /// Identity-cache lookups by result (hit, miss, negative_hit).
     pub identity_cache: IntCounterVec,
@@ -52,6 +53,9 @@ pub struct Metrics {
     pub audit_events: IntCounterVec,
     /// Audit events lost, by reason (`queue_full`, `write_error`).
     pub audit_dropped: IntCounterVec,
+    /// Logins and refreshes, by result (`ok`, `failed`, `limited`, `refreshed`,
+    /// `reuse_detected`).
+    pub logins: IntCounterVec,
 }
 
 impl Metrics {
@@ -166,6 +170,11 @@ impl Metrics {
             &["reason"],
         )
         .expect("valid metric");
+        let logins = IntCounterVec::new(
+            Opts::new("logins_total", "Password logins and refreshes, by result."),
+            &["result"],
+        )
+        .expect("valid metric");
         let build_info = IntGauge::with_opts(
             Opts::new("build_info", "Always 1; the version is a label.")
                 .const_label("version", env!("CARGO_PKG_VERSION")),
@@ -191,6 +200,7 @@ impl Metrics {
             Box::new(rate_limited.clone()),
             Box::new(audit_events.clone()),
             Box::new(audit_dropped.clone()),
+            Box::new(logins.clone()),
             Box::new(build_info),
         ] {
             registry
@@ -198,7 +208,14 @@ impl Metrics {
                 .expect("each metric is registered once");
         }
         // Series of bounded label sets exist from the start, so rates read 0 rather than nothing.
-        for reason in ["missing", "malformed", "unknown", "expired", "revoked"] {
+        for reason in [
+            "missing",
+            "malformed",
+            "unknown",
+            "expired",
+            "revoked",
+            "invalid",
+        ] {
             auth_failures.with_label_values(&[reason]);
         }
         for result in ["hit", "miss", "negative_hit"] {
@@ -216,8 +233,12 @@ impl Metrics {
         for reason in ["queue_full", "write_error"] {
             audit_dropped.with_label_values(&[reason]);
         }
+        for result in ["ok", "failed", "limited", "refreshed", "reuse_detected"] {
+            logins.with_label_values(&[result]);
+        }
         rate_limited.with_label_values(&["address", "failures"]);
         Metrics {
+            logins,
             registry,
             requests,
             request_duration,

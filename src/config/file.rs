@@ -27,6 +27,69 @@ pub struct FileConfig {
     pub rate_limit: RateLimitSection,
     #[serde(default)]
     pub audit: AuditSection,
+    #[serde(default)]
+    pub tokens: TokensSection,
+    #[serde(default)]
+    pub sessions: SessionsSection,
+    /// External OIDC issuers whose tokens are accepted as users.
+    #[serde(default)]
+    pub issuers: Vec<IssuerSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokensSection {
+    /// `iss` of keygate's JWTs (default `keygate`).
+    pub issuer: Option<String>,
+    /// `aud` of keygate's JWTs (default `keygate`).
+    pub audience: Option<String>,
+    /// Clock skew allowed when checking `exp` and `nbf` (default and most `30s`).
+    pub leeway: Option<String>,
+    /// Lifetime of a mobile login's JWT (default `30d`).
+    pub mobile_ttl: Option<String>,
+    /// Lifetime of an access token (default `10m`).
+    pub access_ttl: Option<String>,
+    /// Lifetime of a refresh token; each refresh starts a new one (default `30d`).
+    pub refresh_ttl: Option<String>,
+    /// Lifetime of a scoped token minted without an expiry (default `365d`).
+    pub scoped_default_ttl: Option<String>,
+    /// Longest lifetime a scoped token may ask for (default `365d`).
+    pub scoped_max_ttl: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionsSection {
+    /// Lifetime of a browser session (default `12h`).
+    pub ttl: Option<String>,
+    /// The cookie's name (default `__Host-keygate_session`).
+    pub cookie: Option<String>,
+    /// Origins (`https://app.example`) whose pages may send state-changing requests with
+    /// the cookie; unset: only the request's own origin.
+    pub allowed_origins: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerSection {
+    /// Names the issuer in listings and logs.
+    pub name: String,
+    /// The `iss` its tokens carry.
+    pub issuer: String,
+    /// The `aud` its tokens must carry.
+    pub audience: String,
+    /// A JWKS file, or
+    pub jwks_file: Option<String>,
+    /// a JWKS URL (fetched at start and every `jwks_refresh`).
+    pub jwks_url: Option<String>,
+    /// Default `10m`.
+    pub jwks_refresh: Option<String>,
+    /// Accepted algorithms (default `["RS256"]`); never `none` or an HMAC algorithm.
+    pub algorithms: Option<Vec<String>>,
+    /// The claim holding a keygate user's email (default `email`).
+    pub user_claim: Option<String>,
+    /// The workspace its users act in (default: the user's only workspace).
+    pub workspace: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -106,6 +169,12 @@ pub struct AuthSection {
     pub failures_per_minute: Option<u32>,
     /// Requests refused 403 one client address may have per minute before it gets 429.
     pub forbidden_per_minute: Option<u32>,
+    /// Failed logins one account may have per 15 minutes before it gets 429 (default 5).
+    pub login_failures_per_account: Option<u32>,
+    /// Failed logins one client address may have per minute before it gets 429 (default 10).
+    pub login_failures_per_address: Option<u32>,
+    /// Password verifications run at once (default: the number of cores).
+    pub password_workers: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

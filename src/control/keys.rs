@@ -1,5 +1,7 @@
-//! `/v1/keys`: the key-management API. Authentication is the operator token or an API key
-//! (`Authorization: Bearer` or `X-API-Key`); the rules live in `manage.rs`.
+//! `/v1/keys`: the key-management API, and the [`Caller`] extractor every authenticated
+//! control-plane endpoint uses. Authentication is the operator token or any user credential
+//! (API key, login JWT, session cookie, scoped token); the rules live in `manage.rs` and the
+//! policy files.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -14,7 +16,7 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 
 use super::{ApiError, ControlState};
-use crate::credentials::credentials;
+use crate::credentials::{check_csrf, credentials, Credentials};
 use crate::deny::Refusal;
 use crate::manage::{Actor, CreateKey, UpdateKey};
 
@@ -24,6 +26,22 @@ pub fn routes() -> Router<ControlState> {
         .route("/v1/keys/{id}", get(show).patch(update).delete(revoke))
         .route("/v1/keys/{id}/rotate", post(rotate))
         .route("/v1/keys/{id}/usage", get(usage))
+}
+
+/// The client's address, when the listener recorded it.
+pub struct ClientAddr(pub Option<IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<ClientAddr, Self::Rejection> {
+        Ok(ClientAddr(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip()),
+        ))
+    }
 }
 
 /// Who is calling: the operator token, or an API key. An extractor, so that every handler
@@ -39,12 +57,15 @@ impl FromRequestParts<ControlState> for Caller {
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0.ip());
-        actor(st, &parts.headers, addr).await.map(Caller)
+        actor(st, &parts.method, &parts.headers, addr)
+            .await
+            .map(Caller)
     }
 }
 
 async fn actor(
     st: &ControlState,
+    method: &http::Method,
     headers: &HeaderMap,
     addr: Option<IpAddr>,
 ) -> Result<Actor, ApiError> {
@@ -63,17 +84,20 @@ async fn actor(
             identity.record_failure(addr, *f);
         }
     };
-    let creds = credentials(headers, None, identity.style()).inspect_err(count)?;
+    let creds = credentials(headers, None, identity.rules()).inspect_err(count)?;
+    if let Credentials::Session(secret) = &creds {
+        check_csrf(method, headers, secret, identity.rules(), identity.pepper())?;
+    }
     let principal = identity.authenticate(&creds).await.inspect_err(count)?;
-    Ok(Actor::ApiKey(principal))
+    Ok(Actor::User(principal))
 }
 
-fn ok<T: serde::Serialize>(status: StatusCode, data: T) -> Response {
+pub(super) fn ok<T: serde::Serialize>(status: StatusCode, data: T) -> Response {
     (status, Json(json!({"success": true, "data": data}))).into_response()
 }
 
 /// Parses a JSON body, answering 400 in the error shape when it does not fit.
-fn body<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, ApiError> {
+pub(super) fn body<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(bytes)
         .map_err(|e| ApiError::BadRequest(format!("invalid request body: {e}")))
 }

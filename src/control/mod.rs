@@ -1,6 +1,7 @@
 //! The control plane (axum, in the same process): health, readiness, metrics and the
 //! key-management API; every answer uses the JSON shape of the data plane's refusals.
 
+mod auth;
 mod keys;
 mod policy;
 
@@ -26,6 +27,7 @@ pub struct ControlState {
     pub metrics: Arc<Metrics>,
     pub identity: Arc<Identity>,
     pub keys: Arc<KeyManager>,
+    pub auth: Arc<crate::auth::Auth>,
     /// The operator token from the config; acts as a workspace admin everywhere.
     pub operator_token: Option<Arc<str>>,
     pub policy: Arc<crate::policy::PolicyEngine>,
@@ -53,6 +55,15 @@ pub enum ApiError {
 impl From<Refusal> for ApiError {
     fn from(r: Refusal) -> ApiError {
         ApiError::Refusal(r)
+    }
+}
+
+impl From<crate::auth::AuthError> for ApiError {
+    fn from(e: crate::auth::AuthError) -> ApiError {
+        match e {
+            crate::auth::AuthError::Refusal(r) => ApiError::Refusal(r),
+            crate::auth::AuthError::Manage(m) => ApiError::Manage(m),
+        }
     }
 }
 
@@ -91,6 +102,7 @@ pub fn app(state: ControlState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(keys::routes())
+        .merge(auth::routes())
         .merge(policy::routes())
         .fallback(not_found)
         .with_state(state)

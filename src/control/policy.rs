@@ -19,7 +19,7 @@ pub fn routes() -> Router<ControlState> {
 fn operator(actor: Actor) -> Result<(), ApiError> {
     match actor {
         Actor::Operator => Ok(()),
-        Actor::ApiKey(_) => {
+        Actor::User(_) => {
             Err(ManageError::Forbidden("only the operator manages policies".to_owned()).into())
         }
     }

@@ -344,6 +344,7 @@ pub fn assert_no_secrets_in(dir: &Path) {
         r"|\bdrv_[0-9a-f]{40}\b",
         r"|\bfo_[0-9A-Za-z]{12}_[0-9A-Za-z]{32}",
         r"|eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.",
+        r"|\bkg[rs]_[A-Za-z0-9_-]{40,}",
     ))
     .unwrap();
     let literals = [TEST_PEPPER, OPERATOR_TOKEN, "ada's long password"];
