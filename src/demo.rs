@@ -111,6 +111,13 @@ Try:
        -d '{{"name":"backups only","scopes":["read"],"providers":[{{"provider":"local","basePath":"/backups"}}],"expiresIn":"30d","owner":"demo@example.com"}}' \
        http://{control}/v1/keys
   curl -sS -H "Authorization: Bearer $OP" http://{control}/v1/keys
+  # sign in as the demo user: a 30-day mobile token (or "type":"access" / "session")
+  TOKEN=$(curl -sS -H 'content-type: application/json' \
+       -d '{{"email":"demo@example.com","password":"{password}","type":"mobile"}}' \
+       http://{control}/v1/auth/login | sed -E 's/.*"token":"([^"]+)".*/\1/')
+  curl -sS -H "Authorization: Bearer $TOKEN" http://{control}/v1/me
+  curl -sS -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' \
+       -d '{{"permissions":["files.read"],"expiresIn":"1h"}}' http://{control}/v1/auth/tokens
   curl -sS http://{control}/metrics | grep keygate_requests_total
 "#,
         dir = dir.path().display(),
