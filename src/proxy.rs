@@ -298,7 +298,13 @@ impl ProxyHttp for Keygate {
                 upstream_response.insert_header(name, value)?;
             }
         }
-        if let Some(expires_at) = ctx.principal.as_ref().and_then(|p| p.expires_at) {
+        // Keys that expire soon are flagged; tokens are short-lived by design.
+        let key_expiry = ctx
+            .principal
+            .as_ref()
+            .filter(|p| p.kind == PrincipalKind::ApiKey)
+            .and_then(|p| p.expires_at);
+        if let Some(expires_at) = key_expiry {
             if expires_at - crate::store::now_millis() <= EXPIRY_WARNING_MS {
                 let _ = upstream_response
                     .insert_header(forward::KEY_EXPIRES, crate::keys::format_time(expires_at));
