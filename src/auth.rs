@@ -6,23 +6,21 @@
 //! once; failed logins are limited per account and per client address, and an unknown email
 //! costs the same verification as a known one.
 
-use std::hash::Hash;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use argon2::{Argon2, PasswordHash, PasswordVerifier};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use governor::{DefaultKeyedRateLimiter, Quota};
-use moka::sync::Cache;
+use governor::Quota;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
 use crate::credentials::csrf_token;
 use crate::deny::{AuthFailure, Refusal};
-use crate::identity::{Identity, Principal, PrincipalKind};
+use crate::identity::{FailureLimiter, Identity, Principal, PrincipalKind};
 use crate::keys::{self, format_time, Grant, Pepper};
 use crate::manage::{Actor, KeyManager, ManageError};
 use crate::store::{now_millis, Exchange, NewToken, Store, StoreError, TokenKind, TokenRecord};
@@ -71,55 +69,6 @@ impl From<TokenError> for AuthError {
 
 fn bad_request(m: impl Into<String>) -> AuthError {
     AuthError::Manage(ManageError::BadRequest(m.into()))
-}
-
-/// Counts failures per key; a key over its quota is answered 429 until the quota refills.
-pub struct FailureLimiter<K: Hash + Eq + Clone + Send + Sync + 'static> {
-    limiter: DefaultKeyedRateLimiter<K>,
-    blocked: Cache<K, Instant>,
-}
-
-impl<K: Hash + Eq + Clone + Send + Sync + 'static> FailureLimiter<K> {
-    pub fn new(quota: Quota) -> FailureLimiter<K> {
-        FailureLimiter {
-            limiter: DefaultKeyedRateLimiter::keyed(quota),
-            blocked: Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(Duration::from_secs(3600))
-                .build(),
-        }
-    }
-
-    /// 429 while `key` is blocked.
-    pub fn check(&self, key: &K) -> Result<(), Refusal> {
-        match self.blocked.get(key) {
-            Some(until) if until > Instant::now() => Err(Refusal::RateLimited {
-                retry_after_secs: (until - Instant::now()).as_secs().max(1),
-            }),
-            Some(_) => {
-                self.blocked.invalidate(key);
-                Ok(())
-            }
-            None => Ok(()),
-        }
-    }
-
-    /// Counts a failure; returns true when `key` is now blocked.
-    pub fn fail(&self, key: &K) -> bool {
-        match self.limiter.check_key(key) {
-            Ok(()) => false,
-            Err(not_until) => {
-                let wait = not_until.wait_time_from(governor::clock::Clock::now(
-                    &governor::clock::DefaultClock::default(),
-                ));
-                self.blocked.insert(
-                    key.clone(),
-                    Instant::now() + wait.max(Duration::from_secs(1)),
-                );
-                true
-            }
-        }
-    }
 }
 
 /// What a login returns, by the client's choice.
@@ -833,20 +782,5 @@ mod tests {
         assert_eq!(permission_scopes(" write "), Ok(vec!["write"]));
         assert!(permission_scopes("files.admin").is_err());
         assert!(permission_scopes("").is_err());
-    }
-
-    #[test]
-    fn the_failure_limiter_blocks_after_its_burst() {
-        let limiter = FailureLimiter::new(Quota::per_hour(NonZeroU32::new(2).unwrap()));
-        let k = "ada@example.com".to_owned();
-        assert!(limiter.check(&k).is_ok());
-        assert!(!limiter.fail(&k));
-        assert!(!limiter.fail(&k));
-        assert!(limiter.fail(&k));
-        assert!(matches!(
-            limiter.check(&k),
-            Err(Refusal::RateLimited { retry_after_secs }) if retry_after_secs > 1
-        ));
-        assert!(limiter.check(&"bob@example.com".to_owned()).is_ok());
     }
 }

@@ -16,6 +16,7 @@
 //! found by its keyed hash, like a key. An external issuer's token is recorded as a row the
 //! first time it is seen, so it is listed and revocable like keygate's own.
 
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -32,6 +33,55 @@ use crate::store::{now_millis, KeyRecord, NewToken, Role, Store, TokenKind, Toke
 use crate::telemetry::Metrics;
 use crate::tokens::{Tokens, Verified};
 use crate::usage::{KeyCounters, UsageRecorder};
+
+/// Counts failures per key; a key over its quota is answered 429 until the quota refills.
+pub struct FailureLimiter<K: Hash + Eq + Clone + Send + Sync + 'static> {
+    limiter: DefaultKeyedRateLimiter<K>,
+    blocked: Cache<K, Instant>,
+}
+
+impl<K: Hash + Eq + Clone + Send + Sync + 'static> FailureLimiter<K> {
+    pub fn new(quota: Quota) -> FailureLimiter<K> {
+        FailureLimiter {
+            limiter: DefaultKeyedRateLimiter::keyed(quota),
+            blocked: Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(3600))
+                .build(),
+        }
+    }
+
+    /// 429 while `key` is blocked.
+    pub fn check(&self, key: &K) -> Result<(), Refusal> {
+        match self.blocked.get(key) {
+            Some(until) if until > Instant::now() => Err(Refusal::RateLimited {
+                retry_after_secs: (until - Instant::now()).as_secs().max(1),
+            }),
+            Some(_) => {
+                self.blocked.invalidate(key);
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Counts a failure; returns true when `key` is now blocked.
+    pub fn fail(&self, key: &K) -> bool {
+        match self.limiter.check_key(key) {
+            Ok(()) => false,
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(governor::clock::Clock::now(
+                    &governor::clock::DefaultClock::default(),
+                ));
+                self.blocked.insert(
+                    key.clone(),
+                    Instant::now() + wait.max(Duration::from_secs(1)),
+                );
+                true
+            }
+        }
+    }
+}
 
 /// What kind of credential a principal came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -151,9 +201,8 @@ pub struct Identity {
     principals: Cache<[u8; 32], Arc<Principal>>,
     unknown: Cache<[u8; 32], ()>,
     generations: Cache<String, i64>,
-    failures: DefaultKeyedRateLimiter<IpAddr>,
-    forbidden: DefaultKeyedRateLimiter<IpAddr>,
-    blocked: Cache<IpAddr, Instant>,
+    failures: FailureLimiter<IpAddr>,
+    forbidden: FailureLimiter<IpAddr>,
     usage: Arc<UsageRecorder>,
     metrics: Arc<Metrics>,
 }
@@ -186,12 +235,8 @@ impl Identity {
                 .time_to_live(Duration::from_secs(300))
                 .build(),
             generations: Cache::builder().max_capacity(1_000_000).build(),
-            failures: DefaultKeyedRateLimiter::keyed(per_minute(config.failures_per_minute)),
-            forbidden: DefaultKeyedRateLimiter::keyed(per_minute(config.forbidden_per_minute)),
-            blocked: Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(Duration::from_secs(3600))
-                .build(),
+            failures: FailureLimiter::new(per_minute(config.failures_per_minute)),
+            forbidden: FailureLimiter::new(per_minute(config.forbidden_per_minute)),
             usage,
             metrics,
         }
@@ -217,24 +262,15 @@ impl Identity {
     /// 429 when requests from `addr` have been refused (401, 403) too often lately.
     pub fn check_address(&self, addr: Option<IpAddr>) -> Result<(), Refusal> {
         let Some(addr) = addr else { return Ok(()) };
-        match self.blocked.get(&addr) {
-            Some(until) => {
-                let now = Instant::now();
-                if until > now {
-                    self.metrics
-                        .rate_limited
-                        .with_label_values(&["address", "failures"])
-                        .inc();
-                    Err(Refusal::RateLimited {
-                        retry_after_secs: (until - now).as_secs().max(1),
-                    })
-                } else {
-                    self.blocked.invalidate(&addr);
-                    Ok(())
-                }
-            }
-            None => Ok(()),
-        }
+        self.failures
+            .check(&addr)
+            .and_then(|()| self.forbidden.check(&addr))
+            .inspect_err(|_| {
+                self.metrics
+                    .rate_limited
+                    .with_label_values(&["address", "failures"])
+                    .inc();
+            })
     }
 
     /// Counts a failed authentication against `addr`.
@@ -244,7 +280,7 @@ impl Identity {
             .with_label_values(&[reason.as_str()])
             .inc();
         if let Some(addr) = addr {
-            self.throttle(addr, &self.failures);
+            self.failures.fail(&addr);
         }
     }
 
@@ -252,17 +288,7 @@ impl Identity {
     /// it may not touch is answered 429 for a while, like one that guesses keys.
     pub fn record_forbidden(&self, addr: Option<IpAddr>) {
         if let Some(addr) = addr {
-            self.throttle(addr, &self.forbidden);
-        }
-    }
-
-    fn throttle(&self, addr: IpAddr, limiter: &DefaultKeyedRateLimiter<IpAddr>) {
-        if let Err(not_until) = limiter.check_key(&addr) {
-            let wait = not_until.wait_time_from(governor::clock::Clock::now(
-                &governor::clock::DefaultClock::default(),
-            ));
-            self.blocked
-                .insert(addr, Instant::now() + wait.max(Duration::from_secs(1)));
+            self.forbidden.fail(&addr);
         }
     }
 
@@ -536,5 +562,25 @@ impl Identity {
                 tokens.refresh().await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_failure_limiter_blocks_after_its_burst() {
+        let limiter = FailureLimiter::new(Quota::per_hour(NonZeroU32::new(2).unwrap()));
+        let k = "ada@example.com".to_owned();
+        assert!(limiter.check(&k).is_ok());
+        assert!(!limiter.fail(&k));
+        assert!(!limiter.fail(&k));
+        assert!(limiter.fail(&k));
+        assert!(matches!(
+            limiter.check(&k),
+            Err(Refusal::RateLimited { retry_after_secs }) if retry_after_secs > 1
+        ));
+        assert!(limiter.check(&"bob@example.com".to_owned()).is_ok());
     }
 }
