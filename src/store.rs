@@ -648,12 +648,9 @@ impl Store {
 
     pub async fn key(&self, id: &str) -> Result<KeyRecord, StoreError> {
         let sql = format!("SELECT {KEY_COLUMNS} FROM {KEY_FROM} WHERE k.id = $1");
-        let row = sqlx::query(&sql)
-            .bind(id)
-            .fetch_optional(&self.pool)
+        self.fetch_row(&sql, id, key_row)
             .await?
-            .ok_or_else(|| StoreError::NotFound(format!("no key with id '{id}'")))?;
-        key_row(&row)
+            .ok_or_else(|| StoreError::NotFound(format!("no key with id '{id}'")))
     }
 
     /// The key whose keyed hash is `secret_hash`, with its stored hash for a constant-time
@@ -664,14 +661,24 @@ impl Store {
     ) -> Result<Option<(KeyRecord, String)>, StoreError> {
         let sql =
             format!("SELECT {KEY_COLUMNS}, k.secret_hash FROM {KEY_FROM} WHERE k.secret_hash = $1");
-        let Some(row) = sqlx::query(&sql)
-            .bind(secret_hash)
+        self.fetch_row(&sql, secret_hash, |r| Ok((key_row(r)?, r.get(15))))
+            .await
+    }
+
+    /// The row `sql` selects with `param` bound as `$1`, if there is one, decoded.
+    pub(crate) async fn fetch_row<T>(
+        &self,
+        sql: &str,
+        param: &str,
+        decode: impl FnOnce(&AnyRow) -> Result<T, StoreError>,
+    ) -> Result<Option<T>, StoreError> {
+        sqlx::query(sql)
+            .bind(param)
             .fetch_optional(&self.pool)
             .await?
-        else {
-            return Ok(None);
-        };
-        Ok(Some((key_row(&row)?, row.get(15))))
+            .as_ref()
+            .map(decode)
+            .transpose()
     }
 
     /// Keys, newest first, optionally of one owner and/or one workspace.

@@ -77,12 +77,8 @@ async fn query(client: &reqwest::Client, prom: &str, expr: &str) -> Vec<Value> {
     let r: Value = client
         .get(format!("{prom}/api/v1/query"))
         .query(&[("query", expr)])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .send_json()
+        .await;
     assert_eq!(r["status"], "success", "{expr}: {r}");
     r["data"]["result"].as_array().cloned().unwrap_or_default()
 }
@@ -265,14 +261,7 @@ limit = "1/min"
     }
 
     // The alert rules load and evaluate against real keygate series.
-    let rules: Value = http
-        .get(format!("{prom}/api/v1/rules"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rules: Value = http.get(format!("{prom}/api/v1/rules")).send_json().await;
     let all: Vec<&Value> = rules["data"]["groups"]
         .as_array()
         .unwrap()

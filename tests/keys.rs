@@ -235,12 +235,8 @@ async fn presenting_keys_headers_query_and_conflicts() {
     let listed: Value = kg
         .operator()
         .get(kg.control_url("/v1/keys"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .send_json()
+        .await;
     let ids: Vec<&str> = listed["data"]
         .as_array()
         .unwrap()
@@ -373,12 +369,8 @@ async fn management_flow(kg: &Keygate) {
     assert!(!list.contains(&key) && list.contains(&key[..12]));
     let shown: Value = op
         .get(kg.control_url(&format!("/v1/keys/{id}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .send_json()
+        .await;
     assert_eq!(shown["data"]["name"], "backups");
     assert!(shown["data"].get("key").is_none());
 
@@ -709,12 +701,8 @@ async fn usage_and_last_used_after_a_burst_and_a_restart() {
         let usage: Value = kg
             .operator()
             .get(kg.control_url(&format!("/v1/keys/{id}/usage")))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            .send_json()
+            .await;
         if usage["data"]["totals"]["requests"] == 30 || Instant::now() > deadline {
             break usage;
         }
@@ -724,12 +712,8 @@ async fn usage_and_last_used_after_a_burst_and_a_restart() {
     let shown: Value = kg
         .operator()
         .get(kg.control_url(&format!("/v1/keys/{id}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .send_json()
+        .await;
     assert!(shown["data"]["lastUsedAt"].as_str().is_some());
 
     // A graceful restart flushes; the numbers survive, once.
@@ -737,12 +721,8 @@ async fn usage_and_last_used_after_a_burst_and_a_restart() {
     let usage: Value = kg
         .operator()
         .get(kg.control_url(&format!("/v1/keys/{id}/usage")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .send_json()
+        .await;
     check(&usage);
     let cli: Value = serde_json::from_str(&kg.cli(&["keys", "usage", &id, "--json"])).unwrap();
     assert_eq!(cli["totals"]["requests"], 30);

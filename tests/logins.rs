@@ -149,14 +149,7 @@ async fn a_mobile_token_reaches_storage_and_carries_the_documented_claims() {
     );
 
     // Who am I: the login, acting as ada, with the scope of her role.
-    let me: Value = c
-        .get(kg.control_url("/v1/me"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let me: Value = c.get(kg.control_url("/v1/me")).send_json().await;
     assert_eq!(me["data"]["user"]["email"], "ada@example.com");
     assert_eq!(me["data"]["role"], "admin");
     assert_eq!(me["data"]["credential"]["type"], "login");
@@ -211,12 +204,8 @@ async fn a_device_revoked_remotely_is_refused_on_its_next_request() {
     // The phone lists the signed-in devices: both, the phone marked as the current one.
     let list: Value = bearer(phone_token)
         .get(kg.control_url("/v1/auth/tokens"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .send_json()
+        .await;
     let devices = list["data"].as_array().unwrap();
     assert_eq!(devices.len(), 2, "{list}");
     let current: Vec<bool> = devices
@@ -642,12 +631,8 @@ async fn a_scoped_token_never_exceeds_its_permissions_or_its_users_role() {
 async fn minted_id(kg: &Keygate, login_token: &str) -> String {
     let list: Value = bearer(login_token)
         .get(kg.control_url("/v1/auth/tokens"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .send_json()
+        .await;
     list["data"]
         .as_array()
         .unwrap()
@@ -692,12 +677,8 @@ async fn key_management_accepts_logins_and_api_keys_still_cannot_create_keys() {
     assert_eq!(status, StatusCode::FORBIDDEN);
     let listed: Value = bearer(token)
         .get(kg.control_url("/v1/keys"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .send_json()
+        .await;
     assert!(listed["data"]
         .as_array()
         .unwrap()
@@ -782,14 +763,15 @@ async fn forged_expired_and_misdirected_tokens_are_refused_401() {
         .unwrap();
 
     let t = now();
-    let idp_claims = |f: &dyn Fn(&mut Value)| {
+    // The test issuer's token, with its claims changed by `f`.
+    let idp_token = |f: &dyn Fn(&mut serde_json::Map<String, Value>)| {
         let mut c = json!({"iss": "https://idp.test", "aud": "keygate-api", "sub": "idp-user-7",
             "email": "ada@example.com", "iat": t, "nbf": t, "exp": t + 300});
-        f(&mut c);
-        c
+        f(c.as_object_mut().unwrap());
+        sign(&idp, "idp-1", &c)
     };
     // The external issuer's well-formed token is accepted (this test is about the others).
-    let external = sign(&idp, "idp-1", &idp_claims(&|_| {}));
+    let external = idp_token(&|_| {});
     assert_eq!(get_status(&kg, &external, path).await.0, StatusCode::OK);
 
     let mut tampered_claims = claims.clone();
@@ -832,55 +814,32 @@ async fn forged_expired_and_misdirected_tokens_are_refused_401() {
         ("embedded jwk, jku and x5u are ignored", embedded),
         (
             "expired (external)",
-            sign(&idp, "idp-1", &idp_claims(&|c| c["exp"] = json!(t - 120))),
+            idp_token(&|c| c["exp"] = json!(t - 120)),
         ),
-        (
-            "not yet valid",
-            sign(&idp, "idp-1", &idp_claims(&|c| c["nbf"] = json!(t + 600))),
-        ),
+        ("not yet valid", idp_token(&|c| c["nbf"] = json!(t + 600))),
         (
             "wrong audience",
-            sign(
-                &idp,
-                "idp-1",
-                &idp_claims(&|c| c["aud"] = json!("someone-else")),
-            ),
+            idp_token(&|c| c["aud"] = json!("someone-else")),
         ),
         (
             "wrong issuer",
-            sign(
-                &idp,
-                "idp-1",
-                &idp_claims(&|c| c["iss"] = json!("https://idp.test.evil")),
-            ),
+            idp_token(&|c| c["iss"] = json!("https://idp.test.evil")),
         ),
         (
             "no exp",
-            sign(
-                &idp,
-                "idp-1",
-                &idp_claims(&|c| {
-                    c.as_object_mut().unwrap().remove("exp");
-                }),
-            ),
+            idp_token(&|c| {
+                c.remove("exp");
+            }),
         ),
         (
             "no aud",
-            sign(
-                &idp,
-                "idp-1",
-                &idp_claims(&|c| {
-                    c.as_object_mut().unwrap().remove("aud");
-                }),
-            ),
+            idp_token(&|c| {
+                c.remove("aud");
+            }),
         ),
         (
             "unknown user",
-            sign(
-                &idp,
-                "idp-1",
-                &idp_claims(&|c| c["email"] = json!("nobody@example.com")),
-            ),
+            idp_token(&|c| c["email"] = json!("nobody@example.com")),
         ),
     ];
     for (what, token) in &cases {
@@ -960,24 +919,16 @@ async fn an_external_issuers_token_from_a_jwks_url_acts_as_its_user() {
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     let me: Value = bearer(&token)
         .get(kg.control_url("/v1/me"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .send_json()
+        .await;
     assert_eq!(me["data"]["user"]["email"], "bob@example.com");
     assert_eq!(me["data"]["role"], "viewer");
 
     // It is listed among bob's devices and can be revoked like keygate's own.
     let list: Value = bearer(&token)
         .get(kg.control_url("/v1/auth/tokens"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .send_json()
+        .await;
     let external = &list["data"][0];
     assert_eq!(external["type"], "external");
     assert_eq!(external["label"], "corporate sso");

@@ -397,12 +397,8 @@ async fn reloads_keep_the_last_good_set_and_apply_good_ones_at_once() {
     let status: Value = kg
         .operator()
         .get(kg.control_url("/v1/admin/policy"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .send_json()
+        .await;
     assert_eq!(status["data"]["epoch"], 1);
     let hash = status["data"]["hash"].as_str().unwrap().to_owned();
 
@@ -426,12 +422,8 @@ async fn reloads_keep_the_last_good_set_and_apply_good_ones_at_once() {
     let status: Value = kg
         .operator()
         .get(kg.control_url("/v1/admin/policy"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .send_json()
+        .await;
     assert_eq!(
         (
             status["data"]["epoch"].as_u64(),
@@ -545,12 +537,8 @@ async fn sighup_reloads_and_denials_are_audited_with_their_policies() {
     let status: Value = kg
         .operator()
         .get(kg.control_url("/v1/admin/policy"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .send_json()
+        .await;
     assert_eq!(deny["policySet"], status["data"]["hash"]);
     // The allowed requests before the reload are there too (the harness samples every allow).
     assert!(lines

@@ -162,12 +162,8 @@ async fn list_mkdir_move_delete_and_restore() {
 
     let list: Value = c
         .get(kg.url("/v1/folders/local/projects/2025"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .send_json()
+        .await;
     let names: Vec<&str> = list["data"]["entries"]
         .as_array()
         .unwrap()
@@ -175,14 +171,7 @@ async fn list_mkdir_move_delete_and_restore() {
         .map(|e| e["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["plan.txt"]);
-    let root: Value = c
-        .get(kg.url("/v1/folders/local"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let root: Value = c.get(kg.url("/v1/folders/local")).send_json().await;
     assert_eq!(root["data"]["entries"][0]["name"], "projects");
 
     // Move with a Destination header, to another provider.
@@ -213,14 +202,7 @@ async fn list_mkdir_move_delete_and_restore() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
-    let found: Value = c
-        .get(kg.url("/v1/search/local?q=PLAN"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let found: Value = c.get(kg.url("/v1/search/local?q=PLAN")).send_json().await;
     assert_eq!(found["data"]["entries"][0]["path"], "/plan-copy.txt");
 
     // Delete into the trash, list it, restore it.
@@ -231,14 +213,7 @@ async fn list_mkdir_move_delete_and_restore() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert!(!backend.root().join("other/archive/plan v1.txt").exists());
-    let trash: Value = c
-        .get(kg.url("/v1/trash/other"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let trash: Value = c.get(kg.url("/v1/trash/other")).send_json().await;
     let entry = &trash["data"]["entries"][0];
     assert_eq!(entry["originalPath"], "/archive/plan v1.txt");
     let id = entry["id"].as_str().unwrap();
@@ -252,14 +227,7 @@ async fn list_mkdir_move_delete_and_restore() {
         std::fs::read(backend.root().join("other/archive/plan v1.txt")).unwrap(),
         b"the plan"
     );
-    let trash: Value = c
-        .get(kg.url("/v1/trash/other"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let trash: Value = c.get(kg.url("/v1/trash/other")).send_json().await;
     assert_eq!(trash["data"]["entries"].as_array().unwrap().len(), 0);
 
     // Delete and empty the trash for good.
@@ -267,14 +235,7 @@ async fn list_mkdir_move_delete_and_restore() {
         .send()
         .await
         .unwrap();
-    let r: Value = c
-        .delete(kg.url("/v1/trash/local"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r: Value = c.delete(kg.url("/v1/trash/local")).send_json().await;
     assert_eq!(r["data"]["purged"], 1);
 }
 
@@ -359,14 +320,7 @@ async fn the_backend_records_the_identity_keygate_sets_not_the_clients() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
-    let list: Value = c
-        .get(kg.url("/v1/folders/local"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = c.get(kg.url("/v1/folders/local")).send_json().await;
     assert_eq!(list["data"]["entries"][0]["name"], "who.txt");
     assert_eq!(
         list["data"]["entries"][0]["modifiedBy"], "ada@example.com",
@@ -381,14 +335,7 @@ async fn the_backend_records_the_identity_keygate_sets_not_the_clients() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
-    let list: Value = c
-        .get(backend.url("/v1/folders/local"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = c.get(backend.url("/v1/folders/local")).send_json().await;
     assert_eq!(list["data"]["entries"][0]["modifiedBy"], "user-1");
 }
 

@@ -225,12 +225,9 @@ impl Store {
 
     pub async fn token(&self, id: &str) -> Result<TokenRecord, StoreError> {
         let sql = format!("SELECT {TOKEN_COLUMNS} FROM {TOKEN_FROM} WHERE t.id = $1");
-        let row = sqlx::query(&sql)
-            .bind(id)
-            .fetch_optional(&self.pool)
+        self.fetch_row(&sql, id, token_row)
             .await?
-            .ok_or_else(|| StoreError::NotFound(format!("no token with id '{id}'")))?;
-        token_row(&row)
+            .ok_or_else(|| StoreError::NotFound(format!("no token with id '{id}'")))
     }
 
     /// The token whose secret's keyed hash is `secret_hash`, with the stored hash for a
@@ -242,14 +239,8 @@ impl Store {
         let sql = format!(
             "SELECT {TOKEN_COLUMNS}, t.secret_hash FROM {TOKEN_FROM} WHERE t.secret_hash = $1"
         );
-        let Some(row) = sqlx::query(&sql)
-            .bind(secret_hash)
-            .fetch_optional(&self.pool)
-            .await?
-        else {
-            return Ok(None);
-        };
-        Ok(Some((token_row(&row)?, row.get(17))))
+        self.fetch_row(&sql, secret_hash, |r| Ok((token_row(r)?, r.get(17))))
+            .await
     }
 
     /// A user's tokens, newest first.
