@@ -661,12 +661,14 @@ impl Store {
     ) -> Result<Option<(KeyRecord, String)>, StoreError> {
         let sql =
             format!("SELECT {KEY_COLUMNS}, k.secret_hash FROM {KEY_FROM} WHERE k.secret_hash = $1");
-        self.fetch_row(&sql, secret_hash, |r| Ok((key_row(r)?, r.get(15))))
-            .await
+        self.fetch_row(&sql, secret_hash, |r| {
+            Ok((key_row(r)?, r.get("secret_hash")))
+        })
+        .await
     }
 
     /// The row `sql` selects with `param` bound as `$1`, if there is one, decoded.
-    pub(crate) async fn fetch_row<T>(
+    async fn fetch_row<T>(
         &self,
         sql: &str,
         param: &str,

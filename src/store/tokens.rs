@@ -239,8 +239,10 @@ impl Store {
         let sql = format!(
             "SELECT {TOKEN_COLUMNS}, t.secret_hash FROM {TOKEN_FROM} WHERE t.secret_hash = $1"
         );
-        self.fetch_row(&sql, secret_hash, |r| Ok((token_row(r)?, r.get(17))))
-            .await
+        self.fetch_row(&sql, secret_hash, |r| {
+            Ok((token_row(r)?, r.get("secret_hash")))
+        })
+        .await
     }
 
     /// A user's tokens, newest first.
