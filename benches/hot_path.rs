@@ -6,13 +6,13 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use keygate::config::{Config, Overrides};
-use keygate::credentials::{credentials, Credentials};
-use keygate::identity::{Principal, PrincipalKind};
-use keygate::keys::Grant;
+use keygate::identity::credentials::{credentials, Credentials};
+use keygate::model::Grant;
+use keygate::model::Role;
 use keygate::policy::{PolicyEngine, SHIPPED};
+use keygate::principal::{Principal, PrincipalKind};
 use keygate::proxy::{Keygate, RequestCtx};
 use keygate::route::{canonicalize, RouteInput, RouteTable};
-use keygate::store::Role;
 use keygate::telemetry::Metrics;
 use pingora::http::RequestHeader;
 
@@ -160,12 +160,12 @@ fn decide_stage(c: &mut Criterion) {
 /// `local`, and a key with the `write` scope; returns it with the key.
 async fn keygate(dir: &std::path::Path) -> (Keygate, String) {
     use keygate::audit::{AuditConfig, AuditLog, AuditOutput};
+    use keygate::identity::jwt::Tokens;
     use keygate::identity::{Identity, IdentityConfig};
     use keygate::manage::{Actor, CreateKey};
+    use keygate::proxy::upstream::Upstream;
     use keygate::ratelimit::{Limit, RateLimitConfig, RateLimiter};
     use keygate::store::Store;
-    use keygate::tokens::Tokens;
-    use keygate::upstream::Upstream;
     use keygate::usage::UsageRecorder;
 
     for (name, text) in SHIPPED {
@@ -288,10 +288,10 @@ fn pipeline(c: &mut Criterion) {
         })
     });
     let creds = credentials(&req.headers, None, &rules).expect("credentials");
-    rt.block_on(kg.identity.authenticate(&creds))
+    rt.block_on(kg.identity.principal_for(&creds))
         .expect("the key is valid");
     c.bench_function("identity/cache_hit", |b| {
-        b.iter(|| rt.block_on(kg.identity.authenticate(black_box(&creds))))
+        b.iter(|| rt.block_on(kg.identity.principal_for(black_box(&creds))))
     });
 
     let admit = |req: &RequestHeader| {
@@ -323,7 +323,7 @@ fn pipeline(c: &mut Criterion) {
 /// from the same crate as a floor for "verify anything at all".
 fn jwt(c: &mut Criterion) {
     use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-    use keygate::tokens::{JwtKind, Tokens};
+    use keygate::identity::jwt::{JwtKind, Tokens};
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -336,12 +336,12 @@ fn jwt(c: &mut Criterion) {
         )
         .await
         .expect("database");
-        let pepper = keygate::keys::Pepper::new(&[9u8; 32]).expect("pepper");
+        let pepper = keygate::model::Pepper::new(&[9u8; 32]).expect("pepper");
         Tokens::open(store, &pepper, Default::default())
             .await
             .expect("signing keys")
     });
-    let expires = keygate::store::now_millis() + 600_000;
+    let expires = keygate::clock::now_millis() + 600_000;
     let claims = tokens.claims(
         JwtKind::Access,
         "t-1",
@@ -372,8 +372,12 @@ fn jwt(c: &mut Criterion) {
     let key = DecodingKey::from_secret(&secret);
     c.bench_function("jwt/verify_hs256_floor", |b| {
         b.iter(|| {
-            jsonwebtoken::decode::<keygate::tokens::Claims>(black_box(&hs), &key, &validation)
-                .expect("valid")
+            jsonwebtoken::decode::<keygate::identity::jwt::Claims>(
+                black_box(&hs),
+                &key,
+                &validation,
+            )
+            .expect("valid")
         })
     });
 }

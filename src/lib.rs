@@ -1,31 +1,33 @@
 //! keygate: an authorization reverse proxy for storage services.
 //!
-//! The request path runs route → credentials → identity → rate limit → decide → forward → log;
-//! see ARCHITECTURE.md for the map. Each stage is a module with plain inputs and typed outputs.
+//! The request path runs framing → route → authenticate → limit → decide → forward → log; see
+//! ARCHITECTURE.md for the map. The modules below are listed from the bottom of the import
+//! graph to the top: each may import only modules listed before it (`tests/layout.rs` checks).
 
-pub mod admin;
-pub mod audit;
-pub mod auth;
-pub mod cli;
-pub mod config;
-pub mod control;
-pub mod credentials;
-pub mod demo;
-pub mod deny;
-pub mod forward;
-pub mod identity;
-pub mod keys;
-pub mod manage;
-pub mod policy;
-pub mod policy_tool;
-pub mod presets;
-pub mod proxy;
-pub mod ratelimit;
-pub mod route;
-pub mod scenarios;
-pub mod server;
-pub mod store;
+// Shared vocabulary and helpers: no I/O, no decisions.
+pub mod background;
+pub mod clock;
+pub mod refusal;
 pub mod telemetry;
-pub mod tokens;
-pub mod upstream;
+pub mod route;
+pub mod model;
+
+// State and bookkeeping.
+pub mod store;
 pub mod usage;
+pub mod audit;
+pub mod principal;
+
+// The stages and the rules.
+pub mod ratelimit;
+pub mod identity;
+pub mod config;
+pub mod policy;
+pub mod manage;
+
+// The two planes, the process, the command line.
+pub mod proxy;
+pub mod control;
+pub mod server;
+pub mod cli;
+pub mod commands;

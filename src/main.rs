@@ -69,7 +69,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("keygate data plane listening on http://{}", running.data_addr);
                 println!("keygate control plane listening on http://{}", running.control_addr);
                 tracing::info!(data = %running.data_addr, control = %running.control_addr, "keygate started");
-                keygate::demo::wait_for_signal().await;
+                keygate::background::wait_for_signal().await;
                 tracing::info!("shutting down");
                 running.shutdown().await;
                 Ok(())
@@ -84,7 +84,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                     _ => None,
                 };
-                let result = keygate::policy_tool::run(&config, cmd, store.as_ref()).await;
+                let result = keygate::commands::policy::run(&config, cmd, store.as_ref()).await;
                 if let Some(s) = store {
                     s.close().await;
                 }
@@ -93,7 +93,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Demo(args) => {
             keygate::telemetry::init_logging("warn", false);
-            runtime(2)?.block_on(keygate::demo::run(args))
+            runtime(2)?.block_on(keygate::commands::demo::run(args))
         }
         command => {
             let config = load_config(config_path.as_deref(), db_override)?;
@@ -107,17 +107,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         }
                         Ok(())
                     }
-                    Command::Workspaces(c) => keygate::admin::workspaces(&store, c).await,
-                    Command::Users(c) => keygate::admin::users(&store, c).await,
-                    Command::Members(c) => keygate::admin::members(&store, c).await,
-                    Command::Providers(c) => keygate::admin::providers(&store, c).await,
+                    Command::Workspaces(c) => keygate::commands::admin::workspaces(&store, c).await,
+                    Command::Users(c) => keygate::commands::admin::users(&store, c).await,
+                    Command::Members(c) => keygate::commands::admin::members(&store, c).await,
+                    Command::Providers(c) => keygate::commands::admin::providers(&store, c).await,
                     Command::Keys(c) => {
                         let manager = keygate::server::key_manager(&config, store.clone())?;
-                        keygate::admin::keys(&manager, c).await
+                        keygate::commands::admin::keys(&manager, c).await
                     }
                     Command::SigningKeys(c) => {
                         let pepper = keygate::server::load_pepper(&config)?;
-                        keygate::admin::signing_keys(&store, &pepper, &config, c).await
+                        keygate::commands::admin::signing_keys(&store, &pepper, &config, c).await
                     }
                     Command::Serve(_)
                     | Command::Demo(_)

@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::store::{now_millis, Store, StoreError, UsageDay};
+use crate::clock::{now_millis, today};
+use crate::store::{Store, StoreError, UsageDay};
 
 /// Counters of one key since the last flush.
 #[derive(Debug, Default)]
@@ -64,11 +65,6 @@ impl KeyCounters {
 #[derive(Default)]
 pub struct UsageRecorder {
     keys: Mutex<HashMap<String, Arc<KeyCounters>>>,
-}
-
-/// Today's UTC day as `YYYY-MM-DD`.
-pub fn today() -> String {
-    crate::keys::format_time(now_millis())[..10].to_owned()
 }
 
 impl UsageRecorder {

@@ -96,7 +96,7 @@ async fn every_scope_against_every_storage_action() {
     let kg = Keygate::start(&[rec.addr], "[keys]\nmax_active_per_user = 50\n");
     // Every scope keygate knows, from its own list: a new scope is tested as soon as it exists
     // (and fails here until `allowed` says what it allows).
-    let scopes = keygate::keys::SCOPES;
+    let scopes = keygate::model::SCOPES;
     for scope in scopes {
         let key = key_with(
             &kg,

@@ -2,6 +2,8 @@
 
 use serde::Deserialize;
 
+pub use crate::route::presets::RouteRule;
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
@@ -235,21 +237,6 @@ pub struct RoutesSection {
     /// Extra routes, consulted before the preset's.
     #[serde(default, rename = "rule")]
     pub rules: Vec<RouteRule>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RouteRule {
-    /// Methods this rule answers; `["*"]` for any.
-    pub methods: Vec<String>,
-    /// Path template: literals, `{provider}`, `{name}` and a final `{*path}`.
-    pub path: String,
-    pub action: String,
-    /// Fixed provider for templates without `{provider}`.
-    pub provider: Option<String>,
-    /// The request names a second resource in its `Destination` header.
-    #[serde(default)]
-    pub destination: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]

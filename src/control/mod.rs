@@ -1,9 +1,16 @@
-//! The control plane (axum, in the same process): health, readiness, metrics and the
-//! key-management API; every answer uses the JSON shape of the data plane's refusals.
+//! The control plane (axum, in the same process): health, readiness, metrics, logins and
+//! tokens (`logins.rs`), the key-management API (`keys.rs`), policy status (`policy.rs`). The
+//! handlers are thin: [`caller::Caller`] authenticates, `manage/` applies the rules, and
+//! `respond.rs` is the one place results become JSON (the data plane's error shape).
+//!
+//! May import: `manage`, `identity`, `policy`, `store`, `refusal`, `telemetry`, `clock`,
+//! `model`. Never `proxy` or `server`.
 
-mod auth;
+pub mod caller;
 mod keys;
+mod logins;
 mod policy;
+pub mod respond;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,9 +22,10 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::deny::Refusal;
 use crate::identity::Identity;
-use crate::manage::{KeyManager, ManageError};
+use crate::manage::{Auth, KeyManager};
+use crate::model::EXPIRY_WARNING_MS;
+use crate::policy::PolicyEngine;
 use crate::store::Store;
 use crate::telemetry::Metrics;
 
@@ -27,72 +35,10 @@ pub struct ControlState {
     pub metrics: Arc<Metrics>,
     pub identity: Arc<Identity>,
     pub keys: Arc<KeyManager>,
-    pub auth: Arc<crate::auth::Auth>,
+    pub auth: Arc<Auth>,
     /// The operator token from the config; acts as a workspace admin everywhere.
     pub operator_token: Option<Arc<str>>,
-    pub policy: Arc<crate::policy::PolicyEngine>,
-}
-
-/// An error in the shared JSON shape.
-pub fn error(status: StatusCode, code: &str, message: &str) -> Response {
-    let request_id = uuid::Uuid::now_v7().simple().to_string();
-    (
-        status,
-        Json(json!({"success": false, "error": {"code": code, "message": message, "requestId": request_id}})),
-    )
-        .into_response()
-}
-
-/// Every way a control-plane request fails; rendered once, internals hidden.
-#[derive(Debug)]
-pub enum ApiError {
-    /// A refusal of the request path (401, 429, 503).
-    Refusal(Refusal),
-    BadRequest(String),
-    Manage(ManageError),
-}
-
-impl From<Refusal> for ApiError {
-    fn from(r: Refusal) -> ApiError {
-        ApiError::Refusal(r)
-    }
-}
-
-impl From<crate::auth::AuthError> for ApiError {
-    fn from(e: crate::auth::AuthError) -> ApiError {
-        match e {
-            crate::auth::AuthError::Refusal(r) => ApiError::Refusal(r),
-            crate::auth::AuthError::Manage(m) => ApiError::Manage(m),
-        }
-    }
-}
-
-impl From<ManageError> for ApiError {
-    fn from(e: ManageError) -> ApiError {
-        ApiError::Manage(e)
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let request_id = uuid::Uuid::now_v7().simple().to_string();
-        let (status, code, message) = match self {
-            ApiError::Refusal(r) => return r.render_response(&request_id),
-            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "BAD_REQUEST", m),
-            ApiError::Manage(e) => match e {
-                ManageError::BadRequest(m) => (StatusCode::BAD_REQUEST, "BAD_REQUEST", m),
-                ManageError::Forbidden(m) => (StatusCode::FORBIDDEN, "FORBIDDEN", m),
-                ManageError::NotFound(m) => (StatusCode::NOT_FOUND, "NOT_FOUND", m),
-                ManageError::Conflict(m) => (StatusCode::CONFLICT, "CONFLICT", m),
-                ManageError::Store(inner) => {
-                    tracing::error!(error = %inner, "control plane: database failure");
-                    return Refusal::Unavailable("the database is unavailable".into())
-                        .render_response(&request_id);
-                }
-            },
-        };
-        error(status, code, &message)
-    }
+    pub policy: Arc<PolicyEngine>,
 }
 
 /// The control-plane API, without a socket.
@@ -102,7 +48,7 @@ pub fn app(state: ControlState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(keys::routes())
-        .merge(auth::routes())
+        .merge(logins::routes())
         .merge(policy::routes())
         .fallback(not_found)
         .with_state(state)
@@ -137,7 +83,7 @@ async fn readyz(State(st): State<ControlState>) -> Response {
 
 async fn metrics(State(st): State<ControlState>) -> Response {
     // Gauges that come from the database are read at scrape time.
-    let until = crate::store::now_millis() + crate::manage::EXPIRY_WARNING_MS;
+    let until = crate::clock::now_millis() + EXPIRY_WARNING_MS;
     match st.store.count_keys_expiring(until).await {
         Ok(n) => st.metrics.keys_expiring_soon.set(n),
         Err(e) => tracing::warn!(error = %e, "cannot count expiring keys"),
@@ -153,5 +99,5 @@ async fn metrics(State(st): State<ControlState>) -> Response {
 }
 
 async fn not_found() -> Response {
-    error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such endpoint")
+    respond::error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such endpoint", None)
 }

@@ -2,13 +2,16 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Router;
 use serde_json::json;
 
-use super::{keys::Caller, ApiError, ControlState};
+use super::caller::Caller;
+use super::respond::ok;
+use super::ControlState;
 use crate::manage::{Actor, ManageError};
+use crate::refusal::Refusal;
 
 pub fn routes() -> Router<ControlState> {
     Router::new()
@@ -16,43 +19,39 @@ pub fn routes() -> Router<ControlState> {
         .route("/v1/admin/policy/reload", post(reload))
 }
 
-fn operator(actor: Actor) -> Result<(), ApiError> {
+fn operator(actor: Actor) -> Result<(), ManageError> {
     match actor {
         Actor::Operator => Ok(()),
-        Actor::User(_) => {
-            Err(ManageError::Forbidden("only the operator manages policies".to_owned()).into())
-        }
+        Actor::User(_) => Err(ManageError::Forbidden(
+            "only the operator manages policies".to_owned(),
+        )),
     }
 }
 
 async fn status(
     State(st): State<ControlState>,
     Caller(actor): Caller,
-) -> Result<Response, ApiError> {
+) -> Result<Response, ManageError> {
     operator(actor)?;
-    Ok(Json(json!({"success": true, "data": st.policy.status()})).into_response())
+    Ok(ok(StatusCode::OK, st.policy.status()))
 }
 
 /// Reloads now; answers after the new set is in force (or rejected).
 async fn reload(
     State(st): State<ControlState>,
     Caller(actor): Caller,
-) -> Result<Response, ApiError> {
+) -> Result<Response, ManageError> {
     operator(actor)?;
     let engine = st.policy.clone();
     let result = tokio::task::spawn_blocking(move || engine.reload())
         .await
-        .map_err(|_| ApiError::BadRequest("the reload failed".to_owned()))?;
+        .map_err(|_| Refusal::Unavailable("the reload did not finish".into()))?;
     let status = st.policy.status();
-    Ok(match result {
-        Ok(_) => Json(json!({"success": true, "data": status})).into_response(),
-        Err(message) => (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            Json(
-                json!({"success": false, "error": {"code": "INVALID_POLICY", "message": message,
-                "details": {"runningEpoch": status.epoch, "runningHash": status.hash}}}),
-            ),
-        )
-            .into_response(),
-    })
+    match result {
+        Ok(_) => Ok(ok(StatusCode::OK, status)),
+        Err(message) => Err(ManageError::InvalidPolicy {
+            message,
+            details: json!({"runningEpoch": status.epoch, "runningHash": status.hash}),
+        }),
+    }
 }

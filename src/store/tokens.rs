@@ -5,8 +5,10 @@ use std::str::FromStr;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::{json_text, new_id, now_millis, Role, Store, StoreError};
-use crate::keys::Grant;
+use super::directory::role as role_of;
+use super::{json_text, new_id, Store, StoreError};
+use crate::clock::now_millis;
+use crate::model::{Grant, Role};
 
 /// What a token row stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -169,7 +171,7 @@ fn token_row(r: &AnyRow) -> Result<TokenRecord, StoreError> {
         used_at: r.get(13),
         revoked_at: r.get(14),
         generation: r.get(15),
-        role: role.map(|r| r.parse()).transpose()?,
+        role: role.as_deref().map(role_of).transpose()?,
     })
 }
 
@@ -344,24 +346,6 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(())
-    }
-
-    /// (id, generation) of tokens changed after `since_ms`, and the newest change time seen.
-    pub async fn tokens_changed_since(
-        &self,
-        since_ms: i64,
-    ) -> Result<(Vec<(String, i64)>, i64), StoreError> {
-        let rows =
-            sqlx::query("SELECT id, generation, updated_at FROM auth_tokens WHERE updated_at > $1")
-                .bind(since_ms)
-                .fetch_all(&self.pool)
-                .await?;
-        let newest = rows
-            .iter()
-            .map(|r| r.get::<i64, _>(2))
-            .max()
-            .unwrap_or(since_ms);
-        Ok((rows.iter().map(|r| (r.get(0), r.get(1))).collect(), newest))
     }
 
     /// Deletes tokens that expired more than `grace_ms` ago (the table does not grow forever).

@@ -1,0 +1,521 @@
+//! The validated config: file < environment (`KEYGATE_<SECTION>_<KEY>`) < command line, turned
+//! into typed values. Every problem is collected and reported with where it is, before failing.
+//!
+//! Each section is read and checked in its own file (`server.rs`, `keys.rs`, `tokens.rs`,
+//! `limits.rs`, `routes.rs`), with the shared shapes (durations, addresses, secrets given inline
+//! or in a file) in `check.rs`; `file.rs` is the serde model of the TOML file.
+//!
+//! May import: the settings types of `route`, `model`, `ratelimit`, `audit`, `identity::jwt`.
+//! Never `policy`, `manage` or the planes.
+
+mod check;
+pub mod file;
+mod keys;
+mod limits;
+mod routes;
+mod secret;
+mod server;
+mod tokens;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use check::{ConfigError, Problem};
+use file::FileConfig;
+pub use secret::SecretSource;
+
+use crate::route::RouteTable;
+
+/// Sections of the file; `KEYGATE_<SECTION>_<KEY>` overrides `[section] key`.
+const SECTIONS: &[&str] = &[
+    "server",
+    "database",
+    "upstream",
+    "routes",
+    "log",
+    "keys",
+    "auth",
+    "control",
+    "policies",
+    "rate_limit",
+    "audit",
+    "tokens",
+    "sessions",
+];
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub control_listen: SocketAddr,
+    pub threads: usize,
+    pub header_timeout: Duration,
+    pub keepalive_timeout: Duration,
+    pub keepalive_requests: u32,
+    pub database: DatabaseConfig,
+    pub upstream: UpstreamConfig,
+    pub routes: RouteTable,
+    pub log: LogConfig,
+    pub keys: KeysConfig,
+    /// Failed authentications per client address and minute before 429.
+    pub auth_failures_per_minute: u32,
+    /// Requests refused 403 per client address and minute before 429.
+    pub auth_forbidden_per_minute: u32,
+    pub operator_token: Option<SecretSource>,
+    /// The policy folder.
+    pub policy_dir: PathBuf,
+    /// Reload on file changes.
+    pub policy_watch: bool,
+    pub rate_limit: crate::ratelimit::RateLimitConfig,
+    pub audit: crate::audit::AuditConfig,
+    /// Logins, tokens, sessions and external issuers.
+    pub tokens: crate::identity::jwt::TokenSettings,
+    /// Where the config came from, for messages.
+    pub source: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    pub url: String,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub peers: Vec<SocketAddr>,
+    pub health_check_interval: Duration,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct KeysConfig {
+    pub style: crate::model::KeyStyle,
+    pub pepper: SecretSource,
+    pub max_active_per_user: u32,
+    pub cache_ttl: Duration,
+    pub usage_flush_interval: Duration,
+    pub change_poll_interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub level: String,
+    pub json: bool,
+}
+
+/// Values from the command line, which win over the file and the environment.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub control_listen: Option<String>,
+    pub database_url: Option<String>,
+    pub peers: Vec<String>,
+}
+
+impl Config {
+    /// Loads the file (if any), applies `env` and `overrides`, validates everything.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let (text, place) = match path {
+            Some(p) => match std::fs::read_to_string(p) {
+                Ok(t) => (t, p.display().to_string()),
+                Err(e) => {
+                    return Err(ConfigError(vec![Problem {
+                        place: p.display().to_string(),
+                        message: format!("cannot read the file: {e}"),
+                    }]))
+                }
+            },
+            None => (String::new(), "defaults".to_owned()),
+        };
+        let mut config = Config::from_toml(&text, &place, env, overrides)?;
+        config.source = path.map(Path::to_path_buf);
+        Ok(config)
+    }
+
+    /// Parses and validates config text; `place` names it in messages.
+    pub fn from_toml(
+        text: &str,
+        place: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        // The file alone first, so that its errors point at a line.
+        if let Err(e) = toml::from_str::<FileConfig>(text) {
+            return Err(ConfigError(vec![Problem {
+                place: place.to_owned(),
+                message: e.to_string().trim_end().replace('\n', "\n    "),
+            }]));
+        }
+        let mut value: toml::Table = toml::from_str(text).unwrap_or_default();
+        let mut problems = Vec::new();
+        let mut env_names = Vec::new();
+        for (name, raw) in env {
+            let Some(rest) = name.strip_prefix("KEYGATE_") else {
+                continue;
+            };
+            let lower = rest.to_ascii_lowercase();
+            let Some((section, key)) = SECTIONS.iter().find_map(|s| {
+                lower
+                    .strip_prefix(s)
+                    .and_then(|k| k.strip_prefix('_'))
+                    .map(|k| (*s, k.to_owned()))
+            }) else {
+                continue;
+            };
+            let v = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or(toml::Value::String(raw));
+            let table = value
+                .entry(section)
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if let toml::Value::Table(t) = table {
+                t.insert(key, v);
+            }
+            env_names.push(name);
+        }
+        let file: FileConfig = match toml::Value::Table(value).try_into() {
+            Ok(f) => f,
+            Err(e) => {
+                return Err(ConfigError(vec![Problem {
+                    place: format!("environment ({})", env_names.join(", ")),
+                    message: e.to_string().trim_end().to_owned(),
+                }]))
+            }
+        };
+        let config = validate(file, overrides, &mut problems);
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            for p in &mut problems {
+                p.place = format!("{place}: {}", p.place);
+            }
+            Err(ConfigError(problems))
+        }
+    }
+}
+
+fn validate(file: FileConfig, overrides: &Overrides, problems: &mut Vec<Problem>) -> Config {
+    let server::Listeners {
+        listen,
+        control_listen,
+        threads,
+        header_timeout,
+        keepalive_timeout,
+        keepalive_requests,
+    } = server::listeners(&file, overrides, problems);
+    let database = server::database(&file, overrides, problems);
+    let upstream = server::upstream(&file, overrides, problems);
+    let log = server::log(&file, problems);
+    let routes = routes::route_table(&file, problems);
+    let keys = keys::keys_config(&file, &database.url, problems);
+    let operator_token = check::secret(
+        problems,
+        "control",
+        ("operator_token", &file.control.operator_token),
+        ("operator_token_file", &file.control.operator_token_file),
+        16,
+    );
+    Config {
+        tokens: tokens::token_settings(&file, problems),
+        rate_limit: limits::rate_limit_config(&file, problems),
+        audit: limits::audit_config(&file, problems),
+        policy_dir: PathBuf::from(
+            file.policies
+                .dir
+                .clone()
+                .unwrap_or_else(|| "policies".to_owned()),
+        ),
+        policy_watch: file.policies.watch.unwrap_or(true),
+        keys,
+        auth_failures_per_minute: file.auth.failures_per_minute.unwrap_or(20).max(1),
+        auth_forbidden_per_minute: file.auth.forbidden_per_minute.unwrap_or(300).max(1),
+        operator_token,
+        listen,
+        control_listen,
+        threads,
+        header_timeout,
+        keepalive_timeout,
+        keepalive_requests,
+        database,
+        upstream,
+        routes,
+        log,
+        source: None,
+    }
+}
+
+impl Config {
+    /// Problems that only matter to a serving keygate (not to `migrate` or the admin commands).
+    pub fn serve_problems(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        if let SecretSource::Missing(why) = &self.keys.pepper {
+            out.push(Problem {
+                place: "[keys] pepper_file".to_owned(),
+                message: (*why).to_owned(),
+            });
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_toml(
+            text,
+            "test.toml",
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+            &Overrides::default(),
+        )
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = load("", &[]).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.control_listen.to_string(), "127.0.0.1:9090");
+        assert_eq!(c.database.url, "sqlite://keygate.db");
+        assert!(!c.routes.routes().is_empty());
+    }
+
+    #[test]
+    fn unknown_fields_point_at_the_line() {
+        let e = load("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n", &[]).unwrap_err();
+        assert_eq!(e.0.len(), 1);
+        assert!(e.0[0].message.contains("line 3"), "{}", e);
+        assert!(e.0[0].message.contains("lisen"), "{}", e);
+    }
+
+    #[test]
+    fn every_problem_is_listed() {
+        let text = r#"
+[server]
+listen = "nowhere"
+[upstream]
+peers = ["127.0.0.1:7070", "x"]
+connect_timeout = "soon"
+[routes]
+preset = "ftp"
+[[routes.rule]]
+methods = ["get"]
+path = "/v1/{*rest}/x"
+action = "read file"
+[log]
+format = "xml"
+"#;
+        let e = load(text, &[]).unwrap_err();
+        let places: Vec<&str> = e.0.iter().map(|p| p.place.as_str()).collect();
+        for want in [
+            "[server] listen",
+            "[upstream] peers[1]",
+            "[upstream] connect_timeout",
+            "[routes] preset",
+            "[[routes.rule]] #1",
+            "[log] format",
+        ] {
+            assert!(
+                places.iter().any(|p| p.ends_with(want)),
+                "missing {want} in {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn environment_overrides_file_and_cli_overrides_environment() {
+        let text =
+            "[database]\nurl = \"sqlite://file.db\"\n[server]\nlisten = \"127.0.0.1:1000\"\n";
+        let c = load(
+            text,
+            &[
+                ("KEYGATE_DATABASE_URL", "sqlite://env.db"),
+                ("KEYGATE_CONFIG", "ignored"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.database.url, "sqlite://env.db");
+        let c = load(
+            "",
+            &[(
+                "KEYGATE_UPSTREAM_PEERS",
+                r#"["127.0.0.1:1", "127.0.0.1:2"]"#,
+            )],
+        )
+        .unwrap();
+        assert_eq!(c.upstream.peers.len(), 2);
+        let o = Overrides {
+            database_url: Some("sqlite://cli.db".into()),
+            ..Overrides::default()
+        };
+        let c = Config::from_toml(
+            text,
+            "t",
+            [(
+                "KEYGATE_DATABASE_URL".to_string(),
+                "sqlite://env.db".to_string(),
+            )],
+            &o,
+        )
+        .unwrap();
+        assert_eq!(c.database.url, "sqlite://cli.db");
+        let e = load("", &[("KEYGATE_SERVER_LISTN", "x")]).unwrap_err();
+        assert!(e.to_string().contains("environment"), "{e}");
+    }
+
+    #[test]
+    fn every_section_can_be_overridden_from_the_environment() {
+        // Each section of the file model, by a key it has; a section missing from SECTIONS
+        // would be silently ignored.
+        let samples = [
+            ("KEYGATE_SERVER_THREADS", "3"),
+            ("KEYGATE_DATABASE_MAX_CONNECTIONS", "4"),
+            ("KEYGATE_UPSTREAM_CONNECT_TIMEOUT", "7s"),
+            ("KEYGATE_ROUTES_PRESET", "webdav"),
+            ("KEYGATE_LOG_FORMAT", "json"),
+            ("KEYGATE_KEYS_MAX_ACTIVE_PER_USER", "3"),
+            ("KEYGATE_AUTH_FAILURES_PER_MINUTE", "9"),
+            ("KEYGATE_CONTROL_OPERATOR_TOKEN", "0123456789abcdef-token"),
+            ("KEYGATE_POLICIES_DIR", "/etc/keygate/policies"),
+            ("KEYGATE_RATE_LIMIT_DEFAULT", "50/10s"),
+            ("KEYGATE_AUDIT_OUTPUT", "off"),
+            ("KEYGATE_TOKENS_ACCESS_TTL", "5m"),
+            ("KEYGATE_SESSIONS_TTL", "1h"),
+        ];
+        assert_eq!(samples.len(), SECTIONS.len());
+        let c = load("", &samples).unwrap();
+        assert_eq!(c.threads, 3);
+        assert_eq!(c.database.max_connections, 4);
+        assert_eq!(c.upstream.connect_timeout, Duration::from_secs(7));
+        assert!(c.routes.routes().iter().any(|r| r.provider.is_some()));
+        assert!(c.log.json);
+        assert_eq!(c.keys.max_active_per_user, 3);
+        assert_eq!(c.auth_failures_per_minute, 9);
+        assert!(c.operator_token.is_some());
+        assert_eq!(c.policy_dir, PathBuf::from("/etc/keygate/policies"));
+        assert_eq!(
+            c.rate_limit.default,
+            Some(crate::ratelimit::Limit {
+                requests: 50,
+                window: Duration::from_secs(10)
+            })
+        );
+        assert_eq!(c.audit.output, crate::audit::AuditOutput::Off);
+        assert_eq!(c.tokens.access_ttl, Duration::from_secs(300));
+        assert_eq!(c.tokens.session_ttl, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn token_settings_are_checked() {
+        let text = r#"
+[tokens]
+leeway = "2m"
+scoped_default_ttl = "400d"
+
+[sessions]
+allowed_origins = ["https://app.example", "app.example/path"]
+
+[[issuers]]
+name = "idp"
+issuer = "https://idp.example"
+audience = "keygate"
+jwks_url = "https://idp.example/jwks.json"
+algorithms = ["HS256"]
+
+[[issuers]]
+name = "both"
+issuer = "https://other.example"
+audience = "keygate"
+jwks_file = "a.json"
+jwks_url = "https://other.example/jwks.json"
+"#;
+        let e = load(text, &[]).unwrap_err().to_string();
+        for needle in [
+            "[tokens] leeway",
+            "[tokens] scoped_default_ttl",
+            "allowed_origins[1]",
+            "'HS256' is not an asymmetric",
+            "needs jwks_file or jwks_url",
+        ] {
+            assert!(e.contains(needle), "{needle} in {e}");
+        }
+        let ok = load(
+            r#"
+[[issuers]]
+name = "idp"
+issuer = "https://idp.example"
+audience = "keygate"
+jwks_file = "jwks.json"
+algorithms = ["RS256", "ES256"]
+user_claim = "preferred_username"
+"#,
+            &[],
+        )
+        .unwrap();
+        assert_eq!(ok.tokens.issuers.len(), 1);
+        assert_eq!(ok.tokens.issuers[0].user_claim, "preferred_username");
+        assert_eq!(ok.tokens.leeway, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn rate_limit_rules_are_checked() {
+        let text = r#"
+[rate_limit]
+default = "1000/min"
+[[rate_limit.rule]]
+name = "uploads"
+action = "upload"
+limit = "60/min"
+[[rate_limit.rule]]
+name = "everyone"
+limit = "5/s"
+[[rate_limit.rule]]
+name = "uploads"
+scope = "write:everything"
+limit = "ten/min"
+[audit]
+allow_sample_rate = 2.0
+"#;
+        let e = load(text, &[]).unwrap_err();
+        let all = e.to_string();
+        for want in [
+            "#2 (everyone): needs at least one of",
+            "#3 (uploads): rule names must be unique",
+            "'write:everything' is not a scope",
+            "'ten/min' is not a limit",
+            "[audit] allow_sample_rate",
+        ] {
+            assert!(all.contains(want), "missing {want} in {all}");
+        }
+        let ok = load(
+            "[rate_limit]\ndefault = \"off\"\n[[rate_limit.rule]]\nname = \"up\"\naction = \"upload\"\nlimit = \"2/s\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(ok.rate_limit.default, None);
+        assert_eq!(ok.rate_limit.rules[0].limit.requests, 2);
+    }
+
+    #[test]
+    fn custom_rules_come_first() {
+        let text = r#"
+[routes]
+preset = "none"
+[[routes.rule]]
+methods = ["PROPFIND"]
+path = "/dav/{*path}"
+provider = "nas"
+action = "listFolder"
+"#;
+        let c = load(text, &[]).unwrap();
+        assert_eq!(c.routes.routes().len(), 1);
+        assert_eq!(c.routes.routes()[0].provider.as_deref(), Some("nas"));
+    }
+}

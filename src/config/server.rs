@@ -1,0 +1,178 @@
+//! `[server]`, `[database]`, `[upstream]` and `[log]`: where keygate listens, what it stores
+//! in, what it forwards to, how it logs.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::check::{address, duration, problem, Problem};
+use super::file::FileConfig;
+use super::{DatabaseConfig, LogConfig, Overrides, UpstreamConfig};
+
+/// The `[server]` section, checked.
+pub(super) struct Listeners {
+    pub listen: SocketAddr,
+    pub control_listen: SocketAddr,
+    pub threads: usize,
+    pub header_timeout: Duration,
+    pub keepalive_timeout: Duration,
+    pub keepalive_requests: u32,
+}
+
+pub(super) fn listeners(
+    file: &FileConfig,
+    overrides: &Overrides,
+    problems: &mut Vec<Problem>,
+) -> Listeners {
+    let s = &file.server;
+    let listen = address(
+        problems,
+        "[server] listen",
+        overrides.listen.as_deref().or(s.listen.as_deref()),
+        "127.0.0.1:8080",
+    );
+    let control_listen = address(
+        problems,
+        "[server] control_listen",
+        overrides
+            .control_listen
+            .as_deref()
+            .or(s.control_listen.as_deref()),
+        "127.0.0.1:9090",
+    );
+    if listen.port() != 0 && listen == control_listen {
+        problem(
+            problems,
+            "[server] control_listen",
+            "must differ from listen",
+        );
+    }
+    let threads = match s.threads {
+        Some(0) => {
+            problem(problems, "[server] threads", "must be at least 1");
+            1
+        }
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(2, |n| n.get()),
+    };
+    let header_timeout = duration(
+        problems,
+        "[server] header_timeout",
+        s.header_timeout.as_deref(),
+        Duration::from_secs(10),
+    );
+    let keepalive_timeout = duration(
+        problems,
+        "[server] keepalive_timeout",
+        s.keepalive_timeout.as_deref(),
+        Duration::from_secs(60),
+    );
+    let keepalive_requests = s.keepalive_requests.unwrap_or(1000);
+    Listeners {
+        listen,
+        control_listen,
+        threads,
+        header_timeout,
+        keepalive_timeout,
+        keepalive_requests,
+    }
+}
+
+pub(super) fn database(
+    file: &FileConfig,
+    overrides: &Overrides,
+    problems: &mut Vec<Problem>,
+) -> DatabaseConfig {
+    let url = overrides
+        .database_url
+        .clone()
+        .or(file.database.url.clone())
+        .unwrap_or_else(|| "sqlite://keygate.db".to_owned());
+    if !(url.starts_with("sqlite:")
+        || url.starts_with("postgres://")
+        || url.starts_with("postgresql://"))
+    {
+        problem(
+            problems,
+            "[database] url",
+            "must start with 'sqlite:' or 'postgres://' (the password, if any, is not shown)",
+        );
+    }
+    DatabaseConfig {
+        url,
+        max_connections: file.database.max_connections.unwrap_or(10).max(1),
+    }
+}
+
+pub(super) fn upstream(
+    file: &FileConfig,
+    overrides: &Overrides,
+    problems: &mut Vec<Problem>,
+) -> UpstreamConfig {
+    let u = &file.upstream;
+    let raw_peers: Vec<String> = if !overrides.peers.is_empty() {
+        overrides.peers.clone()
+    } else {
+        u.peers
+            .clone()
+            .unwrap_or_else(|| vec!["127.0.0.1:7070".to_owned()])
+    };
+    if raw_peers.is_empty() {
+        problem(problems, "[upstream] peers", "needs at least one host:port");
+    }
+    let peers = raw_peers
+        .iter()
+        .enumerate()
+        .map(|(i, p)| address(problems, &format!("[upstream] peers[{i}]"), Some(p), ""))
+        .collect();
+    UpstreamConfig {
+        peers,
+        health_check_interval: duration(
+            problems,
+            "[upstream] health_check_interval",
+            u.health_check_interval.as_deref(),
+            Duration::from_secs(5),
+        ),
+        connect_timeout: duration(
+            problems,
+            "[upstream] connect_timeout",
+            u.connect_timeout.as_deref(),
+            Duration::from_secs(3),
+        ),
+        read_timeout: duration(
+            problems,
+            "[upstream] read_timeout",
+            u.read_timeout.as_deref(),
+            Duration::from_secs(60),
+        ),
+        write_timeout: duration(
+            problems,
+            "[upstream] write_timeout",
+            u.write_timeout.as_deref(),
+            Duration::from_secs(60),
+        ),
+    }
+}
+
+pub(super) fn log(file: &FileConfig, problems: &mut Vec<Problem>) -> LogConfig {
+    let level = file.log.level.clone().unwrap_or_else(|| "info".to_owned());
+    if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+        problem(
+            problems,
+            "[log] level",
+            format!("'{level}' is not a log filter"),
+        );
+    }
+    let json = match file.log.format.as_deref() {
+        None | Some("text") => false,
+        Some("json") => true,
+        Some(other) => {
+            problem(
+                problems,
+                "[log] format",
+                format!("'{other}' is neither 'text' nor 'json'"),
+            );
+            false
+        }
+    };
+    LogConfig { level, json }
+}

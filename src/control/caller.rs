@@ -1,0 +1,62 @@
+//! Who is calling the control plane: the [`Caller`] extractor every authenticated endpoint uses,
+//! and the client's address. The operator token is checked here; every user credential goes
+//! through the same door as on the data plane ([`Identity::authenticate`]), which counts every
+//! failure against the client's address.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
+use subtle::ConstantTimeEq;
+
+use super::ControlState;
+use crate::identity::Presented;
+use crate::manage::{Actor, ManageError};
+
+/// The client's address, when the listener recorded it.
+pub struct ClientAddr(pub Option<IpAddr>);
+
+fn client_addr(parts: &Parts) -> Option<IpAddr> {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<ClientAddr, Self::Rejection> {
+        Ok(ClientAddr(client_addr(parts)))
+    }
+}
+
+/// The authenticated caller: the operator token, or a user through any credential.
+pub struct Caller(pub Actor);
+
+impl FromRequestParts<ControlState> for Caller {
+    type Rejection = ManageError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        st: &ControlState,
+    ) -> Result<Caller, ManageError> {
+        if let (Some(token), Some(value)) = (
+            &st.operator_token,
+            parts.headers.get(http::header::AUTHORIZATION),
+        ) {
+            let presented = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer "));
+            if presented.is_some_and(|p| bool::from(p.trim().as_bytes().ct_eq(token.as_bytes()))) {
+                return Ok(Caller(Actor::Operator));
+            }
+        }
+        let presented = Presented {
+            method: &parts.method,
+            headers: &parts.headers,
+            query: None,
+            client: client_addr(parts),
+        };
+        let principal = st.identity.authenticate(presented).await?;
+        Ok(Caller(Actor::User(principal)))
+    }
+}

@@ -1,0 +1,175 @@
+//! Logins and tokens on the control plane: `/v1/auth/*`, `/v1/me` and the JWKS document.
+//! The rules live in `manage/logins.rs`.
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::caller::{Caller, ClientAddr};
+use super::respond::{body, ok, ok_secret};
+use super::ControlState;
+use crate::clock::{format_time, now_millis};
+use crate::manage::{Actor, Issued, LoginRequest, ManageError, MintRequest};
+
+pub fn routes() -> Router<ControlState> {
+    Router::new()
+        .route("/v1/auth/login", post(login))
+        .route("/v1/auth/refresh", post(refresh))
+        .route("/v1/auth/logout", post(logout))
+        .route("/v1/auth/tokens", get(list).post(mint))
+        .route("/v1/auth/tokens/{id}", delete(revoke))
+        .route("/v1/me", get(me))
+        .route("/.well-known/jwks.json", get(jwks))
+}
+
+/// The `Set-Cookie` of a session: the browser sends it back only over HTTPS, never lets a
+/// script read it, and never attaches it to a request another site starts.
+fn session_cookie(name: &str, value: &str, max_age_secs: u64) -> Option<HeaderValue> {
+    HeaderValue::from_str(&format!(
+        "{name}={value}; Path=/; Max-Age={max_age_secs}; HttpOnly; Secure; SameSite=Strict"
+    ))
+    .ok()
+}
+
+fn issued(st: &ControlState, status: StatusCode, issued: Issued) -> Response {
+    let cookie = issued.session_cookie.as_ref().and_then(|c| {
+        session_cookie(
+            &st.auth.tokens.settings.session_cookie,
+            &c.secret,
+            c.max_age.as_secs(),
+        )
+    });
+    let mut response = ok_secret(status, &issued);
+    if let Some(cookie) = cookie {
+        response.headers_mut().insert(header::SET_COOKIE, cookie);
+    }
+    response
+}
+
+async fn login(
+    State(st): State<ControlState>,
+    ClientAddr(addr): ClientAddr,
+    raw: axum::body::Bytes,
+) -> Result<Response, ManageError> {
+    let req: LoginRequest = body(&raw)?;
+    let done = st.auth.login(req, addr).await?;
+    Ok(issued(&st, StatusCode::OK, done))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RefreshRequest {
+    refresh_token: String,
+}
+
+async fn refresh(
+    State(st): State<ControlState>,
+    ClientAddr(addr): ClientAddr,
+    raw: axum::body::Bytes,
+) -> Result<Response, ManageError> {
+    let req: RefreshRequest = body(&raw)?;
+    let done = st.auth.refresh(&req.refresh_token, addr).await?;
+    Ok(issued(&st, StatusCode::OK, done))
+}
+
+async fn logout(
+    State(st): State<ControlState>,
+    Caller(actor): Caller,
+    headers: HeaderMap,
+) -> Result<Response, ManageError> {
+    let Actor::User(p) = &actor else {
+        return Err(ManageError::BadRequest(
+            "the operator token is not a login".to_owned(),
+        ));
+    };
+    st.auth.logout(p).await?;
+    let mut response = ok(StatusCode::OK, json!({"loggedOut": true}));
+    let name = &st.auth.tokens.settings.session_cookie;
+    let sent_cookie = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|v| v.contains(name.as_str())));
+    if sent_cookie {
+        if let Some(expired) = session_cookie(name, "", 0) {
+            response.headers_mut().insert(header::SET_COOKIE, expired);
+        }
+    }
+    Ok(response)
+}
+
+async fn list(
+    State(st): State<ControlState>,
+    Caller(actor): Caller,
+) -> Result<Response, ManageError> {
+    Ok(ok(StatusCode::OK, st.auth.list(&actor).await?))
+}
+
+async fn mint(
+    State(st): State<ControlState>,
+    Caller(actor): Caller,
+    raw: axum::body::Bytes,
+) -> Result<Response, ManageError> {
+    let req: MintRequest = body(&raw)?;
+    let minted = st.auth.mint(&actor, req).await?;
+    Ok(ok_secret(StatusCode::CREATED, minted))
+}
+
+async fn revoke(
+    State(st): State<ControlState>,
+    Caller(actor): Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ManageError> {
+    Ok(ok(StatusCode::OK, st.auth.revoke(&actor, &id).await?))
+}
+
+/// Who is calling: the user, the workspace and role the credential acts in, the credential.
+async fn me(
+    State(st): State<ControlState>,
+    Caller(actor): Caller,
+) -> Result<Response, ManageError> {
+    let Actor::User(p) = &actor else {
+        return Ok(ok(
+            StatusCode::OK,
+            json!({"operator": true, "credential": {"type": "operator"}}),
+        ));
+    };
+    let memberships = st
+        .store
+        .memberships(&p.user_id)
+        .await
+        .map_err(ManageError::from)?;
+    let kind = p.kind.as_str();
+    let expires_in = p.expires_at.map(|e| (e - now_millis()).max(0) / 1000);
+    Ok(ok(
+        StatusCode::OK,
+        json!({
+            "user": {"id": p.user_id, "email": p.user_email},
+            "workspace": p.workspace,
+            "role": p.role.map(|r| r.as_str()),
+            "credential": {
+                "type": kind,
+                "id": p.key_id,
+                "scopes": p.scopes,
+                "providers": p.grants,
+                "expiresAt": p.expires_at.map(format_time),
+                "expiresIn": expires_in,
+            },
+            "memberships": memberships.iter().map(|(_, name, role)| json!({"workspace": name, "role": role.as_str()})).collect::<Vec<_>>(),
+        }),
+    ))
+}
+
+async fn jwks(State(st): State<ControlState>) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "application/jwk-set+json"),
+            (header::CACHE_CONTROL, "public, max-age=300"),
+        ],
+        Json(st.auth.tokens.jwks()),
+    )
+        .into_response()
+}

@@ -1,0 +1,464 @@
+//! Stage 2, credentials: request headers (and query) → [`Credentials`]. Pure: no I/O, and the
+//! credential itself never goes into an error message or a log line.
+
+use http::header::{self, HeaderMap};
+
+use crate::model::KeyStyle;
+use crate::refusal::{AuthFailure, Refusal};
+
+/// What the client presented.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Credentials {
+    /// An API key, from `Authorization: Bearer` or `X-API-Key`.
+    ApiKey(String),
+    /// A JWT (keygate's or an external issuer's), from `Authorization: Bearer`.
+    Jwt(String),
+    /// A browser session, from the session cookie (only when no header credential is sent).
+    Session(String),
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credentials::ApiKey(_) => f.write_str("ApiKey(…)"),
+            Credentials::Jwt(_) => f.write_str("Jwt(…)"),
+            Credentials::Session(_) => f.write_str("Session(…)"),
+        }
+    }
+}
+
+/// Where the credentials of a request are looked for.
+#[derive(Debug, Clone, Default)]
+pub struct CredentialRules {
+    pub style: KeyStyle,
+    /// The session cookie's name; `None`: cookies are not credentials.
+    pub session_cookie: Option<String>,
+    /// Origins allowed to send state-changing requests with the session cookie; empty: the
+    /// request's own (its `Host`).
+    pub allowed_origins: Vec<String>,
+}
+
+/// The CSRF token of a session: derived from its secret under the pepper, so it needs no
+/// storage and cannot be computed without the cookie (which scripts of other sites never see).
+pub fn csrf_token(pepper: &crate::model::Pepper, session_secret: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(pepper.hash(&format!("csrf\0{session_secret}")))
+}
+
+/// A state-changing request that authenticates with the session cookie must come from an
+/// allowed origin (`Origin`, or `Referer` when a browser leaves `Origin` out) and carry the
+/// session's CSRF token in `X-CSRF-Token`. Refused with 403 (`restriction: csrf`) otherwise.
+pub fn check_csrf(
+    method: &http::Method,
+    headers: &HeaderMap,
+    session_secret: &str,
+    rules: &CredentialRules,
+    pepper: &crate::model::Pepper,
+) -> Result<(), Refusal> {
+    use subtle::ConstantTimeEq;
+    if matches!(
+        *method,
+        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+    ) {
+        return Ok(());
+    }
+    let refuse = || {
+        let mut details = serde_json::Map::new();
+        details.insert("restriction".into(), "csrf".into());
+        Refusal::Forbidden(details)
+    };
+    let origin = headers
+        .get(header::ORIGIN)
+        .or_else(|| headers.get(header::REFERER))
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| http::Uri::try_from(v).ok())
+        .and_then(|u| {
+            Some((
+                u.scheme_str()?.to_ascii_lowercase(),
+                u.authority()?.as_str().to_ascii_lowercase(),
+            ))
+        })
+        .ok_or_else(refuse)?;
+    let allowed = if rules.allowed_origins.is_empty() {
+        headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .is_some_and(|host| host.eq_ignore_ascii_case(&origin.1))
+    } else {
+        let presented = format!("{}://{}", origin.0, origin.1);
+        rules
+            .allowed_origins
+            .iter()
+            .any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(&presented))
+    };
+    if !allowed {
+        return Err(refuse());
+    }
+    let expected = csrf_token(pepper, session_secret);
+    let presented = headers
+        .get("x-csrf-token")
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    if bool::from(presented.ct_eq(expected.as_bytes())) {
+        Ok(())
+    } else {
+        Err(refuse())
+    }
+}
+
+/// Three base64url parts, the first a JSON object (`eyJ`): the shape of a compact JWS.
+pub fn looks_like_jwt(s: &str) -> bool {
+    let mut parts = 0;
+    for part in s.split('.') {
+        parts += 1;
+        if parts > 3
+            || !part
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return false;
+        }
+    }
+    parts == 3 && s.starts_with("eyJ")
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers. A cookie sent twice is
+/// ambiguous and refused.
+fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, Refusal> {
+    let mut found = None;
+    for value in headers.get_all(header::COOKIE) {
+        let Ok(value) = value.to_str() else { continue };
+        for pair in value.split(';') {
+            let (n, v) = pair.split_once('=').unwrap_or((pair, ""));
+            if n.trim() == name {
+                if found.is_some() {
+                    return Err(Refusal::bad_request(
+                        "the request carries the session cookie twice",
+                    ));
+                }
+                found = Some(v.trim().trim_matches('"'));
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Query parameter names that carry credentials in other products.
+const QUERY_CREDENTIALS: &[&str] = &[
+    "api_key",
+    "apikey",
+    "api-key",
+    "key",
+    "token",
+    "access_token",
+    "x-api-key",
+    "auth",
+];
+
+/// Reads the credential of a request.
+pub fn credentials(
+    headers: &HeaderMap,
+    query: Option<&str>,
+    rules: &CredentialRules,
+) -> Result<Credentials, Refusal> {
+    let style = &rules.style;
+    if let Some(q) = query {
+        if query_has_credential(q, style) {
+            return Err(Refusal::bad_request(
+                "credentials are not accepted in the query string; send them in a header",
+            ));
+        }
+    }
+    let mut authz = headers.get_all(header::AUTHORIZATION).iter();
+    let bearer = match (authz.next(), authz.next()) {
+        (None, _) => None,
+        (Some(_), Some(_)) => {
+            return Err(Refusal::bad_request(
+                "the request has more than one Authorization header",
+            ))
+        }
+        (Some(v), None) => Some(bearer_token(v.as_bytes())?),
+    };
+    let mut api = headers.get_all("x-api-key").iter();
+    let api_key = match (api.next(), api.next()) {
+        (None, _) => None,
+        (Some(_), Some(_)) => {
+            return Err(Refusal::bad_request(
+                "the request has more than one X-API-Key header",
+            ))
+        }
+        (Some(v), None) => Some(
+            std::str::from_utf8(v.as_bytes())
+                .map(str::trim)
+                .map_err(|_| Refusal::Unauthorized(AuthFailure::Malformed))?
+                .to_owned(),
+        ),
+    };
+    let token = match (bearer, api_key) {
+        (None, None) => {
+            let session = match &rules.session_cookie {
+                Some(name) => cookie(headers, name)?,
+                None => None,
+            };
+            return match session {
+                Some(s) if !s.is_empty() => Ok(Credentials::Session(s.to_owned())),
+                Some(_) => Err(Refusal::Unauthorized(AuthFailure::Malformed)),
+                None => Err(Refusal::Unauthorized(AuthFailure::Missing)),
+            };
+        }
+        (Some(a), Some(b)) if a != b => {
+            return Err(Refusal::bad_request(
+                "the request carries two different credentials",
+            ))
+        }
+        (Some(a), _) | (None, Some(a)) => a,
+    };
+    if token.is_empty() {
+        return Err(Refusal::Unauthorized(AuthFailure::Missing));
+    }
+    if style.looks_like_key(&token) {
+        Ok(Credentials::ApiKey(token))
+    } else if looks_like_jwt(&token) {
+        Ok(Credentials::Jwt(token))
+    } else {
+        Err(Refusal::Unauthorized(AuthFailure::Malformed))
+    }
+}
+
+/// `Bearer <token>`, the scheme name in any case.
+fn bearer_token(value: &[u8]) -> Result<String, Refusal> {
+    let malformed = || Refusal::Unauthorized(AuthFailure::Malformed);
+    let value = std::str::from_utf8(value).map_err(|_| malformed())?.trim();
+    let (scheme, token) = value.split_once(' ').ok_or_else(malformed)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(malformed());
+    }
+    let token = token.trim();
+    if token.is_empty() || token.contains(char::is_whitespace) {
+        return Err(malformed());
+    }
+    Ok(token.to_owned())
+}
+
+fn query_has_credential(query: &str, style: &KeyStyle) -> bool {
+    query.split('&').any(|pair| {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let name = name.to_ascii_lowercase();
+        QUERY_CREDENTIALS.contains(&name.as_str())
+            || style.looks_like_key(value)
+            || looks_like_jwt(value)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        m
+    }
+
+    fn read(pairs: &[(&str, &str)], q: Option<&str>) -> Result<Credentials, Refusal> {
+        let rules = CredentialRules {
+            style: KeyStyle::default(),
+            session_cookie: Some("sid".to_owned()),
+            allowed_origins: Vec::new(),
+        };
+        credentials(&h(pairs), q, &rules)
+    }
+
+    const JWT: &str = "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJ1In0.c2lnbmF0dXJl";
+
+    #[test]
+    fn jwts_and_session_cookies() {
+        assert_eq!(
+            read(&[("authorization", &format!("Bearer {JWT}"))], None),
+            Ok(Credentials::Jwt(JWT.into()))
+        );
+        assert_eq!(
+            read(&[("cookie", "theme=dark; sid=abc123; x=1")], None),
+            Ok(Credentials::Session("abc123".into()))
+        );
+        // A header credential wins over the cookie a browser adds on its own.
+        assert_eq!(
+            read(&[("cookie", "sid=abc123"), ("x-api-key", "kg_abc")], None),
+            Ok(Credentials::ApiKey("kg_abc".into()))
+        );
+        assert!(matches!(
+            read(&[("cookie", "sid=a"), ("cookie", "sid=b")], None),
+            Err(Refusal::BadRequest(_))
+        ));
+        assert_eq!(
+            read(&[("cookie", "sid=")], None),
+            Err(Refusal::Unauthorized(AuthFailure::Malformed))
+        );
+        assert_eq!(
+            read(&[("cookie", "other=1")], None),
+            Err(Refusal::Unauthorized(AuthFailure::Missing))
+        );
+        assert!(matches!(
+            read(&[], Some(&format!("t={JWT}"))),
+            Err(Refusal::BadRequest(_))
+        ));
+        assert!(!looks_like_jwt("eyJa.b"));
+        assert!(!looks_like_jwt("eyJa.b.c.d"));
+        assert!(!looks_like_jwt("abc.def.ghi"));
+        assert!(!looks_like_jwt("eyJa.b c.d"));
+    }
+
+    #[test]
+    fn both_headers_and_any_scheme_case() {
+        let k = "kg_abc";
+        assert_eq!(
+            read(&[("authorization", "Bearer kg_abc")], None),
+            Ok(Credentials::ApiKey(k.into()))
+        );
+        assert_eq!(
+            read(&[("authorization", "bEaReR   kg_abc ")], None),
+            Ok(Credentials::ApiKey(k.into()))
+        );
+        assert_eq!(
+            read(&[("x-api-key", "kg_abc")], None),
+            Ok(Credentials::ApiKey(k.into()))
+        );
+        assert_eq!(
+            read(
+                &[("x-api-key", "kg_abc"), ("authorization", "Bearer kg_abc")],
+                None
+            ),
+            Ok(Credentials::ApiKey(k.into()))
+        );
+    }
+
+    #[test]
+    fn refusals() {
+        let unauth = |f| Err(Refusal::Unauthorized(f));
+        assert_eq!(read(&[], None), unauth(AuthFailure::Missing));
+        assert_eq!(
+            read(&[("authorization", "Basic a2c6eA==")], None),
+            unauth(AuthFailure::Malformed)
+        );
+        assert_eq!(
+            read(&[("authorization", "Bearer")], None),
+            unauth(AuthFailure::Malformed)
+        );
+        assert_eq!(
+            read(&[("authorization", "Bearer a b")], None),
+            unauth(AuthFailure::Malformed)
+        );
+        assert_eq!(
+            read(&[("x-api-key", "not-a-key")], None),
+            unauth(AuthFailure::Malformed)
+        );
+        for bad in [
+            read(
+                &[("x-api-key", "kg_a"), ("authorization", "Bearer kg_b")],
+                None,
+            ),
+            read(&[("x-api-key", "kg_a"), ("x-api-key", "kg_a")], None),
+            read(
+                &[
+                    ("authorization", "Bearer kg_a"),
+                    ("authorization", "Bearer kg_a"),
+                ],
+                None,
+            ),
+            read(&[("x-api-key", "kg_a")], Some("api_key=kg_a")),
+            read(&[], Some("x=1&TOKEN=abc")),
+            read(&[], Some("q=drv_0123")),
+        ] {
+            assert!(matches!(bad, Err(Refusal::BadRequest(_))), "{bad:?}");
+        }
+        assert!(read(&[("x-api-key", "kg_a")], Some("q=report&page=2")).is_ok());
+    }
+
+    #[test]
+    fn csrf_needs_an_allowed_origin_and_the_session_token() {
+        let pepper = crate::model::Pepper::new(&[7u8; 32]).unwrap();
+        let token = csrf_token(&pepper, "secret");
+        let mut rules = CredentialRules::default();
+        let check = |m: http::Method, pairs: &[(&str, &str)], rules: &CredentialRules| {
+            check_csrf(&m, &h(pairs), "secret", rules, &pepper)
+        };
+        let post = http::Method::POST;
+        let same = [
+            ("host", "files.example:8080"),
+            ("origin", "https://files.example:8080"),
+            ("x-csrf-token", token.as_str()),
+        ];
+        assert_eq!(check(post.clone(), &same, &rules), Ok(()));
+        assert_eq!(check(http::Method::GET, &[], &rules), Ok(()));
+        let refused = |r: Result<(), Refusal>| matches!(r, Err(Refusal::Forbidden(d)) if d["restriction"] == "csrf");
+        // Another site, no origin at all, a missing or wrong token.
+        assert!(refused(check(
+            post.clone(),
+            &[
+                ("host", "files.example:8080"),
+                ("origin", "https://evil.example"),
+                ("x-csrf-token", &token)
+            ],
+            &rules
+        )));
+        assert!(refused(check(
+            post.clone(),
+            &[("host", "files.example:8080"), ("x-csrf-token", &token)],
+            &rules
+        )));
+        assert!(refused(check(post.clone(), &same[..2], &rules)));
+        assert!(refused(check(
+            http::Method::DELETE,
+            &[same[0], same[1], ("x-csrf-token", "forged")],
+            &rules
+        )));
+        assert!(refused(check(
+            post.clone(),
+            &[same[0], ("origin", "null"), same[2]],
+            &rules
+        )));
+        // A Referer stands in for a missing Origin.
+        assert_eq!(
+            check(
+                post.clone(),
+                &[
+                    same[0],
+                    ("referer", "https://files.example:8080/app/x"),
+                    same[2]
+                ],
+                &rules
+            ),
+            Ok(())
+        );
+        // Configured origins replace the same-origin rule.
+        rules.allowed_origins = vec!["https://app.example".to_owned()];
+        assert!(refused(check(post.clone(), &same, &rules)));
+        assert_eq!(
+            check(
+                post,
+                &[same[0], ("origin", "https://app.example"), same[2]],
+                &rules
+            ),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn debug_never_shows_the_secret() {
+        assert_eq!(
+            format!("{:?}", Credentials::ApiKey("kg_secret".into())),
+            "ApiKey(…)"
+        );
+        assert_eq!(format!("{:?}", Credentials::Jwt(JWT.into())), "Jwt(…)");
+        assert_eq!(
+            format!("{:?}", Credentials::Session("s".into())),
+            "Session(…)"
+        );
+    }
+}

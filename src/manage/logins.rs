@@ -1,0 +1,742 @@
+//! Logins and the tokens they issue: password login (mobile JWT, access + refresh tokens, or a
+//! browser session), refresh with rotation and reuse detection, logout, the signed-in devices
+//! and their remote revoke, and scoped tokens. One implementation behind the control plane.
+//!
+//! Passwords are verified with argon2id on the blocking pool, at most `password_workers` at
+//! once; failed logins are limited per account and per client address, and an unknown email
+//! costs the same verification as a known one.
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use argon2::{Argon2, PasswordHash, PasswordVerifier};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use governor::Quota;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+
+use super::{Actor, KeyManager, ManageError};
+use crate::clock::{format_time, millis as ms, now_millis, parse_time};
+use crate::identity::credentials::csrf_token;
+use crate::identity::jwt::{JwtKind, Tokens};
+use crate::identity::Identity;
+use crate::model::{self, Grant, Pepper};
+use crate::principal::{Principal, PrincipalKind};
+use crate::ratelimit::failures::FailureLimiter;
+use crate::refusal::{AuthFailure, Refusal};
+use crate::store::{Exchange, NewToken, Store, StoreError, TokenKind, TokenRecord};
+use crate::telemetry::Metrics;
+
+fn bad_request(m: impl Into<String>) -> ManageError {
+    ManageError::BadRequest(m.into())
+}
+
+/// What a login returns, by the client's choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LoginType {
+    /// A 30-day JWT recorded as a signed-in device.
+    #[default]
+    Mobile,
+    /// A 10-minute access JWT and a refresh token.
+    Access,
+    /// A session cookie for the browser.
+    Session,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LoginRequest {
+    pub email: String,
+    pub password: String,
+    #[serde(default, rename = "type")]
+    pub kind: LoginType,
+    /// The workspace to act in; may be left out when the user belongs to exactly one.
+    #[serde(default)]
+    pub workspace: Option<String>,
+    /// What the client calls itself ("Ada's phone"); shown in the device list.
+    #[serde(default)]
+    pub device: Option<String>,
+}
+
+/// A login's result; the secrets in it are shown this once.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Issued {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub token_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+    /// Seconds the token (or access token) lives.
+    pub expires_in: i64,
+    pub expires_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_expires_at: Option<String>,
+    /// Sessions: send it back in `X-CSRF-Token` with every state-changing request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub csrf_token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_type: Option<&'static str>,
+    pub user: UserView,
+    #[serde(skip)]
+    pub session_cookie: Option<SessionCookie>,
+}
+
+/// The cookie a session login sets.
+#[derive(Debug, Clone)]
+pub struct SessionCookie {
+    pub secret: String,
+    pub max_age: Duration,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserView {
+    pub id: String,
+    pub email: String,
+    pub workspace: String,
+    pub role: Option<&'static str>,
+}
+
+/// A signed-in device, session or scoped token as listed: never its secret.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenView {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: TokenKind,
+    pub label: Option<String>,
+    pub workspace: String,
+    pub created_at: String,
+    pub last_used_at: Option<String>,
+    pub expires_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub providers: Option<Vec<Grant>>,
+    /// The login this request is made with.
+    pub current: bool,
+}
+
+/// The body of `POST /v1/auth/tokens`: a scoped token (Drivly style).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MintRequest {
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `files.read`, `files.write`, ... or keygate scopes (`read`, `files:read`, ...).
+    pub permissions: Vec<String>,
+    /// `10m`, `1h`, `30d`, ... (default one year, at most `[tokens] scoped_max_ttl`).
+    #[serde(default)]
+    pub expires_in: Option<String>,
+    /// An RFC 3339 time or a date.
+    #[serde(default)]
+    pub expires_at: Option<String>,
+    /// Absent: every provider the user's workspace has.
+    #[serde(default)]
+    pub providers: Option<Vec<Grant>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Minted {
+    pub token: String,
+    #[serde(flatten)]
+    pub view: TokenView,
+}
+
+/// Turns a permission into keygate scopes. `<thing>.read` grants GET, `<thing>.write` grants
+/// POST, PUT and DELETE (the Drivly convention); keygate's own scope names pass as they are.
+pub fn permission_scopes(permission: &str) -> Result<Vec<&'static str>, String> {
+    let p = permission.trim();
+    if let Some(known) = model::SCOPES.iter().find(|s| **s == p) {
+        return Ok(vec![known]);
+    }
+    Ok(match p {
+        "files.read" => vec!["files:read"],
+        "files.write" => vec!["files:write", "files:delete"],
+        "folders.read" => vec!["folders:read"],
+        "folders.write" => vec!["folders:write"],
+        "search.read" => vec!["search:read"],
+        "trash.read" => vec!["trash:read"],
+        "trash.write" => vec!["trash:write"],
+        "storage.read" | "*.read" => vec!["read"],
+        "storage.write" | "*.write" => vec!["write"],
+        _ => {
+            return Err(format!(
+                "'{p}' is not a permission (files.read, files.write, folders.read, folders.write, \
+                 search.read, trash.read, trash.write, storage.read, storage.write, or a scope: {})",
+                model::SCOPES.join(", ")
+            ))
+        }
+    })
+}
+
+pub struct Auth {
+    store: Store,
+    pepper: Pepper,
+    pub tokens: Arc<Tokens>,
+    identity: Arc<Identity>,
+    keys: Arc<KeyManager>,
+    metrics: Arc<Metrics>,
+    workers: Arc<Semaphore>,
+    per_account: FailureLimiter<String>,
+    per_address: FailureLimiter<IpAddr>,
+    /// A hash verified when the email is unknown, so that both cost the same.
+    decoy: String,
+}
+
+/// Longest a login waits for a password worker before it is answered 503.
+const WORKER_WAIT: Duration = Duration::from_secs(10);
+
+fn random_secret(prefix: &str) -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    format!("{prefix}_{}", URL_SAFE_NO_PAD.encode(bytes))
+}
+
+fn label(device: Option<&str>) -> Result<Option<String>, ManageError> {
+    match device.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(d) if d.chars().count() <= 100 && !d.chars().any(char::is_control) => {
+            Ok(Some(d.to_owned()))
+        }
+        Some(_) => Err(bad_request(
+            "a device or token name has at most 100 printable characters",
+        )),
+    }
+}
+
+impl Auth {
+    pub fn new(
+        store: Store,
+        pepper: Pepper,
+        tokens: Arc<Tokens>,
+        identity: Arc<Identity>,
+        keys: Arc<KeyManager>,
+        metrics: Arc<Metrics>,
+    ) -> Auth {
+        let s = &tokens.settings;
+        let n = |v: u32| NonZeroU32::new(v).unwrap_or(NonZeroU32::MIN);
+        // n failures in the window lock an account (or an address): the nth is the last one
+        // verified, the attempts after it are answered 429 until the quota refills.
+        let burst = |v: u32| n(v.saturating_sub(1).max(1));
+        let per_account =
+            Quota::with_period(Duration::from_secs(900) / s.login_failures_per_account.max(1))
+                .unwrap_or_else(|| Quota::per_minute(NonZeroU32::MIN))
+                .allow_burst(burst(s.login_failures_per_account));
+        let per_address =
+            Quota::with_period(Duration::from_secs(60) / s.login_failures_per_address.max(1))
+                .unwrap_or_else(|| Quota::per_minute(NonZeroU32::MIN))
+                .allow_burst(burst(s.login_failures_per_address));
+        let decoy = {
+            use argon2::password_hash::{rand_core::OsRng, PasswordHasher, SaltString};
+            Argon2::default()
+                .hash_password(b"keygate decoy password", &SaltString::generate(&mut OsRng))
+                .map(|h| h.to_string())
+                .unwrap_or_default()
+        };
+        Auth {
+            workers: Arc::new(Semaphore::new(s.password_workers.max(1))),
+            per_account: FailureLimiter::new(per_account),
+            per_address: FailureLimiter::new(per_address),
+            store,
+            pepper,
+            tokens,
+            identity,
+            keys,
+            metrics,
+            decoy,
+        }
+    }
+
+    /// Verifies a password against a PHC hash on the blocking pool, at most
+    /// `password_workers` at once.
+    async fn verify_password(&self, hash: String, password: String) -> Result<bool, Refusal> {
+        let busy = || Refusal::Unavailable("too many logins at once; try again".into());
+        let permit = tokio::time::timeout(WORKER_WAIT, self.workers.clone().acquire_owned())
+            .await
+            .map_err(|_| busy())?
+            .map_err(|_| busy())?;
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            PasswordHash::new(&hash)
+                .map(|h| {
+                    Argon2::default()
+                        .verify_password(password.as_bytes(), &h)
+                        .is_ok()
+                })
+                .unwrap_or(false)
+        })
+        .await
+        .map_err(|_| busy())
+    }
+
+    fn login_failed(&self, addr: Option<IpAddr>, account: &str) -> Refusal {
+        self.metrics
+            .auth_failures
+            .with_label_values(&[AuthFailure::Unknown.as_str()])
+            .inc();
+        self.metrics.logins.with_label_values(&["failed"]).inc();
+        if let Some(a) = addr {
+            self.per_address.fail(&a);
+        }
+        self.per_account.fail(&account.to_owned());
+        Refusal::Unauthorized(AuthFailure::Unknown)
+    }
+
+    /// `POST /v1/auth/login`.
+    pub async fn login(
+        &self,
+        req: LoginRequest,
+        addr: Option<IpAddr>,
+    ) -> Result<Issued, ManageError> {
+        let account = req.email.trim().to_lowercase();
+        let limited = |r: Refusal| {
+            self.metrics.logins.with_label_values(&["limited"]).inc();
+            r
+        };
+        if let Some(a) = addr {
+            self.per_address.check(&a).map_err(limited)?;
+        }
+        self.per_account.check(&account).map_err(limited)?;
+        let device = label(req.device.as_deref())?;
+        let user = match self.store.user_by_email(&account).await {
+            Ok(u) => Some(u),
+            Err(StoreError::NotFound(_) | StoreError::Invalid(_)) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let hash = match &user {
+            Some(u) => self.store.password_hash(&u.id).await?,
+            None => self.decoy.clone(),
+        };
+        let verified = self.verify_password(hash, req.password).await?;
+        let Some(user) = user.filter(|_| verified) else {
+            return Err(self.login_failed(addr, &account).into());
+        };
+        let memberships = self.store.memberships(&user.id).await?;
+        let (workspace_id, workspace, role) = match &req.workspace {
+            Some(ws) => memberships
+                .iter()
+                .find(|(_, n, _)| n == ws)
+                .cloned()
+                .ok_or_else(|| {
+                    ManageError::Forbidden(format!(
+                        "{} is not a member of workspace '{ws}'",
+                        user.email
+                    ))
+                })?,
+            None => match memberships.as_slice() {
+                [one] => one.clone(),
+                [] => {
+                    return Err(ManageError::Forbidden(format!(
+                        "{} is not a member of any workspace",
+                        user.email
+                    )))
+                }
+                _ => {
+                    return Err(bad_request(format!(
+                        "{} belongs to several workspaces: name one (workspace)",
+                        user.email
+                    )))
+                }
+            },
+        };
+        let user_view = UserView {
+            id: user.id.clone(),
+            email: user.email.clone(),
+            workspace,
+            role: Some(role.as_str()),
+        };
+        let settings = &self.tokens.settings;
+        let now = now_millis();
+        let row = |kind, ttl: Duration, family: Option<String>, secret: Option<&str>| NewToken {
+            id: None,
+            kind,
+            family_id: family,
+            user_id: user.id.clone(),
+            workspace_id: workspace_id.clone(),
+            label: device.clone(),
+            secret_hash: secret.map(|s| self.pepper.hash_hex(s)),
+            scopes: None,
+            grants: None,
+            expires_at: now + ms(ttl),
+        };
+        let issued = match req.kind {
+            LoginType::Mobile => {
+                let r = self
+                    .store
+                    .insert_token(&row(TokenKind::Mobile, settings.mobile_ttl, None, None))
+                    .await?;
+                let token = self.sign(JwtKind::Mobile, &r)?;
+                Issued {
+                    kind: "mobile",
+                    token_id: r.id,
+                    token: Some(token),
+                    access_token: None,
+                    refresh_token: None,
+                    expires_in: settings.mobile_ttl.as_secs() as i64,
+                    expires_at: format_time(r.expires_at),
+                    refresh_expires_at: None,
+                    csrf_token: None,
+                    token_type: Some("Bearer"),
+                    user: user_view,
+                    session_cookie: None,
+                }
+            }
+            LoginType::Access => {
+                let secret = random_secret("kgr");
+                let refresh = self
+                    .store
+                    .insert_token(&row(
+                        TokenKind::Refresh,
+                        settings.refresh_ttl,
+                        None,
+                        Some(&secret),
+                    ))
+                    .await?;
+                let access = self
+                    .store
+                    .insert_token(&row(
+                        TokenKind::Access,
+                        settings.access_ttl,
+                        Some(refresh.family_id.clone()),
+                        None,
+                    ))
+                    .await?;
+                self.pair(access, refresh, secret, user_view)?
+            }
+            LoginType::Session => {
+                let secret = random_secret("kgs");
+                let r = self
+                    .store
+                    .insert_token(&row(
+                        TokenKind::Session,
+                        settings.session_ttl,
+                        None,
+                        Some(&secret),
+                    ))
+                    .await?;
+                Issued {
+                    kind: "session",
+                    token_id: r.id,
+                    token: None,
+                    access_token: None,
+                    refresh_token: None,
+                    expires_in: settings.session_ttl.as_secs() as i64,
+                    expires_at: format_time(r.expires_at),
+                    refresh_expires_at: None,
+                    csrf_token: Some(csrf_token(&self.pepper, &secret)),
+                    token_type: None,
+                    user: user_view,
+                    session_cookie: Some(SessionCookie {
+                        secret,
+                        max_age: settings.session_ttl,
+                    }),
+                }
+            }
+        };
+        self.metrics.logins.with_label_values(&["ok"]).inc();
+        tracing::info!(user = %user.id, kind = issued.kind, token = %issued.token_id, "login");
+        Ok(issued)
+    }
+
+    fn sign(&self, kind: JwtKind, r: &TokenRecord) -> Result<String, ManageError> {
+        let mut claims = self.tokens.claims(
+            kind,
+            &r.id,
+            &r.user_id,
+            &r.user_email,
+            &r.workspace_id,
+            r.expires_at,
+        );
+        claims.scopes = r.scopes.clone();
+        claims.providers = r.grants.clone();
+        Ok(self.tokens.sign(&claims)?)
+    }
+
+    fn pair(
+        &self,
+        access: TokenRecord,
+        refresh: TokenRecord,
+        secret: String,
+        user: UserView,
+    ) -> Result<Issued, ManageError> {
+        let token = self.sign(JwtKind::Access, &access)?;
+        Ok(Issued {
+            kind: "access",
+            token_id: access.id.clone(),
+            token: None,
+            access_token: Some(token),
+            refresh_token: Some(secret),
+            expires_in: self.tokens.settings.access_ttl.as_secs() as i64,
+            expires_at: format_time(access.expires_at),
+            refresh_expires_at: Some(format_time(refresh.expires_at)),
+            csrf_token: None,
+            token_type: Some("Bearer"),
+            user,
+            session_cookie: None,
+        })
+    }
+
+    /// `POST /v1/auth/refresh`: a new access token and a new refresh token for one that has
+    /// not been used. A refresh token presented a second time revokes its whole family: it
+    /// was stolen, or the client that holds the newer one was.
+    pub async fn refresh(&self, token: &str, addr: Option<IpAddr>) -> Result<Issued, ManageError> {
+        self.identity.gate().check(addr)?;
+        let refuse = |f: AuthFailure| {
+            self.identity.gate().record_failure(addr, f);
+            ManageError::Refused(Refusal::Unauthorized(f))
+        };
+        let hex = self.pepper.hash_hex(token.trim());
+        let Some((old, stored)) = self.store.token_by_secret(&hex).await? else {
+            return Err(refuse(AuthFailure::Unknown));
+        };
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(
+            stored.as_bytes(),
+            hex.as_bytes(),
+        )) || old.kind != TokenKind::Refresh
+        {
+            return Err(refuse(AuthFailure::Unknown));
+        }
+        let settings = &self.tokens.settings;
+        let now = now_millis();
+        let secret = random_secret("kgr");
+        let next = |kind, ttl: Duration, secret: Option<&str>| NewToken {
+            id: None,
+            kind,
+            family_id: Some(old.family_id.clone()),
+            user_id: old.user_id.clone(),
+            workspace_id: old.workspace_id.clone(),
+            label: old.label.clone(),
+            secret_hash: secret.map(|s| self.pepper.hash_hex(s)),
+            scopes: None,
+            grants: None,
+            expires_at: now + ms(ttl),
+        };
+        let exchange = self
+            .store
+            .exchange_refresh(
+                &old.id,
+                &next(TokenKind::Access, settings.access_ttl, None),
+                &next(TokenKind::Refresh, settings.refresh_ttl, Some(&secret)),
+            )
+            .await?;
+        match exchange {
+            Exchange::Rotated { access, refresh } => {
+                self.metrics.logins.with_label_values(&["refreshed"]).inc();
+                let user = UserView {
+                    id: access.user_id.clone(),
+                    email: access.user_email.clone(),
+                    workspace: access.workspace.clone(),
+                    role: access.role.map(|r| r.as_str()),
+                };
+                self.pair(*access, *refresh, secret, user)
+            }
+            Exchange::Reused { revoked } => {
+                self.identity.observe_all(&revoked);
+                self.metrics
+                    .logins
+                    .with_label_values(&["reuse_detected"])
+                    .inc();
+                tracing::warn!(family = %old.family_id, user = %old.user_id, "a used refresh token was presented again; its whole family is revoked");
+                Err(refuse(AuthFailure::Revoked))
+            }
+            Exchange::Refused if old.revoked_at.is_none() && old.expires_at <= now => {
+                Err(refuse(AuthFailure::Expired))
+            }
+            Exchange::Refused => Err(refuse(AuthFailure::Revoked)),
+        }
+    }
+
+    /// The token row behind a login principal.
+    async fn row_of(&self, p: &Principal) -> Result<Option<TokenRecord>, ManageError> {
+        if p.kind == PrincipalKind::ApiKey || p.key_id == "operator" {
+            return Ok(None);
+        }
+        match self.store.token(&p.key_id).await {
+            Ok(r) => Ok(Some(r)),
+            Err(StoreError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// `POST /v1/auth/logout`: ends the login the request is made with (its whole family).
+    pub async fn logout(&self, p: &Principal) -> Result<(), ManageError> {
+        let Some(row) = self.row_of(p).await? else {
+            return Err(bad_request(
+                "an API key is not a login; revoke it with DELETE /v1/keys/{id}",
+            ));
+        };
+        let revoked = self.store.revoke_family(&row.family_id).await?;
+        self.identity.observe_all(&revoked);
+        tracing::info!(user = %row.user_id, token = %row.id, "logout");
+        Ok(())
+    }
+
+    fn view(r: &TokenRecord, current_family: Option<&str>) -> TokenView {
+        TokenView {
+            id: r.id.clone(),
+            kind: r.kind,
+            label: r.label.clone(),
+            workspace: r.workspace.clone(),
+            created_at: format_time(r.created_at),
+            last_used_at: r.last_used_at.map(format_time),
+            expires_at: format_time(r.expires_at),
+            scopes: r.scopes.clone(),
+            providers: r.grants.clone(),
+            current: current_family == Some(r.family_id.as_str()),
+        }
+    }
+
+    /// `GET /v1/auth/tokens`: the caller's signed-in devices, sessions and scoped tokens that
+    /// are still usable (a login with a refresh token is listed once, by its refresh token).
+    pub async fn list(&self, actor: &Actor) -> Result<Vec<TokenView>, ManageError> {
+        let Actor::User(p) = actor else {
+            return Err(bad_request(
+                "the operator has no tokens; sign in as a user to list theirs",
+            ));
+        };
+        let current = self.row_of(p).await?.map(|r| r.family_id);
+        let now = now_millis();
+        Ok(self
+            .store
+            .user_tokens(&p.user_id)
+            .await?
+            .iter()
+            .filter(|r| r.kind != TokenKind::Access && r.is_active(now))
+            .map(|r| Self::view(r, current.as_deref()))
+            .collect())
+    }
+
+    /// `DELETE /v1/auth/tokens/{id}`: revokes a token and the rest of its login at once.
+    pub async fn revoke(&self, actor: &Actor, id: &str) -> Result<TokenView, ManageError> {
+        let not_found = || ManageError::NotFound(format!("no token with id '{id}'"));
+        let row = match self.store.token(id).await {
+            Ok(r) => r,
+            Err(StoreError::NotFound(_)) => return Err(not_found()),
+            Err(e) => return Err(e.into()),
+        };
+        self.keys
+            .authorize(actor, "readKey", &row.id, &row.user_id, &row.workspace_id)
+            .map_err(|_| not_found())?;
+        self.keys
+            .authorize(actor, "revokeKey", &row.id, &row.user_id, &row.workspace_id)?;
+        let revoked = self.store.revoke_family(&row.family_id).await?;
+        self.identity.observe_all(&revoked);
+        tracing::info!(token = %row.id, owner = %row.user_id, "token revoked");
+        let row = self.store.token(id).await?;
+        Ok(Self::view(&row, None))
+    }
+
+    /// `POST /v1/auth/tokens`: a scoped token with a permission list and an expiry. It never
+    /// exceeds the minting user's rights: each permission must lie within the user's role.
+    pub async fn mint(&self, actor: &Actor, req: MintRequest) -> Result<Minted, ManageError> {
+        let Actor::User(p) = actor else {
+            return Err(bad_request(
+                "scoped tokens are minted by a signed-in user, not by the operator",
+            ));
+        };
+        self.keys
+            .authorize(actor, "createToken", "new", &p.user_id, &p.workspace_id)?;
+        if req.permissions.is_empty() {
+            return Err(bad_request("a scoped token needs at least one permission"));
+        }
+        let mut scopes: Vec<String> = Vec::new();
+        for permission in &req.permissions {
+            for s in permission_scopes(permission).map_err(bad_request)? {
+                if !scopes.iter().any(|have| have == s) {
+                    scopes.push(s.to_owned());
+                }
+            }
+        }
+        let role = p.role.ok_or_else(|| {
+            ManageError::Forbidden("you are no longer a member of this workspace".to_owned())
+        })?;
+        let cap = role.scope();
+        if let Some(beyond) = scopes
+            .iter()
+            .find(|s| !self.keys.policy.scope_within(s, cap))
+        {
+            return Err(ManageError::Forbidden(format!(
+                "'{beyond}' exceeds your role in this workspace ({}, which allows '{cap}')",
+                role.as_str()
+            )));
+        }
+        let grants = self
+            .keys
+            .grants(&p.workspace_id, req.providers.as_deref())
+            .await?;
+        let settings = &self.tokens.settings;
+        let now = now_millis();
+        let expires_at = match (req.expires_in.as_deref(), req.expires_at.as_deref()) {
+            (Some(_), Some(_)) => return Err(bad_request("give expiresIn or expiresAt, not both")),
+            (Some(d), None) => {
+                let d = humantime::parse_duration(d.trim()).map_err(|_| {
+                    bad_request(format!("'{d}' is not a duration such as '10m' or '30d'"))
+                })?;
+                now + ms(d)
+            }
+            (None, Some(t)) => parse_time(t)
+                .ok_or_else(|| bad_request(format!("'{t}' is not a date or an RFC 3339 time")))?,
+            (None, None) => now + ms(settings.scoped_default_ttl),
+        };
+        if expires_at <= now {
+            return Err(bad_request("the expiry must lie in the future"));
+        }
+        if expires_at > now + ms(settings.scoped_max_ttl) {
+            return Err(bad_request(format!(
+                "a scoped token lives at most {}",
+                humantime::format_duration(settings.scoped_max_ttl)
+            )));
+        }
+        let row = self
+            .store
+            .insert_token(&NewToken {
+                id: None,
+                kind: TokenKind::Scoped,
+                family_id: None,
+                user_id: p.user_id.clone(),
+                workspace_id: p.workspace_id.clone(),
+                label: label(req.name.as_deref())?,
+                secret_hash: None,
+                scopes: Some(scopes),
+                grants,
+                expires_at,
+            })
+            .await?;
+        let token = self.sign(JwtKind::Scoped, &row)?;
+        tracing::info!(user = %row.user_id, token = %row.id, "scoped token minted");
+        Ok(Minted {
+            token,
+            view: Self::view(&row, None),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permissions_map_to_scopes() {
+        assert_eq!(permission_scopes("files.read"), Ok(vec!["files:read"]));
+        assert_eq!(
+            permission_scopes("files.write"),
+            Ok(vec!["files:write", "files:delete"])
+        );
+        assert_eq!(permission_scopes("storage.read"), Ok(vec!["read"]));
+        assert_eq!(permission_scopes(" write "), Ok(vec!["write"]));
+        assert!(permission_scopes("files.admin").is_err());
+        assert!(permission_scopes("").is_err());
+    }
+}

@@ -1,0 +1,88 @@
+//! The rules of credential management, one implementation behind the control plane and the
+//! CLI: API keys (`keys.rs`: create, list, show, update, revoke, rotate, usage) and logins
+//! (`logins.rs`: password login, refresh rotation, logout, devices, scoped tokens). Who may do
+//! what is the policies' decision; this module asks Cedar and applies the answer.
+//!
+//! Every call fails with the one [`ManageError`]; the control plane renders it (and nothing
+//! else) as the JSON error shape.
+//!
+//! May import: `identity`, `policy`, `principal`, `ratelimit`, `store`, `model`, `refusal`,
+//! `usage`, `telemetry`, `clock`. Never `proxy`, `control` or `server`.
+
+pub mod keys;
+pub mod logins;
+
+use std::sync::Arc;
+
+pub use keys::{CreateKey, KeyManager, KeyView, NewKeyView, UpdateKey, UsageView};
+pub use logins::{Auth, Issued, LoginRequest, MintRequest};
+
+use crate::identity::jwt::TokenError;
+use crate::principal::Principal;
+use crate::refusal::Refusal;
+use crate::store::StoreError;
+
+/// Who is asking.
+#[derive(Debug, Clone)]
+pub enum Actor {
+    Operator,
+    /// A user, through any credential: an API key, a login, a session, a scoped token. What
+    /// each may do is the policies' decision.
+    User(Arc<Principal>),
+}
+
+/// Why a management call failed. Messages name the caller's input and never a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum ManageError {
+    /// A refusal of the request path: 401, 429, or 503 when keygate cannot decide.
+    #[error("{}", .0.code())]
+    Refused(Refusal),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    /// A policy set that does not load; the running set stays (422).
+    #[error("{message}")]
+    InvalidPolicy {
+        message: String,
+        details: serde_json::Value,
+    },
+    /// The database failed; answered 503 with nothing of the cause.
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl From<Refusal> for ManageError {
+    fn from(r: Refusal) -> ManageError {
+        ManageError::Refused(r)
+    }
+}
+
+impl From<StoreError> for ManageError {
+    fn from(e: StoreError) -> ManageError {
+        match e {
+            StoreError::Invalid(m) => ManageError::BadRequest(m),
+            StoreError::NotFound(m) => ManageError::NotFound(m),
+            StoreError::Conflict(m) => ManageError::Conflict(m),
+            other => ManageError::Store(other),
+        }
+    }
+}
+
+impl From<TokenError> for ManageError {
+    fn from(e: TokenError) -> ManageError {
+        match e {
+            TokenError::Store(s) => s.into(),
+            TokenError::Key(m) => {
+                tracing::error!(error = %m, "token signing failed");
+                ManageError::Refused(Refusal::Unavailable(
+                    "keygate cannot sign tokens right now".into(),
+                ))
+            }
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! Scopes and roles: what a key or token may be granted, and the scope each workspace role
+//! caps its member's credentials at. Pure: no I/O.
+
+use std::str::FromStr;
+
+/// Every scope a key or token can hold: coarse (`read` < `write` < `admin`) and fine-grained.
+pub const SCOPES: &[&str] = &[
+    "read",
+    "write",
+    "admin",
+    "files:read",
+    "files:write",
+    "files:delete",
+    "folders:read",
+    "folders:write",
+    "search:read",
+    "trash:read",
+    "trash:write",
+    "workspace:admin",
+];
+
+/// Checks and de-duplicates a scope list (order kept).
+pub fn parse_scopes(scopes: &[String]) -> Result<Vec<String>, String> {
+    if scopes.is_empty() {
+        return Err("a key needs at least one scope".to_owned());
+    }
+    let mut out: Vec<String> = Vec::with_capacity(scopes.len());
+    for s in scopes {
+        let s = s.trim();
+        if !SCOPES.contains(&s) {
+            return Err(format!(
+                "'{s}' is not a scope (one of: {})",
+                SCOPES.join(", ")
+            ));
+        }
+        if !out.iter().any(|o| o == s) {
+            out.push(s.to_owned());
+        }
+    }
+    Ok(out)
+}
+
+/// A workspace member's role; it caps what the member's credentials may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    Viewer,
+    Editor,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Editor => "editor",
+            Role::Admin => "admin",
+        }
+    }
+
+    /// The coarse scope a role caps its member's credentials at.
+    pub fn scope(self) -> &'static str {
+        match self {
+            Role::Viewer => "read",
+            Role::Editor => "write",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Role, String> {
+        match s {
+            "viewer" => Ok(Role::Viewer),
+            "editor" => Ok(Role::Editor),
+            "admin" => Ok(Role::Admin),
+            _ => Err(format!("'{s}' is not a role (viewer, editor or admin)")),
+        }
+    }
+}

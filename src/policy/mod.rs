@@ -1,0 +1,936 @@
+//! Stage 5, decide: [`Principal`] + [`RouteMatch`] → allow, or a 403 naming what was missing.
+//!
+//! The policy files are the single source of truth: this module only loads and validates them
+//! (strict mode, against the schema beside them), builds the Cedar request and entities, and
+//! caches decisions. No authorization rule lives here.
+//!
+//! Loading reads every `*.cedarschema` and `*.cedar` file of the policy folder; each policy must
+//! carry a unique `@id("…")`, which becomes its Cedar id so that reasons and audit events use the
+//! names people wrote. A reload that fails to parse or validate keeps the last good set running;
+//! a good one bumps the epoch, which retires every cached decision. An error while evaluating is
+//! a deny: Cedar skips an erroring policy, and an erroring `forbid` must still forbid.
+//!
+//! `scenarios.rs` runs the scenario files (`keygate policy test`) through the real route table and
+//! entity builder.
+//!
+//! May import: `principal`, `route`, `model`, `refusal`, `telemetry`, `config` (for scenarios).
+//! Never `identity`, `manage` or the planes.
+
+pub mod scenarios;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use cedar_policy::{
+    Authorizer, Context, Decision, Entities, Entity, EntityId, EntityTypeName, EntityUid, Policy,
+    PolicyId, PolicySet, Request, RestrictedExpression, Schema, ValidationMode, Validator,
+};
+use moka::sync::Cache;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::principal::{Principal, PrincipalKind};
+use crate::refusal::Refusal;
+use crate::route::{Resource, RouteMatch};
+use crate::telemetry::Metrics;
+
+/// The policies keygate ships, compiled in: `keygate demo` writes them out.
+pub const SHIPPED: &[(&str, &str)] = &[
+    (
+        "keygate.cedarschema",
+        include_str!("../../policies/keygate.cedarschema"),
+    ),
+    ("scopes.cedar", include_str!("../../policies/scopes.cedar")),
+    (
+        "restrictions.cedar",
+        include_str!("../../policies/restrictions.cedar"),
+    ),
+    (
+        "management.cedar",
+        include_str!("../../policies/management.cedar"),
+    ),
+];
+
+/// What a decision is about.
+#[derive(Debug, Clone, Copy)]
+pub enum Target<'a> {
+    /// A storage path.
+    Path(&'a Resource),
+    /// A key or token (existing, or about to be created) of `owner` in `workspace` (ids).
+    Credential {
+        id: &'a str,
+        owner: &'a str,
+        workspace: &'a str,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("cannot read the policy folder {0}: {1}")]
+    Io(String, std::io::Error),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A loaded, validated policy set.
+pub struct Loaded {
+    policies: PolicySet,
+    schema: Schema,
+    /// Each action as an entity whose parents are all its groups, transitively: the one
+    /// action entity a request needs, so no request copies the whole action hierarchy.
+    actions: HashMap<String, Entity>,
+    pub epoch: u64,
+    /// SHA-256 over the files' names and contents, in name order.
+    pub hash: String,
+    pub files: Vec<String>,
+    pub loaded_at: i64,
+    /// `@restriction` of each policy that has one.
+    restriction: HashMap<String, String>,
+    /// `@intent` of each policy.
+    pub intent: HashMap<String, String>,
+    /// For each action, the scope that would allow it (its nearest scope group).
+    required: HashMap<String, String>,
+}
+
+/// The outcome of a decision, with the policies that determined it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Verdict {
+    pub allowed: bool,
+    /// Ids of the determining policies (for the audit log, never the client).
+    pub policies: Vec<String>,
+    /// For a deny: what the client is told (`required`/`granted` or `restriction`).
+    #[serde(skip_serializing_if = "Map::is_empty")]
+    pub details: Map<String, Value>,
+    /// An evaluation error turned this into a deny.
+    pub errored: bool,
+}
+
+/// The decide stage's outcome: a verdict per resource decided, and the refusal if any was
+/// denied (the first denied resource ends the stage).
+#[derive(Debug)]
+pub struct Decided {
+    pub verdicts: Vec<Arc<Verdict>>,
+    pub refusal: Option<Refusal>,
+}
+
+/// Everything a decision depends on; the decision cache's key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct DecisionKey {
+    principal: String,
+    generation: i64,
+    action: Arc<str>,
+    provider: Arc<str>,
+    path: String,
+    epoch: u64,
+    directory: u64,
+}
+
+/// Status for the control plane.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyStatus {
+    pub epoch: u64,
+    pub hash: String,
+    pub files: Vec<String>,
+    pub dir: String,
+    pub loaded_at: String,
+    pub last_error: Option<String>,
+}
+
+pub struct PolicyEngine {
+    dir: PathBuf,
+    current: ArcSwap<Loaded>,
+    last_error: Mutex<Option<String>>,
+    reload_lock: Mutex<()>,
+    decisions: Cache<DecisionKey, Arc<Verdict>>,
+    /// Provider name → id of the workspace that owns it.
+    providers: ArcSwap<HashMap<String, String>>,
+    directory_version: AtomicU64,
+    authorizer: Authorizer,
+    metrics: Arc<Metrics>,
+}
+
+fn type_name(name: &str) -> EntityTypeName {
+    // INVARIANT: called with the fixed names of the schema only.
+    EntityTypeName::from_str(name).expect("a valid entity type name")
+}
+
+fn uid(ty: &str, id: &str) -> EntityUid {
+    EntityUid::from_type_name_and_id(type_name(ty), EntityId::new(id))
+}
+
+/// Line and column (1-based) of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+/// Byte offsets where each policy statement (with its annotations) starts, in order; for
+/// pointing at a policy that has no `@id` to find it by.
+fn statement_starts(text: &str) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut offset = 0;
+    let mut pending: Option<usize> = None;
+    for line in text.split_inclusive('\n') {
+        let t = line.trim_start();
+        let at = offset + (line.len() - t.len());
+        if t.starts_with('@') && pending.is_none() {
+            pending = Some(at);
+        } else if t.starts_with("permit") || t.starts_with("forbid") {
+            out.push(pending.take().unwrap_or(at));
+        } else if !t.is_empty() && !t.starts_with("//") && !t.starts_with('@') {
+            // inside a policy body
+        }
+        offset += line.len();
+    }
+    out
+}
+
+/// "file:line:col: message" for every labelled span of a Cedar diagnostic.
+fn describe(file: &str, text: &str, err: &dyn miette::Diagnostic) -> String {
+    let mut out = err.to_string();
+    if let Some(help) = err.help() {
+        out.push_str(&format!(" ({help})"));
+    }
+    let places: Vec<String> = err
+        .labels()
+        .into_iter()
+        .flatten()
+        .map(|l| {
+            let (line, col) = line_col(text, l.offset());
+            format!("{file}:{line}:{col}")
+        })
+        .collect();
+    match places.first() {
+        Some(p) => format!("{p}: {out}"),
+        None => format!("{file}: {out}"),
+    }
+}
+
+/// Reads and validates a policy folder. Every problem is reported, each with its place.
+pub fn load_dir(dir: &Path, epoch: u64) -> Result<Loaded, PolicyError> {
+    let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| PolicyError::Io(dir.display().to_string(), e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension()
+                .is_some_and(|x| x == "cedar" || x == "cedarschema")
+        })
+        .collect();
+    names.sort();
+    let mut files = Vec::new();
+    for path in &names {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| PolicyError::Io(path.display().to_string(), e))?;
+        let name = path
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        files.push((name, text));
+    }
+    load_texts(&files, epoch)
+}
+
+/// Validates policy texts given as (file name, contents).
+pub fn load_texts(files: &[(String, String)], epoch: u64) -> Result<Loaded, PolicyError> {
+    let mut problems = Vec::new();
+    let mut hasher = Sha256::new();
+    for (name, text) in files {
+        hasher.update(name.as_bytes());
+        hasher.update([0]);
+        hasher.update(text.as_bytes());
+        hasher.update([0]);
+    }
+    let schemas: Vec<&(String, String)> = files
+        .iter()
+        .filter(|(n, _)| n.ends_with(".cedarschema"))
+        .collect();
+    let schema = match schemas.as_slice() {
+        [(name, text)] => match Schema::from_cedarschema_str(text) {
+            Ok((schema, _warnings)) => Some(schema),
+            Err(e) => {
+                problems.push(describe(name, text, &e));
+                None
+            }
+        },
+        [] => {
+            problems.push("the policy folder has no .cedarschema file".to_owned());
+            None
+        }
+        _ => {
+            problems.push("the policy folder has more than one .cedarschema file".to_owned());
+            None
+        }
+    };
+    let mut set = PolicySet::new();
+    let mut origin: HashMap<String, (String, String)> = HashMap::new();
+    let mut restriction = HashMap::new();
+    let mut intent = HashMap::new();
+    for (name, text) in files.iter().filter(|(n, _)| n.ends_with(".cedar")) {
+        let parsed = match PolicySet::from_str(text) {
+            Ok(p) => p,
+            Err(e) => {
+                problems.push(describe(name, text, &e));
+                continue;
+            }
+        };
+        if parsed.templates().next().is_some() {
+            problems.push(format!(
+                "{name}: templates are not supported; write plain policies"
+            ));
+        }
+        let starts = statement_starts(text);
+        for (n, policy) in parsed.policies().enumerate() {
+            let offset = policy
+                .annotation("id")
+                .and_then(|id| text.find(&format!("@id(\"{id}\")")))
+                .or_else(|| starts.get(n).copied());
+            let place = offset.map_or_else(
+                || name.clone(),
+                |o| {
+                    let (line, col) = line_col(text, o);
+                    format!("{name}:{line}:{col}")
+                },
+            );
+            let Some(id) = policy.annotation("id").map(str::to_owned) else {
+                problems.push(format!(
+                    "{place}: every policy needs an @id(\"…\") annotation"
+                ));
+                continue;
+            };
+            if let Some((other, _)) = origin.get(&id) {
+                problems.push(format!("{place}: @id(\"{id}\") is already used in {other}"));
+                continue;
+            }
+            if let Some(r) = policy.annotation("restriction") {
+                restriction.insert(id.clone(), r.to_owned());
+            }
+            if let Some(i) = policy.annotation("intent") {
+                intent.insert(id.clone(), i.to_owned());
+            }
+            let renamed: Policy = policy.new_id(PolicyId::new(&id));
+            if let Err(e) = set.add(renamed) {
+                problems.push(format!("{place}: {e}"));
+                continue;
+            }
+            origin.insert(id, (name.clone(), text.clone()));
+        }
+    }
+    let Some(schema) = schema else {
+        return Err(PolicyError::Invalid(problems.join("\n")));
+    };
+    let result = Validator::new(schema.clone()).validate(&set, ValidationMode::Strict);
+    for e in result.validation_errors() {
+        let id = e.policy_id().to_string();
+        match origin.get(&id) {
+            Some((file, text)) => problems.push(describe(file, text, e)),
+            None => problems.push(e.to_string()),
+        }
+    }
+    if set.policies().next().is_none() {
+        problems
+            .push("the policy folder has no policies: nothing would ever be allowed".to_owned());
+    }
+    if !problems.is_empty() {
+        return Err(PolicyError::Invalid(problems.join("\n")));
+    }
+    let actions = schema
+        .action_entities()
+        .map_err(|e| PolicyError::Invalid(format!("the schema's actions: {e}")))?;
+    let required = required_scopes(&actions);
+    let actions = actions
+        .iter()
+        .map(|e| {
+            let ancestors: HashSet<EntityUid> = actions
+                .ancestors(&e.uid())
+                .into_iter()
+                .flatten()
+                .cloned()
+                .collect();
+            (
+                e.uid().id().unescaped().to_owned(),
+                Entity::new_no_attrs(e.uid(), ancestors),
+            )
+        })
+        .collect();
+    Ok(Loaded {
+        policies: set,
+        schema,
+        actions,
+        epoch,
+        hash: crate::model::hex(&hasher.finalize()),
+        files: files.iter().map(|(n, _)| n.clone()).collect(),
+        loaded_at: crate::clock::now_millis(),
+        restriction,
+        intent,
+        required,
+    })
+}
+
+/// For each action, the nearest scope group above it (not a `level:` group).
+fn required_scopes(actions: &Entities) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    for e in actions.iter() {
+        let parents: Vec<String> = actions
+            .ancestors(&e.uid())
+            .into_iter()
+            .flatten()
+            .map(|p| p.id().unescaped().to_owned())
+            .filter(|p| !p.starts_with("level:"))
+            .collect();
+        // The nearest scope is the deepest: the one with the most ancestors of its own.
+        let nearest = parents.iter().max_by_key(|p| {
+            actions
+                .ancestors(&uid("Keygate::Action", p))
+                .map_or(0, |a| a.count())
+        });
+        if let Some(scope) = nearest {
+            out.insert(e.uid().id().unescaped().to_owned(), scope.clone());
+        }
+    }
+    out
+}
+
+impl Loaded {
+    /// Decides one target, uncached.
+    fn decide(
+        &self,
+        authorizer: &Authorizer,
+        principal: &Principal,
+        action: &str,
+        target: Target<'_>,
+        workspace_of: &HashMap<String, String>,
+    ) -> Verdict {
+        let deny_error = |what: String| {
+            tracing::error!(error = %what, "policy evaluation failed; denying");
+            Verdict {
+                allowed: false,
+                policies: Vec::new(),
+                details: Map::from_iter([("restriction".to_owned(), Value::from("policy_error"))]),
+                errored: true,
+            }
+        };
+        let (mut entities, principal_uid, resource_uid) =
+            match build_entities(principal, target, workspace_of) {
+                Ok(x) => x,
+                Err(e) => return deny_error(e),
+            };
+        match self.actions.get(action) {
+            Some(a) => entities.push(a.clone()),
+            None => return deny_error(format!("'{action}' is not an action of the schema")),
+        }
+        let entities = match Entities::from_entities(entities, None) {
+            Ok(e) => e,
+            Err(e) => return deny_error(e.to_string()),
+        };
+        let request = match Request::new(
+            principal_uid,
+            uid("Keygate::Action", action),
+            resource_uid,
+            Context::empty(),
+            Some(&self.schema),
+        ) {
+            Ok(r) => r,
+            Err(e) => return deny_error(e.to_string()),
+        };
+        let response = authorizer.is_authorized(&request, &self.policies, &entities);
+        let policies: Vec<String> = response
+            .diagnostics()
+            .reason()
+            .map(|p| p.to_string())
+            .collect();
+        let errors: Vec<String> = response
+            .diagnostics()
+            .errors()
+            .map(|e| e.to_string())
+            .collect();
+        if !errors.is_empty() {
+            let mut v = deny_error(errors.join("; "));
+            v.policies = policies;
+            return v;
+        }
+        if response.decision() == Decision::Allow {
+            return Verdict {
+                allowed: true,
+                policies,
+                details: Map::new(),
+                errored: false,
+            };
+        }
+        let mut details = Map::new();
+        let restriction = policies.iter().find_map(|p| self.restriction.get(p));
+        match restriction {
+            Some(r) => {
+                details.insert("restriction".to_owned(), Value::from(r.as_str()));
+            }
+            None => {
+                if let Some(scope) = self.required.get(action) {
+                    details.insert("required".to_owned(), Value::from(scope.as_str()));
+                }
+                details.insert("granted".to_owned(), Value::from(principal.scopes.clone()));
+            }
+        }
+        Verdict {
+            allowed: false,
+            policies,
+            details,
+            errored: false,
+        }
+    }
+}
+
+fn principal_type(kind: PrincipalKind) -> &'static str {
+    match kind {
+        PrincipalKind::ApiKey => "Keygate::ApiKey",
+        PrincipalKind::ScopedToken => "Keygate::ScopedToken",
+        PrincipalKind::Login => "Keygate::Login",
+    }
+}
+
+fn path_id(provider: &str, path: &str) -> String {
+    format!("{provider}:{path}")
+}
+
+/// The request's entities: the principal and the target (a path with every folder above it, its
+/// provider and the provider's workspace; or a credential). No database work.
+fn build_entities(
+    principal: &Principal,
+    target: Target<'_>,
+    workspace_of: &HashMap<String, String>,
+) -> Result<(Vec<Entity>, EntityUid, EntityUid), String> {
+    let mut entities = Vec::with_capacity(8);
+    let workspace = uid("Keygate::Workspace", &principal.workspace_id);
+    let role = match principal.role {
+        Some(r) => r.as_str(),
+        None => "none",
+    };
+    let (restricted, providers, grants) = match &principal.grants {
+        None => (false, Vec::new(), Vec::new()),
+        Some(list) => (
+            true,
+            list.iter()
+                .map(|g| {
+                    RestrictedExpression::new_entity_uid(uid("Keygate::Provider", &g.provider))
+                })
+                .collect(),
+            list.iter()
+                .map(|g| {
+                    RestrictedExpression::new_entity_uid(uid(
+                        "Keygate::Path",
+                        &path_id(&g.provider, &g.base_path),
+                    ))
+                })
+                .collect(),
+        ),
+    };
+    let principal_uid = uid(principal_type(principal.kind), &principal.key_id);
+    let attrs = HashMap::from([
+        (
+            "owner".to_owned(),
+            RestrictedExpression::new_entity_uid(uid("Keygate::User", &principal.user_id)),
+        ),
+        (
+            "workspace".to_owned(),
+            RestrictedExpression::new_entity_uid(workspace.clone()),
+        ),
+        (
+            "role".to_owned(),
+            RestrictedExpression::new_string(role.to_owned()),
+        ),
+        (
+            "scopes".to_owned(),
+            RestrictedExpression::new_set(
+                principal
+                    .scopes
+                    .iter()
+                    .map(|s| RestrictedExpression::new_string(s.clone())),
+            ),
+        ),
+        (
+            "restricted".to_owned(),
+            RestrictedExpression::new_bool(restricted),
+        ),
+        (
+            "providers".to_owned(),
+            RestrictedExpression::new_set(providers),
+        ),
+        ("grants".to_owned(), RestrictedExpression::new_set(grants)),
+    ]);
+    entities.push(
+        Entity::new(principal_uid.clone(), attrs, HashSet::new()).map_err(|e| e.to_string())?,
+    );
+    entities.push(Entity::new_no_attrs(
+        uid("Keygate::User", &principal.user_id),
+        HashSet::new(),
+    ));
+    entities.push(Entity::new_no_attrs(workspace, HashSet::new()));
+
+    let resource = match target {
+        Target::Path(resource) => resource,
+        Target::Credential {
+            id,
+            owner,
+            workspace,
+        } => {
+            let credential = uid("Keygate::Credential", id);
+            let attrs = HashMap::from([
+                (
+                    "owner".to_owned(),
+                    RestrictedExpression::new_entity_uid(uid("Keygate::User", owner)),
+                ),
+                (
+                    "workspace".to_owned(),
+                    RestrictedExpression::new_entity_uid(uid("Keygate::Workspace", workspace)),
+                ),
+            ]);
+            entities.push(
+                Entity::new(credential.clone(), attrs, HashSet::new())
+                    .map_err(|e| e.to_string())?,
+            );
+            if owner != principal.user_id {
+                entities.push(Entity::new_no_attrs(
+                    uid("Keygate::User", owner),
+                    HashSet::new(),
+                ));
+            }
+            if workspace != principal.workspace_id {
+                entities.push(Entity::new_no_attrs(
+                    uid("Keygate::Workspace", workspace),
+                    HashSet::new(),
+                ));
+            }
+            return Ok((entities, principal_uid, credential));
+        }
+    };
+    let provider = uid("Keygate::Provider", &resource.provider);
+    let provider_parents: HashSet<EntityUid> = workspace_of
+        .get(&*resource.provider)
+        .map(|ws| uid("Keygate::Workspace", ws))
+        .into_iter()
+        .collect();
+    for ws in &provider_parents {
+        entities.push(Entity::new_no_attrs(ws.clone(), HashSet::new()));
+    }
+    entities.push(Entity::new_no_attrs(provider.clone(), provider_parents));
+
+    // The folder chain: "/", "/a", "/a/b", … each the parent of the next.
+    let mut chain = vec!["/".to_owned()];
+    let mut acc = String::new();
+    for seg in resource.path.split('/').filter(|s| !s.is_empty()) {
+        acc.push('/');
+        acc.push_str(seg);
+        chain.push(acc.clone());
+    }
+    let provider_attr = HashMap::from([(
+        "provider".to_owned(),
+        RestrictedExpression::new_entity_uid(provider.clone()),
+    )]);
+    let mut parent: EntityUid = provider;
+    let mut resource_uid = parent.clone();
+    for p in chain {
+        let this = uid("Keygate::Path", &path_id(&resource.provider, &p));
+        entities.push(
+            Entity::new(
+                this.clone(),
+                provider_attr.clone(),
+                HashSet::from([parent.clone()]),
+            )
+            .map_err(|e| e.to_string())?,
+        );
+        parent = this.clone();
+        resource_uid = this;
+    }
+    Ok((entities, principal_uid, resource_uid))
+}
+
+impl PolicyEngine {
+    /// Loads the folder; an invalid set is an error (keygate refuses to start on one).
+    pub fn load(dir: &Path, metrics: Arc<Metrics>) -> Result<PolicyEngine, PolicyError> {
+        let loaded = load_dir(dir, 1)?;
+        metrics.policy_epoch.set(1);
+        Ok(PolicyEngine {
+            dir: dir.to_path_buf(),
+            current: ArcSwap::from_pointee(loaded),
+            last_error: Mutex::new(None),
+            reload_lock: Mutex::new(()),
+            decisions: Cache::builder()
+                .max_capacity(200_000)
+                .time_to_live(Duration::from_secs(600))
+                .build(),
+            providers: ArcSwap::from_pointee(HashMap::new()),
+            directory_version: AtomicU64::new(0),
+            authorizer: Authorizer::new(),
+            metrics,
+        })
+    }
+
+    pub fn current(&self) -> Arc<Loaded> {
+        self.current.load_full()
+    }
+
+    /// Replaces the provider → workspace directory when it changed.
+    pub fn set_providers(&self, providers: HashMap<String, String>) {
+        if **self.providers.load() != providers {
+            self.providers.store(Arc::new(providers));
+            self.directory_version.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Re-reads the folder. A set that fails keeps the last good one running.
+    pub fn reload(&self) -> Result<u64, String> {
+        let _guard = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let next_epoch = self.current.load().epoch + 1;
+        match load_dir(&self.dir, next_epoch) {
+            Ok(loaded) => {
+                if loaded.hash == self.current.load().hash {
+                    *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                    self.metrics
+                        .policy_reloads
+                        .with_label_values(&["unchanged"])
+                        .inc();
+                    self.metrics.policy_reload_failing.set(0);
+                    return Ok(self.current.load().epoch);
+                }
+                self.current.store(Arc::new(loaded));
+                *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                self.metrics.policy_reloads.with_label_values(&["ok"]).inc();
+                self.metrics.policy_reload_failing.set(0);
+                self.metrics.policy_epoch.set(next_epoch as i64);
+                tracing::info!(epoch = next_epoch, "policies reloaded");
+                Ok(next_epoch)
+            }
+            Err(e) => {
+                let message = e.to_string();
+                tracing::error!(error = %message, "policy reload rejected; the last good set keeps running");
+                *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(message.clone());
+                self.metrics
+                    .policy_reloads
+                    .with_label_values(&["error"])
+                    .inc();
+                self.metrics.policy_reload_failing.set(1);
+                Err(message)
+            }
+        }
+    }
+
+    pub fn status(&self) -> PolicyStatus {
+        let c = self.current.load();
+        PolicyStatus {
+            epoch: c.epoch,
+            hash: c.hash.clone(),
+            files: c.files.clone(),
+            dir: self.dir.display().to_string(),
+            loaded_at: crate::clock::format_time(c.loaded_at),
+            last_error: self
+                .last_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        }
+    }
+
+    /// The decide stage: every resource of the request must be allowed.
+    pub fn decide(&self, principal: &Principal, route: &RouteMatch) -> Decided {
+        let loaded = self.current.load();
+        let providers = self.providers.load();
+        let directory = self.directory_version.load(Ordering::Relaxed);
+        let mut verdicts = Vec::with_capacity(route.resources.len());
+        if route.resources.is_empty() {
+            // A route with no storage resource (a default action) has nothing to allow.
+            let details = Map::from_iter([("restriction".to_owned(), Value::from("no_resource"))]);
+            return Decided {
+                verdicts,
+                refusal: Some(Refusal::Forbidden(details)),
+            };
+        }
+        for resource in &route.resources {
+            let key = DecisionKey {
+                principal: principal.key_id.clone(),
+                generation: principal.generation,
+                action: route.action.clone(),
+                provider: resource.provider.clone(),
+                path: resource.path.clone(),
+                epoch: loaded.epoch,
+                directory,
+            };
+            let verdict = match self.decisions.get(&key) {
+                Some(v) => {
+                    self.metrics
+                        .decision_cache
+                        .with_label_values(&["hit"])
+                        .inc();
+                    v
+                }
+                None => {
+                    self.metrics
+                        .decision_cache
+                        .with_label_values(&["miss"])
+                        .inc();
+                    let v = Arc::new(loaded.decide(
+                        &self.authorizer,
+                        principal,
+                        &route.action,
+                        Target::Path(resource),
+                        &providers,
+                    ));
+                    if v.errored {
+                        self.metrics.policy_errors.inc();
+                    } else {
+                        self.decisions.insert(key, v.clone());
+                    }
+                    v
+                }
+            };
+            let refusal = (!verdict.allowed).then(|| Refusal::Forbidden(verdict.details.clone()));
+            verdicts.push(verdict);
+            if refusal.is_some() {
+                return Decided { verdicts, refusal };
+            }
+        }
+        Decided {
+            verdicts,
+            refusal: None,
+        }
+    }
+
+    /// Decides without the cache (for `policy explain` and scenario tests).
+    pub fn decide_uncached(&self, principal: &Principal, route: &RouteMatch) -> Vec<Verdict> {
+        let loaded = self.current.load();
+        let providers = self.providers.load();
+        route
+            .resources
+            .iter()
+            .map(|r| {
+                loaded.decide(
+                    &self.authorizer,
+                    principal,
+                    &route.action,
+                    Target::Path(r),
+                    &providers,
+                )
+            })
+            .collect()
+    }
+
+    /// Decides a management action on a credential (uncached: management is rare).
+    pub fn decide_credential(
+        &self,
+        principal: &Principal,
+        action: &str,
+        id: &str,
+        owner: &str,
+        workspace: &str,
+    ) -> Verdict {
+        let loaded = self.current.load();
+        let providers = self.providers.load();
+        let v = loaded.decide(
+            &self.authorizer,
+            principal,
+            action,
+            Target::Credential {
+                id,
+                owner,
+                workspace,
+            },
+            &providers,
+        );
+        if v.errored {
+            self.metrics.policy_errors.inc();
+        }
+        v
+    }
+}
+
+impl PolicyEngine {
+    /// True when scope `scope` lies within scope `cap` in the schema's action hierarchy
+    /// (`files:read` within `read`, `read` within `write`, ...). Unknown scopes lie nowhere.
+    pub fn scope_within(&self, scope: &str, cap: &str) -> bool {
+        if scope == cap {
+            return true;
+        }
+        let loaded = self.current.load();
+        loaded.actions.get(scope).is_some_and(|e| {
+            let (_, _, ancestors) = e.clone().into_inner();
+            ancestors.iter().any(|uid| uid.id().unescaped() == cap)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shipped() -> Vec<(String, String)> {
+        SHIPPED
+            .iter()
+            .map(|(n, t)| (n.to_string(), t.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_shipped_policies_validate_strictly() {
+        let loaded = load_texts(&shipped(), 1).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            loaded.required.get("readFile").map(String::as_str),
+            Some("files:read")
+        );
+        assert_eq!(
+            loaded.required.get("deleteFile").map(String::as_str),
+            Some("files:delete")
+        );
+        assert_eq!(
+            loaded
+                .restriction
+                .get("outside-base-path")
+                .map(String::as_str),
+            Some("base_path")
+        );
+    }
+
+    #[test]
+    fn problems_point_at_file_and_line() {
+        let mut files = shipped();
+        files.push((
+            "broken.cedar".into(),
+            "@id(\"ok\")\npermit (principal, action, resource);\n\n@id(\"typo\")\npermit (principal, action, resource)\nwhen { principal.scopez.contains(\"read\") };\n".into(),
+        ));
+        let err = load_texts(&files, 1).err().expect("invalid").to_string();
+        assert!(err.contains("broken.cedar:"), "{err}");
+        assert!(err.contains("scopez"), "{err}");
+
+        let mut files = shipped();
+        files.push((
+            "syntax.cedar".into(),
+            "@id(\"x\")\npermit (principal, action, resource\n".into(),
+        ));
+        let err = load_texts(&files, 1).err().expect("invalid").to_string();
+        assert!(err.contains("syntax.cedar:"), "{err}");
+
+        let mut files = shipped();
+        files.push((
+            "noid.cedar".into(),
+            "\n\npermit (principal, action, resource);\n".into(),
+        ));
+        let err = load_texts(&files, 1).err().expect("invalid").to_string();
+        assert!(
+            err.contains("noid.cedar:3:1: every policy needs an @id"),
+            "{err}"
+        );
+
+        let mut files = shipped();
+        files.push((
+            "dup.cedar".into(),
+            "@id(\"scope-read\")\npermit (principal, action, resource);\n".into(),
+        ));
+        let err = load_texts(&files, 1).err().expect("invalid").to_string();
+        assert!(err.contains("already used in scopes.cedar"), "{err}");
+    }
+}

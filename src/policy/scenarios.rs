@@ -1,0 +1,287 @@
+//! Policy scenarios: data-driven tests of a policy folder, run by `keygate policy test` and by
+//! the test suite. A scenario file (`<policies>/tests/*.toml`) names providers and principals
+//! in keygate's own terms and requests as a method and a path; each request goes through the
+//! real route table (the storage-backend preset) and entity builder, and its decision and
+//! determining policies are compared with what the file expects.
+//!
+//! ```toml
+//! [[provider]]
+//! name = "local"
+//! workspace = "acme"
+//!
+//! [[principal]]
+//! name = "backups-reader"
+//! workspace = "acme"
+//! role = "editor"                 # the owner's role there: viewer, editor, admin, none
+//! scopes = ["read"]
+//! providers = [{ provider = "local", basePath = "/backups" }]   # leave out for all
+//!
+//! [[request]]
+//! principal = "backups-reader"
+//! method = "GET"
+//! path = "/v1/files/local/backups/2025/db.tar"
+//! decision = "allow"
+//! policies = ["scope-read"]       # the determining policies, in any order
+//! ```
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use crate::config::{Config, Overrides};
+use crate::model::Grant;
+use crate::model::Role;
+use crate::policy::PolicyEngine;
+use crate::principal::{Principal, PrincipalKind};
+use crate::route::RouteInput;
+use crate::telemetry::Metrics;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default, rename = "provider")]
+    pub providers: Vec<ProviderDef>,
+    #[serde(default, rename = "principal")]
+    pub principals: Vec<PrincipalDef>,
+    #[serde(default, rename = "request")]
+    pub requests: Vec<RequestDef>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderDef {
+    pub name: String,
+    pub workspace: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrincipalDef {
+    pub name: String,
+    /// `api-key` (default), `scoped-token` or `login`.
+    #[serde(default)]
+    pub kind: Option<String>,
+    pub workspace: String,
+    pub role: String,
+    pub scopes: Vec<String>,
+    #[serde(default)]
+    pub providers: Option<Vec<Grant>>,
+}
+
+/// A storage request (`method` and `path`), or a management `action` on a credential owned by
+/// `owner` (the owner of the named principal) in `workspace`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestDef {
+    pub principal: String,
+    #[serde(default)]
+    pub method: String,
+    #[serde(default)]
+    pub path: String,
+    #[serde(default)]
+    pub action: Option<String>,
+    /// The principal whose owner owns the credential (default: the requesting principal).
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// The credential's workspace (default: the requesting principal's).
+    #[serde(default)]
+    pub workspace: Option<String>,
+    #[serde(default)]
+    pub destination: Option<String>,
+    /// `allow` or `deny`.
+    pub decision: String,
+    #[serde(default)]
+    pub policies: Vec<String>,
+    /// For a deny: the `details.restriction` expected, if any.
+    #[serde(default)]
+    pub restriction: Option<String>,
+    /// For a deny by missing scope: the `details.required` expected.
+    #[serde(default)]
+    pub required: Option<String>,
+}
+
+/// What running the scenarios found.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub files: usize,
+    pub passed: usize,
+    pub failures: Vec<String>,
+}
+
+fn principal_of(def: &PrincipalDef) -> Result<Principal, String> {
+    let kind = match def.kind.as_deref() {
+        None | Some("api-key") => PrincipalKind::ApiKey,
+        Some("scoped-token") => PrincipalKind::ScopedToken,
+        Some("login") => PrincipalKind::Login,
+        Some(other) => return Err(format!("principal '{}': unknown kind '{other}'", def.name)),
+    };
+    let role = match def.role.as_str() {
+        "none" => None,
+        r => Some(
+            r.parse::<Role>()
+                .map_err(|e| format!("principal '{}': {e}", def.name))?,
+        ),
+    };
+    let grants = def
+        .providers
+        .as_deref()
+        .map(crate::model::parse_grants)
+        .transpose()
+        .map_err(|e| format!("principal '{}': {e}", def.name))?;
+    Ok(Principal {
+        kind,
+        key_id: def.name.clone(),
+        user_id: format!("owner-of-{}", def.name),
+        user_email: format!("{}@example.com", def.name),
+        workspace_id: def.workspace.clone(),
+        workspace: def.workspace.clone(),
+        scopes: def.scopes.clone(),
+        grants,
+        role,
+        expires_at: None,
+        generation: 0,
+        usage: Default::default(),
+    })
+}
+
+/// Runs every scenario file in `<dir>/tests` against the policies in `dir`.
+pub fn run(dir: &Path) -> Result<Report, String> {
+    let engine = PolicyEngine::load(dir, Arc::new(Metrics::new())).map_err(|e| e.to_string())?;
+    let routes = Config::from_toml("", "scenarios", std::iter::empty(), &Overrides::default())
+        .map_err(|e| e.to_string())?
+        .routes;
+    let tests = dir.join("tests");
+    let mut paths: Vec<_> = std::fs::read_dir(&tests)
+        .map_err(|e| format!("cannot read {}: {e}", tests.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    paths.sort();
+    let mut report = Report::default();
+    for path in paths {
+        let name = path
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("{name}: {e}"))?;
+        let scenario: Scenario = toml::from_str(&text).map_err(|e| format!("{name}: {e}"))?;
+        report.files += 1;
+        engine.set_providers(
+            scenario
+                .providers
+                .iter()
+                .map(|p| (p.name.clone(), p.workspace.clone()))
+                .collect(),
+        );
+        let mut principals = HashMap::new();
+        for def in &scenario.principals {
+            principals.insert(
+                def.name.clone(),
+                principal_of(def).map_err(|e| format!("{name}: {e}"))?,
+            );
+        }
+        for (n, req) in scenario.requests.iter().enumerate() {
+            let what = match &req.action {
+                Some(a) => format!(
+                    "{a} on a key of {}",
+                    req.owner.as_deref().unwrap_or(&req.principal)
+                ),
+                None => format!("{} {}", req.method, req.path),
+            };
+            let label = format!("{name}: request #{} ({what} as {})", n + 1, req.principal);
+            let Some(principal) = principals.get(&req.principal) else {
+                report
+                    .failures
+                    .push(format!("{label}: no principal named '{}'", req.principal));
+                continue;
+            };
+            let verdicts = if let Some(action) = &req.action {
+                let owner = match req.owner.as_deref().map(|o| principals.get(o)) {
+                    None => principal,
+                    Some(Some(p)) => p,
+                    Some(None) => {
+                        report
+                            .failures
+                            .push(format!("{label}: no principal named '{:?}'", req.owner));
+                        continue;
+                    }
+                };
+                let workspace = req.workspace.as_deref().unwrap_or(&principal.workspace_id);
+                vec![engine.decide_credential(
+                    principal,
+                    action,
+                    "scenario-key",
+                    &owner.user_id,
+                    workspace,
+                )]
+            } else {
+                let route = match routes.route(RouteInput {
+                    method: &req.method,
+                    raw_target: req.path.as_bytes(),
+                    destination: req.destination.as_deref().map(str::as_bytes),
+                    host: Some("scenario"),
+                }) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        report
+                            .failures
+                            .push(format!("{label}: the request does not route: {}", e.code()));
+                        continue;
+                    }
+                };
+                engine.decide_uncached(principal, &route)
+            };
+            let allowed = !verdicts.is_empty() && verdicts.iter().all(|v| v.allowed);
+            let decisive: Vec<_> = if allowed {
+                verdicts.iter().collect()
+            } else {
+                verdicts.iter().filter(|v| !v.allowed).take(1).collect()
+            };
+            let got: BTreeSet<&str> = decisive
+                .iter()
+                .flat_map(|v| v.policies.iter().map(String::as_str))
+                .collect();
+            let want: BTreeSet<&str> = req.policies.iter().map(String::as_str).collect();
+            let got_decision = if allowed { "allow" } else { "deny" };
+            let mut problems = Vec::new();
+            if got_decision != req.decision {
+                problems.push(format!("expected {}, got {got_decision}", req.decision));
+            }
+            if got != want {
+                problems.push(format!("expected policies {want:?}, got {got:?}"));
+            }
+            let details = decisive.first().map(|v| &v.details);
+            let detail = |k: &str| {
+                details
+                    .and_then(|d| d.get(k))
+                    .and_then(|v| v.as_str())
+                    .map(str::to_owned)
+            };
+            if req.restriction.is_some() && detail("restriction") != req.restriction {
+                problems.push(format!(
+                    "expected restriction {:?}, got {:?}",
+                    req.restriction,
+                    detail("restriction")
+                ));
+            }
+            if req.required.is_some() && detail("required") != req.required {
+                problems.push(format!(
+                    "expected required scope {:?}, got {:?}",
+                    req.required,
+                    detail("required")
+                ));
+            }
+            if problems.is_empty() {
+                report.passed += 1;
+            } else {
+                report
+                    .failures
+                    .push(format!("{label}: {}", problems.join("; ")));
+            }
+        }
+    }
+    Ok(report)
+}

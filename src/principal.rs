@@ -1,0 +1,127 @@
+//! Who is making a request: the [`Principal`] every stage after identity works with, built
+//! from a stored key or token row. One definition for both planes.
+//!
+//! May import: `model`, `store` (the rows it is built from), `usage`. Never `policy`,
+//! `identity` or anything above them: those import this.
+
+use std::sync::Arc;
+
+use crate::model::{Grant, Role};
+use crate::store::{KeyRecord, TokenKind, TokenRecord};
+use crate::usage::KeyCounters;
+
+/// What kind of credential a principal came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PrincipalKind {
+    #[default]
+    ApiKey,
+    ScopedToken,
+    Login,
+}
+
+impl PrincipalKind {
+    /// The kind's name in API answers and audit events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PrincipalKind::ApiKey => "apiKey",
+            PrincipalKind::ScopedToken => "scopedToken",
+            PrincipalKind::Login => "login",
+        }
+    }
+}
+
+/// Who is making a request, as the later stages need it.
+#[derive(Debug)]
+pub struct Principal {
+    pub kind: PrincipalKind,
+    /// The credential's id (an API key's id).
+    pub key_id: String,
+    pub user_id: String,
+    pub user_email: String,
+    pub workspace_id: String,
+    pub workspace: String,
+    pub scopes: Vec<String>,
+    /// `None`: every provider.
+    pub grants: Option<Vec<Grant>>,
+    /// The owner's role in the key's workspace; `None` when no longer a member.
+    pub role: Option<Role>,
+    pub expires_at: Option<i64>,
+    pub generation: i64,
+    pub usage: Arc<KeyCounters>,
+}
+
+impl Principal {
+    /// The principal of a stored API key.
+    pub fn from_key(r: KeyRecord, usage: Arc<KeyCounters>) -> Principal {
+        Principal {
+            kind: PrincipalKind::ApiKey,
+            usage,
+            key_id: r.id,
+            user_id: r.owner_id,
+            user_email: r.owner_email,
+            workspace_id: r.workspace_id,
+            workspace: r.workspace,
+            scopes: r.scopes,
+            grants: r.grants,
+            role: r.role,
+            expires_at: r.expires_at,
+            generation: r.generation,
+        }
+    }
+
+    /// The principal of a token row: a scoped token holds its permissions; a login holds
+    /// the scope of the user's role.
+    pub fn from_token(r: TokenRecord, usage: Arc<KeyCounters>) -> Principal {
+        let (kind, scopes, grants) = match r.kind {
+            TokenKind::Scoped => (
+                PrincipalKind::ScopedToken,
+                r.scopes.unwrap_or_default(),
+                r.grants,
+            ),
+            _ => (
+                PrincipalKind::Login,
+                r.role
+                    .map(|role| vec![role.scope().to_owned()])
+                    .unwrap_or_default(),
+                None,
+            ),
+        };
+        Principal {
+            kind,
+            usage,
+            key_id: r.id,
+            user_id: r.user_id,
+            user_email: r.user_email,
+            workspace_id: r.workspace_id,
+            workspace: r.workspace,
+            scopes,
+            grants,
+            role: r.role,
+            expires_at: Some(r.expires_at),
+            generation: r.generation,
+        }
+    }
+
+    /// The operator (the control-plane token, or the CLI on the database) as a principal: an
+    /// admin of `workspace_id`.
+    pub fn operator(workspace_id: &str) -> Principal {
+        Principal {
+            kind: PrincipalKind::Login,
+            key_id: "operator".to_owned(),
+            user_id: "operator".to_owned(),
+            user_email: "operator".to_owned(),
+            workspace_id: workspace_id.to_owned(),
+            workspace: String::new(),
+            scopes: vec!["admin".to_owned()],
+            grants: None,
+            role: Some(Role::Admin),
+            expires_at: None,
+            generation: 0,
+            usage: Default::default(),
+        }
+    }
+
+    pub fn is_expired(&self, now_ms: i64) -> bool {
+        self.expires_at.is_some_and(|e| e <= now_ms)
+    }
+}

@@ -1,0 +1,58 @@
+//! The per-request context: what one stage hands to the next. Each field is written by
+//! exactly one stage; `logging()` reads them all.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::policy::Verdict;
+use crate::principal::Principal;
+use crate::ratelimit::Standing;
+use crate::refusal::Refusal;
+use crate::route::RouteMatch;
+
+/// What one request carries from stage to stage.
+pub struct RequestCtx {
+    /// Set at arrival.
+    pub request_id: String,
+    pub arrived: Instant,
+    pub client: Option<IpAddr>,
+    /// Written by the route stage.
+    pub route: Option<RouteMatch>,
+    /// Written by the identity stage.
+    pub principal: Option<Arc<Principal>>,
+    /// Written by the rate-limit stage: becomes the rate-limit headers of the response.
+    pub standing: Option<Standing>,
+    /// Written by the decide stage: one verdict per resource decided.
+    pub verdicts: Vec<Arc<Verdict>>,
+    /// Written by whichever stage refused the request.
+    pub refusal: Option<Refusal>,
+    /// Written when the request is sent upstream.
+    pub sent_upstream: Option<Instant>,
+}
+
+impl RequestCtx {
+    pub fn new() -> RequestCtx {
+        RequestCtx {
+            request_id: crate::refusal::request_id(),
+            arrived: Instant::now(),
+            client: None,
+            route: None,
+            principal: None,
+            standing: None,
+            verdicts: Vec::new(),
+            refusal: None,
+            sent_upstream: None,
+        }
+    }
+
+    pub fn action(&self) -> &str {
+        self.route.as_ref().map_or("none", |r| &r.action)
+    }
+}
+
+impl Default for RequestCtx {
+    fn default() -> RequestCtx {
+        RequestCtx::new()
+    }
+}

@@ -1,0 +1,278 @@
+//! Stage 6, forward: what the upstream receives. Checks the request's framing, strips what must
+//! not travel on (hop-by-hop headers and the names `Connection` lists, client-supplied
+//! `X-Keygate-*`, method overrides, credentials), sets the canonical target and adds the
+//! identity headers; cleans the response the same way. Pure: headers in, headers out.
+
+use http::header::{self, HeaderName};
+use http::HeaderMap;
+use pingora::http::{RequestHeader, ResponseHeader};
+
+use crate::principal::Principal;
+use crate::refusal::Refusal;
+use crate::route::RouteMatch;
+
+pub const REQUEST_ID: &str = "x-keygate-request-id";
+pub const USER: &str = "x-keygate-user";
+pub const KEY_ID: &str = "x-keygate-key-id";
+pub const WORKSPACE: &str = "x-keygate-workspace";
+/// On responses to a key that expires within 7 days: when it does (RFC 3339).
+pub const KEY_EXPIRES: &str = "x-keygate-key-expires-at";
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1 and the common non-standard ones). The framing headers
+/// `Content-Length` and `Transfer-Encoding` are not here: pingora re-frames the body itself.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+/// Headers that ask some servers to treat the request as another method.
+const METHOD_OVERRIDES: &[&str] = &[
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// Headers that carry a credential; the upstream never sees them.
+const CREDENTIALS: &[&str] = &["authorization", "x-api-key", "cookie"];
+
+/// Names a `Connection` header may not remove: the proxy needs them to frame and route.
+const PROTECTED: &[&str] = &["host", "content-length", "transfer-encoding"];
+
+/// Refuses requests whose body framing a proxy and a backend could read differently.
+///
+/// `raw_header` is the request header as received: pingora drops `Content-Length` when
+/// `Transfer-Encoding` is also present, so that conflict is only visible in the raw bytes.
+pub fn check_framing(headers: &HeaderMap, raw_header: Option<&[u8]>) -> Result<(), Refusal> {
+    let te: Vec<_> = headers.get_all(header::TRANSFER_ENCODING).iter().collect();
+    let cl: Vec<_> = headers.get_all(header::CONTENT_LENGTH).iter().collect();
+    let hidden_cl = !te.is_empty() && raw_header.is_some_and(raw_has_content_length);
+    if !te.is_empty() && (!cl.is_empty() || hidden_cl) {
+        return Err(Refusal::bad_request(
+            "the request has both Content-Length and Transfer-Encoding",
+        ));
+    }
+    if te.len() > 1
+        || te
+            .first()
+            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"chunked"))
+    {
+        return Err(Refusal::bad_request(
+            "the only Transfer-Encoding accepted is a single 'chunked'",
+        ));
+    }
+    if cl.len() > 1 && cl.iter().any(|v| *v != cl[0]) {
+        return Err(Refusal::bad_request(
+            "the request has conflicting Content-Length headers",
+        ));
+    }
+    if cl
+        .first()
+        .is_some_and(|v| v.is_empty() || !v.as_bytes().iter().all(u8::is_ascii_digit))
+    {
+        return Err(Refusal::bad_request(
+            "the Content-Length header is not a number",
+        ));
+    }
+    Ok(())
+}
+
+/// True when a raw request header has a `Content-Length` field line.
+fn raw_has_content_length(raw: &[u8]) -> bool {
+    const NAME: &[u8] = b"content-length";
+    raw.split(|&b| b == b'\n').skip(1).any(|line| {
+        let line = line.trim_ascii_start();
+        line.len() > NAME.len()
+            && line[..NAME.len()].eq_ignore_ascii_case(NAME)
+            && line[NAME.len()..].trim_ascii_start().first() == Some(&b':')
+    })
+}
+
+/// The names listed in `Connection` headers, lower-cased, less the protected ones.
+fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .filter(|name| !PROTECTED.contains(&name.as_str()))
+        .collect()
+}
+
+/// Names of client-supplied headers starting with `x-keygate-`.
+fn keygate_headers(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("x-keygate-"))
+        .cloned()
+        .collect()
+}
+
+/// Rewrites the upstream copy of the request.
+pub fn prepare_upstream(
+    req: &mut RequestHeader,
+    route: &RouteMatch,
+    principal: &Principal,
+    request_id: &str,
+) -> Result<(), Refusal> {
+    let uri: http::Uri = route
+        .upstream_target
+        .parse()
+        .map_err(|_| Refusal::bad_request("the request target cannot be forwarded"))?;
+    req.set_uri(uri);
+    for name in connection_listed(&req.headers) {
+        req.remove_header(&name);
+    }
+    for name in keygate_headers(&req.headers) {
+        req.remove_header(&name);
+    }
+    for name in HOP_BY_HOP.iter().chain(METHOD_OVERRIDES).chain(CREDENTIALS) {
+        req.remove_header(*name);
+    }
+    if let Some(dest) = &route.upstream_destination {
+        req.insert_header("destination", dest.as_str())
+            .map_err(|_| Refusal::bad_request("the Destination header cannot be forwarded"))?;
+    }
+    let _ = req.insert_header(REQUEST_ID, request_id);
+    for (name, value) in [
+        (USER, principal.user_email.as_str()),
+        (KEY_ID, principal.key_id.as_str()),
+        (WORKSPACE, principal.workspace.as_str()),
+    ] {
+        req.insert_header(name, value)
+            .map_err(|_| Refusal::bad_request("an identity header cannot be forwarded"))?;
+    }
+    Ok(())
+}
+
+/// Cleans the upstream's response before the client sees it.
+pub fn clean_response(resp: &mut ResponseHeader, request_id: &str) {
+    for name in connection_listed(&resp.headers) {
+        resp.remove_header(&name);
+    }
+    for name in HOP_BY_HOP {
+        resp.remove_header(*name);
+    }
+    let _ = resp.insert_header(REQUEST_ID, request_id);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::route::RouteMatch;
+    use std::sync::Arc;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn framing() {
+        assert!(check_framing(&headers(&[("content-length", "5")]), None).is_ok());
+        assert!(check_framing(&headers(&[("transfer-encoding", "chunked")]), None).is_ok());
+        let raw = b"PUT /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nX-Content-Length: 3\r\n\r\n";
+        assert!(check_framing(&headers(&[("transfer-encoding", "chunked")]), Some(raw)).is_ok());
+        // What pingora hands over when both were sent: Content-Length already removed.
+        let raw = b"PUT /x HTTP/1.1\r\nHost: a\r\ncontent-LENGTH : 3\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert!(check_framing(&headers(&[("transfer-encoding", "chunked")]), Some(raw)).is_err());
+        for bad in [
+            &[("content-length", "5"), ("transfer-encoding", "chunked")][..],
+            &[("transfer-encoding", "gzip, chunked")],
+            &[
+                ("transfer-encoding", "chunked"),
+                ("transfer-encoding", "chunked"),
+            ],
+            &[("content-length", "5"), ("content-length", "6")],
+            &[("content-length", "-1")],
+            &[("content-length", "0x10")],
+        ] {
+            assert!(check_framing(&headers(bad), None).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn strips_what_must_not_travel() {
+        let mut req = RequestHeader::build("GET", b"/v1/files/local/a%2e", None).unwrap();
+        for (k, v) in [
+            ("host", "x"),
+            ("connection", "keep-alive, x-secret-hop, content-length"),
+            ("x-secret-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("upgrade", "websocket"),
+            ("x-keygate-user", "admin"),
+            ("X-Keygate-Workspace", "other"),
+            ("x-http-method-override", "DELETE"),
+            ("authorization", "Bearer secret"),
+            ("x-api-key", "secret"),
+            ("content-length", "0"),
+            ("accept", "*/*"),
+        ] {
+            req.append_header(k, v).unwrap();
+        }
+        let route = RouteMatch {
+            action: Arc::from("readFile"),
+            resources: vec![],
+            upstream_target: "/v1/files/local/a.".to_owned(),
+            upstream_destination: None,
+        };
+        let principal = Principal {
+            kind: Default::default(),
+            key_id: "key-1".into(),
+            user_id: "user-1".into(),
+            user_email: "ada@example.com".into(),
+            workspace_id: "ws-1".into(),
+            workspace: "acme".into(),
+            scopes: vec![],
+            grants: None,
+            role: None,
+            expires_at: None,
+            generation: 0,
+            usage: Default::default(),
+        };
+        prepare_upstream(&mut req, &route, &principal, "rid-1").unwrap();
+        let mut names: Vec<&str> = req.headers.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            [
+                "accept",
+                "content-length",
+                "host",
+                "x-keygate-key-id",
+                "x-keygate-request-id",
+                "x-keygate-user",
+                "x-keygate-workspace"
+            ]
+        );
+        assert_eq!(req.headers["x-keygate-user"], "ada@example.com");
+        assert_eq!(req.raw_path(), b"/v1/files/local/a.");
+    }
+
+    #[test]
+    fn cleans_responses() {
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.append_header("connection", "close, x-internal")
+            .unwrap();
+        resp.append_header("x-internal", "1").unwrap();
+        resp.append_header("keep-alive", "timeout=5").unwrap();
+        resp.append_header("etag", "\"1\"").unwrap();
+        clean_response(&mut resp, "rid");
+        let mut names: Vec<&str> = resp.headers.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["etag", "x-keygate-request-id"]);
+    }
+}

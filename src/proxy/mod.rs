@@ -1,0 +1,282 @@
+//! The data plane: keygate's `ProxyHttp`, the table of contents of the request path. The only
+//! module that touches the pingora `Session`.
+//!
+//! ```text
+//!  request_filter ─ admit: framing ─ route ─ authenticate ─ limit ─ decide ─┐
+//!        │ refusal: render once (respond.rs), answer, stop                    │ allowed
+//!        ▼                                                                    ▼
+//!     logging (record.rs) ◀─ response_filter ◀─ upstream ◀─ upstream_request_filter (forward.rs)
+//! ```
+//! Each stage is a plain function in its own module that takes values and returns a typed
+//! result; the per-request [`RequestCtx`] (`context.rs`) carries what one stage hands to the
+//! next, each field written by exactly one stage. Nothing carries over between requests on one
+//! connection. `upstream.rs` chooses the peer.
+//!
+//! May import every stage (`route`, `identity`, `ratelimit`, `policy`), `audit`, `usage`,
+//! `telemetry`, `config` (upstream settings). Never `manage`, `control` or `server`.
+
+mod context;
+pub mod forward;
+mod record;
+mod respond;
+pub mod upstream;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::FailToProxy;
+use pingora::ErrorType;
+
+pub use context::RequestCtx;
+use respond::respond;
+use upstream::Upstream;
+
+use crate::audit::AuditLog;
+use crate::clock::{format_time, now_millis};
+use crate::identity::{Identity, Presented};
+use crate::model::EXPIRY_WARNING_MS;
+use crate::policy::PolicyEngine;
+use crate::principal::PrincipalKind;
+use crate::ratelimit::RateLimiter;
+use crate::refusal::{AuthFailure, Refusal};
+use crate::route::{RouteInput, RouteTable};
+use crate::telemetry::Metrics;
+
+/// Everything the data plane needs, shared by all requests.
+pub struct Keygate {
+    pub routes: RouteTable,
+    pub identity: Arc<Identity>,
+    pub limits: RateLimiter,
+    pub policy: Arc<PolicyEngine>,
+    pub upstream: Arc<Upstream>,
+    pub audit: Arc<AuditLog>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Keygate {
+    /// The stages up to the decision, in order. `Ok` means forward. (`request_filter` without
+    /// the pingora session; public for the benchmarks.)
+    pub async fn admit(
+        &self,
+        req: &RequestHeader,
+        raw_header: Option<&[u8]>,
+        ctx: &mut RequestCtx,
+    ) -> Result<(), Refusal> {
+        forward::check_framing(&req.headers, raw_header)?;
+        let route = ctx.route.insert(self.routes.route(route_input(req))?);
+        let presented = Presented {
+            method: &req.method,
+            headers: &req.headers,
+            query: route.query(),
+            client: ctx.client,
+        };
+        let principal = self.identity.authenticate(presented).await?;
+        let principal = ctx.principal.insert(principal);
+        match self.limits.check(principal, &route.action) {
+            Ok(standing) => ctx.standing = standing,
+            Err((refusal, standing)) => {
+                ctx.standing = standing;
+                return Err(refusal);
+            }
+        }
+        let decided = self.policy.decide(principal, route);
+        ctx.verdicts = decided.verdicts;
+        match decided.refusal {
+            None => Ok(()),
+            Some(refusal) => {
+                self.identity.count(&refusal, ctx.client);
+                Err(refusal)
+            }
+        }
+    }
+}
+
+/// What the route stage reads from the request header.
+fn route_input(req: &RequestHeader) -> RouteInput<'_> {
+    RouteInput {
+        method: req.method.as_str(),
+        raw_target: req.raw_path(),
+        destination: req.headers.get("destination").map(|v| v.as_bytes()),
+        host: req
+            .headers
+            .get(http::header::HOST)
+            .and_then(|v| v.to_str().ok()),
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Keygate {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let raw_header = session
+            .as_downstream()
+            .as_http1()
+            .map(|h1| h1.get_headers_raw_bytes());
+        ctx.client = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        match self
+            .admit(session.req_header(), raw_header.as_deref(), ctx)
+            .await
+        {
+            Ok(()) => Ok(false),
+            Err(refusal) => {
+                let written = respond(session, &refusal, ctx, false).await;
+                // A client that hung up before its refusal was written is still counted and
+                // audited as refused, not as an internal failure.
+                if let Err(e) = written {
+                    tracing::debug!(request_id = %ctx.request_id, error = %e, "client went away before its refusal was written");
+                }
+                ctx.refusal = Some(refusal);
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        self.upstream
+            .select()
+            .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, "no healthy upstream peer"))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // INVARIANT: request_filter lets a request through only with a route and a principal.
+        let (Some(route), Some(principal)) = (ctx.route.as_ref(), ctx.principal.as_ref()) else {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "forwarding an unchecked request",
+            ));
+        };
+        // A revoke or change that returned while this request was in flight stops it here.
+        if !self.identity.is_current(principal) {
+            ctx.refusal = Some(Refusal::Unauthorized(AuthFailure::Revoked));
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(401),
+                "credential changed in flight",
+            ));
+        }
+        if forward::prepare_upstream(upstream_request, route, principal, &ctx.request_id).is_err() {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "cannot build the upstream request",
+            ));
+        }
+        let now = Instant::now();
+        self.metrics
+            .overhead
+            .with_label_values(&[&*route.action])
+            .observe(now.duration_since(ctx.arrived).as_secs_f64());
+        ctx.sent_upstream = Some(now);
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        forward::clean_response(upstream_response, &ctx.request_id);
+        if let Some(standing) = &ctx.standing {
+            for (name, value) in standing.headers() {
+                upstream_response.insert_header(name, value)?;
+            }
+        }
+        // Keys that expire soon are flagged; tokens are short-lived by design.
+        let key_expiry = ctx
+            .principal
+            .as_ref()
+            .filter(|p| p.kind == PrincipalKind::ApiKey)
+            .and_then(|p| p.expires_at);
+        if let Some(expires_at) = key_expiry {
+            if expires_at - now_millis() <= EXPIRY_WARNING_MS {
+                let _ =
+                    upstream_response.insert_header(forward::KEY_EXPIRES, format_time(expires_at));
+            }
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        // A refusal a stage already decided (a credential revoked in flight) is what the
+        // client gets; otherwise the failure is turned into the refusal it amounts to.
+        let refusal = match ctx.refusal.take() {
+            Some(decided) => Some(decided),
+            None => self.refusal_for_failure(e, &ctx.request_id),
+        };
+        let code = match &refusal {
+            Some(r) if session.response_written().is_none() => {
+                if respond(session, r, ctx, true).await.is_err() {
+                    0
+                } else {
+                    r.status()
+                }
+            }
+            _ => 0,
+        };
+        ctx.refusal = refusal;
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        // Status codes are a bounded label set (three digits).
+        let status = session.response_written().map(|r| r.status);
+        let outcome = match &ctx.refusal {
+            Some(r) => r.code(),
+            None => "forwarded",
+        };
+        let now = Instant::now();
+        self.audit_decision(ctx, status.map_or(0, |s| s.as_u16()), now);
+        self.metrics
+            .requests
+            .with_label_values(&[
+                ctx.action(),
+                outcome,
+                status.as_ref().map_or("none", |s| s.as_str()),
+            ])
+            .inc();
+        self.metrics
+            .request_duration
+            .with_label_values(&[outcome])
+            .observe(now.duration_since(ctx.arrived).as_secs_f64());
+        if let Some(p) = &ctx.principal {
+            p.usage.record(
+                ctx.refusal.is_some(),
+                session.body_bytes_read() as u64,
+                session.body_bytes_sent() as u64,
+            );
+        }
+        if let Some(sent) = ctx.sent_upstream {
+            self.metrics
+                .upstream_duration
+                .with_label_values(&[ctx.action()])
+                .observe(now.duration_since(sent).as_secs_f64());
+        }
+    }
+}

@@ -1,0 +1,470 @@
+//! Stage 1, route: the raw request target and method → [`RouteMatch`] (action and resources).
+//!
+//! The target is read from the raw bytes on the wire, decoded exactly once into one canonical
+//! form, and that form is both what the policy sees and what goes upstream. Anything that the
+//! proxy and some backend could read differently is refused with 400 instead of being guessed at.
+//! Pure: no I/O, no session, no clock. `canonical.rs` is the canonicalizer, `presets.rs` the
+//! route tables keygate ships.
+//!
+//! May import: `refusal`. Imported by `model` (base paths are canonical paths) and above.
+
+mod canonical;
+pub mod presets;
+
+use std::sync::Arc;
+
+use crate::refusal::Refusal;
+
+use canonical::{bad, join_segments};
+pub use canonical::{
+    canonicalize, canonicalize_path, CanonicalPath, CanonicalTarget, MAX_TARGET_LEN,
+};
+
+/// One piece of a route template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Piece {
+    Literal(String),
+    /// `{provider}`: the provider segment.
+    Provider,
+    /// `{name}`: any one segment, not part of the resource.
+    Param,
+    /// `{*path}`: the rest of the path, possibly empty; the resource path.
+    Tail,
+}
+
+/// A parsed path template such as `/v1/files/{provider}/{*path}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    pieces: Vec<Piece>,
+    source: String,
+}
+
+impl Template {
+    pub fn parse(s: &str) -> Result<Template, String> {
+        let rest = s
+            .strip_prefix('/')
+            .ok_or_else(|| format!("template '{s}' must start with '/'"))?;
+        let mut pieces = Vec::new();
+        let parts: Vec<&str> = if rest.is_empty() {
+            vec![]
+        } else {
+            rest.split('/').collect()
+        };
+        for (i, part) in parts.iter().enumerate() {
+            let piece = if let Some(name) = part.strip_prefix('{').and_then(|p| p.strip_suffix('}'))
+            {
+                if let Some(tail) = name.strip_prefix('*') {
+                    if i + 1 != parts.len() {
+                        return Err(format!("in template '{s}', '{{*{tail}}}' must come last"));
+                    }
+                    Piece::Tail
+                } else if name == "provider" {
+                    Piece::Provider
+                } else if !name.is_empty()
+                    && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                {
+                    Piece::Param
+                } else {
+                    return Err(format!(
+                        "in template '{s}', '{{{name}}}' is not a valid parameter"
+                    ));
+                }
+            } else {
+                if part.is_empty() {
+                    return Err(format!("template '{s}' has an empty segment"));
+                }
+                let canonical = canonicalize_path(format!("/{part}").as_bytes()).map_err(|_| {
+                    format!("template '{s}' has a segment that is not canonical: '{part}'")
+                })?;
+                Piece::Literal(canonical.decoded()[1..].to_owned())
+            };
+            pieces.push(piece);
+        }
+        if pieces.iter().filter(|p| **p == Piece::Provider).count() > 1 {
+            return Err(format!("template '{s}' names {{provider}} more than once"));
+        }
+        Ok(Template {
+            pieces,
+            source: s.to_owned(),
+        })
+    }
+
+    pub fn has_provider(&self) -> bool {
+        self.pieces.contains(&Piece::Provider)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+
+    /// Matches canonical segments; returns (provider segment, resource path).
+    fn matches<'a>(&self, segments: &'a [String]) -> Option<(Option<&'a str>, String)> {
+        let mut provider = None;
+        for (i, piece) in self.pieces.iter().enumerate() {
+            match piece {
+                Piece::Tail => {
+                    return Some((provider, join_segments(&segments[i.min(segments.len())..])))
+                }
+                _ if i >= segments.len() => return None,
+                Piece::Literal(l) => {
+                    if *l != segments[i] {
+                        return None;
+                    }
+                }
+                Piece::Provider => provider = Some(segments[i].as_str()),
+                Piece::Param => {}
+            }
+        }
+        (segments.len() == self.pieces.len()).then(|| (provider, "/".to_owned()))
+    }
+}
+
+/// Which methods a route answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Methods {
+    Any,
+    List(Vec<String>),
+}
+
+impl Methods {
+    fn allows(&self, method: &str) -> bool {
+        match self {
+            Methods::Any => true,
+            Methods::List(l) => l.iter().any(|m| m == method),
+        }
+    }
+}
+
+/// One row of the route table.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub methods: Methods,
+    pub template: Template,
+    pub action: Arc<str>,
+    /// The provider when the template has no `{provider}` (a WebDAV mount, say).
+    pub provider: Option<Arc<str>>,
+    /// The request names a second resource in its `Destination` header (move, copy).
+    pub destination: bool,
+}
+
+/// Where a resource sits in the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResourceRole {
+    Source,
+    Destination,
+}
+
+/// A storage location the request touches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resource {
+    pub role: ResourceRole,
+    pub provider: Arc<str>,
+    /// Canonical decoded path inside the provider; `/` for its root.
+    pub path: String,
+}
+
+/// The outcome of the route stage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteMatch {
+    pub action: Arc<str>,
+    pub resources: Vec<Resource>,
+    /// What to send upstream as the request target.
+    pub upstream_target: String,
+    /// The rewritten `Destination` header, when the route has one.
+    pub upstream_destination: Option<String>,
+}
+
+impl RouteMatch {
+    /// The query as received (checked printable ASCII), if any.
+    pub fn query(&self) -> Option<&str> {
+        self.upstream_target.split_once('?').map(|(_, q)| q)
+    }
+}
+
+/// The route table from the config: first match wins.
+#[derive(Debug, Clone, Default)]
+pub struct RouteTable {
+    routes: Vec<Route>,
+    default_action: Option<Arc<str>>,
+}
+
+/// What the route stage reads from a request.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteInput<'a> {
+    pub method: &'a str,
+    pub raw_target: &'a [u8],
+    pub destination: Option<&'a [u8]>,
+    pub host: Option<&'a str>,
+}
+
+impl RouteTable {
+    pub fn new(routes: Vec<Route>, default_action: Option<Arc<str>>) -> RouteTable {
+        RouteTable {
+            routes,
+            default_action,
+        }
+    }
+
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    /// The route stage.
+    pub fn route(&self, input: RouteInput<'_>) -> Result<RouteMatch, Refusal> {
+        let target = canonicalize(input.raw_target)?;
+        let upstream_target = target.upstream_target();
+        let segments = target.path.segments();
+        for route in &self.routes {
+            if !route.methods.allows(input.method) {
+                continue;
+            }
+            let Some((provider, path)) = route.template.matches(segments) else {
+                continue;
+            };
+            let mut resources = Vec::with_capacity(1 + route.destination as usize);
+            if let Some(provider) = provider_of(route, provider) {
+                resources.push(Resource {
+                    role: ResourceRole::Source,
+                    provider,
+                    path,
+                });
+            }
+            let mut upstream_destination = None;
+            if route.destination {
+                let (resource, header) = destination(route, input)?;
+                resources.extend(resource);
+                upstream_destination = Some(header);
+            }
+            return Ok(RouteMatch {
+                action: route.action.clone(),
+                resources,
+                upstream_target,
+                upstream_destination,
+            });
+        }
+        match &self.default_action {
+            Some(action) => Ok(RouteMatch {
+                action: action.clone(),
+                resources: Vec::new(),
+                upstream_target,
+                upstream_destination: None,
+            }),
+            None => Err(Refusal::NotFound),
+        }
+    }
+}
+
+fn provider_of(route: &Route, segment: Option<&str>) -> Option<Arc<str>> {
+    match segment {
+        Some(s) => Some(Arc::from(s)),
+        None => route.provider.clone(),
+    }
+}
+
+/// Reads the `Destination` header: an absolute path, or an absolute URI whose authority is the
+/// request's own `Host`. It must match the same route template as the request.
+fn destination(
+    route: &Route,
+    input: RouteInput<'_>,
+) -> Result<(Option<Resource>, String), Refusal> {
+    let raw = input
+        .destination
+        .ok_or_else(|| bad("this request needs a Destination header"))?;
+    let (origin, path) = split_destination(raw, input.host)?;
+    let target = canonicalize(path)?;
+    if target.query.is_some() {
+        return Err(bad("the Destination header must not carry a query"));
+    }
+    let (provider, dest_path) = route
+        .template
+        .matches(target.path.segments())
+        .ok_or_else(|| bad("the Destination header names a location outside this route"))?;
+    let resource = provider_of(route, provider).map(|provider| Resource {
+        role: ResourceRole::Destination,
+        provider,
+        path: dest_path,
+    });
+    Ok((resource, format!("{origin}{}", target.path.encoded())))
+}
+
+fn split_destination<'a>(
+    raw: &'a [u8],
+    host: Option<&str>,
+) -> Result<(&'a str, &'a [u8]), Refusal> {
+    if raw.first() == Some(&b'/') {
+        return Ok(("", raw));
+    }
+    let s = std::str::from_utf8(raw).map_err(|_| bad("the Destination header is malformed"))?;
+    let rest = s
+        .strip_prefix("http://")
+        .or_else(|| s.strip_prefix("https://"))
+        .ok_or_else(|| bad("the Destination header must be an absolute path or URI"))?;
+    let slash = rest.find('/').unwrap_or(rest.len());
+    let authority = &rest[..slash];
+    if host.is_none_or(|h| !h.eq_ignore_ascii_case(authority)) {
+        return Err(bad("the Destination header names another host"));
+    }
+    let origin_len = s.len() - rest.len() + slash;
+    if slash == rest.len() {
+        return Err(bad("the Destination header has no path"));
+    }
+    Ok((&s[..origin_len], &raw[origin_len..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> RouteTable {
+        let route = |methods: &[&str], t: &str, action: &str, destination: bool| Route {
+            methods: Methods::List(methods.iter().map(|m| m.to_string()).collect()),
+            template: Template::parse(t).unwrap(),
+            action: Arc::from(action),
+            provider: None,
+            destination,
+        };
+        RouteTable::new(
+            vec![
+                route(
+                    &["GET", "HEAD"],
+                    "/v1/files/{provider}/{*path}",
+                    "readFile",
+                    false,
+                ),
+                route(&["MOVE"], "/v1/files/{provider}/{*path}", "moveFile", true),
+                route(
+                    &["GET"],
+                    "/v1/folders/{provider}/{*path}",
+                    "listFolder",
+                    false,
+                ),
+                route(
+                    &["POST"],
+                    "/v1/trash/{provider}/{id}/restore",
+                    "restoreTrash",
+                    false,
+                ),
+            ],
+            None,
+        )
+    }
+
+    fn input<'a>(method: &'a str, target: &'a str, dest: Option<&'a str>) -> RouteInput<'a> {
+        RouteInput {
+            method,
+            raw_target: target.as_bytes(),
+            destination: dest.map(str::as_bytes),
+            host: Some("proxy.example:8080"),
+        }
+    }
+
+    #[test]
+    fn routes_to_action_and_resources() {
+        let m = table()
+            .route(input(
+                "GET",
+                "/v1/files/local/backups/2025/db%20dump.tar",
+                None,
+            ))
+            .unwrap();
+        assert_eq!(&*m.action, "readFile");
+        assert_eq!(m.resources.len(), 1);
+        assert_eq!(&*m.resources[0].provider, "local");
+        assert_eq!(m.resources[0].path, "/backups/2025/db dump.tar");
+        assert_eq!(
+            m.upstream_target,
+            "/v1/files/local/backups/2025/db%20dump.tar"
+        );
+
+        let root = table()
+            .route(input("GET", "/v1/folders/local", None))
+            .unwrap();
+        assert_eq!(root.resources[0].path, "/");
+        let root = table()
+            .route(input("GET", "/v1/folders/local/", None))
+            .unwrap();
+        assert_eq!(root.resources[0].path, "/");
+
+        let r = table()
+            .route(input("POST", "/v1/trash/local/abc/restore", None))
+            .unwrap();
+        assert_eq!(&*r.action, "restoreTrash");
+        assert_eq!(r.resources[0].path, "/");
+    }
+
+    #[test]
+    fn unknown_routes_are_not_found() {
+        assert_eq!(
+            table().route(input("GET", "/v2/x", None)),
+            Err(Refusal::NotFound)
+        );
+        assert_eq!(
+            table().route(input("DELETE", "/v1/files/local/a", None)),
+            Err(Refusal::NotFound)
+        );
+        assert_eq!(
+            table().route(input("GET", "/v1/trash/local/x/y", None)),
+            Err(Refusal::NotFound)
+        );
+    }
+
+    #[test]
+    fn move_needs_and_canonicalizes_destination() {
+        let t = table();
+        let m = t
+            .route(input(
+                "MOVE",
+                "/v1/files/local/a.txt",
+                Some("/v1/files/other/b%20c.txt"),
+            ))
+            .unwrap();
+        assert_eq!(m.resources.len(), 2);
+        assert_eq!(m.resources[1].role, ResourceRole::Destination);
+        assert_eq!(&*m.resources[1].provider, "other");
+        assert_eq!(m.resources[1].path, "/b c.txt");
+        assert_eq!(
+            m.upstream_destination.as_deref(),
+            Some("/v1/files/other/b%20c.txt")
+        );
+
+        let abs = t
+            .route(input(
+                "MOVE",
+                "/v1/files/local/a",
+                Some("http://proxy.example:8080/v1/files/local/%7eb"),
+            ))
+            .unwrap();
+        assert_eq!(
+            abs.upstream_destination.as_deref(),
+            Some("http://proxy.example:8080/v1/files/local/~b")
+        );
+
+        for dest in [
+            None,
+            Some("/v1/files/local/../../etc"),
+            Some("/v1/folders/local/x"),
+            Some("http://elsewhere/v1/files/local/x"),
+            Some("/v1/files/local/x?y=1"),
+            Some("v1/files/local/x"),
+        ] {
+            assert!(
+                matches!(
+                    t.route(input("MOVE", "/v1/files/local/a", dest)),
+                    Err(Refusal::BadRequest(_)) | Err(Refusal::NotFound)
+                ),
+                "{dest:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn templates_are_checked() {
+        assert!(Template::parse("v1/x").is_err());
+        assert!(Template::parse("/v1/{*path}/x").is_err());
+        assert!(Template::parse("/v1//x").is_err());
+        assert!(Template::parse("/v1/{provider}/{provider}").is_err());
+        assert!(Template::parse("/v1/{bad name}").is_err());
+        assert!(Template::parse("/v1/../x").is_err());
+        assert!(Template::parse("/").is_ok());
+    }
+}

@@ -1,0 +1,94 @@
+//! Route presets: the route tables keygate ships for storage APIs it knows.
+//! The action names are the ones the policy schema defines.
+
+use serde::Deserialize;
+
+/// A route rule as written in `[[routes.rule]]` and in the presets.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteRule {
+    /// Methods this rule answers; `["*"]` for any.
+    pub methods: Vec<String>,
+    /// Path template: literals, `{provider}`, `{name}` and a final `{*path}`.
+    pub path: String,
+    pub action: String,
+    /// Fixed provider for templates without `{provider}`.
+    pub provider: Option<String>,
+    /// The request names a second resource in its `Destination` header.
+    #[serde(default)]
+    pub destination: bool,
+}
+
+fn rule(methods: &[&str], path: &str, action: &str) -> RouteRule {
+    RouteRule {
+        methods: methods.iter().map(|m| (*m).to_owned()).collect(),
+        path: path.to_owned(),
+        action: action.to_owned(),
+        provider: None,
+        destination: false,
+    }
+}
+
+fn with_destination(mut r: RouteRule) -> RouteRule {
+    r.destination = true;
+    r
+}
+
+/// The rules of a preset, or `None` for an unknown preset name.
+pub fn rules(preset: &str, webdav_provider: &str) -> Option<Vec<RouteRule>> {
+    match preset {
+        "none" => Some(Vec::new()),
+        "storage-backend" => Some(storage_backend()),
+        "webdav" => Some(webdav(webdav_provider)),
+        _ => None,
+    }
+}
+
+/// The API of the bundled `storage-backend`.
+pub fn storage_backend() -> Vec<RouteRule> {
+    const FILES: &str = "/v1/files/{provider}/{*path}";
+    vec![
+        rule(&["GET", "HEAD"], FILES, "readFile"),
+        rule(&["PUT"], FILES, "writeFile"),
+        rule(&["DELETE"], FILES, "deleteFile"),
+        with_destination(rule(&["MOVE"], FILES, "moveFile")),
+        with_destination(rule(&["COPY"], FILES, "copyFile")),
+        rule(
+            &["GET", "HEAD"],
+            "/v1/folders/{provider}/{*path}",
+            "listFolder",
+        ),
+        rule(&["POST"], "/v1/folders/{provider}/{*path}", "createFolder"),
+        rule(&["GET"], "/v1/search/{provider}/{*path}", "searchFiles"),
+        rule(&["GET"], "/v1/trash/{provider}", "listTrash"),
+        rule(
+            &["POST"],
+            "/v1/trash/{provider}/{id}/restore",
+            "restoreTrash",
+        ),
+        rule(&["DELETE"], "/v1/trash/{provider}/{id}", "purgeTrash"),
+        rule(&["DELETE"], "/v1/trash/{provider}", "purgeTrash"),
+    ]
+}
+
+/// A WebDAV server (RFC 4918) mounted at `/`, all of it one provider.
+pub fn webdav(provider: &str) -> Vec<RouteRule> {
+    const ALL: &str = "/{*path}";
+    let fixed = |mut r: RouteRule| {
+        r.provider = Some(provider.to_owned());
+        r
+    };
+    vec![
+        fixed(rule(&["GET", "HEAD", "OPTIONS"], ALL, "readFile")),
+        fixed(rule(&["PROPFIND"], ALL, "listFolder")),
+        fixed(rule(
+            &["PUT", "PROPPATCH", "LOCK", "UNLOCK"],
+            ALL,
+            "writeFile",
+        )),
+        fixed(rule(&["DELETE"], ALL, "deleteFile")),
+        fixed(rule(&["MKCOL"], ALL, "createFolder")),
+        fixed(with_destination(rule(&["MOVE"], ALL, "moveFile"))),
+        fixed(with_destination(rule(&["COPY"], ALL, "copyFile"))),
+    ]
+}

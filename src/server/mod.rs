@@ -1,0 +1,278 @@
+//! Process wiring for `keygate serve`: builds every part from the config, binds both listeners
+//! (port 0 picks a free port; the chosen addresses are printed), feeds every data-plane
+//! connection to pingora's HTTP proxy (`accept.rs`), serves the control plane beside it on the
+//! same runtime, runs the background tasks (`tasks.rs`), and shuts down gracefully.
+//!
+//! May import everything below it; only `commands` and `main.rs` import it.
+
+mod accept;
+mod tasks;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use pingora::server::configuration::ServerConf;
+use pingora::services::background::BackgroundService;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use accept::{accept_loop, ConnSettings};
+use tasks::{flush_usage, follow_providers, purge_tokens, reload_on_change, reload_on_signal};
+
+use crate::audit::AuditLog;
+use crate::config::Config;
+use crate::control::{self, ControlState};
+use crate::identity::jwt::Tokens;
+use crate::identity::{Identity, IdentityConfig};
+use crate::manage::logins::Auth;
+use crate::manage::KeyManager;
+use crate::model::Pepper;
+use crate::policy::PolicyEngine;
+use crate::proxy::upstream::Upstream;
+use crate::proxy::Keygate;
+use crate::ratelimit::RateLimiter;
+use crate::store::Store;
+use crate::telemetry::Metrics;
+use crate::usage::UsageRecorder;
+
+/// How long in-flight requests get to finish after a shutdown signal.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// A running keygate: its addresses and the handle that stops it.
+pub struct Running {
+    pub data_addr: SocketAddr,
+    pub control_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+    store: Store,
+    usage: Arc<UsageRecorder>,
+    audit: Arc<AuditLog>,
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight requests finish (up to a deadline), closes the database.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        let drained = tokio::time::timeout(DRAIN, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("shutdown: in-flight requests did not finish in time");
+            self.tasks.abort_all();
+        }
+        if let Err(e) = self.usage.flush(&self.store).await {
+            tracing::error!(error = %e, "shutdown: could not write the last usage counts");
+        }
+        self.store.close().await;
+        // The audit writer is a thread of its own: wait for it off the runtime's threads.
+        let audit = self.audit.clone();
+        let _ = tokio::task::spawn_blocking(move || audit.drain(Duration::from_secs(5))).await;
+    }
+}
+
+/// Opens the database, binds the listeners and starts serving on the current runtime.
+pub async fn start(config: &Config) -> anyhow::Result<Running> {
+    let store = Store::open(&config.database.url, config.database.max_connections)
+        .await
+        .context("cannot open the database")?;
+    start_with_store(config, store).await
+}
+
+/// The pepper of the config, read (or created) and checked.
+pub fn load_pepper(config: &Config) -> anyhow::Result<Pepper> {
+    let secret = config
+        .keys
+        .pepper
+        .load()
+        .context("cannot read the key pepper")?;
+    Pepper::new(secret.as_bytes()).map_err(|e| anyhow::anyhow!("invalid key pepper: {e}"))
+}
+
+/// The policy set of the config, for a process that is not serving (the CLI).
+pub fn load_policies(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Arc<PolicyEngine>> {
+    Ok(Arc::new(
+        PolicyEngine::load(&config.policy_dir, metrics).map_err(|e| {
+            anyhow::anyhow!(
+                "the policies in {} are not valid:\n{e}",
+                config.policy_dir.display()
+            )
+        })?,
+    ))
+}
+
+/// The key manager for a process that is not serving (the CLI).
+pub fn key_manager(config: &Config, store: Store) -> anyhow::Result<KeyManager> {
+    Ok(KeyManager {
+        policy: load_policies(config, Arc::new(Metrics::new()))?,
+        store,
+        style: config.keys.style.clone(),
+        pepper: load_pepper(config)?,
+        max_active_per_user: config.keys.max_active_per_user,
+        identity: None,
+        usage: None,
+    })
+}
+
+pub async fn start_with_store(config: &Config, store: Store) -> anyhow::Result<Running> {
+    let metrics = Arc::new(Metrics::new());
+    let usage = Arc::new(UsageRecorder::default());
+    let pepper = load_pepper(config)?;
+    let tokens = Arc::new(
+        Tokens::open(store.clone(), &pepper, config.tokens.clone())
+            .await
+            .context("cannot load the token signing keys")?,
+    );
+    let identity = Arc::new(Identity::new(
+        store.clone(),
+        pepper.clone(),
+        &IdentityConfig {
+            style: config.keys.style.clone(),
+            session_cookie: Some(config.tokens.session_cookie.clone()),
+            allowed_origins: config.tokens.allowed_origins.clone(),
+            cache_ttl: config.keys.cache_ttl,
+            cache_capacity: 100_000,
+            failures_per_minute: config.auth_failures_per_minute,
+            forbidden_per_minute: config.auth_forbidden_per_minute,
+        },
+        Some(tokens.clone()),
+        usage.clone(),
+        metrics.clone(),
+    ));
+    let policy = load_policies(config, metrics.clone())?;
+    let keys = Arc::new(KeyManager {
+        policy: policy.clone(),
+        store: store.clone(),
+        style: config.keys.style.clone(),
+        pepper: pepper.clone(),
+        max_active_per_user: config.keys.max_active_per_user,
+        identity: Some(identity.clone()),
+        usage: Some(usage.clone()),
+    });
+    let auth = Arc::new(Auth::new(
+        store.clone(),
+        pepper,
+        tokens,
+        identity.clone(),
+        keys.clone(),
+        metrics.clone(),
+    ));
+    policy.set_providers(
+        store
+            .provider_directory()
+            .await
+            .context("cannot read the providers")?,
+    );
+    let operator_token = match &config.operator_token {
+        Some(source) => Some(Arc::<str>::from(
+            source.load().context("cannot read the operator token")?,
+        )),
+        None => None,
+    };
+    let upstream = Arc::new(Upstream::new(&config.upstream).context("invalid upstream peers")?);
+    let audit = Arc::new(
+        AuditLog::start(&config.audit, metrics.clone()).context("cannot open the audit log")?,
+    );
+    let data = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let control = TcpListener::bind(config.control_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.control_listen))?;
+    let data_addr = data.local_addr()?;
+    let control_addr = control.local_addr()?;
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+
+    if let Some(balancer) = upstream.balancer() {
+        let rx = shutdown_rx.clone();
+        tasks.spawn(async move { balancer.start(rx).await });
+    }
+
+    tasks.spawn(
+        identity
+            .clone()
+            .follow_changes(config.keys.change_poll_interval, shutdown_rx.clone()),
+    );
+    tasks.spawn(follow_providers(
+        policy.clone(),
+        store.clone(),
+        config.keys.change_poll_interval,
+        shutdown_rx.clone(),
+    ));
+    tasks.spawn(reload_on_signal(policy.clone(), shutdown_rx.clone()));
+    if config.policy_watch {
+        tasks.spawn(reload_on_change(
+            policy.clone(),
+            config.policy_dir.clone(),
+            shutdown_rx.clone(),
+        ));
+    }
+    tasks.spawn(purge_tokens(store.clone(), shutdown_rx.clone()));
+    tasks.spawn(flush_usage(
+        usage.clone(),
+        store.clone(),
+        config.keys.usage_flush_interval,
+        shutdown_rx.clone(),
+    ));
+
+    let control_app = control::app(ControlState {
+        store: store.clone(),
+        metrics: metrics.clone(),
+        identity: identity.clone(),
+        keys,
+        auth,
+        operator_token,
+        policy: policy.clone(),
+    });
+    let mut rx = shutdown_rx.clone();
+    tasks.spawn(async move {
+        let stop = async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        if let Err(e) = axum::serve(
+            control,
+            control_app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(stop)
+        .await
+        {
+            tracing::error!(error = %e, "control plane stopped");
+        }
+    });
+
+    let conf = ServerConf {
+        threads: config.threads,
+        ..ServerConf::default()
+    };
+    let keygate = Keygate {
+        routes: config.routes.clone(),
+        identity,
+        limits: RateLimiter::new(config.rate_limit.clone(), metrics.clone()),
+        policy,
+        upstream,
+        audit: audit.clone(),
+        metrics: metrics.clone(),
+    };
+    let proxy = Arc::new(pingora::proxy::http_proxy(&Arc::new(conf), keygate));
+    let settings = ConnSettings {
+        header_timeout: config.header_timeout,
+        keepalive_secs: config.keepalive_timeout.as_secs().max(1),
+        keepalive_requests: config.keepalive_requests,
+    };
+    tasks.spawn(accept_loop(data, proxy, settings, metrics, shutdown_rx));
+
+    Ok(Running {
+        data_addr,
+        control_addr,
+        shutdown: shutdown_tx,
+        tasks,
+        store,
+        usage,
+        audit,
+    })
+}

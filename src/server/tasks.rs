@@ -1,0 +1,117 @@
+//! The background tasks of a running keygate: following changes made elsewhere (providers),
+//! reloading policies (SIGHUP, file changes), flushing usage, purging old tokens. Each stops on
+//! the shutdown signal.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::background::{Shutdown, Ticker};
+use crate::policy::PolicyEngine;
+use crate::store::Store;
+use crate::usage::UsageRecorder;
+
+/// Deletes token rows a week after they expired, hourly.
+pub async fn purge_tokens(store: Store, shutdown: Shutdown) {
+    const GRACE_MS: i64 = 7 * 86_400_000;
+    let mut ticker = Ticker::new(Duration::from_secs(3600), shutdown);
+    loop {
+        match store.purge_expired_tokens(GRACE_MS).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(tokens = n, "purged expired tokens"),
+            Err(e) => tracing::warn!(error = %e, "cannot purge expired tokens"),
+        }
+        if !ticker.tick().await {
+            return;
+        }
+    }
+}
+
+/// Keeps the provider → workspace directory of the policy stage current.
+pub async fn follow_providers(
+    policy: Arc<PolicyEngine>,
+    store: Store,
+    interval: Duration,
+    shutdown: Shutdown,
+) {
+    let mut ticker = Ticker::new(interval, shutdown);
+    while ticker.tick().await {
+        match store.provider_directory().await {
+            Ok(d) => policy.set_providers(d),
+            Err(e) => tracing::warn!(error = %e, "cannot read the providers"),
+        }
+    }
+}
+
+/// Reloads the policies on SIGHUP.
+pub async fn reload_on_signal(policy: Arc<PolicyEngine>, mut shutdown: Shutdown) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; reload through the control plane instead");
+        return;
+    };
+    loop {
+        let hupped = tokio::select! {
+            got = hup.recv() => got.is_some(),
+            _ = shutdown.wait_for(|s| *s) => false,
+        };
+        if !hupped {
+            return;
+        }
+        let p = policy.clone();
+        let _ = tokio::task::spawn_blocking(move || p.reload()).await;
+    }
+}
+
+/// Reloads the policies when a file of the folder changes (after 200 ms of quiet).
+pub async fn reload_on_change(
+    policy: Arc<PolicyEngine>,
+    dir: std::path::PathBuf,
+    mut shutdown: Shutdown,
+) {
+    use notify::Watcher;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok_and(|e| !e.kind.is_access()) {
+            let _ = tx.send(());
+        }
+    });
+    let mut watcher = match watcher {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the policy folder; reload with SIGHUP or the control plane");
+            return;
+        }
+    };
+    if let Err(e) = watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
+        tracing::warn!(error = %e, "cannot watch the policy folder; reload with SIGHUP or the control plane");
+        return;
+    }
+    loop {
+        let changed = tokio::select! {
+            got = rx.recv() => got.is_some(),
+            _ = shutdown.wait_for(|s| *s) => false,
+        };
+        if !changed {
+            return;
+        }
+        // Let an editor finish writing: wait for 200 ms without events.
+        while let Ok(Some(())) = tokio::time::timeout(Duration::from_millis(200), rx.recv()).await {
+        }
+        let p = policy.clone();
+        let _ = tokio::task::spawn_blocking(move || p.reload()).await;
+    }
+}
+
+/// Writes usage counters every `interval` until shutdown (the last flush is `Running::shutdown`'s).
+pub async fn flush_usage(
+    usage: Arc<UsageRecorder>,
+    store: Store,
+    interval: Duration,
+    shutdown: Shutdown,
+) {
+    let mut ticker = Ticker::new(interval, shutdown);
+    while ticker.tick().await {
+        if let Err(e) = usage.flush(&store).await {
+            tracing::warn!(error = %e, "cannot write usage counts; keeping them for the next try");
+        }
+    }
+}
