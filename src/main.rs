@@ -48,8 +48,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .source
                     .as_ref()
                     .map_or("defaults".into(), |p| p.display().to_string()),
-                config.listen,
-                config.control_listen,
+                config.server.listen,
+                config.server.control_listen,
                 config.routes.routes().len(),
                 config.upstream.peers.len(),
             );
@@ -64,7 +64,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let config = load_config(cli.config.as_deref(), overrides)?;
             keygate::telemetry::init_logging(&config.log.level, config.log.json);
-            runtime(config.threads)?.block_on(async {
+            runtime(config.server.threads)?.block_on(async {
                 let running = keygate::server::start(&config).await?;
                 println!("keygate data plane listening on http://{}", running.data_addr);
                 println!("keygate control plane listening on http://{}", running.control_addr);

@@ -111,7 +111,7 @@ impl Refusal {
         }
     }
 
-    /// Renders the single JSON error shape of DESIGN.md.
+    /// Renders the single JSON error shape (docs/request-path.md, "The error body").
     pub fn render(&self, request_id: &str) -> Rendered {
         let mut headers = vec![("content-type", "application/json".to_owned())];
         let mut details = None;

@@ -58,14 +58,9 @@ async fn every_401_reason_and_no_key_in_any_body_or_log() {
     let r = reqwest::Client::new()
         .get(kg.url(path))
         .header("authorization", format!("Basic {}", kg.key))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(
-        r.json::<Value>().await.unwrap()["error"]["details"]["reason"],
-        "malformed"
-    );
+        .expect(StatusCode::UNAUTHORIZED)
+        .await;
+    assert_eq!(r["error"]["details"]["reason"], "malformed");
 
     let unknown = unissued_key();
     let (s, b, _) = get_with(&kg, &unknown, path).await;
@@ -100,13 +95,10 @@ async fn every_401_reason_and_no_key_in_any_body_or_log() {
     let gone = created["data"]["key"].as_str().unwrap().to_owned();
     let id = created["data"]["id"].as_str().unwrap();
     assert_eq!(get_with(&kg, &gone, path).await.0, StatusCode::OK);
-    let r = kg
-        .operator()
+    kg.operator()
         .delete(kg.control_url(&format!("/v1/keys/{id}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
+        .expect(StatusCode::OK)
+        .await;
     let (s, b, _) = get_with(&kg, &gone, path).await;
     assert_eq!(
         (s, b["error"]["details"]["reason"].as_str()),
@@ -181,13 +173,10 @@ async fn presenting_keys_headers_query_and_conflicts() {
             .unwrap();
         assert_eq!(r.status(), StatusCode::OK, "{scheme}");
     }
-    let r = c
-        .get(&url)
+    c.get(&url)
         .header("x-api-key", &kg.key)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
+        .expect(StatusCode::OK)
+        .await;
 
     let (_, other) = create_key(
         &kg,
@@ -266,13 +255,10 @@ async fn checksum_invalid_keys_never_reach_the_database_and_failures_are_throttl
     bad.pop();
     bad.push(if kg.key.ends_with('0') { '1' } else { '0' });
     for _ in 0..4 {
-        let r = c
-            .get(kg.url("/v1/files/local/a"))
+        c.get(kg.url("/v1/files/local/a"))
             .header("x-api-key", &bad)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+            .expect(StatusCode::UNAUTHORIZED)
+            .await;
     }
     assert_eq!(
         lookups(&kg.metrics().await),
@@ -282,13 +268,10 @@ async fn checksum_invalid_keys_never_reach_the_database_and_failures_are_throttl
 
     // Well-formed unknown keys cost one lookup each, until the address is throttled.
     let unknown = unissued_key();
-    let r = c
-        .get(kg.url("/v1/files/local/a"))
+    c.get(kg.url("/v1/files/local/a"))
         .header("x-api-key", &unknown)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        .expect(StatusCode::UNAUTHORIZED)
+        .await;
     assert_eq!(lookups(&kg.metrics().await), before + 1.0);
     // The sixth failure in a minute (four malformed, one unknown, this one) trips the limiter.
     let r = c
@@ -315,13 +298,10 @@ async fn checksum_invalid_keys_never_reach_the_database_and_failures_are_throttl
     assert!(b["error"]["retryAfter"].as_u64().is_some_and(|s| s >= 1));
     let after = lookups(&kg.metrics().await);
     for _ in 0..5 {
-        let r = c
-            .get(kg.url("/v1/files/local/a"))
+        c.get(kg.url("/v1/files/local/a"))
             .header("x-api-key", format!("{}x", &unknown[..unknown.len() - 1]))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+            .expect(StatusCode::TOO_MANY_REQUESTS)
+            .await;
     }
     assert_eq!(
         lookups(&kg.metrics().await),
@@ -503,36 +483,24 @@ async fn management_flow(kg: &Keygate) {
     let r = api
         .post(kg.control_url("/v1/keys"))
         .json(&json!({"name": "x", "scopes": ["read"], "owner": "ada@example.com"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::FORBIDDEN);
-    assert_eq!(
-        r.json::<Value>().await.unwrap()["error"]["code"],
-        "FORBIDDEN"
-    );
-    let r = api
-        .post(kg.control_url(&format!("/v1/keys/{id}/rotate")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        .expect(StatusCode::FORBIDDEN)
+        .await;
+    assert_eq!(r["error"]["code"], "FORBIDDEN");
+    api.post(kg.control_url(&format!("/v1/keys/{id}/rotate")))
+        .expect(StatusCode::FORBIDDEN)
+        .await;
     let r = api.get(kg.control_url("/v1/keys")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert!(!r.text().await.unwrap().contains(&kg.key));
-    let r = reqwest::Client::new()
+    reqwest::Client::new()
         .get(kg.control_url("/v1/keys"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    let r = reqwest::Client::new()
+        .expect(StatusCode::UNAUTHORIZED)
+        .await;
+    reqwest::Client::new()
         .get(kg.control_url("/v1/keys"))
         .header("authorization", "Bearer op-wrong-token-0123456789")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        .expect(StatusCode::UNAUTHORIZED)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -623,13 +591,10 @@ async fn revoking_under_load_stops_every_later_forward() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let r = kg
-            .operator()
+        kg.operator()
             .delete(kg.control_url(&format!("/v1/keys/{id}")))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::OK);
+            .expect(StatusCode::OK)
+            .await;
         *revoked_at.lock().unwrap() = Some(Instant::now());
         tokio::time::sleep(Duration::from_millis(60)).await;
         stop.store(true, Ordering::Relaxed);
@@ -882,13 +847,11 @@ async fn compatible_key_formats() {
             get_with(&kg, key, "/v1/files/local/x").await.0,
             StatusCode::OK
         );
-        let r = reqwest::Client::new()
+        reqwest::Client::new()
             .get(kg.url("/v1/files/local/x"))
             .header("authorization", format!("Bearer {key}"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::OK);
+            .expect(StatusCode::OK)
+            .await;
     }
 }
 
@@ -938,19 +901,13 @@ async fn control_plane_failures_are_throttled_like_the_data_plane() {
         "RATE_LIMIT_EXCEEDED"
     );
     // The address is throttled on the data plane too, valid key or not, until its budget refills.
-    let r = kg
-        .client()
+    kg.client()
         .get(kg.url("/v1/files/local/a"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        .expect(StatusCode::TOO_MANY_REQUESTS)
+        .await;
     // The operator token is not an API-key attempt and still works.
-    let r = kg
-        .operator()
+    kg.operator()
         .get(kg.control_url("/v1/keys"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
+        .expect(StatusCode::OK)
+        .await;
 }

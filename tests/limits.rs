@@ -374,19 +374,15 @@ async fn each_metric_moves_with_the_traffic_that_drives_it() {
     let before = kg.metrics().await;
     let client = kg.client();
     for _ in 0..3 {
-        let r = client
+        client
             .get(kg.url("/v1/files/local/m.txt"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::OK);
+            .expect(StatusCode::OK)
+            .await;
     }
-    let r = reqwest::Client::new()
+    reqwest::Client::new()
         .get(kg.url("/v1/files/local/m.txt"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        .expect(StatusCode::UNAUTHORIZED)
+        .await;
     let r = kg
         .operator()
         .post(kg.control_url("/v1/admin/policy/reload"))

@@ -136,13 +136,10 @@ async fn a_mobile_token_reaches_storage_and_carries_the_documented_claims() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.bytes().await.unwrap().as_ref(), b"quarterly numbers");
-    let r = c
-        .put(kg.url("/v1/files/local/docs/from-phone.txt"))
+    c.put(kg.url("/v1/files/local/docs/from-phone.txt"))
         .body("sent from a phone")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
+        .expect(StatusCode::CREATED)
+        .await;
     assert_eq!(
         std::fs::read(backend.root().join("local/docs/from-phone.txt")).unwrap(),
         b"sent from a phone"
@@ -219,15 +216,13 @@ async fn a_device_revoked_remotely_is_refused_on_its_next_request() {
     assert!(devices.iter().all(|d| d.get("token").is_none()));
 
     // ...and signs the tablet out.
-    let r = bearer(phone_token)
+    bearer(phone_token)
         .delete(kg.control_url(&format!(
             "/v1/auth/tokens/{}",
             tablet["tokenId"].as_str().unwrap()
         )))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
+        .expect(StatusCode::OK)
+        .await;
     let (status, body) = get_status(&kg, tablet_token, "/v1/files/local/a.txt").await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(body["error"]["details"]["reason"], "revoked");
@@ -242,15 +237,13 @@ async fn a_device_revoked_remotely_is_refused_on_its_next_request() {
     add_user(&kg, "bob@example.com", "editor");
     let (_, bob, _) = login_as(&kg, ("bob@example.com", BOB_PASSWORD), "mobile").await;
     let bob_token = bob["data"]["token"].as_str().unwrap();
-    let r = bearer(bob_token)
+    bearer(bob_token)
         .delete(kg.control_url(&format!(
             "/v1/auth/tokens/{}",
             phone["tokenId"].as_str().unwrap()
         )))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+        .expect(StatusCode::NOT_FOUND)
+        .await;
     assert_eq!(
         get_status(&kg, phone_token, "/v1/files/local/a.txt")
             .await
@@ -259,12 +252,10 @@ async fn a_device_revoked_remotely_is_refused_on_its_next_request() {
     );
 
     // Logging out ends the login it is made with.
-    let r = bearer(phone_token)
+    bearer(phone_token)
         .post(kg.control_url("/v1/auth/logout"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
+        .expect(StatusCode::OK)
+        .await;
     assert_eq!(
         get_status(&kg, phone_token, "/v1/files/local/a.txt")
             .await
@@ -419,15 +410,13 @@ async fn a_browser_session_with_csrf_protection_and_logout() {
     assert!(!backend.root().join("local/docs/forged.txt").exists());
 
     // The web app's own page, with the session's CSRF token: stored.
-    let r = browser()
+    browser()
         .put(kg.url("/v1/files/local/docs/mine.txt"))
         .header("origin", &origin)
         .header("x-csrf-token", &csrf)
         .body("uploaded from the browser")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
+        .expect(StatusCode::CREATED)
+        .await;
     assert_eq!(
         std::fs::read(backend.root().join("local/docs/mine.txt")).unwrap(),
         b"uploaded from the browser"
@@ -436,24 +425,20 @@ async fn a_browser_session_with_csrf_protection_and_logout() {
     // The control plane follows the same rule: creating a key needs the CSRF token too.
     let control_origin = format!("http://{}", kg.control);
     let key_body = json!({"name": "from the web", "scopes": ["read"]});
-    let r = browser()
+    browser()
         .post(kg.control_url("/v1/keys"))
         .header("origin", "https://evil.example")
         .header("x-csrf-token", &csrf)
         .json(&key_body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::FORBIDDEN);
-    let r = browser()
+        .expect(StatusCode::FORBIDDEN)
+        .await;
+    browser()
         .post(kg.control_url("/v1/keys"))
         .header("origin", &control_origin)
         .header("x-csrf-token", &csrf)
         .json(&key_body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
+        .expect(StatusCode::CREATED)
+        .await;
 
     // Logout ends the session and clears the cookie.
     let r = browser()
@@ -471,12 +456,10 @@ async fn a_browser_session_with_csrf_protection_and_logout() {
         .to_str()
         .unwrap()
         .contains("Max-Age=0"));
-    let r = browser()
+    browser()
         .get(kg.url("/v1/files/local/docs/a.txt"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        .expect(StatusCode::UNAUTHORIZED)
+        .await;
 }
 
 async fn mint(kg: &Keygate, login_token: &str, body: Value) -> (StatusCode, Value) {
@@ -610,15 +593,13 @@ async fn a_scoped_token_never_exceeds_its_permissions_or_its_users_role() {
     assert_eq!(status, StatusCode::FORBIDDEN);
 
     // Revoking the scoped token ends it.
-    let r = bearer(ada_token)
+    bearer(ada_token)
         .delete(kg.control_url(&format!(
             "/v1/auth/tokens/{}",
             minted_id(&kg, ada_token).await
         )))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
+        .expect(StatusCode::OK)
+        .await;
     assert_eq!(
         get_status(&kg, scoped, "/v1/files/local/docs/a.txt")
             .await
@@ -659,19 +640,15 @@ async fn key_management_accepts_logins_and_api_keys_still_cannot_create_keys() {
     assert_eq!(r.status(), StatusCode::CREATED);
     let created: Value = r.json().await.unwrap();
     let key = created["data"]["key"].as_str().unwrap();
-    let r = client_with_key(key)
+    client_with_key(key)
         .get(kg.url("/v1/folders/local"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    let r = client_with_key(key)
+        .expect(StatusCode::OK)
+        .await;
+    client_with_key(key)
         .post(kg.control_url("/v1/keys"))
         .json(&json!({"name": "made by a key", "scopes": ["read"]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        .expect(StatusCode::FORBIDDEN)
+        .await;
     // Nor does an API key mint tokens.
     let (status, _) = mint(&kg, key, json!({"permissions": ["files.read"]})).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
@@ -910,13 +887,11 @@ async fn an_external_issuers_token_from_a_jwks_url_acts_as_its_user() {
         StatusCode::OK
     );
     // Bob is a viewer: his external login reads but never writes.
-    let r = bearer(&token)
+    bearer(&token)
         .put(kg.url("/v1/files/local/shared/y.txt"))
         .body("y")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        .expect(StatusCode::FORBIDDEN)
+        .await;
     let me: Value = bearer(&token)
         .get(kg.control_url("/v1/me"))
         .send_json()
@@ -934,15 +909,13 @@ async fn an_external_issuers_token_from_a_jwks_url_acts_as_its_user() {
     assert_eq!(external["label"], "corporate sso");
     assert_eq!(external["current"], true);
 
-    let r = bearer(&token)
+    bearer(&token)
         .delete(kg.control_url(&format!(
             "/v1/auth/tokens/{}",
             external["id"].as_str().unwrap()
         )))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
+        .expect(StatusCode::OK)
+        .await;
     let (status, body) = get_status(&kg, &token, "/v1/files/local/shared/x.txt").await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(body["error"]["details"]["reason"], "revoked");

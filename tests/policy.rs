@@ -15,14 +15,9 @@ async fn key_with(kg: &Keygate, body: Value) -> String {
         .operator()
         .post(kg.control_url("/v1/keys"))
         .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
-    r.json::<Value>().await.unwrap()["data"]["key"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+        .expect(StatusCode::CREATED)
+        .await;
+    r["data"]["key"].as_str().unwrap().to_owned()
 }
 
 /// (action, method, path, destination)
@@ -227,35 +222,29 @@ async fn base_paths_are_compared_segment_by_segment() {
         c.request(reqwest::Method::from_bytes(b"MOVE").unwrap(), kg.url(from))
             .header("destination", to.to_owned())
     };
-    let r = mv(
+    mv(
         "/v1/files/local/backups/new.tar",
         "/v1/files/local/documents/new.tar",
     )
-    .send()
-    .await
-    .unwrap();
-    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    .expect(StatusCode::FORBIDDEN)
+    .await;
     assert!(
         backend.root().join("local/backups/new.tar").exists()
             && !backend.root().join("local/documents/new.tar").exists()
     );
-    let r = mv("/v1/files/local/documents/a", "/v1/files/local/backups/a")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    mv("/v1/files/local/documents/a", "/v1/files/local/backups/a")
+        .expect(StatusCode::FORBIDDEN)
+        .await;
     assert!(
         backend.root().join("local/documents/a").exists()
             && !backend.root().join("local/backups/a").exists()
     );
-    let r = mv(
+    mv(
         "/v1/files/local/backups/new.tar",
         "/v1/files/local/backups/2025/new.tar",
     )
-    .send()
-    .await
-    .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
+    .expect(StatusCode::CREATED)
+    .await;
     assert!(backend.root().join("local/backups/2025/new.tar").exists());
 }
 
@@ -310,14 +299,9 @@ async fn ownership_across_workspaces_and_role_downgrades() {
     let r = kg
         .client()
         .get(kg.url("/v1/files/gx/plans.txt"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::FORBIDDEN);
-    assert_eq!(
-        r.json::<Value>().await.unwrap()["error"]["details"]["restriction"],
-        "ownership"
-    );
+        .expect(StatusCode::FORBIDDEN)
+        .await;
+    assert_eq!(r["error"]["details"]["restriction"], "ownership");
     let r = client_with_key(&hank)
         .get(kg.url("/v1/folders/local"))
         .send()
@@ -466,12 +450,10 @@ async fn reloads_keep_the_last_good_set_and_apply_good_ones_at_once() {
     );
     assert!(kg.metrics().await.contains("keygate_policy_epoch 2"));
     // An API key cannot reload policies.
-    let r = client_with_key(&key)
+    client_with_key(&key)
         .post(kg.control_url("/v1/admin/policy/reload"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        .expect(StatusCode::FORBIDDEN)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -572,14 +554,9 @@ async fn a_policy_that_errors_while_evaluating_denies() {
     let r = kg
         .client()
         .get(kg.url("/v1/files/local/a"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::FORBIDDEN);
-    assert_eq!(
-        r.json::<Value>().await.unwrap()["error"]["details"]["restriction"],
-        "policy_error"
-    );
+        .expect(StatusCode::FORBIDDEN)
+        .await;
+    assert_eq!(r["error"]["details"]["restriction"], "policy_error");
     assert_eq!(rec.requests().len(), before);
     assert!(kg.metrics().await.contains("keygate_policy_errors_total 1"));
 }

@@ -138,27 +138,18 @@ async fn list_mkdir_move_delete_and_restore() {
     let kg = Keygate::start(&[backend.addr], "");
     let c = kg.client();
 
-    let r = c
-        .post(kg.url("/v1/folders/local/projects/2025"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
+    c.post(kg.url("/v1/folders/local/projects/2025"))
+        .expect(StatusCode::CREATED)
+        .await;
     assert!(backend.root().join("local/projects/2025").is_dir());
-    let r = c
-        .post(kg.url("/v1/folders/local/projects/2025"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CONFLICT);
+    c.post(kg.url("/v1/folders/local/projects/2025"))
+        .expect(StatusCode::CONFLICT)
+        .await;
 
-    let r = c
-        .put(kg.url("/v1/files/local/projects/2025/plan.txt"))
+    c.put(kg.url("/v1/files/local/projects/2025/plan.txt"))
         .body("the plan")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
+        .expect(StatusCode::CREATED)
+        .await;
 
     let list: Value = c
         .get(kg.url("/v1/folders/local/projects/2025"))
@@ -175,16 +166,13 @@ async fn list_mkdir_move_delete_and_restore() {
     assert_eq!(root["data"]["entries"][0]["name"], "projects");
 
     // Move with a Destination header, to another provider.
-    let r = c
-        .request(
-            reqwest::Method::from_bytes(b"MOVE").unwrap(),
-            kg.url("/v1/files/local/projects/2025/plan.txt"),
-        )
-        .header("destination", "/v1/files/other/archive/plan%20v1.txt")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
+    c.request(
+        reqwest::Method::from_bytes(b"MOVE").unwrap(),
+        kg.url("/v1/files/local/projects/2025/plan.txt"),
+    )
+    .header("destination", "/v1/files/other/archive/plan%20v1.txt")
+    .expect(StatusCode::CREATED)
+    .await;
     assert!(!backend.root().join("local/projects/2025/plan.txt").exists());
     assert_eq!(
         std::fs::read(backend.root().join("other/archive/plan v1.txt")).unwrap(),
@@ -192,26 +180,20 @@ async fn list_mkdir_move_delete_and_restore() {
     );
 
     // Copy, then search by name.
-    let r = c
-        .request(
-            reqwest::Method::from_bytes(b"COPY").unwrap(),
-            kg.url("/v1/files/other/archive/plan%20v1.txt"),
-        )
-        .header("destination", "/v1/files/local/plan-copy.txt")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
+    c.request(
+        reqwest::Method::from_bytes(b"COPY").unwrap(),
+        kg.url("/v1/files/other/archive/plan%20v1.txt"),
+    )
+    .header("destination", "/v1/files/local/plan-copy.txt")
+    .expect(StatusCode::CREATED)
+    .await;
     let found: Value = c.get(kg.url("/v1/search/local?q=PLAN")).send_json().await;
     assert_eq!(found["data"]["entries"][0]["path"], "/plan-copy.txt");
 
     // Delete into the trash, list it, restore it.
-    let r = c
-        .delete(kg.url("/v1/files/other/archive/plan%20v1.txt"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
+    c.delete(kg.url("/v1/files/other/archive/plan%20v1.txt"))
+        .expect(StatusCode::OK)
+        .await;
     assert!(!backend.root().join("other/archive/plan v1.txt").exists());
     let trash: Value = c.get(kg.url("/v1/trash/other")).send_json().await;
     let entry = &trash["data"]["entries"][0];
@@ -312,14 +294,11 @@ async fn the_backend_records_the_identity_keygate_sets_not_the_clients() {
     let backend = Backend::start();
     let kg = Keygate::start(&[backend.addr], "");
     let c = kg.client();
-    let r = c
-        .put(kg.url("/v1/files/local/who.txt"))
+    c.put(kg.url("/v1/files/local/who.txt"))
         .header("x-keygate-user", "mallory")
         .body("x")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
+        .expect(StatusCode::CREATED)
+        .await;
     let list: Value = c.get(kg.url("/v1/folders/local")).send_json().await;
     assert_eq!(list["data"]["entries"][0]["name"], "who.txt");
     assert_eq!(
@@ -327,19 +306,49 @@ async fn the_backend_records_the_identity_keygate_sets_not_the_clients() {
         "the backend records keygate's identity, not the client's: {list}"
     );
     // Called directly, the backend does record the header it trusts.
-    let r = reqwest::Client::new()
+    reqwest::Client::new()
         .put(backend.url("/v1/files/local/direct.txt"))
         .header("x-keygate-user", "user-1")
         .body("x")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
+        .expect(StatusCode::CREATED)
+        .await;
     let list: Value = c.get(backend.url("/v1/folders/local")).send_json().await;
     assert_eq!(list["data"]["entries"][0]["modifiedBy"], "user-1");
 }
 
 /// Every class of ambiguous target is refused with the JSON error, and none reaches upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_never_carries_over_to_the_next_request_on_a_connection() {
+    let rec = Recorder::start().await;
+    let kg = Keygate::start(&[rec.addr], "");
+    let (addr, key) = (kg.data, kg.key.clone());
+    let (first, second) = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let with_key =
+            format!("GET /v1/files/local/kept.txt HTTP/1.1\r\nHost: t\r\nX-API-Key: {key}\r\n\r\n");
+        s.write_all(with_key.as_bytes()).unwrap();
+        let first = read_response(&mut s);
+        // The same connection, kept alive, without a credential.
+        s.write_all(b"GET /v1/files/local/stolen.txt HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        (first, read_response(&mut s))
+    })
+    .await
+    .unwrap();
+    assert_eq!(first.0, 200, "{}", first.1);
+    assert!(
+        !first.1.to_ascii_lowercase().contains("connection: close"),
+        "the connection must stay open for the test to mean anything: {}",
+        first.1
+    );
+    assert_eq!(second.0, 401, "{}", second.1);
+    assert_eq!(raw_json(&second.1)["error"]["details"]["reason"], "missing");
+    assert!(rec.requests().iter().all(|r| !r.target.contains("stolen")));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ambiguous_targets_are_refused_and_never_forwarded() {
     let rec = Recorder::start().await;
@@ -455,12 +464,10 @@ async fn unknown_routes_are_404_json() {
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "NOT_FOUND");
-    let r = reqwest::Client::new()
+    reqwest::Client::new()
         .patch(kg.url("/v1/files/local/a"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+        .expect(StatusCode::NOT_FOUND)
+        .await;
     assert!(rec.requests().is_empty());
 }
 
@@ -500,8 +507,9 @@ async fn several_peers_are_balanced_and_a_dead_one_is_skipped() {
     tokio::time::sleep(std::time::Duration::from_millis(600)).await;
     let c = kg.client();
     for _ in 0..20 {
-        let r = c.get(kg.url("/v1/files/local/x")).send().await.unwrap();
-        assert_eq!(r.status(), StatusCode::OK);
+        c.get(kg.url("/v1/files/local/x"))
+            .expect(StatusCode::OK)
+            .await;
     }
     let (na, nb) = (a.requests().len(), b.requests().len());
     assert_eq!(na + nb, 20);

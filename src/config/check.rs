@@ -90,6 +90,28 @@ pub(super) fn duration(
     }
 }
 
+/// `n` seconds, for defaults.
+pub(super) const fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+/// Reads the durations of one section: `[section] key`, a default when left out.
+pub(super) struct Durations<'a> {
+    problems: &'a mut Vec<Problem>,
+    section: &'static str,
+}
+
+impl<'a> Durations<'a> {
+    pub(super) fn new(problems: &'a mut Vec<Problem>, section: &'static str) -> Durations<'a> {
+        Durations { problems, section }
+    }
+
+    pub(super) fn read(&mut self, key: &str, raw: &Option<String>, default: Duration) -> Duration {
+        let place = format!("[{}] {key}", self.section);
+        duration(self.problems, &place, raw.as_deref(), default)
+    }
+}
+
 /// A secret given inline (`inline`) or in a file (`file`), never both. An inline secret shorter
 /// than `min_len` is a problem; `None` when neither is given.
 pub(super) fn secret(

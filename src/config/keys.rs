@@ -1,9 +1,8 @@
 //! `[keys]`: the key format, the pepper, the per-user limit, cache and polling intervals.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use super::check::{duration, problem, secret, Problem};
+use super::check::{problem, secret, secs, Durations, Problem};
 use super::file::FileConfig;
 use super::{KeysConfig, SecretSource};
 
@@ -71,27 +70,13 @@ pub(super) fn keys_config(
             None => SecretSource::Missing(PEPPER_REQUIRED),
         },
     };
+    let mut d = Durations::new(problems, "keys");
     KeysConfig {
         style: KeyStyle { format, prefix },
         pepper,
         max_active_per_user: k.max_active_per_user.unwrap_or(10).max(1),
-        cache_ttl: duration(
-            problems,
-            "[keys] cache_ttl",
-            k.cache_ttl.as_deref(),
-            Duration::from_secs(300),
-        ),
-        usage_flush_interval: duration(
-            problems,
-            "[keys] usage_flush_interval",
-            k.usage_flush_interval.as_deref(),
-            Duration::from_secs(5),
-        ),
-        change_poll_interval: duration(
-            problems,
-            "[keys] change_poll_interval",
-            k.change_poll_interval.as_deref(),
-            Duration::from_secs(1),
-        ),
+        cache_ttl: d.read("cache_ttl", &k.cache_ttl, secs(300)),
+        usage_flush_interval: d.read("usage_flush_interval", &k.usage_flush_interval, secs(5)),
+        change_poll_interval: d.read("change_poll_interval", &k.change_poll_interval, secs(1)),
     }
 }

@@ -46,12 +46,7 @@ const SECTIONS: &[&str] = &[
 
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub listen: SocketAddr,
-    pub control_listen: SocketAddr,
-    pub threads: usize,
-    pub header_timeout: Duration,
-    pub keepalive_timeout: Duration,
-    pub keepalive_requests: u32,
+    pub server: ServerConfig,
     pub database: DatabaseConfig,
     pub upstream: UpstreamConfig,
     pub routes: RouteTable,
@@ -72,6 +67,17 @@ pub struct Config {
     pub tokens: crate::identity::jwt::TokenSettings,
     /// Where the config came from, for messages.
     pub source: Option<PathBuf>,
+}
+
+/// `[server]`: the listeners and the data plane's connection limits.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub control_listen: SocketAddr,
+    pub threads: usize,
+    pub header_timeout: Duration,
+    pub keepalive_timeout: Duration,
+    pub keepalive_requests: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -202,14 +208,7 @@ impl Config {
 }
 
 fn validate(file: FileConfig, overrides: &Overrides, problems: &mut Vec<Problem>) -> Config {
-    let server::Listeners {
-        listen,
-        control_listen,
-        threads,
-        header_timeout,
-        keepalive_timeout,
-        keepalive_requests,
-    } = server::listeners(&file, overrides, problems);
+    let server = server::listeners(&file, overrides, problems);
     let database = server::database(&file, overrides, problems);
     let upstream = server::upstream(&file, overrides, problems);
     let log = server::log(&file, problems);
@@ -237,12 +236,7 @@ fn validate(file: FileConfig, overrides: &Overrides, problems: &mut Vec<Problem>
         auth_failures_per_minute: file.auth.failures_per_minute.unwrap_or(20).max(1),
         auth_forbidden_per_minute: file.auth.forbidden_per_minute.unwrap_or(300).max(1),
         operator_token,
-        listen,
-        control_listen,
-        threads,
-        header_timeout,
-        keepalive_timeout,
-        keepalive_requests,
+        server,
         database,
         upstream,
         routes,
@@ -281,8 +275,8 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         let c = load("", &[]).unwrap();
-        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
-        assert_eq!(c.control_listen.to_string(), "127.0.0.1:9090");
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.server.control_listen.to_string(), "127.0.0.1:9090");
         assert_eq!(c.database.url, "sqlite://keygate.db");
         assert!(!c.routes.routes().is_empty());
     }
@@ -391,7 +385,7 @@ format = "xml"
         ];
         assert_eq!(samples.len(), SECTIONS.len());
         let c = load("", &samples).unwrap();
-        assert_eq!(c.threads, 3);
+        assert_eq!(c.server.threads, 3);
         assert_eq!(c.database.max_connections, 4);
         assert_eq!(c.upstream.connect_timeout, Duration::from_secs(7));
         assert!(c.routes.routes().iter().any(|r| r.provider.is_some()));

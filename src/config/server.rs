@@ -1,28 +1,15 @@
 //! `[server]`, `[database]`, `[upstream]` and `[log]`: where keygate listens, what it stores
 //! in, what it forwards to, how it logs.
 
-use std::net::SocketAddr;
-use std::time::Duration;
-
-use super::check::{address, duration, problem, Problem};
+use super::check::{address, problem, secs, Durations, Problem};
 use super::file::FileConfig;
-use super::{DatabaseConfig, LogConfig, Overrides, UpstreamConfig};
-
-/// The `[server]` section, checked.
-pub(super) struct Listeners {
-    pub listen: SocketAddr,
-    pub control_listen: SocketAddr,
-    pub threads: usize,
-    pub header_timeout: Duration,
-    pub keepalive_timeout: Duration,
-    pub keepalive_requests: u32,
-}
+use super::{DatabaseConfig, LogConfig, Overrides, ServerConfig, UpstreamConfig};
 
 pub(super) fn listeners(
     file: &FileConfig,
     overrides: &Overrides,
     problems: &mut Vec<Problem>,
-) -> Listeners {
+) -> ServerConfig {
     let s = &file.server;
     let listen = address(
         problems,
@@ -54,20 +41,11 @@ pub(super) fn listeners(
         Some(n) => n,
         None => std::thread::available_parallelism().map_or(2, |n| n.get()),
     };
-    let header_timeout = duration(
-        problems,
-        "[server] header_timeout",
-        s.header_timeout.as_deref(),
-        Duration::from_secs(10),
-    );
-    let keepalive_timeout = duration(
-        problems,
-        "[server] keepalive_timeout",
-        s.keepalive_timeout.as_deref(),
-        Duration::from_secs(60),
-    );
+    let mut d = Durations::new(problems, "server");
+    let header_timeout = d.read("header_timeout", &s.header_timeout, secs(10));
+    let keepalive_timeout = d.read("keepalive_timeout", &s.keepalive_timeout, secs(60));
     let keepalive_requests = s.keepalive_requests.unwrap_or(1000);
-    Listeners {
+    ServerConfig {
         listen,
         control_listen,
         threads,
@@ -124,32 +102,13 @@ pub(super) fn upstream(
         .enumerate()
         .map(|(i, p)| address(problems, &format!("[upstream] peers[{i}]"), Some(p), ""))
         .collect();
+    let mut d = Durations::new(problems, "upstream");
     UpstreamConfig {
         peers,
-        health_check_interval: duration(
-            problems,
-            "[upstream] health_check_interval",
-            u.health_check_interval.as_deref(),
-            Duration::from_secs(5),
-        ),
-        connect_timeout: duration(
-            problems,
-            "[upstream] connect_timeout",
-            u.connect_timeout.as_deref(),
-            Duration::from_secs(3),
-        ),
-        read_timeout: duration(
-            problems,
-            "[upstream] read_timeout",
-            u.read_timeout.as_deref(),
-            Duration::from_secs(60),
-        ),
-        write_timeout: duration(
-            problems,
-            "[upstream] write_timeout",
-            u.write_timeout.as_deref(),
-            Duration::from_secs(60),
-        ),
+        health_check_interval: d.read("health_check_interval", &u.health_check_interval, secs(5)),
+        connect_timeout: d.read("connect_timeout", &u.connect_timeout, secs(3)),
+        read_timeout: d.read("read_timeout", &u.read_timeout, secs(60)),
+        write_timeout: d.read("write_timeout", &u.write_timeout, secs(60)),
     }
 }
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Actor, ManageError};
+use super::{choose_workspace, Actor, ManageError};
 use crate::clock::{format_time, now_millis};
 use crate::identity::Identity;
 use crate::model::{self, Grant, KeyStyle, Pepper, EXPIRY_WARNING_MS};
@@ -289,33 +289,12 @@ impl KeyManager {
         };
         let owner = self.store.user_by_email(&owner_email).await?;
         let memberships = self.store.memberships(&owner.id).await?;
-        let (workspace_id, _, _) = match &req.workspace {
-            Some(ws) => memberships
-                .iter()
-                .find(|(_, name, _)| name == ws)
-                .cloned()
-                .ok_or_else(|| {
-                    ManageError::BadRequest(format!(
-                        "{} is not a member of workspace '{ws}'",
-                        owner.email
-                    ))
-                })?,
-            None => match memberships.as_slice() {
-                [one] => one.clone(),
-                [] => {
-                    return Err(ManageError::BadRequest(format!(
-                        "{} is not a member of any workspace",
-                        owner.email
-                    )))
-                }
-                _ => {
-                    return Err(ManageError::BadRequest(format!(
-                        "{} belongs to several workspaces: name one (workspace)",
-                        owner.email
-                    )))
-                }
-            },
-        };
+        let (workspace_id, _, _) = choose_workspace(
+            &memberships,
+            req.workspace.as_deref(),
+            &owner.email,
+            ManageError::BadRequest,
+        )?;
         self.authorize(actor, "createKey", "new", &owner.id, &workspace_id)?;
         let grants = self.grants(&workspace_id, req.providers.as_deref()).await?;
         let expires_at = expiry(req.expires_in.as_deref(), req.expires_at.as_deref())?.flatten();

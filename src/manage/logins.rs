@@ -18,7 +18,7 @@ use governor::Quota;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
-use super::{Actor, KeyManager, ManageError};
+use super::{choose_workspace, Actor, KeyManager, ManageError};
 use crate::clock::{format_time, millis as ms, now_millis, parse_time};
 use crate::identity::credentials::csrf_token;
 use crate::identity::jwt::{JwtKind, Tokens};
@@ -324,33 +324,12 @@ impl Auth {
             return Err(self.login_failed(addr, &account).into());
         };
         let memberships = self.store.memberships(&user.id).await?;
-        let (workspace_id, workspace, role) = match &req.workspace {
-            Some(ws) => memberships
-                .iter()
-                .find(|(_, n, _)| n == ws)
-                .cloned()
-                .ok_or_else(|| {
-                    ManageError::Forbidden(format!(
-                        "{} is not a member of workspace '{ws}'",
-                        user.email
-                    ))
-                })?,
-            None => match memberships.as_slice() {
-                [one] => one.clone(),
-                [] => {
-                    return Err(ManageError::Forbidden(format!(
-                        "{} is not a member of any workspace",
-                        user.email
-                    )))
-                }
-                _ => {
-                    return Err(bad_request(format!(
-                        "{} belongs to several workspaces: name one (workspace)",
-                        user.email
-                    )))
-                }
-            },
-        };
+        let (workspace_id, workspace, role) = choose_workspace(
+            &memberships,
+            req.workspace.as_deref(),
+            &user.email,
+            ManageError::Forbidden,
+        )?;
         let user_view = UserView {
             id: user.id.clone(),
             email: user.email.clone(),

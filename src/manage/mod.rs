@@ -18,6 +18,7 @@ pub use keys::{CreateKey, KeyManager, KeyView, NewKeyView, UpdateKey, UsageView}
 pub use logins::{Auth, Issued, LoginRequest, MintRequest};
 
 use crate::identity::jwt::TokenError;
+use crate::model::Role;
 use crate::principal::Principal;
 use crate::refusal::Refusal;
 use crate::store::StoreError;
@@ -84,5 +85,35 @@ impl From<TokenError> for ManageError {
                 ))
             }
         }
+    }
+}
+
+/// One of a user's workspace memberships: (workspace id, workspace name, role).
+pub type Membership = (String, String, Role);
+
+/// The membership a request acts in: the workspace it names, or the user's only one. Not being
+/// a member is answered with `not_member` (logins and key creation answer it differently);
+/// belonging to several without naming one is a 400.
+pub fn choose_workspace(
+    memberships: &[Membership],
+    named: Option<&str>,
+    email: &str,
+    not_member: fn(String) -> ManageError,
+) -> Result<Membership, ManageError> {
+    match named {
+        Some(ws) => memberships
+            .iter()
+            .find(|(_, name, _)| name == ws)
+            .cloned()
+            .ok_or_else(|| not_member(format!("{email} is not a member of workspace '{ws}'"))),
+        None => match memberships {
+            [one] => Ok(one.clone()),
+            [] => Err(not_member(format!(
+                "{email} is not a member of any workspace"
+            ))),
+            _ => Err(ManageError::BadRequest(format!(
+                "{email} belongs to several workspaces: name one (workspace)"
+            ))),
+        },
     }
 }

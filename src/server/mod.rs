@@ -176,12 +176,12 @@ pub async fn start_with_store(config: &Config, store: Store) -> anyhow::Result<R
     let audit = Arc::new(
         AuditLog::start(&config.audit, metrics.clone()).context("cannot open the audit log")?,
     );
-    let data = TcpListener::bind(config.listen)
+    let data = TcpListener::bind(config.server.listen)
         .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let control = TcpListener::bind(config.control_listen)
+        .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+    let control = TcpListener::bind(config.server.control_listen)
         .await
-        .with_context(|| format!("cannot listen on {}", config.control_listen))?;
+        .with_context(|| format!("cannot listen on {}", config.server.control_listen))?;
     let data_addr = data.local_addr()?;
     let control_addr = control.local_addr()?;
 
@@ -246,7 +246,7 @@ pub async fn start_with_store(config: &Config, store: Store) -> anyhow::Result<R
     });
 
     let conf = ServerConf {
-        threads: config.threads,
+        threads: config.server.threads,
         ..ServerConf::default()
     };
     let keygate = Keygate {
@@ -260,9 +260,9 @@ pub async fn start_with_store(config: &Config, store: Store) -> anyhow::Result<R
     };
     let proxy = Arc::new(pingora::proxy::http_proxy(&Arc::new(conf), keygate));
     let settings = ConnSettings {
-        header_timeout: config.header_timeout,
-        keepalive_secs: config.keepalive_timeout.as_secs().max(1),
-        keepalive_requests: config.keepalive_requests,
+        header_timeout: config.server.header_timeout,
+        keepalive_secs: config.server.keepalive_timeout.as_secs().max(1),
+        keepalive_requests: config.server.keepalive_requests,
     };
     tasks.spawn(accept_loop(data, proxy, settings, metrics, shutdown_rx));
 
