@@ -37,6 +37,7 @@ fn route_stage(c: &mut Criterion) {
                 method: "GET",
                 raw_target: b"/v1/files/local/backups/2025/db-dump.tar",
                 destination: None,
+                overwrite: None,
                 host: Some("localhost"),
             }))
         })
@@ -47,6 +48,7 @@ fn route_stage(c: &mut Criterion) {
                 method: "MOVE",
                 raw_target: b"/v1/files/local/backups/a.tar",
                 destination: Some(b"/v1/files/local/archive/a.tar"),
+                overwrite: None,
                 host: Some("localhost"),
             }))
         })
@@ -102,6 +104,7 @@ fn decide_stage(c: &mut Criterion) {
             method: "GET",
             raw_target: b"/v1/files/local/backups/2025/db-dump.tar",
             destination: None,
+            overwrite: None,
             host: None,
         })
         .expect("routes");
@@ -118,6 +121,7 @@ fn decide_stage(c: &mut Criterion) {
                     method: "GET",
                     raw_target: format!("/v1/files/local/backups/2025/f-{i}.tar").as_bytes(),
                     destination: None,
+                    overwrite: None,
                     host: None,
                 })
                 .expect("routes")
@@ -130,6 +134,23 @@ fn decide_stage(c: &mut Criterion) {
             engine.decide(black_box(&restricted), black_box(&paths[i]))
         })
     });
+    // Depth: only the folders a decision can ask about become entities, so a cold decision
+    // costs the same three folders deep and two hundred deep.
+    for depth in [3usize, 200] {
+        let target = format!("/v1/files/local/backups{}/f.tar", "/d".repeat(depth - 2));
+        let deep = routes
+            .route(RouteInput {
+                method: "GET",
+                raw_target: target.as_bytes(),
+                destination: None,
+                overwrite: None,
+                host: None,
+            })
+            .expect("routes");
+        c.bench_function(&format!("decide/cold_depth_{depth}"), |b| {
+            b.iter(|| engine.decide_uncached(black_box(&restricted), black_box(&deep)))
+        });
+    }
     // A hit: the same request again.
     let _ = engine.decide(&restricted, &route);
     c.bench_function("decide/cache_hit", |b| {
@@ -221,6 +242,7 @@ async fn keygate(dir: &std::path::Path) -> (Keygate, String) {
             cache_capacity: 100_000,
             failures_per_minute: 20,
             forbidden_per_minute: 300,
+            limiter_capacity: 100_000,
         },
         Some(tokens),
         Arc::new(UsageRecorder::default()),
@@ -253,6 +275,7 @@ async fn keygate(dir: &std::path::Path) -> (Keygate, String) {
             .expect("audit"),
         ),
         metrics,
+        trusted_proxies: Vec::new(),
     };
     (kg, key)
 }

@@ -68,6 +68,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let running = keygate::server::start(&config).await?;
                 println!("keygate data plane listening on http://{}", running.data_addr);
                 println!("keygate control plane listening on http://{}", running.control_addr);
+                if let Some(addr) = running.metrics_addr {
+                    println!("keygate metrics listening on http://{addr}");
+                }
                 tracing::info!(data = %running.data_addr, control = %running.control_addr, "keygate started");
                 keygate::background::wait_for_signal().await;
                 tracing::info!("shutting down");

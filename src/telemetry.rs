@@ -4,7 +4,8 @@
 //! Never a user, a key, a token or a path.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// Latency buckets in seconds, from 50 µs to 10 s.
@@ -56,6 +57,17 @@ pub struct Metrics {
     /// Logins and refreshes, by result (`ok`, `failed`, `limited`, `refreshed`,
     /// `reuse_detected`).
     pub logins: IntCounterVec,
+    /// Keys each failure limiter holds (`address`, `login_account`, `login_address`): bounded
+    /// by `[auth] limiter_capacity`.
+    pub limiter_entries: IntGaugeVec,
+    /// Connections refused before a request was read, by plane (`data`, `control`) and reason
+    /// (`total`, `per_address`).
+    pub connections_refused: IntCounterVec,
+    /// Connections closed because a request header did not arrive in time, by plane.
+    pub header_timeouts: IntCounterVec,
+    /// Fetches of external issuers' JWKS, by result (`ok`, `error`, `skipped`: a fetch was
+    /// due but the floor between fetches had not passed).
+    pub jwks_fetches: IntCounterVec,
 }
 
 impl Metrics {
@@ -175,6 +187,38 @@ impl Metrics {
             &["result"],
         )
         .expect("valid metric");
+        let limiter_entries = IntGaugeVec::new(
+            Opts::new(
+                "failure_limiter_entries",
+                "Keys each failure limiter holds (bounded by [auth] limiter_capacity).",
+            ),
+            &["limiter"],
+        )
+        .expect("valid metric");
+        let connections_refused = IntCounterVec::new(
+            Opts::new(
+                "connections_refused_total",
+                "Connections refused before a request was read, by plane and reason.",
+            ),
+            &["plane", "reason"],
+        )
+        .expect("valid metric");
+        let header_timeouts = IntCounterVec::new(
+            Opts::new(
+                "header_timeouts_total",
+                "Connections closed because a request header did not arrive in time.",
+            ),
+            &["plane"],
+        )
+        .expect("valid metric");
+        let jwks_fetches = IntCounterVec::new(
+            Opts::new(
+                "jwks_fetches_total",
+                "Fetches of external issuers' JWKS documents, by result.",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
         let build_info = IntGauge::with_opts(
             Opts::new("build_info", "Always 1; the version is a label.")
                 .const_label("version", env!("CARGO_PKG_VERSION")),
@@ -201,6 +245,10 @@ impl Metrics {
             Box::new(audit_events.clone()),
             Box::new(audit_dropped.clone()),
             Box::new(logins.clone()),
+            Box::new(limiter_entries.clone()),
+            Box::new(connections_refused.clone()),
+            Box::new(header_timeouts.clone()),
+            Box::new(jwks_fetches.clone()),
             Box::new(build_info),
         ] {
             registry
@@ -233,12 +281,35 @@ impl Metrics {
         for reason in ["queue_full", "write_error"] {
             audit_dropped.with_label_values(&[reason]);
         }
-        for result in ["ok", "failed", "limited", "refreshed", "reuse_detected"] {
+        for limiter in ["address", "login_account", "login_address"] {
+            limiter_entries.with_label_values(&[limiter]);
+        }
+        for plane in ["data", "control"] {
+            for reason in ["total", "per_address"] {
+                connections_refused.with_label_values(&[plane, reason]);
+            }
+            header_timeouts.with_label_values(&[plane]);
+        }
+        for result in ["ok", "error", "skipped"] {
+            jwks_fetches.with_label_values(&[result]);
+        }
+        for result in [
+            "ok",
+            "failed",
+            "limited",
+            "busy",
+            "refreshed",
+            "reuse_detected",
+        ] {
             logins.with_label_values(&[result]);
         }
         rate_limited.with_label_values(&["address", "failures"]);
         Metrics {
             logins,
+            limiter_entries,
+            connections_refused,
+            header_timeouts,
+            jwks_fetches,
             registry,
             requests,
             request_duration,

@@ -743,7 +743,7 @@ async fn forged_expired_and_misdirected_tokens_are_refused_401() {
     // The test issuer's token, with its claims changed by `f`.
     let idp_token = |f: &dyn Fn(&mut serde_json::Map<String, Value>)| {
         let mut c = json!({"iss": "https://idp.test", "aud": "keygate-api", "sub": "idp-user-7",
-            "email": "ada@example.com", "iat": t, "nbf": t, "exp": t + 300});
+            "email": "ada@example.com", "email_verified": true, "iat": t, "nbf": t, "exp": t + 300});
         f(c.as_object_mut().unwrap());
         sign(&idp, "idp-1", &c)
     };
@@ -818,6 +818,17 @@ async fn forged_expired_and_misdirected_tokens_are_refused_401() {
             "unknown user",
             idp_token(&|c| c["email"] = json!("nobody@example.com")),
         ),
+        // An address the provider has not verified names nobody.
+        (
+            "email not verified",
+            idp_token(&|c| c["email_verified"] = json!(false)),
+        ),
+        (
+            "email_verified missing",
+            idp_token(&|c| {
+                c.remove("email_verified");
+            }),
+        ),
     ];
     for (what, token) in &cases {
         let (status, body) = get_status(&kg, token, path).await;
@@ -856,10 +867,13 @@ async fn an_external_issuers_token_from_a_jwks_url_acts_as_its_user() {
     let (jwk2, key2) = test_issuer_key("k2");
     let served = std::sync::Arc::new(std::sync::Mutex::new(json!({ "keys": [jwk1] })));
     let doc = served.clone();
+    let fetches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = fetches.clone();
     let app = axum::Router::new().route(
         "/.well-known/jwks.json",
         axum::routing::get(move || {
             let doc = doc.clone();
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             async move { axum::Json(doc.lock().unwrap().clone()) }
         }),
     );
@@ -872,13 +886,15 @@ async fn an_external_issuers_token_from_a_jwks_url_acts_as_its_user() {
         &format!(
             "[[issuers]]\nname = \"corporate sso\"\nissuer = \"https://sso.test\"\naudience = \"files\"\n\
              jwks_url = \"http://{idp}/.well-known/jwks.json\"\nalgorithms = [\"EdDSA\"]\n\
-             user_claim = \"upn\"\nworkspace = \"acme\"\n"
+             user_claim = \"sub\"\nworkspace = \"acme\"\n\
+             [issuers.subjects]\n\"00u1\" = \"bob@example.com\"\n"
         ),
     );
     add_user(&kg, "bob@example.com", "viewer");
     let t = now();
     let claims = json!({"iss": "https://sso.test", "aud": "files", "sub": "00u1", "upn": "bob@example.com",
         "iat": t, "exp": t + 600});
+    // The subject is bound to Bob; a mutable claim naming someone else changes nothing.
     let token = sign(&key1, "k1", &claims);
     assert_eq!(
         get_status(&kg, &token, "/v1/files/local/shared/x.txt")
@@ -886,6 +902,42 @@ async fn an_external_issuers_token_from_a_jwks_url_acts_as_its_user() {
             .0,
         StatusCode::OK
     );
+    // A subject the config does not bind names nobody, whatever else the token claims.
+    let unbound = sign(
+        &key1,
+        "k1",
+        &json!({"iss": "https://sso.test", "aud": "files", "sub": "00u2", "upn": "bob@example.com",
+            "iat": t, "exp": t + 600}),
+    );
+    assert_eq!(
+        get_status(&kg, &unbound, "/v1/files/local/shared/x.txt")
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+    // Tokens with made-up kids (fewer than the 20 failures an address may have a minute) do
+    // not make keygate hammer the issuer: one fetch at a time,
+    // and none sooner than 10 s after the last (the one at start).
+    let before = fetches.load(std::sync::atomic::Ordering::SeqCst);
+    let probes = (0..15).map(|i| {
+        let forged = sign(
+            &key2,
+            &format!("made-up-{i}"),
+            &json!({"iss": "https://sso.test", "aud": "files", "sub": "00u1", "iat": t,
+                "exp": t + 600, "jti": i}),
+        );
+        let kg = &kg;
+        async move {
+            get_status(kg, &forged, "/v1/files/local/shared/x.txt")
+                .await
+                .0
+        }
+    });
+    for status in futures_util::future::join_all(probes).await {
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    let during = fetches.load(std::sync::atomic::Ordering::SeqCst) - before;
+    assert!(during <= 1, "{during} JWKS fetches for 15 unknown kids");
     // Bob is a viewer: his external login reads but never writes.
     bearer(&token)
         .put(kg.url("/v1/files/local/shared/y.txt"))

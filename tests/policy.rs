@@ -57,7 +57,9 @@ fn allowed(scope: &str) -> Vec<&'static str> {
         "read" => read,
         "write" | "admin" => ACTIONS.iter().map(|a| a.0).collect(),
         "files:read" => vec!["readFile"],
-        "files:write" => vec!["writeFile", "moveFile", "copyFile"],
+        // A move deletes its source, and a move or copy without `Overwrite: F` may replace
+        // (delete) its destination: both need files:delete too.
+        "files:write" => vec!["writeFile"],
         "files:delete" => vec!["deleteFile"],
         "folders:read" => vec!["listFolder"],
         "folders:write" => vec!["createFolder"],

@@ -132,6 +132,7 @@ async fn explain(
             method,
             raw_target: path.as_bytes(),
             destination: destination.map(str::as_bytes),
+            overwrite: None,
             host: None,
         })
         .map_err(|r| {

@@ -88,8 +88,11 @@ pub struct IssuerSection {
     pub jwks_refresh: Option<String>,
     /// Accepted algorithms (default `["RS256"]`); never `none` or an HMAC algorithm.
     pub algorithms: Option<Vec<String>>,
-    /// The claim holding a keygate user's email (default `email`).
+    /// The claim naming the keygate user: `email` (default; needs `email_verified: true`), or
+    /// another (such as `sub`) whose values `subjects` binds to users.
     pub user_claim: Option<String>,
+    /// `claim value = "user email"`: the users that values of `user_claim` stand for.
+    pub subjects: Option<std::collections::HashMap<String, String>>,
     /// The workspace its users act in (default: the user's only workspace).
     pub workspace: Option<String>,
 }
@@ -177,6 +180,10 @@ pub struct AuthSection {
     pub login_failures_per_address: Option<u32>,
     /// Password verifications run at once (default: the number of cores).
     pub password_workers: Option<usize>,
+    /// Logins waiting for a password worker before more are answered 503 (default 64).
+    pub password_queue: Option<usize>,
+    /// Addresses or accounts each failure limiter tracks at most (default 100000).
+    pub limiter_capacity: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -186,6 +193,8 @@ pub struct ControlSection {
     pub operator_token: Option<String>,
     /// A file holding the operator token.
     pub operator_token_file: Option<String>,
+    /// Who may read `/metrics` on the control plane: `public` (default) or `operator`.
+    pub metrics: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -197,12 +206,25 @@ pub struct ServerSection {
     pub control_listen: Option<String>,
     /// Worker threads of the runtime (default: the number of cores).
     pub threads: Option<usize>,
-    /// Seconds a client has to send a request's headers before the connection is closed.
+    /// How long a client has to send a whole request header before the connection is
+    /// closed (default 10s), on both planes.
     pub header_timeout: Option<String>,
     /// Longest a connection may stay idle between requests.
     pub keepalive_timeout: Option<String>,
     /// Requests served on one connection before it is closed.
     pub keepalive_requests: Option<u32>,
+    /// Longest pause between two reads of a request body, or two writes of a response
+    /// (default 30s).
+    pub body_timeout: Option<String>,
+    /// Connections each plane holds open at once (default 4096); more are answered 503.
+    pub max_connections: Option<usize>,
+    /// Connections one client address (an IPv6 /64) may hold on each plane (default 128).
+    pub max_connections_per_address: Option<usize>,
+    /// A listener of its own for `/metrics` (then the control plane does not serve it).
+    pub metrics_listen: Option<String>,
+    /// Load balancers and TLS terminators (CIDRs) whose `X-Forwarded-For`/`Forwarded` are
+    /// believed; from any other peer those headers are ignored (default: none).
+    pub trusted_proxies: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -27,6 +27,9 @@ pub use secret::SecretSource;
 
 use crate::route::RouteTable;
 
+/// Shortest operator token accepted, inline or (checked when it is read) from a file.
+pub const MIN_OPERATOR_TOKEN_LEN: usize = 16;
+
 /// Sections of the file; `KEYGATE_<SECTION>_<KEY>` overrides `[section] key`.
 const SECTIONS: &[&str] = &[
     "server",
@@ -56,6 +59,8 @@ pub struct Config {
     pub auth_failures_per_minute: u32,
     /// Requests refused 403 per client address and minute before 429.
     pub auth_forbidden_per_minute: u32,
+    /// Addresses each per-address failure limiter tracks at most.
+    pub auth_limiter_capacity: u64,
     pub operator_token: Option<SecretSource>,
     /// The policy folder.
     pub policy_dir: PathBuf,
@@ -78,6 +83,15 @@ pub struct ServerConfig {
     pub header_timeout: Duration,
     pub keepalive_timeout: Duration,
     pub keepalive_requests: u32,
+    pub body_timeout: Duration,
+    pub max_connections: usize,
+    pub max_connections_per_address: usize,
+    /// Peers whose forwarding headers name the client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `/metrics` on a listener of its own.
+    pub metrics_listen: Option<SocketAddr>,
+    /// `/metrics` on the control plane needs the operator token.
+    pub metrics_operator_only: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -219,7 +233,7 @@ fn validate(file: FileConfig, overrides: &Overrides, problems: &mut Vec<Problem>
         "control",
         ("operator_token", &file.control.operator_token),
         ("operator_token_file", &file.control.operator_token_file),
-        16,
+        MIN_OPERATOR_TOKEN_LEN,
     );
     Config {
         tokens: tokens::token_settings(&file, problems),
@@ -235,6 +249,7 @@ fn validate(file: FileConfig, overrides: &Overrides, problems: &mut Vec<Problem>
         keys,
         auth_failures_per_minute: file.auth.failures_per_minute.unwrap_or(20).max(1),
         auth_forbidden_per_minute: file.auth.forbidden_per_minute.unwrap_or(300).max(1),
+        auth_limiter_capacity: file.auth.limiter_capacity.unwrap_or(100_000).max(100),
         operator_token,
         server,
         database,
@@ -448,13 +463,26 @@ issuer = "https://idp.example"
 audience = "keygate"
 jwks_file = "jwks.json"
 algorithms = ["RS256", "ES256"]
-user_claim = "preferred_username"
+user_claim = "sub"
+
+[issuers.subjects]
+"00u1" = "ada@example.com"
 "#,
             &[],
         )
         .unwrap();
         assert_eq!(ok.tokens.issuers.len(), 1);
-        assert_eq!(ok.tokens.issuers[0].user_claim, "preferred_username");
+        assert_eq!(ok.tokens.issuers[0].user_claim, "sub");
+        assert_eq!(ok.tokens.issuers[0].subjects["00u1"], "ada@example.com");
+        // A claim the user can change at the provider names nobody unless bound.
+        let err = load(
+            "[[issuers]]\nname = \"idp\"\nissuer = \"https://idp.example\"\naudience = \"k\"\n\
+             jwks_file = \"j.json\"\nuser_claim = \"preferred_username\"\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("preferred_username"), "{err}");
         assert_eq!(ok.tokens.leeway, Duration::from_secs(30));
     }
 
@@ -495,6 +523,41 @@ allow_sample_rate = 2.0
         .unwrap();
         assert_eq!(ok.rate_limit.default, None);
         assert_eq!(ok.rate_limit.rules[0].limit.requests, 2);
+    }
+
+    #[test]
+    fn a_move_or_copy_that_may_overwrite_also_needs_delete() {
+        use crate::route::RouteInput;
+        let c = load("", &[]).unwrap();
+        let route = |method: &str, overwrite: Option<&str>| {
+            c.routes.route(RouteInput {
+                method,
+                raw_target: b"/v1/files/local/a.txt",
+                destination: Some(b"/v1/files/local/b.txt"),
+                overwrite: overwrite.map(str::as_bytes),
+                host: None,
+            })
+        };
+        let also = |r: &crate::route::RouteMatch| -> Vec<(String, String)> {
+            r.also
+                .iter()
+                .map(|a| (a.action.to_string(), a.resource.path.clone()))
+                .collect()
+        };
+        let d = |p: &str| ("deleteFile".to_owned(), p.to_owned());
+        // Absent means T (RFC 4918): the destination may be replaced, so it may be deleted.
+        let m = route("MOVE", None).unwrap();
+        assert_eq!(also(&m), [d("/b.txt"), d("/a.txt")]);
+        assert_eq!(m.upstream_overwrite, Some("T"));
+        let m = route("MOVE", Some("F")).unwrap();
+        assert_eq!(also(&m), [d("/a.txt")]);
+        assert_eq!(m.upstream_overwrite, Some("F"));
+        assert_eq!(also(&route("COPY", Some("t")).unwrap()), [d("/b.txt")]);
+        assert!(also(&route("COPY", Some(" F ")).unwrap()).is_empty());
+        assert!(matches!(
+            route("COPY", Some("yes")),
+            Err(crate::refusal::Refusal::BadRequest(_))
+        ));
     }
 
     #[test]

@@ -52,6 +52,19 @@ pub(super) fn route_table(file: &FileConfig, problems: &mut Vec<Problem>) -> Rou
             }
         };
         check_name(problems, &place, "action name", &rule.action);
+        for also in [&rule.source_action, &rule.overwrite_action]
+            .into_iter()
+            .flatten()
+        {
+            check_name(problems, &place, "action name", also);
+        }
+        if !rule.destination && rule.overwrite_action.is_some() {
+            problem(
+                problems,
+                &place,
+                "overwrite_action needs destination = true",
+            );
+        }
         let methods = if rule.methods.iter().any(|m| m == "*") {
             Methods::Any
         } else {
@@ -85,6 +98,8 @@ pub(super) fn route_table(file: &FileConfig, problems: &mut Vec<Problem>) -> Rou
             action: Arc::from(rule.action.as_str()),
             provider: rule.provider.as_deref().map(Arc::from),
             destination: rule.destination,
+            source_action: rule.source_action.as_deref().map(Arc::from),
+            overwrite_action: rule.overwrite_action.as_deref().map(Arc::from),
         });
     }
     let default_action = r.default_action.as_deref().map(|a| {

@@ -45,6 +45,21 @@ pub(super) fn listeners(
     let header_timeout = d.read("header_timeout", &s.header_timeout, secs(10));
     let keepalive_timeout = d.read("keepalive_timeout", &s.keepalive_timeout, secs(60));
     let keepalive_requests = s.keepalive_requests.unwrap_or(1000);
+    let body_timeout = d.read("body_timeout", &s.body_timeout, secs(30));
+    let mut trusted_proxies = Vec::new();
+    for (i, raw) in s.trusted_proxies.iter().flatten().enumerate() {
+        let parsed = raw
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| raw.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+        match parsed {
+            Ok(net) => trusted_proxies.push(net.trunc()),
+            Err(_) => problem(
+                problems,
+                format!("[server] trusted_proxies[{i}]"),
+                format!("'{raw}' is not an address or a CIDR such as '10.0.0.0/8'"),
+            ),
+        }
+    }
     ServerConfig {
         listen,
         control_listen,
@@ -52,6 +67,26 @@ pub(super) fn listeners(
         header_timeout,
         keepalive_timeout,
         keepalive_requests,
+        body_timeout,
+        max_connections: s.max_connections.unwrap_or(4096).max(1),
+        max_connections_per_address: s.max_connections_per_address.unwrap_or(128).max(1),
+        trusted_proxies,
+        metrics_listen: s
+            .metrics_listen
+            .as_deref()
+            .map(|raw| address(problems, "[server] metrics_listen", Some(raw), "")),
+        metrics_operator_only: match file.control.metrics.as_deref() {
+            None | Some("public") => false,
+            Some("operator") => true,
+            Some(other) => {
+                problem(
+                    problems,
+                    "[control] metrics",
+                    format!("'{other}' is neither 'public' nor 'operator'"),
+                );
+                false
+            }
+        },
     }
 }
 

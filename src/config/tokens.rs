@@ -145,13 +145,34 @@ pub(super) fn token_settings(
                 "is keygate's own issuer",
             );
         }
+        let user_claim = s.user_claim.clone().unwrap_or_else(|| "email".to_owned());
+        let subjects = s.subjects.clone().unwrap_or_default();
+        if user_claim != "email" && subjects.is_empty() {
+            problem(
+                problems,
+                format!("{place} user_claim"),
+                format!(
+                    "'{user_claim}' is not a verified email: bind its values to keygate users in \
+                     [issuers.subjects] (claims such as preferred_username can be changed at the \
+                     provider), or use 'email', which requires email_verified"
+                ),
+            );
+        }
+        if user_claim == "email" && !subjects.is_empty() {
+            problem(
+                problems,
+                format!("{place} subjects"),
+                "binds values of a claim other than email: set user_claim (to 'sub', say)",
+            );
+        }
         issuers.push(IssuerConfig {
             name: s.name.clone(),
             issuer: s.issuer.clone(),
             audience: s.audience.clone(),
             jwks,
             algorithms,
-            user_claim: s.user_claim.clone().unwrap_or_else(|| "email".to_owned()),
+            user_claim,
+            subjects,
             workspace: s.workspace.clone(),
             refresh_interval: duration(
                 problems,
@@ -183,6 +204,8 @@ pub(super) fn token_settings(
             .unwrap_or(d.login_failures_per_address)
             .max(1),
         password_workers: a.password_workers.unwrap_or(d.password_workers).max(1),
+        password_queue: a.password_queue.unwrap_or(d.password_queue).max(1),
+        limiter_capacity: a.limiter_capacity.unwrap_or(d.limiter_capacity).max(100),
         issuers,
     }
 }

@@ -10,25 +10,40 @@ use axum::http::request::Parts;
 use subtle::ConstantTimeEq;
 
 use super::ControlState;
+use crate::identity::client::client_address;
 use crate::identity::Presented;
 use crate::manage::{Actor, ManageError};
 
 /// The client's address, when the listener recorded it.
 pub struct ClientAddr(pub Option<IpAddr>);
 
-fn client_addr(parts: &Parts) -> Option<IpAddr> {
+/// The peer, or the client a trusted proxy names (`identity::client`).
+fn client_addr(parts: &Parts, st: &ControlState) -> Option<IpAddr> {
     parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip())
+        .map(|c| client_address(c.0.ip(), &parts.headers, &st.trusted_proxies))
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+impl FromRequestParts<ControlState> for ClientAddr {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<ClientAddr, Self::Rejection> {
-        Ok(ClientAddr(client_addr(parts)))
+    async fn from_request_parts(
+        parts: &mut Parts,
+        st: &ControlState,
+    ) -> Result<ClientAddr, Self::Rejection> {
+        Ok(ClientAddr(client_addr(parts, st)))
     }
+}
+
+/// True when the request carries the operator token (compared in constant time).
+pub fn is_operator(st: &ControlState, headers: &axum::http::HeaderMap) -> bool {
+    let (Some(token), Some(value)) = (&st.operator_token, headers.get(http::header::AUTHORIZATION))
+    else {
+        return false;
+    };
+    let presented = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer "));
+    presented.is_some_and(|p| bool::from(p.trim().as_bytes().ct_eq(token.as_bytes())))
 }
 
 /// The authenticated caller: the operator token, or a user through any credential.
@@ -41,20 +56,14 @@ impl FromRequestParts<ControlState> for Caller {
         parts: &mut Parts,
         st: &ControlState,
     ) -> Result<Caller, ManageError> {
-        if let (Some(token), Some(value)) = (
-            &st.operator_token,
-            parts.headers.get(http::header::AUTHORIZATION),
-        ) {
-            let presented = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer "));
-            if presented.is_some_and(|p| bool::from(p.trim().as_bytes().ct_eq(token.as_bytes()))) {
-                return Ok(Caller(Actor::Operator));
-            }
+        if is_operator(st, &parts.headers) {
+            return Ok(Caller(Actor::Operator));
         }
         let presented = Presented {
             method: &parts.method,
             headers: &parts.headers,
             query: None,
-            client: client_addr(parts),
+            client: client_addr(parts, st),
         };
         let principal = st.identity.authenticate(presented).await?;
         Ok(Caller(Actor::User(principal)))

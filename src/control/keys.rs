@@ -8,7 +8,7 @@ use axum::Router;
 use serde::Deserialize;
 
 use super::caller::Caller;
-use super::respond::{body, ok, ok_secret};
+use super::respond::{ok, ok_secret, Body};
 use super::ControlState;
 use crate::manage::{CreateKey, ManageError, UpdateKey};
 
@@ -41,9 +41,8 @@ async fn list(
 async fn create(
     State(st): State<ControlState>,
     Caller(actor): Caller,
-    raw: axum::body::Bytes,
+    Body(req): Body<CreateKey>,
 ) -> Result<Response, ManageError> {
-    let req: CreateKey = body(&raw)?;
     Ok(ok_secret(
         StatusCode::CREATED,
         st.keys.create(&actor, req).await?,
@@ -62,9 +61,8 @@ async fn update(
     State(st): State<ControlState>,
     Caller(actor): Caller,
     Path(id): Path<String>,
-    raw: axum::body::Bytes,
+    Body(req): Body<UpdateKey>,
 ) -> Result<Response, ManageError> {
-    let req: UpdateKey = body(&raw)?;
     Ok(ok(StatusCode::OK, st.keys.update(&actor, &id, req).await?))
 }
 

@@ -10,9 +10,10 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::caller::{Caller, ClientAddr};
-use super::respond::{body, ok, ok_secret};
+use super::respond::{ok, ok_secret, Body};
 use super::ControlState;
 use crate::clock::{format_time, now_millis};
+use crate::identity::credentials::{csrf_refusal, origin_allowed};
 use crate::manage::{Actor, Issued, LoginRequest, ManageError, MintRequest};
 
 pub fn routes() -> Router<ControlState> {
@@ -50,12 +51,19 @@ fn issued(st: &ControlState, status: StatusCode, issued: Issued) -> Response {
     response
 }
 
+/// A login from a page of another site (login CSRF: signing the victim's browser into the
+/// attacker's account) is refused: a browser always names the page's origin on a cross-site
+/// POST, and it must be keygate's own or an allowed one. Clients that are not browsers send no
+/// `Origin` and pass; the JSON content type the body needs cannot be sent by a plain form.
 async fn login(
     State(st): State<ControlState>,
     ClientAddr(addr): ClientAddr,
-    raw: axum::body::Bytes,
+    headers: HeaderMap,
+    Body(req): Body<LoginRequest>,
 ) -> Result<Response, ManageError> {
-    let req: LoginRequest = body(&raw)?;
+    if !origin_allowed(&headers, st.identity.rules(), true) {
+        return Err(csrf_refusal().into());
+    }
     let done = st.auth.login(req, addr).await?;
     Ok(issued(&st, StatusCode::OK, done))
 }
@@ -69,9 +77,8 @@ struct RefreshRequest {
 async fn refresh(
     State(st): State<ControlState>,
     ClientAddr(addr): ClientAddr,
-    raw: axum::body::Bytes,
+    Body(req): Body<RefreshRequest>,
 ) -> Result<Response, ManageError> {
-    let req: RefreshRequest = body(&raw)?;
     let done = st.auth.refresh(&req.refresh_token, addr).await?;
     Ok(issued(&st, StatusCode::OK, done))
 }
@@ -111,9 +118,8 @@ async fn list(
 async fn mint(
     State(st): State<ControlState>,
     Caller(actor): Caller,
-    raw: axum::body::Bytes,
+    Body(req): Body<MintRequest>,
 ) -> Result<Response, ManageError> {
-    let req: MintRequest = body(&raw)?;
     let minted = st.auth.mint(&actor, req).await?;
     Ok(ok_secret(StatusCode::CREATED, minted))
 }

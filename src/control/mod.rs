@@ -24,7 +24,6 @@ use serde_json::json;
 
 use crate::identity::Identity;
 use crate::manage::{Auth, KeyManager};
-use crate::model::EXPIRY_WARNING_MS;
 use crate::policy::PolicyEngine;
 use crate::store::Store;
 use crate::telemetry::Metrics;
@@ -39,6 +38,30 @@ pub struct ControlState {
     /// The operator token from the config; acts as a workspace admin everywhere.
     pub operator_token: Option<Arc<str>>,
     pub policy: Arc<PolicyEngine>,
+    /// Who may read `/metrics` here.
+    pub metrics_access: MetricsAccess,
+    /// The last readiness check, shared so that a flood of `/readyz` costs one database round
+    /// trip a second.
+    pub readiness: Arc<tokio::sync::Mutex<Option<(std::time::Instant, Readiness)>>>,
+    /// Peers whose forwarding headers name the client (`[server] trusted_proxies`).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+/// Who may read `/metrics` on the control plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsAccess {
+    /// Anyone who reaches the control plane (the default; keep the plane private).
+    Public,
+    /// Only with the operator token.
+    Operator,
+    /// Not here: served on `[server] metrics_listen` instead.
+    Elsewhere,
+}
+
+/// The outcome of a readiness check.
+#[derive(Debug, Clone, Copy)]
+pub struct Readiness {
+    database: &'static str,
 }
 
 /// The control-plane API, without a socket.
@@ -54,22 +77,48 @@ pub fn app(state: ControlState) -> Router {
         .with_state(state)
 }
 
+/// The listener of `[server] metrics_listen`: `/metrics` and nothing else.
+pub fn metrics_app(state: ControlState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(state)
+}
+
 async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// Ready when the database answers. Fails closed: a slow database is not ready.
+/// Ready when the database answers. Fails closed: a slow database is not ready. Checked at
+/// most once a second, whoever asks: readiness is unauthenticated.
 async fn readyz(State(st): State<ControlState>) -> Response {
-    let db = tokio::time::timeout(Duration::from_secs(2), st.store.ping()).await;
-    let (status, db_state) = match db {
-        Ok(Ok(())) => (StatusCode::OK, "ok"),
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "readiness: database unavailable");
-            (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+    let checked = {
+        let mut last = st.readiness.lock().await;
+        match *last {
+            Some((at, r)) if at.elapsed() < Duration::from_secs(1) => r,
+            _ => {
+                let db = tokio::time::timeout(Duration::from_secs(2), st.store.ping()).await;
+                let database = match db {
+                    Ok(Ok(())) => "ok",
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "readiness: database unavailable");
+                        "unavailable"
+                    }
+                    Err(_) => "timeout",
+                };
+                let r = Readiness { database };
+                *last = Some((std::time::Instant::now(), r));
+                r
+            }
         }
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
     };
-    let ready = status == StatusCode::OK;
+    let db_state = checked.database;
+    let ready = db_state == "ok";
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     // The policy set is always loaded: keygate refuses to start without a valid one, and a
     // failed reload keeps the last good set.
     let epoch = st.policy.current().epoch;
@@ -81,13 +130,30 @@ async fn readyz(State(st): State<ControlState>) -> Response {
         .into_response()
 }
 
-async fn metrics(State(st): State<ControlState>) -> Response {
-    // Gauges that come from the database are read at scrape time.
-    let until = crate::clock::now_millis() + EXPIRY_WARNING_MS;
-    match st.store.count_keys_expiring(until).await {
-        Ok(n) => st.metrics.keys_expiring_soon.set(n),
-        Err(e) => tracing::warn!(error = %e, "cannot count expiring keys"),
+/// The Prometheus page, from memory: no database work per scrape (the gauges that come from
+/// the database are refreshed by a background task).
+pub async fn metrics(State(st): State<ControlState>, headers: axum::http::HeaderMap) -> Response {
+    match st.metrics_access {
+        MetricsAccess::Public => {}
+        MetricsAccess::Elsewhere => return not_found().await,
+        MetricsAccess::Operator => {
+            if !caller::is_operator(&st, &headers) {
+                return respond::refusal(&crate::refusal::Refusal::Unauthorized(
+                    crate::refusal::AuthFailure::Missing,
+                ));
+            }
+        }
     }
+    let gauge = |name: &str, n: u64| {
+        st.metrics
+            .limiter_entries
+            .with_label_values(&[name])
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    };
+    gauge("address", st.identity.gate().entries());
+    let (accounts, addresses) = st.auth.limiter_entries();
+    gauge("login_account", accounts);
+    gauge("login_address", addresses);
     (
         [(
             header::CONTENT_TYPE,

@@ -2,6 +2,7 @@
 //! JSON body parser, and [`ManageError`] (with the request path's refusals inside it) as the
 //! error envelope. Internals never reach the client: a database failure is a plain 503.
 
+use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -25,10 +26,41 @@ pub fn ok_secret<T: serde::Serialize>(status: StatusCode, data: T) -> Response {
     response
 }
 
-/// Parses a JSON body, answering 400 in the error shape when it does not fit.
-pub fn body<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, ManageError> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| ManageError::BadRequest(format!("invalid request body: {e}")))
+/// Largest JSON body any control-plane endpoint accepts.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// A JSON request body as `T`: `Content-Type: application/json` (415 otherwise; a form post
+/// from another site cannot pass for an API call), at most [`MAX_BODY`] bytes (413), and the
+/// shape of `T` (400). Every refusal is in the JSON error shape.
+pub struct Body<T>(pub T);
+
+impl<S: Send + Sync, T: for<'de> Deserialize<'de>> FromRequest<S> for Body<T> {
+    type Rejection = ManageError;
+
+    async fn from_request(req: Request, _: &S) -> Result<Body<T>, ManageError> {
+        let json = req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+        if !json {
+            return Err(ManageError::UnsupportedMediaType(
+                "send the body as JSON (Content-Type: application/json)".to_owned(),
+            ));
+        }
+        let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY)
+            .await
+            .map_err(|_| {
+                ManageError::PayloadTooLarge(format!(
+                    "the request body exceeds {} KiB",
+                    MAX_BODY / 1024
+                ))
+            })?;
+        serde_json::from_slice(&bytes)
+            .map(Body)
+            .map_err(|e| ManageError::BadRequest(format!("invalid request body: {e}")))
+    }
 }
 
 /// A refusal of the request path, rendered exactly as the data plane renders it.
@@ -66,6 +98,10 @@ impl IntoResponse for ManageError {
             ManageError::Forbidden(_) => (StatusCode::FORBIDDEN, "FORBIDDEN"),
             ManageError::NotFound(_) => (StatusCode::NOT_FOUND, "NOT_FOUND"),
             ManageError::Conflict(_) => (StatusCode::CONFLICT, "CONFLICT"),
+            ManageError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE"),
+            ManageError::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE")
+            }
             ManageError::InvalidPolicy { .. } => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "INVALID_POLICY")
             }

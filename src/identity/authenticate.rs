@@ -10,7 +10,7 @@ use http::{HeaderMap, Method};
 use super::credentials::{check_csrf, credentials, Credentials};
 use super::Identity;
 use crate::principal::Principal;
-use crate::refusal::Refusal;
+use crate::refusal::{AuthFailure, Refusal};
 
 /// What a request presents to be authenticated.
 #[derive(Debug, Clone, Copy)]
@@ -41,8 +41,15 @@ impl Identity {
 
     /// Counts a refusal against the client's address: a failed authentication, or a request
     /// refused 403 (by the CSRF check here, or by a policy after authentication).
+    ///
+    /// A request without any credential is not an attempt: it is counted in the metrics but
+    /// not against the address (behind a shared NAT or a careless load balancer, anonymous
+    /// requests would otherwise lock everyone out).
     pub fn count(&self, refusal: &Refusal, client: Option<IpAddr>) {
         match refusal {
+            Refusal::Unauthorized(AuthFailure::Missing) => {
+                self.gate.record_failure(None, AuthFailure::Missing)
+            }
             Refusal::Unauthorized(reason) => self.gate.record_failure(client, *reason),
             Refusal::Forbidden(_) => self.gate.record_forbidden(client),
             _ => {}

@@ -63,37 +63,8 @@ pub fn check_csrf(
     ) {
         return Ok(());
     }
-    let refuse = || {
-        let mut details = serde_json::Map::new();
-        details.insert("restriction".into(), "csrf".into());
-        Refusal::Forbidden(details)
-    };
-    let origin = headers
-        .get(header::ORIGIN)
-        .or_else(|| headers.get(header::REFERER))
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| http::Uri::try_from(v).ok())
-        .and_then(|u| {
-            Some((
-                u.scheme_str()?.to_ascii_lowercase(),
-                u.authority()?.as_str().to_ascii_lowercase(),
-            ))
-        })
-        .ok_or_else(refuse)?;
-    let allowed = if rules.allowed_origins.is_empty() {
-        headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .is_some_and(|host| host.eq_ignore_ascii_case(&origin.1))
-    } else {
-        let presented = format!("{}://{}", origin.0, origin.1);
-        rules
-            .allowed_origins
-            .iter()
-            .any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(&presented))
-    };
-    if !allowed {
-        return Err(refuse());
+    if !origin_allowed(headers, rules, false) {
+        return Err(csrf_refusal());
     }
     let expected = csrf_token(pepper, session_secret);
     let presented = headers
@@ -103,7 +74,51 @@ pub fn check_csrf(
     if bool::from(presented.ct_eq(expected.as_bytes())) {
         Ok(())
     } else {
-        Err(refuse())
+        Err(csrf_refusal())
+    }
+}
+
+/// The refusal of a request another site may have started (403, `restriction: csrf`).
+pub fn csrf_refusal() -> Refusal {
+    let mut details = serde_json::Map::new();
+    details.insert("restriction".into(), "csrf".into());
+    Refusal::Forbidden(details)
+}
+
+/// True when the request's `Origin` (or, without one, its `Referer`) is keygate's own host or
+/// an allowed origin. A request with neither passes only when `absent_ok` (clients that are
+/// not browsers send neither; browsers always send `Origin` on a cross-site POST).
+pub fn origin_allowed(headers: &HeaderMap, rules: &CredentialRules, absent_ok: bool) -> bool {
+    let presented = headers
+        .get(header::ORIGIN)
+        .or_else(|| headers.get(header::REFERER));
+    let Some(presented) = presented else {
+        return absent_ok;
+    };
+    let origin = presented
+        .to_str()
+        .ok()
+        .and_then(|v| http::Uri::try_from(v).ok())
+        .and_then(|u| {
+            Some((
+                u.scheme_str()?.to_ascii_lowercase(),
+                u.authority()?.as_str().to_ascii_lowercase(),
+            ))
+        });
+    let Some((scheme, authority)) = origin else {
+        return false;
+    };
+    if rules.allowed_origins.is_empty() {
+        headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .is_some_and(|host| host.eq_ignore_ascii_case(&authority))
+    } else {
+        let presented = format!("{scheme}://{authority}");
+        rules
+            .allowed_origins
+            .iter()
+            .any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(&presented))
     }
 }
 
@@ -241,13 +256,24 @@ fn bearer_token(value: &[u8]) -> Result<String, Refusal> {
     Ok(token.to_owned())
 }
 
+/// True when a query parameter carries a credential, by its name or by the shape of its
+/// value, read after percent-decoding (`api%5Fkey=kg_…` and `x=kg%5F…` are caught too) and with
+/// `+` as a space.
 fn query_has_credential(query: &str, style: &KeyStyle) -> bool {
-    query.split('&').any(|pair| {
+    let decoded = |raw: &str| -> String {
+        let spaced = raw.replace('+', " ");
+        percent_encoding::percent_decode_str(&spaced)
+            .decode_utf8_lossy()
+            .trim()
+            .to_owned()
+    };
+    query.split(['&', ';']).any(|pair| {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let name = name.to_ascii_lowercase();
+        let name = decoded(name).to_ascii_lowercase();
+        let value = decoded(value);
         QUERY_CREDENTIALS.contains(&name.as_str())
-            || style.looks_like_key(value)
-            || looks_like_jwt(value)
+            || style.looks_like_key(&value)
+            || looks_like_jwt(&value)
     })
 }
 
@@ -374,6 +400,11 @@ mod tests {
             read(&[("x-api-key", "kg_a")], Some("api_key=kg_a")),
             read(&[], Some("x=1&TOKEN=abc")),
             read(&[], Some("q=drv_0123")),
+            read(&[], Some("api%5Fkey=kg_a")),
+            read(&[], Some("API%5fKEY=x")),
+            read(&[], Some("q=kg%5Fabc")),
+            read(&[], Some("q=%6B%67_abc")),
+            read(&[], Some("a=1;token=x")),
         ] {
             assert!(matches!(bad, Err(Refusal::BadRequest(_))), "{bad:?}");
         }

@@ -57,6 +57,10 @@ pub struct TokenSettings {
     pub login_failures_per_address: u32,
     /// Password verifications that run at once (argon2id, off the request threads).
     pub password_workers: usize,
+    /// Logins that may wait for a password worker; more are answered 503 at once.
+    pub password_queue: usize,
+    /// Accounts (and addresses) each login failure limiter tracks at most.
+    pub limiter_capacity: u64,
     pub issuers: Vec<IssuerConfig>,
 }
 
@@ -78,6 +82,8 @@ impl Default for TokenSettings {
             login_failures_per_account: 5,
             login_failures_per_address: 10,
             password_workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            password_queue: 64,
+            limiter_capacity: 100_000,
             issuers: Vec::new(),
         }
     }
@@ -106,8 +112,13 @@ pub struct IssuerConfig {
     pub jwks: JwksSource,
     /// The algorithms accepted (the issuer's signing algorithm; default RS256).
     pub algorithms: Vec<Algorithm>,
-    /// The claim whose value is a keygate user's email (default `email`).
+    /// The claim that names the keygate user: `email` (default; the token must also say
+    /// `email_verified: true`), or another claim whose values `subjects` binds to users.
     pub user_claim: String,
+    /// Value of `user_claim` → the email of the keygate user it stands for. Claims other than
+    /// a verified email (`sub`, say) name a user only through this table: names such as
+    /// `preferred_username` can be changed by whoever controls the account at the provider.
+    pub subjects: HashMap<String, String>,
     /// The workspace its users act in; unset: the user's only workspace.
     pub workspace: Option<String>,
     /// How often a JWKS URL is fetched again.
@@ -191,8 +202,35 @@ struct External {
     validation: Validation,
     /// By `kid` (a key without one under "").
     keys: ArcSwap<HashMap<String, (DecodingKey, Option<Algorithm>)>>,
-    fetched: Mutex<Option<Instant>>,
+    /// Held while the JWKS is fetched: one fetch at a time per issuer, and callers that find
+    /// it held wait for that fetch instead of starting another.
+    fetch: tokio::sync::Mutex<FetchState>,
 }
+
+/// When an issuer's JWKS was last asked for, and how many asks in a row failed.
+#[derive(Debug, Default)]
+struct FetchState {
+    last_attempt: Option<Instant>,
+    failures: u32,
+}
+
+impl FetchState {
+    /// The shortest wait before the next fetch an unknown `kid` may start: the floor, doubled
+    /// for each failure in a row, at most five minutes. It counts from the last attempt,
+    /// whether or not it succeeded.
+    fn floor(&self) -> Duration {
+        let backoff = RELOAD_AT_MOST_EVERY.saturating_mul(1 << self.failures.min(5));
+        backoff.min(Duration::from_secs(300))
+    }
+
+    fn due(&self, interval: Duration) -> bool {
+        self.last_attempt
+            .is_none_or(|at| at.elapsed() >= interval.max(self.floor()))
+    }
+}
+
+/// Largest JWKS document read from an issuer.
+const MAX_JWKS_BYTES: usize = 1024 * 1024;
 
 pub struct Tokens {
     pub settings: TokenSettings,
@@ -203,6 +241,7 @@ pub struct Tokens {
     own: Validation,
     issuers: Vec<External>,
     http: reqwest::Client,
+    metrics: Option<Arc<crate::telemetry::Metrics>>,
 }
 
 /// At most one reload of keys (own or an issuer's) per this interval on an unknown `kid`.
@@ -269,7 +308,7 @@ impl Tokens {
                 validation: validation(&c.algorithms, &c.issuer, &c.audience, settings.leeway),
                 config: c.clone(),
                 keys: ArcSwap::from_pointee(HashMap::new()),
-                fetched: Mutex::new(None),
+                fetch: tokio::sync::Mutex::new(FetchState::default()),
             })
             .collect();
         let tokens = Tokens {
@@ -293,6 +332,7 @@ impl Tokens {
                 .timeout(Duration::from_secs(10))
                 .build()
                 .map_err(|e| TokenError::Key(format!("cannot build the JWKS client: {e}")))?,
+            metrics: None,
         };
         if !tokens
             .store
@@ -306,7 +346,14 @@ impl Tokens {
         }
         tokens.reload_keys().await?;
         for i in 0..tokens.issuers.len() {
-            if let Err(e) = tokens.fetch_issuer_keys(i).await {
+            let mut state = tokens.issuers[i].fetch.lock().await;
+            state.last_attempt = Some(Instant::now());
+            let fetched = tokens.fetch_issuer_keys(i).await;
+            if fetched.is_err() {
+                state.failures += 1;
+            }
+            drop(state);
+            if let Err(e) = fetched {
                 match &tokens.issuers[i].config.jwks {
                     JwksSource::File(_) => return Err(e),
                     JwksSource::Url(_) => {
@@ -493,10 +540,8 @@ impl Tokens {
         };
         let issuer = &self.issuers[index];
         let kid = header.kid.clone().unwrap_or_default();
-        if !issuer.keys.load().contains_key(&kid) && issuer_reload_due(issuer) {
-            if let Err(e) = self.fetch_issuer_keys(index).await {
-                tracing::warn!(issuer = %issuer.config.name, error = %e, "cannot reload the issuer's JWKS");
-            }
+        if !issuer.keys.load().contains_key(&kid) {
+            self.refetch_on_unknown_kid(index).await;
         }
         let keys = issuer.keys.load();
         let (key, alg) = match keys.get(&kid) {
@@ -512,12 +557,30 @@ impl Tokens {
         }
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, &issuer.validation)
             .map_err(|e| failure(&e))?;
-        let user = data
+        let named = data
             .claims
             .get(&issuer.config.user_claim)
             .and_then(Value::as_str)
-            .ok_or(AuthFailure::Invalid)?
-            .to_owned();
+            .ok_or(AuthFailure::Invalid)?;
+        let user = if issuer.config.user_claim == "email" {
+            // An address the provider has not verified proves nothing about who holds it.
+            let verified = match data.claims.get("email_verified") {
+                Some(Value::Bool(b)) => *b,
+                Some(Value::String(s)) => s == "true",
+                _ => false,
+            };
+            if !verified {
+                return Err(AuthFailure::Invalid);
+            }
+            named.to_owned()
+        } else {
+            issuer
+                .config
+                .subjects
+                .get(named)
+                .cloned()
+                .ok_or(AuthFailure::Invalid)?
+        };
         let exp = data
             .claims
             .get("exp")
@@ -544,6 +607,76 @@ impl Tokens {
         &self.issuers[index].config
     }
 
+    /// Counts fetches in the metrics, when the server gave them.
+    pub fn with_metrics(mut self, metrics: Arc<crate::telemetry::Metrics>) -> Tokens {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn count_fetch(&self, result: &str) {
+        if let Some(m) = &self.metrics {
+            m.jwks_fetches.with_label_values(&[result]).inc();
+        }
+    }
+
+    /// A token named a `kid` the issuer's key set lacks: the issuer may have rotated. Fetches
+    /// the set again, but one fetch at a time (callers that arrive meanwhile wait for it, up
+    /// to the fetch's own timeout), and never sooner than the floor after the last attempt,
+    /// successful or not, doubled for each failure in a row: tokens with made-up `kid`s
+    /// cannot turn keygate into an amplifier against the identity provider.
+    async fn refetch_on_unknown_kid(&self, index: usize) {
+        let issuer = &self.issuers[index];
+        let mut state =
+            match tokio::time::timeout(Duration::from_secs(11), issuer.fetch.lock()).await {
+                Ok(state) => state,
+                Err(_) => return,
+            };
+        if !state.due(Duration::ZERO) {
+            self.count_fetch("skipped");
+            return;
+        }
+        self.fetch_locked(index, &mut state).await;
+    }
+
+    /// Fetches while holding the issuer's fetch lock; records the attempt first.
+    async fn fetch_locked(&self, index: usize, state: &mut FetchState) {
+        let issuer = &self.issuers[index];
+        state.last_attempt = Some(Instant::now());
+        match self.fetch_issuer_keys(index).await {
+            Ok(()) => {
+                state.failures = 0;
+                self.count_fetch("ok");
+            }
+            Err(e) => {
+                state.failures = state.failures.saturating_add(1);
+                self.count_fetch("error");
+                tracing::warn!(issuer = %issuer.config.name, error = %e, failures = state.failures, "cannot fetch the issuer's JWKS");
+            }
+        }
+    }
+
+    /// GETs a JWKS document, reading at most [`MAX_JWKS_BYTES`] of it.
+    async fn fetch_bounded(&self, url: &str) -> Result<String, TokenError> {
+        let failed = |e: String| TokenError::Key(format!("cannot fetch the JWKS: {e}"));
+        let mut response = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| failed(e.to_string()))?;
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| failed(e.to_string()))? {
+            if body.len() + chunk.len() > MAX_JWKS_BYTES {
+                return Err(failed(format!(
+                    "the document exceeds {MAX_JWKS_BYTES} bytes"
+                )));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        String::from_utf8(body).map_err(|_| failed("the document is not UTF-8".to_owned()))
+    }
+
     /// Loads (again) an issuer's JWKS from its file or URL.
     pub async fn fetch_issuer_keys(&self, index: usize) -> Result<(), TokenError> {
         let issuer = &self.issuers[index];
@@ -551,21 +684,8 @@ impl Tokens {
             JwksSource::File(path) => std::fs::read_to_string(path).map_err(|e| {
                 TokenError::Key(format!("cannot read the JWKS file {}: {e}", path.display()))
             })?,
-            JwksSource::Url(url) => {
-                let fetched = async {
-                    self.http
-                        .get(url)
-                        .send()
-                        .await?
-                        .error_for_status()?
-                        .text()
-                        .await
-                }
-                .await;
-                fetched.map_err(|e| TokenError::Key(format!("cannot fetch the JWKS: {e}")))?
-            }
+            JwksSource::Url(url) => self.fetch_bounded(url).await?,
         };
-        *issuer.fetched.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         let set: JwkSet = serde_json::from_str(&text)
             .map_err(|e| TokenError::Key(format!("the JWKS is not valid: {e}")))?;
         let mut keys = HashMap::new();
@@ -601,27 +721,18 @@ impl Tokens {
             }
         }
         for (i, issuer) in self.issuers.iter().enumerate() {
-            let due = matches!(issuer.config.jwks, JwksSource::Url(_))
-                && issuer
-                    .fetched
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .is_none_or(|at| at.elapsed() >= issuer.config.refresh_interval);
-            if due {
-                if let Err(e) = self.fetch_issuer_keys(i).await {
-                    tracing::warn!(issuer = %issuer.config.name, error = %e, "cannot refresh the issuer's JWKS");
-                }
+            if !matches!(issuer.config.jwks, JwksSource::Url(_)) {
+                continue;
+            }
+            // A fetch in progress (for an unknown kid) does this one's work.
+            let Ok(mut state) = issuer.fetch.try_lock() else {
+                continue;
+            };
+            if state.due(issuer.config.refresh_interval) {
+                self.fetch_locked(i, &mut state).await;
             }
         }
     }
-}
-
-fn issuer_reload_due(issuer: &External) -> bool {
-    issuer
-        .fetched
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .is_none_or(|at| at.elapsed() >= RELOAD_AT_MOST_EVERY)
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@
 //! first time it is seen, so it is listed and revocable like keygate's own.
 
 mod authenticate;
+pub mod client;
 pub mod credentials;
 pub mod jwt;
 
@@ -69,6 +70,8 @@ pub struct IdentityConfig {
     pub failures_per_minute: u32,
     /// Requests refused 403 per address and minute before the address is answered 429.
     pub forbidden_per_minute: u32,
+    /// Addresses the failure limiters track at most.
+    pub limiter_capacity: u64,
 }
 
 pub struct Identity {
@@ -115,6 +118,7 @@ impl Identity {
             gate: AddressGate::new(
                 config.failures_per_minute,
                 config.forbidden_per_minute,
+                config.limiter_capacity,
                 metrics.clone(),
             ),
             usage,

@@ -16,7 +16,7 @@ use crate::identity::Identity;
 use crate::model::{self, Grant, KeyStyle, Pepper, EXPIRY_WARNING_MS};
 use crate::policy::PolicyEngine;
 use crate::principal::Principal;
-use crate::store::{KeyChanges, KeyRecord, NewKey, Store, UsageDay};
+use crate::store::{KeyChanges, KeyRecord, NewKey, Store, StoreError, UsageDay};
 use crate::usage::UsageRecorder;
 
 /// The body of a create request (and the CLI's flags).
@@ -275,19 +275,15 @@ impl KeyManager {
         Ok(Some(grants))
     }
 
-    pub async fn create(&self, actor: &Actor, req: CreateKey) -> Result<NewKeyView, ManageError> {
-        let name = check_name(&req.name)?;
-        let scopes = model::parse_scopes(&req.scopes).map_err(ManageError::BadRequest)?;
-        let owner_email = match (actor, req.owner.as_deref()) {
-            (_, Some(email)) => email.to_owned(),
-            (Actor::User(p), None) => p.user_email.clone(),
-            (Actor::Operator, None) => {
-                return Err(ManageError::BadRequest(
-                    "the operator must name the key's owner (owner: email)".to_owned(),
-                ))
-            }
-        };
-        let owner = self.store.user_by_email(&owner_email).await?;
+    /// The owner and workspace of a key the operator creates: any user, in the workspace
+    /// named (or their only one).
+    async fn operator_target(&self, req: &CreateKey) -> Result<(String, String), ManageError> {
+        let email = req.owner.as_deref().ok_or_else(|| {
+            ManageError::BadRequest(
+                "the operator must name the key's owner (owner: email)".to_owned(),
+            )
+        })?;
+        let owner = self.store.user_by_email(email).await?;
         let memberships = self.store.memberships(&owner.id).await?;
         let (workspace_id, _, _) = choose_workspace(
             &memberships,
@@ -295,11 +291,68 @@ impl KeyManager {
             &owner.email,
             ManageError::BadRequest,
         )?;
-        self.authorize(actor, "createKey", "new", &owner.id, &workspace_id)?;
+        Ok((owner.id, workspace_id))
+    }
+
+    /// The owner and workspace of a key a user creates. Always the workspace the user is
+    /// signed in to. Another owner only for someone allowed to manage other people's keys
+    /// there, asked before anything is looked up, and then only a member of that workspace:
+    /// one refusal for every other case, so the answer never tells whether an email or a
+    /// workspace exists elsewhere.
+    async fn user_target(
+        &self,
+        actor: &Actor,
+        p: &Principal,
+        req: &CreateKey,
+    ) -> Result<(String, String), ManageError> {
+        if req.workspace.as_deref().is_some_and(|ws| ws != p.workspace) {
+            return Err(ManageError::Forbidden(
+                "keys are created in the workspace you are signed in to".to_owned(),
+            ));
+        }
+        let email = match req.owner.as_deref().map(str::trim) {
+            None => return Ok((p.user_id.clone(), p.workspace_id.clone())),
+            Some(e) if e.eq_ignore_ascii_case(&p.user_email) => {
+                return Ok((p.user_id.clone(), p.workspace_id.clone()))
+            }
+            Some(e) => e,
+        };
+        // Someone else's key: may this caller manage other people's keys here at all?
+        self.authorize(actor, "createKey", "new", "\0another user", &p.workspace_id)?;
+        let not_member = || {
+            ManageError::NotFound(format!(
+                "no member of this workspace has the email '{email}'"
+            ))
+        };
+        let owner = match self.store.user_by_email(email).await {
+            Ok(u) => u,
+            Err(StoreError::NotFound(_) | StoreError::Invalid(_)) => return Err(not_member()),
+            Err(e) => return Err(e.into()),
+        };
+        let member = self
+            .store
+            .memberships(&owner.id)
+            .await?
+            .iter()
+            .any(|(ws, _, _)| *ws == p.workspace_id);
+        if !member {
+            return Err(not_member());
+        }
+        Ok((owner.id, p.workspace_id.clone()))
+    }
+
+    pub async fn create(&self, actor: &Actor, req: CreateKey) -> Result<NewKeyView, ManageError> {
+        let name = check_name(&req.name)?;
+        let scopes = model::parse_scopes(&req.scopes).map_err(ManageError::BadRequest)?;
+        let (owner_id, workspace_id) = match actor {
+            Actor::Operator => self.operator_target(&req).await?,
+            Actor::User(p) => self.user_target(actor, p, &req).await?,
+        };
+        self.authorize(actor, "createKey", "new", &owner_id, &workspace_id)?;
         let grants = self.grants(&workspace_id, req.providers.as_deref()).await?;
         let expires_at = expiry(req.expires_in.as_deref(), req.expires_at.as_deref())?.flatten();
         self.insert(
-            owner.id,
+            owner_id,
             workspace_id,
             name,
             scopes,
@@ -358,9 +411,16 @@ impl KeyManager {
             (Actor::Operator, Some(email)) => Some(self.store.user_by_email(email).await?.id),
             (Actor::Operator, None) => None,
         };
-        let workspace_id = match workspace {
-            Some(name) => Some(self.store.workspace_by_name(name).await?.id),
-            None => None,
+        let workspace_id = match (actor, workspace) {
+            (_, None) => None,
+            (Actor::Operator, Some(name)) => Some(self.store.workspace_by_name(name).await?.id),
+            // A user lists their own keys: a workspace they are not in, or one that does not
+            // exist, has none of them, and both answer alike (an empty list).
+            (Actor::User(_), Some(name)) => match self.store.workspace_by_name(name).await {
+                Ok(ws) => Some(ws.id),
+                Err(StoreError::NotFound(_) | StoreError::Invalid(_)) => return Ok(Vec::new()),
+                Err(e) => return Err(e.into()),
+            },
         };
         let records = self
             .store

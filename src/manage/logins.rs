@@ -25,7 +25,7 @@ use crate::identity::jwt::{JwtKind, Tokens};
 use crate::identity::Identity;
 use crate::model::{self, Grant, Pepper};
 use crate::principal::{Principal, PrincipalKind};
-use crate::ratelimit::failures::FailureLimiter;
+use crate::ratelimit::failures::{address_bucket, text_key, FailureLimiter};
 use crate::refusal::{AuthFailure, Refusal};
 use crate::store::{Exchange, NewToken, Store, StoreError, TokenKind, TokenRecord};
 use crate::telemetry::Metrics;
@@ -188,11 +188,21 @@ pub struct Auth {
     keys: Arc<KeyManager>,
     metrics: Arc<Metrics>,
     workers: Arc<Semaphore>,
-    per_account: FailureLimiter<String>,
+    /// Logins allowed in line for a worker (and at one); the rest are answered 503 at once.
+    queue: Arc<Semaphore>,
+    /// Keyed by a hash of the account's normalized email.
+    per_account: FailureLimiter<[u8; 16]>,
+    /// Keyed by the address bucket (an IPv4 address, an IPv6 /64).
     per_address: FailureLimiter<IpAddr>,
     /// A hash verified when the email is unknown, so that both cost the same.
     decoy: String,
 }
+
+/// Longest email accepted at login (RFC 5321's limit for a path).
+pub const MAX_EMAIL_LEN: usize = 254;
+
+/// Longest password accepted at login, in bytes.
+pub const MAX_PASSWORD_LEN: usize = 1024;
 
 /// Longest a login waits for a password worker before it is answered 503.
 const WORKER_WAIT: Duration = Duration::from_secs(10);
@@ -247,8 +257,9 @@ impl Auth {
         };
         Auth {
             workers: Arc::new(Semaphore::new(s.password_workers.max(1))),
-            per_account: FailureLimiter::new(per_account),
-            per_address: FailureLimiter::new(per_address),
+            queue: Arc::new(Semaphore::new(s.password_workers.max(1) + s.password_queue)),
+            per_account: FailureLimiter::new(per_account, s.limiter_capacity),
+            per_address: FailureLimiter::new(per_address, s.limiter_capacity),
             store,
             pepper,
             tokens,
@@ -263,6 +274,11 @@ impl Auth {
     /// `password_workers` at once.
     async fn verify_password(&self, hash: String, password: String) -> Result<bool, Refusal> {
         let busy = || Refusal::Unavailable("too many logins at once; try again".into());
+        // A full line is answered at once: waiting logins hold memory and a connection each.
+        let _in_line = self.queue.clone().try_acquire_owned().map_err(|_| {
+            self.metrics.logins.with_label_values(&["busy"]).inc();
+            busy()
+        })?;
         let permit = tokio::time::timeout(WORKER_WAIT, self.workers.clone().acquire_owned())
             .await
             .map_err(|_| busy())?
@@ -288,10 +304,15 @@ impl Auth {
             .inc();
         self.metrics.logins.with_label_values(&["failed"]).inc();
         if let Some(a) = addr {
-            self.per_address.fail(&a);
+            self.per_address.fail(&address_bucket(a));
         }
-        self.per_account.fail(&account.to_owned());
+        self.per_account.fail(&text_key(account));
         Refusal::Unauthorized(AuthFailure::Unknown)
+    }
+
+    /// Accounts and addresses the login limiters track, for the metrics.
+    pub fn limiter_entries(&self) -> (u64, u64) {
+        (self.per_account.entries(), self.per_address.entries())
     }
 
     /// `POST /v1/auth/login`.
@@ -300,15 +321,28 @@ impl Auth {
         req: LoginRequest,
         addr: Option<IpAddr>,
     ) -> Result<Issued, ManageError> {
-        let account = req.email.trim().to_lowercase();
         let limited = |r: Refusal| {
             self.metrics.logins.with_label_values(&["limited"]).inc();
             r
         };
         if let Some(a) = addr {
-            self.per_address.check(&a).map_err(limited)?;
+            self.per_address
+                .check(&address_bucket(a))
+                .map_err(limited)?;
         }
-        self.per_account.check(&account).map_err(limited)?;
+        // An email has at most 254 characters (RFC 5321); longer input is refused before it
+        // is copied, hashed or counted.
+        let email = req.email.trim();
+        if email.len() > MAX_EMAIL_LEN || req.password.len() > MAX_PASSWORD_LEN {
+            return Err(bad_request(format!(
+                "an email has at most {MAX_EMAIL_LEN} characters and a password at most \
+                 {MAX_PASSWORD_LEN} bytes"
+            )));
+        }
+        let account = email.to_lowercase();
+        self.per_account
+            .check(&text_key(&account))
+            .map_err(limited)?;
         let device = label(req.device.as_deref())?;
         let user = match self.store.user_by_email(&account).await {
             Ok(u) => Some(u),
@@ -578,7 +612,8 @@ impl Auth {
     }
 
     /// `GET /v1/auth/tokens`: the caller's signed-in devices, sessions and scoped tokens that
-    /// are still usable (a login with a refresh token is listed once, by its refresh token).
+    /// are still usable and that the caller may read (a login with a refresh token is listed
+    /// once, by its refresh token).
     pub async fn list(&self, actor: &Actor) -> Result<Vec<TokenView>, ManageError> {
         let Actor::User(p) = actor else {
             return Err(bad_request(
@@ -593,6 +628,12 @@ impl Auth {
             .await?
             .iter()
             .filter(|r| r.kind != TokenKind::Access && r.is_active(now))
+            // The policies say which of them the caller may see (a scoped token: itself).
+            .filter(|r| {
+                self.keys
+                    .authorize(actor, "readKey", &r.id, &r.user_id, &r.workspace_id)
+                    .is_ok()
+            })
             .map(|r| Self::view(r, current.as_deref()))
             .collect())
     }

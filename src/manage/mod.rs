@@ -46,6 +46,12 @@ pub enum ManageError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// A request body over the size limit (413).
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// A request body that is not JSON (415).
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     /// A policy set that does not load; the running set stays (422).
     #[error("{message}")]
     InvalidPolicy {

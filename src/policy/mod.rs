@@ -57,6 +57,9 @@ pub const SHIPPED: &[(&str, &str)] = &[
     ),
 ];
 
+/// Memory the decision cache may hold (keys, paths and verdicts, estimated).
+const DECISION_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
 /// What a decision is about.
 #[derive(Debug, Clone, Copy)]
 pub enum Target<'a> {
@@ -96,6 +99,9 @@ pub struct Loaded {
     pub intent: HashMap<String, String>,
     /// For each action, the scope that would allow it (its nearest scope group).
     required: HashMap<String, String>,
+    /// Every `Keygate::Path` the policies name, as (provider, path): with the grants, the only
+    /// folders a decision can ask `resource in …` about.
+    path_literals: Vec<(String, String)>,
 }
 
 /// The outcome of a decision, with the policies that determined it.
@@ -361,7 +367,9 @@ pub fn load_texts(files: &[(String, String)], epoch: u64) -> Result<Loaded, Poli
             )
         })
         .collect();
+    let path_literals = path_literals(&set);
     Ok(Loaded {
+        path_literals,
         policies: set,
         schema,
         actions,
@@ -373,6 +381,22 @@ pub fn load_texts(files: &[(String, String)], epoch: u64) -> Result<Loaded, Poli
         intent,
         required,
     })
+}
+
+/// The `Keygate::Path` entities the policies name (in their scope or their conditions).
+fn path_literals(set: &PolicySet) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = set
+        .policies()
+        .flat_map(|p| p.entity_literals())
+        .filter(|uid| uid.type_name().to_string() == "Keygate::Path")
+        .filter_map(|uid| {
+            let (provider, path) = uid.id().unescaped().split_once(':')?;
+            Some((provider.to_owned(), path.to_owned()))
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// For each action, the nearest scope group above it (not a `level:` group).
@@ -409,6 +433,28 @@ impl Loaded {
         target: Target<'_>,
         workspace_of: &HashMap<String, String>,
     ) -> Verdict {
+        let literals = &self.path_literals;
+        self.decide_among(
+            authorizer,
+            principal,
+            action,
+            target,
+            workspace_of,
+            literals,
+        )
+    }
+
+    /// [`Loaded::decide`], with the folders named by policies given (tests widen them to every
+    /// folder above the path, which is the whole chain).
+    fn decide_among(
+        &self,
+        authorizer: &Authorizer,
+        principal: &Principal,
+        action: &str,
+        target: Target<'_>,
+        workspace_of: &HashMap<String, String>,
+        path_literals: &[(String, String)],
+    ) -> Verdict {
         let deny_error = |what: String| {
             tracing::error!(error = %what, "policy evaluation failed; denying");
             Verdict {
@@ -419,7 +465,7 @@ impl Loaded {
             }
         };
         let (mut entities, principal_uid, resource_uid) =
-            match build_entities(principal, target, workspace_of) {
+            match build_entities(principal, target, workspace_of, path_literals) {
                 Ok(x) => x,
                 Err(e) => return deny_error(e),
             };
@@ -442,11 +488,14 @@ impl Loaded {
             Err(e) => return deny_error(e.to_string()),
         };
         let response = authorizer.is_authorized(&request, &self.policies, &entities);
-        let policies: Vec<String> = response
+        // Cedar reports the determining policies as a set: sorted, the reasons (and the
+        // restriction a 403 names) are the same on every run.
+        let mut policies: Vec<String> = response
             .diagnostics()
             .reason()
             .map(|p| p.to_string())
             .collect();
+        policies.sort();
         let errors: Vec<String> = response
             .diagnostics()
             .errors()
@@ -499,12 +548,28 @@ fn path_id(provider: &str, path: &str) -> String {
     format!("{provider}:{path}")
 }
 
-/// The request's entities: the principal and the target (a path with every folder above it, its
-/// provider and the provider's workspace; or a credential). No database work.
+/// True when canonical `path` is `folder` or lies below it, compared segment by segment.
+fn is_within(path: &str, folder: &str) -> bool {
+    folder == "/"
+        || path == folder
+        || path
+            .strip_prefix(folder)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// The request's entities: the principal and the target (a path with the folders above it that
+/// a decision can ask about, its provider and the provider's workspace; or a credential). No
+/// database work.
+///
+/// A path's ancestors are only the folders that are a grant of the principal or named by a
+/// policy (`path_literals`), chained from the shallowest: `resource in X` can only be asked of
+/// those, so the answer is the one the whole folder chain would give, and building the
+/// entities (and Cedar's transitive closure over them) costs the same at depth 3 and depth 200.
 fn build_entities(
     principal: &Principal,
     target: Target<'_>,
     workspace_of: &HashMap<String, String>,
+    path_literals: &[(String, String)],
 ) -> Result<(Vec<Entity>, EntityUid, EntityUid), String> {
     let mut entities = Vec::with_capacity(8);
     let workspace = uid("Keygate::Workspace", &principal.workspace_id);
@@ -563,6 +628,10 @@ fn build_entities(
             RestrictedExpression::new_set(providers),
         ),
         ("grants".to_owned(), RestrictedExpression::new_set(grants)),
+        (
+            "credential".to_owned(),
+            RestrictedExpression::new_entity_uid(uid("Keygate::Credential", &principal.key_id)),
+        ),
     ]);
     entities.push(
         Entity::new(principal_uid.clone(), attrs, HashSet::new()).map_err(|e| e.to_string())?,
@@ -621,22 +690,33 @@ fn build_entities(
     }
     entities.push(Entity::new_no_attrs(provider.clone(), provider_parents));
 
-    // The folder chain: "/", "/a", "/a/b", … each the parent of the next.
-    let mut chain = vec!["/".to_owned()];
-    let mut acc = String::new();
-    for seg in resource.path.split('/').filter(|s| !s.is_empty()) {
-        acc.push('/');
-        acc.push_str(seg);
-        chain.push(acc.clone());
-    }
+    // The folders above the resource that a decision can ask about, shallowest first, each
+    // the parent of the next; the resource itself last.
+    let provider_name: &str = &resource.provider;
+    let granted = principal
+        .grants
+        .iter()
+        .flatten()
+        .map(|g| (g.provider.as_str(), g.base_path.as_str()));
+    let named = path_literals
+        .iter()
+        .map(|(p, path)| (p.as_str(), path.as_str()));
+    let mut chain: Vec<&str> = granted
+        .chain(named)
+        .filter(|(p, folder)| *p == provider_name && is_within(&resource.path, folder))
+        .map(|(_, folder)| folder)
+        .filter(|folder| *folder != resource.path)
+        .collect();
+    chain.sort_by_key(|folder| folder.len());
+    chain.dedup();
+    chain.push(&resource.path);
     let provider_attr = HashMap::from([(
         "provider".to_owned(),
         RestrictedExpression::new_entity_uid(provider.clone()),
     )]);
     let mut parent: EntityUid = provider;
-    let mut resource_uid = parent.clone();
-    for p in chain {
-        let this = uid("Keygate::Path", &path_id(&resource.provider, &p));
+    for folder in chain {
+        let this = uid("Keygate::Path", &path_id(provider_name, folder));
         entities.push(
             Entity::new(
                 this.clone(),
@@ -645,9 +725,9 @@ fn build_entities(
             )
             .map_err(|e| e.to_string())?,
         );
-        parent = this.clone();
-        resource_uid = this;
+        parent = this;
     }
+    let resource_uid = parent;
     Ok((entities, principal_uid, resource_uid))
 }
 
@@ -661,8 +741,14 @@ impl PolicyEngine {
             current: ArcSwap::from_pointee(loaded),
             last_error: Mutex::new(None),
             reload_lock: Mutex::new(()),
+            // Bounded in bytes, not entries: a key holds a client-chosen path (up to 8 KiB).
             decisions: Cache::builder()
-                .max_capacity(200_000)
+                .weigher(|k: &DecisionKey, v: &Arc<Verdict>| {
+                    let verdict: usize = v.policies.iter().map(String::len).sum();
+                    u32::try_from(k.path.len() + k.principal.len() + verdict + 256)
+                        .unwrap_or(u32::MAX)
+                })
+                .max_capacity(DECISION_CACHE_BYTES)
                 .time_to_live(Duration::from_secs(600))
                 .build(),
             providers: ArcSwap::from_pointee(HashMap::new()),
@@ -751,11 +837,16 @@ impl PolicyEngine {
                 refusal: Some(Refusal::Forbidden(details)),
             };
         }
-        for resource in &route.resources {
+        let checks = route
+            .resources
+            .iter()
+            .map(|r| (&route.action, r))
+            .chain(route.also.iter().map(|a| (&a.action, &a.resource)));
+        for (action, resource) in checks {
             let key = DecisionKey {
                 principal: principal.key_id.clone(),
                 generation: principal.generation,
-                action: route.action.clone(),
+                action: action.clone(),
                 provider: resource.provider.clone(),
                 path: resource.path.clone(),
                 epoch: loaded.epoch,
@@ -777,7 +868,7 @@ impl PolicyEngine {
                     let v = Arc::new(loaded.decide(
                         &self.authorizer,
                         principal,
-                        &route.action,
+                        action,
                         Target::Path(resource),
                         &providers,
                     ));
@@ -808,11 +899,13 @@ impl PolicyEngine {
         route
             .resources
             .iter()
-            .map(|r| {
+            .map(|r| (&route.action, r))
+            .chain(route.also.iter().map(|a| (&a.action, &a.resource)))
+            .map(|(action, r)| {
                 loaded.decide(
                     &self.authorizer,
                     principal,
-                    &route.action,
+                    action,
                     Target::Path(r),
                     &providers,
                 )
@@ -932,5 +1025,109 @@ mod tests {
         ));
         let err = load_texts(&files, 1).err().expect("invalid").to_string();
         assert!(err.contains("already used in scopes.cedar"), "{err}");
+    }
+
+    fn principal(grants: Option<Vec<crate::model::Grant>>, scopes: &[&str]) -> Principal {
+        Principal {
+            kind: PrincipalKind::ApiKey,
+            key_id: "k1".into(),
+            user_id: "u1".into(),
+            user_email: "ada@example.com".into(),
+            workspace_id: "w1".into(),
+            workspace: "acme".into(),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            grants,
+            role: Some(crate::model::Role::Admin),
+            expires_at: None,
+            generation: 1,
+            usage: Default::default(),
+        }
+    }
+
+    #[test]
+    fn only_the_folders_a_decision_can_ask_about_decide_alike_the_whole_chain() {
+        let mut files = shipped();
+        files.push((
+            "named.cedar".into(),
+            "@id(\"no-secrets\")\nforbid (principal, action, resource in Keygate::Path::\"local:/a/secret\");\n\n@id(\"public\")\npermit (principal, action == Keygate::Action::\"readFile\", resource in Keygate::Path::\"local:/pub\");\n".into(),
+        ));
+        let loaded = load_texts(&files, 1).unwrap_or_else(|e| panic!("{e}"));
+        assert!(loaded
+            .path_literals
+            .contains(&("local".into(), "/a/secret".into())));
+        let authorizer = Authorizer::new();
+        let workspace_of = HashMap::from([
+            ("local".to_owned(), "w1".to_owned()),
+            ("other".to_owned(), "w1".to_owned()),
+        ]);
+        let grant = |p: &str, b: &str| crate::model::Grant {
+            provider: p.into(),
+            base_path: b.into(),
+        };
+        let principals = [
+            principal(None, &["admin"]),
+            principal(None, &["files:read"]),
+            principal(Some(vec![grant("local", "/a")]), &["write"]),
+            principal(Some(vec![grant("local", "/a/b")]), &["admin"]),
+            principal(Some(vec![grant("local", "/")]), &["read"]),
+            principal(Some(vec![grant("other", "/a")]), &["admin"]),
+        ];
+        let paths = [
+            "/",
+            "/a",
+            "/ab",
+            "/a/b",
+            "/a/b/c",
+            "/a/bc",
+            "/a/secret",
+            "/a/secret/x",
+            "/a/secrets",
+            "/pub",
+            "/pub/x",
+            "/public",
+            "/x/y/z",
+        ];
+        let deep = format!("/a/b{}", "/d".repeat(200));
+        let mut decided = 0;
+        for p in &principals {
+            for provider in ["local", "other"] {
+                for path in paths.iter().copied().chain([deep.as_str()]) {
+                    for action in ["readFile", "writeFile", "deleteFile", "listFolder"] {
+                        let resource = Resource {
+                            role: crate::route::ResourceRole::Source,
+                            provider: provider.into(),
+                            path: path.to_owned(),
+                        };
+                        let pruned = loaded.decide(
+                            &authorizer,
+                            p,
+                            action,
+                            Target::Path(&resource),
+                            &workspace_of,
+                        );
+                        // Naming every folder above the path builds the whole chain.
+                        let mut every: Vec<(String, String)> = loaded.path_literals.clone();
+                        let mut acc = String::new();
+                        every.push((provider.to_owned(), "/".to_owned()));
+                        for seg in path.split('/').filter(|s| !s.is_empty()) {
+                            acc.push('/');
+                            acc.push_str(seg);
+                            every.push((provider.to_owned(), acc.clone()));
+                        }
+                        let whole = loaded.decide_among(
+                            &authorizer,
+                            p,
+                            action,
+                            Target::Path(&resource),
+                            &workspace_of,
+                            &every,
+                        );
+                        assert_eq!(pruned, whole, "{action} {provider}:{path} {:?}", p.grants);
+                        decided += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(decided, 6 * 2 * 14 * 4);
     }
 }

@@ -90,8 +90,14 @@ pub struct RequestDef {
     /// The credential's workspace (default: the requesting principal's).
     #[serde(default)]
     pub workspace: Option<String>,
+    /// The credential acted on is the requesting one itself (default: another of its owner's).
+    #[serde(default)]
+    pub itself: bool,
     #[serde(default)]
     pub destination: Option<String>,
+    /// The `Overwrite` header of a move or copy (`T`, the default, or `F`).
+    #[serde(default)]
+    pub overwrite: Option<String>,
     /// `allow` or `deny`.
     pub decision: String,
     #[serde(default)]
@@ -210,18 +216,18 @@ pub fn run(dir: &Path) -> Result<Report, String> {
                     }
                 };
                 let workspace = req.workspace.as_deref().unwrap_or(&principal.workspace_id);
-                vec![engine.decide_credential(
-                    principal,
-                    action,
-                    "scenario-key",
-                    &owner.user_id,
-                    workspace,
-                )]
+                let id = if req.itself {
+                    principal.key_id.as_str()
+                } else {
+                    "scenario-key"
+                };
+                vec![engine.decide_credential(principal, action, id, &owner.user_id, workspace)]
             } else {
                 let route = match routes.route(RouteInput {
                     method: &req.method,
                     raw_target: req.path.as_bytes(),
                     destination: req.destination.as_deref().map(str::as_bytes),
+                    overwrite: req.overwrite.as_deref().map(str::as_bytes),
                     host: Some("scenario"),
                 }) {
                     Ok(r) => r,

@@ -11,6 +11,11 @@ use crate::ratelimit::Standing;
 use crate::refusal::Refusal;
 use crate::route::RouteMatch;
 
+/// Set by the proxy once a request header has been read: the accept loop hands it to pingora
+/// as the connection context (the only thing keygate ever passes from one request to the
+/// next) and ends the connection if the header does not arrive in time.
+pub struct HeaderArrived(pub std::sync::Arc<std::sync::atomic::AtomicBool>);
+
 /// What one request carries from stage to stage.
 pub struct RequestCtx {
     /// Set at arrival.

@@ -135,9 +135,16 @@ pub fn prepare_upstream(
     for name in HOP_BY_HOP.iter().chain(METHOD_OVERRIDES).chain(CREDENTIALS) {
         req.remove_header(*name);
     }
+    // `Destination` and `Overwrite` travel only on the routes that read them, in the form
+    // that was authorized; anywhere else a backend might act on what keygate never decided.
+    req.remove_header("destination");
+    req.remove_header("overwrite");
     if let Some(dest) = &route.upstream_destination {
         req.insert_header("destination", dest.as_str())
             .map_err(|_| Refusal::bad_request("the Destination header cannot be forwarded"))?;
+    }
+    if let Some(overwrite) = route.upstream_overwrite {
+        let _ = req.insert_header("overwrite", overwrite);
     }
     let _ = req.insert_header(REQUEST_ID, request_id);
     for (name, value) in [
@@ -220,6 +227,9 @@ mod tests {
             ("x-api-key", "secret"),
             ("content-length", "0"),
             ("accept", "*/*"),
+            // A GET never moves anything: these must not reach a backend that would act on them.
+            ("destination", "/v1/files/local/elsewhere"),
+            ("overwrite", "T"),
         ] {
             req.append_header(k, v).unwrap();
         }
@@ -228,6 +238,8 @@ mod tests {
             resources: vec![],
             upstream_target: "/v1/files/local/a.".to_owned(),
             upstream_destination: None,
+            upstream_overwrite: None,
+            also: vec![],
         };
         let principal = Principal {
             kind: Default::default(),

@@ -30,12 +30,13 @@ use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
 use pingora::ErrorType;
 
-pub use context::RequestCtx;
+pub use context::{HeaderArrived, RequestCtx};
 use respond::respond;
 use upstream::Upstream;
 
 use crate::audit::AuditLog;
 use crate::clock::{format_time, now_millis};
+use crate::identity::client::client_address;
 use crate::identity::{Identity, Presented};
 use crate::model::EXPIRY_WARNING_MS;
 use crate::policy::PolicyEngine;
@@ -54,6 +55,8 @@ pub struct Keygate {
     pub upstream: Arc<Upstream>,
     pub audit: Arc<AuditLog>,
     pub metrics: Arc<Metrics>,
+    /// Peers whose forwarding headers name the client (`[server] trusted_proxies`).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Keygate {
@@ -100,6 +103,7 @@ fn route_input(req: &RequestHeader) -> RouteInput<'_> {
         method: req.method.as_str(),
         raw_target: req.raw_path(),
         destination: req.headers.get("destination").map(|v| v.as_bytes()),
+        overwrite: req.headers.get("overwrite").map(|v| v.as_bytes()),
         host: req
             .headers
             .get(http::header::HOST)
@@ -115,6 +119,20 @@ impl ProxyHttp for Keygate {
         RequestCtx::new()
     }
 
+    /// Pingora calls this once the request header has been read, with the value the accept
+    /// loop attached to the connection: the flag that stops its header deadline. Nothing else
+    /// is ever carried from one request to the next.
+    fn on_connection_reuse(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+        prev: Box<dyn std::any::Any + Send + Sync>,
+    ) {
+        if let Some(arrived) = prev.downcast_ref::<HeaderArrived>() {
+            arrived.0.store(true, std::sync::atomic::Ordering::Release);
+        }
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let raw_header = session
             .as_downstream()
@@ -123,7 +141,7 @@ impl ProxyHttp for Keygate {
         ctx.client = session
             .client_addr()
             .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
+            .map(|a| client_address(a.ip(), &session.req_header().headers, &self.trusted_proxies));
         match self
             .admit(session.req_header(), raw_header.as_deref(), ctx)
             .await

@@ -10,24 +10,44 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use governor::{DefaultKeyedRateLimiter, Quota};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
 
 use crate::refusal::{AuthFailure, Refusal};
 use crate::telemetry::Metrics;
 
 /// Counts failures per key; a key over its quota is answered 429 until the quota refills.
+///
+/// The counters live in a bounded table: at most `capacity` keys, each idle key dropped once its
+/// quota would have refilled anyway, so a flood of fresh keys costs bounded memory. When the
+/// table is full the least recently failing key makes room: every new key is counted, and
+/// only a flood of more than `capacity` fresh failures between two guesses can reset a
+/// partly used count (each of those failures costs its sender a password verification or a
+/// lookup, throttled per address). Keys must be of bounded size (an address, or a hash of
+/// client-chosen text).
 pub struct FailureLimiter<K: Hash + Eq + Clone + Send + Sync + 'static> {
-    limiter: DefaultKeyedRateLimiter<K>,
+    quota: Quota,
+    counters: Cache<K, Arc<DefaultDirectRateLimiter>>,
     blocked: Cache<K, Instant>,
 }
 
 impl<K: Hash + Eq + Clone + Send + Sync + 'static> FailureLimiter<K> {
-    pub fn new(quota: Quota) -> FailureLimiter<K> {
+    pub fn new(quota: Quota, capacity: u64) -> FailureLimiter<K> {
+        let refill = quota.replenish_interval() * quota.burst_size().get();
         FailureLimiter {
-            limiter: DefaultKeyedRateLimiter::keyed(quota),
+            quota,
+            // LRU, not moka's default TinyLFU: once full, TinyLFU may refuse to admit a new
+            // key, and a key that is never stored is never counted (an attacker would fill
+            // the table first, then guess freely). LRU always admits the newest key.
+            counters: Cache::builder()
+                .max_capacity(capacity)
+                .eviction_policy(EvictionPolicy::lru())
+                .time_to_idle(refill.max(Duration::from_secs(1)))
+                .build(),
             blocked: Cache::builder()
-                .max_capacity(100_000)
+                .max_capacity(capacity)
+                .eviction_policy(EvictionPolicy::lru())
                 .time_to_live(Duration::from_secs(3600))
                 .build(),
         }
@@ -49,7 +69,10 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> FailureLimiter<K> {
 
     /// Counts a failure; returns true when `key` is now blocked.
     pub fn fail(&self, key: &K) -> bool {
-        match self.limiter.check_key(key) {
+        let counter = self
+            .counters
+            .get_with(key.clone(), || Arc::new(RateLimiter::direct(self.quota)));
+        match counter.check() {
             Ok(()) => false,
             Err(not_until) => {
                 let wait = not_until.wait_time_from(governor::clock::Clock::now(
@@ -63,6 +86,38 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> FailureLimiter<K> {
             }
         }
     }
+
+    /// Keys held (counters and blocks), for the metrics; settles pending evictions first.
+    pub fn entries(&self) -> u64 {
+        self.counters.run_pending_tasks();
+        self.blocked.run_pending_tasks();
+        self.counters.entry_count() + self.blocked.entry_count()
+    }
+}
+
+/// The bucket an address is counted in: itself for IPv4, its /64 for IPv6 (one subscriber
+/// usually holds a whole /64, so counting single IPv6 addresses would be no limit at all).
+pub fn address_bucket(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
+/// The key of client-chosen text (an email): a fixed-size hash, so the table's memory does not
+/// depend on what clients send.
+pub fn text_key(text: &str) -> [u8; 16] {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(text.as_bytes());
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&digest[..16]);
+    key
 }
 
 /// The per-address gate in front of authentication: an address whose requests were refused
@@ -74,23 +129,32 @@ pub struct AddressGate {
 }
 
 impl AddressGate {
-    /// `failures_per_minute` failed authentications, `forbidden_per_minute` refusals (403).
+    /// `failures_per_minute` failed authentications, `forbidden_per_minute` refusals (403),
+    /// at most `capacity` addresses tracked by each.
     pub fn new(
         failures_per_minute: u32,
         forbidden_per_minute: u32,
+        capacity: u64,
         metrics: Arc<Metrics>,
     ) -> AddressGate {
         let per_minute = |n: u32| Quota::per_minute(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN));
         AddressGate {
-            failures: FailureLimiter::new(per_minute(failures_per_minute)),
-            forbidden: FailureLimiter::new(per_minute(forbidden_per_minute)),
+            failures: FailureLimiter::new(per_minute(failures_per_minute), capacity),
+            forbidden: FailureLimiter::new(per_minute(forbidden_per_minute), capacity),
             metrics,
         }
     }
 
+    /// Addresses tracked (failure and 403 counters), for the metrics.
+    pub fn entries(&self) -> u64 {
+        self.failures.entries() + self.forbidden.entries()
+    }
+
     /// 429 when requests from `addr` have been refused (401, 403) too often lately.
     pub fn check(&self, addr: Option<IpAddr>) -> Result<(), Refusal> {
-        let Some(addr) = addr else { return Ok(()) };
+        let Some(addr) = addr.map(address_bucket) else {
+            return Ok(());
+        };
         self.failures
             .check(&addr)
             .and_then(|()| self.forbidden.check(&addr))
@@ -109,7 +173,7 @@ impl AddressGate {
             .with_label_values(&[reason.as_str()])
             .inc();
         if let Some(addr) = addr {
-            self.failures.fail(&addr);
+            self.failures.fail(&address_bucket(addr));
         }
     }
 
@@ -117,7 +181,7 @@ impl AddressGate {
     /// it may not touch is answered 429 for a while, like one that guesses keys.
     pub fn record_forbidden(&self, addr: Option<IpAddr>) {
         if let Some(addr) = addr {
-            self.forbidden.fail(&addr);
+            self.forbidden.fail(&address_bucket(addr));
         }
     }
 }
@@ -128,7 +192,7 @@ mod tests {
 
     #[test]
     fn the_failure_limiter_blocks_after_its_burst() {
-        let limiter = FailureLimiter::new(Quota::per_hour(NonZeroU32::new(2).unwrap()));
+        let limiter = FailureLimiter::new(Quota::per_hour(NonZeroU32::new(2).unwrap()), 100);
         let k = "ada@example.com".to_owned();
         assert!(limiter.check(&k).is_ok());
         assert!(!limiter.fail(&k));
@@ -139,5 +203,34 @@ mod tests {
             Err(Refusal::RateLimited { retry_after_secs }) if retry_after_secs > 1
         ));
         assert!(limiter.check(&"bob@example.com".to_owned()).is_ok());
+    }
+
+    #[test]
+    fn a_flood_of_fresh_keys_stays_within_capacity() {
+        let limiter = FailureLimiter::new(Quota::per_hour(NonZeroU32::new(2).unwrap()), 50);
+        for i in 0..5_000 {
+            limiter.fail(&text_key(&format!("attacker-{i}@example.com")));
+        }
+        assert!(limiter.entries() <= 2 * 50, "{} entries", limiter.entries());
+        // The limiter still counts: a key that keeps failing is blocked at its third failure.
+        let victim = text_key("ada@example.com");
+        assert!(!limiter.fail(&victim));
+        assert!(!limiter.fail(&victim));
+        assert!(limiter.fail(&victim));
+        assert!(limiter.check(&victim).is_err());
+    }
+
+    #[test]
+    fn ipv6_addresses_count_by_their_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(address_bucket(a), address_bucket(b));
+        assert_ne!(address_bucket(a), address_bucket(other));
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(
+            address_bucket(mapped),
+            "192.0.2.7".parse::<IpAddr>().unwrap()
+        );
     }
 }

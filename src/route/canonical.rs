@@ -12,6 +12,10 @@ use crate::refusal::Refusal;
 /// Longest request target accepted, in bytes.
 pub const MAX_TARGET_LEN: usize = 8 * 1024;
 
+/// Most segments a path may have (folders and the name). Deeper paths are refused with 400:
+/// no file system people use nests this deep, and every stage after this one is linear in it.
+pub const MAX_PATH_DEPTH: usize = 256;
+
 /// A request target in canonical form.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CanonicalTarget {
@@ -149,6 +153,9 @@ pub fn canonicalize_path(raw: &[u8]) -> Result<CanonicalPath, Refusal> {
                     return Err(bad("the path has an empty segment"));
                 }
                 segments.push(finish_segment(std::mem::take(&mut current))?);
+                if segments.len() > MAX_PATH_DEPTH {
+                    return Err(bad("the path is deeper than 256 segments"));
+                }
                 if i + 1 == raw.len() {
                     trailing_slash = true;
                 }
@@ -180,6 +187,9 @@ pub fn canonicalize_path(raw: &[u8]) -> Result<CanonicalPath, Refusal> {
     }
     if !current.is_empty() {
         segments.push(finish_segment(current)?);
+    }
+    if segments.len() > MAX_PATH_DEPTH {
+        return Err(bad("the path is deeper than 256 segments"));
     }
     Ok(CanonicalPath {
         segments,
@@ -354,6 +364,20 @@ mod tests {
         ] {
             refused(raw.as_bytes());
         }
+    }
+
+    #[test]
+    fn depth_is_capped() {
+        let at_limit = "/a".repeat(MAX_PATH_DEPTH);
+        assert_eq!(ok(&at_limit).path.segments().len(), MAX_PATH_DEPTH);
+        assert_eq!(
+            ok(&format!("{at_limit}/")).path.segments().len(),
+            MAX_PATH_DEPTH
+        );
+        refused("/a".repeat(MAX_PATH_DEPTH + 1).as_bytes());
+        refused(format!("{}/", "/a".repeat(MAX_PATH_DEPTH + 1)).as_bytes());
+        // A target of one-letter segments that fits in 8 KiB is still refused.
+        refused("/a".repeat(4000).as_bytes());
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::refusal::Refusal;
 
 use canonical::{bad, join_segments};
 pub use canonical::{
-    canonicalize, canonicalize_path, CanonicalPath, CanonicalTarget, MAX_TARGET_LEN,
+    canonicalize, canonicalize_path, CanonicalPath, CanonicalTarget, MAX_PATH_DEPTH, MAX_TARGET_LEN,
 };
 
 /// One piece of a route template.
@@ -145,6 +145,17 @@ pub struct Route {
     pub provider: Option<Arc<str>>,
     /// The request names a second resource in its `Destination` header (move, copy).
     pub destination: bool,
+    /// Also required on the source (a move deletes it).
+    pub source_action: Option<Arc<str>>,
+    /// Also required on the destination, unless the request says `Overwrite: F`.
+    pub overwrite_action: Option<Arc<str>>,
+}
+
+/// A further action a request needs on one of its resources (a move deletes its source).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Also {
+    pub action: Arc<str>,
+    pub resource: Resource,
 }
 
 /// Where a resource sits in the request.
@@ -172,6 +183,10 @@ pub struct RouteMatch {
     pub upstream_target: String,
     /// The rewritten `Destination` header, when the route has one.
     pub upstream_destination: Option<String>,
+    /// `Overwrite` as the upstream receives it (`T` or `F`), when the route has a destination.
+    pub upstream_overwrite: Option<&'static str>,
+    /// Actions the request also needs, each on one resource; decided like the main one.
+    pub also: Vec<Also>,
 }
 
 impl RouteMatch {
@@ -194,6 +209,8 @@ pub struct RouteInput<'a> {
     pub method: &'a str,
     pub raw_target: &'a [u8],
     pub destination: Option<&'a [u8]>,
+    /// The `Overwrite` header (move, copy): `T` (the default) or `F`.
+    pub overwrite: Option<&'a [u8]>,
     pub host: Option<&'a str>,
 }
 
@@ -230,16 +247,43 @@ impl RouteTable {
                 });
             }
             let mut upstream_destination = None;
+            let mut upstream_overwrite = None;
+            let mut also = Vec::new();
             if route.destination {
                 let (resource, header) = destination(route, input)?;
+                // Without `Overwrite: F`, a move or copy may replace the destination, and
+                // replacing deletes what was there (RFC 4918: absent means T).
+                let overwrite = match input.overwrite.map(<[u8]>::trim_ascii) {
+                    None => true,
+                    Some(v) if v.eq_ignore_ascii_case(b"T") => true,
+                    Some(v) if v.eq_ignore_ascii_case(b"F") => false,
+                    Some(_) => return Err(bad("the Overwrite header must be T or F")),
+                };
+                upstream_overwrite = Some(if overwrite { "T" } else { "F" });
+                if let (Some(action), Some(dest), true) =
+                    (&route.overwrite_action, &resource, overwrite)
+                {
+                    also.push(Also {
+                        action: action.clone(),
+                        resource: dest.clone(),
+                    });
+                }
                 resources.extend(resource);
                 upstream_destination = Some(header);
+            }
+            if let (Some(action), Some(source)) = (&route.source_action, resources.first()) {
+                also.push(Also {
+                    action: action.clone(),
+                    resource: source.clone(),
+                });
             }
             return Ok(RouteMatch {
                 action: route.action.clone(),
                 resources,
                 upstream_target,
                 upstream_destination,
+                upstream_overwrite,
+                also,
             });
         }
         match &self.default_action {
@@ -248,6 +292,8 @@ impl RouteTable {
                 resources: Vec::new(),
                 upstream_target,
                 upstream_destination: None,
+                upstream_overwrite: None,
+                also: Vec::new(),
             }),
             None => Err(Refusal::NotFound),
         }
@@ -322,6 +368,8 @@ mod tests {
             action: Arc::from(action),
             provider: None,
             destination,
+            source_action: None,
+            overwrite_action: None,
         };
         RouteTable::new(
             vec![
@@ -354,6 +402,7 @@ mod tests {
             method,
             raw_target: target.as_bytes(),
             destination: dest.map(str::as_bytes),
+            overwrite: None,
             host: Some("proxy.example:8080"),
         }
     }

@@ -17,6 +17,13 @@ pub struct RouteRule {
     /// The request names a second resource in its `Destination` header.
     #[serde(default)]
     pub destination: bool,
+    /// An action also required on the source (a move removes it: `deleteFile`).
+    #[serde(default)]
+    pub source_action: Option<String>,
+    /// An action also required on the destination unless the request says `Overwrite: F`
+    /// (replacing what is there deletes it: `deleteFile`).
+    #[serde(default)]
+    pub overwrite_action: Option<String>,
 }
 
 fn rule(methods: &[&str], path: &str, action: &str) -> RouteRule {
@@ -26,11 +33,25 @@ fn rule(methods: &[&str], path: &str, action: &str) -> RouteRule {
         action: action.to_owned(),
         provider: None,
         destination: false,
+        source_action: None,
+        overwrite_action: None,
     }
 }
 
-fn with_destination(mut r: RouteRule) -> RouteRule {
+/// A COPY: writes the destination, and may replace (delete) what is there.
+fn copy(path: &str) -> RouteRule {
+    let mut r = rule(&["COPY"], path, "copyFile");
     r.destination = true;
+    r.overwrite_action = Some("deleteFile".to_owned());
+    r
+}
+
+/// A MOVE: a COPY that also deletes the source.
+fn move_(path: &str) -> RouteRule {
+    let mut r = copy(path);
+    r.methods = vec!["MOVE".to_owned()];
+    r.action = "moveFile".to_owned();
+    r.source_action = Some("deleteFile".to_owned());
     r
 }
 
@@ -51,8 +72,8 @@ pub fn storage_backend() -> Vec<RouteRule> {
         rule(&["GET", "HEAD"], FILES, "readFile"),
         rule(&["PUT"], FILES, "writeFile"),
         rule(&["DELETE"], FILES, "deleteFile"),
-        with_destination(rule(&["MOVE"], FILES, "moveFile")),
-        with_destination(rule(&["COPY"], FILES, "copyFile")),
+        move_(FILES),
+        copy(FILES),
         rule(
             &["GET", "HEAD"],
             "/v1/folders/{provider}/{*path}",
@@ -88,7 +109,7 @@ pub fn webdav(provider: &str) -> Vec<RouteRule> {
         )),
         fixed(rule(&["DELETE"], ALL, "deleteFile")),
         fixed(rule(&["MKCOL"], ALL, "createFolder")),
-        fixed(with_destination(rule(&["MOVE"], ALL, "moveFile"))),
-        fixed(with_destination(rule(&["COPY"], ALL, "copyFile"))),
+        fixed(move_(ALL)),
+        fixed(copy(ALL)),
     ]
 }

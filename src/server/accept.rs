@@ -1,25 +1,126 @@
 //! The data plane's accept loop: every connection is fed to pingora's HTTP proxy, one fresh
-//! session per request, with keygate's own header deadline and keep-alive limits.
+//! session per request, with keygate's own limits for hostile clients: connections in total
+//! and per client address (refused with a 503 in the JSON shape and counted), an absolute
+//! deadline for a whole request header, an idle timeout between body reads and writes, and a
+//! cap on requests per connection.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pingora::apps::HttpServerApp;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::stream::Stream as TcpStream;
 use pingora::protocols::{GetSocketDigest, SocketDigest, Stream};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 use crate::background::Shutdown;
+use crate::proxy::HeaderArrived;
+use crate::ratelimit::failures::address_bucket;
+use crate::refusal::{request_id, Refusal};
 use crate::telemetry::Metrics;
 
 #[derive(Clone, Copy)]
 pub struct ConnSettings {
+    /// A whole request header must arrive within this of the connection opening (or of the
+    /// previous response, plus `keepalive`, on a kept-alive connection).
     pub header_timeout: Duration,
-    pub keepalive_secs: u64,
+    /// Longest wait for the next request on a kept-alive connection.
+    pub keepalive: Duration,
     pub keepalive_requests: u32,
+    /// Longest pause between two reads of a request body or two writes of a response.
+    pub body_timeout: Duration,
+    pub limits: ConnLimits,
+}
+
+/// How many connections a listener holds open.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    pub total: usize,
+    /// Per client address bucket (an IPv4 address, an IPv6 /64).
+    pub per_address: usize,
+}
+
+/// The connections a listener holds, in total and per address bucket. The map has an entry
+/// only for addresses with an open connection, so it is bounded by the total cap.
+pub struct Connections {
+    limits: ConnLimits,
+    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+/// An admitted connection; dropping it frees its place.
+pub struct Admitted {
+    table: Arc<Connections>,
+    bucket: IpAddr,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut open = self.table.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.0 = open.0.saturating_sub(1);
+        if let Some(n) = open.1.get_mut(&self.bucket) {
+            *n -= 1;
+            if *n == 0 {
+                open.1.remove(&self.bucket);
+            }
+        }
+    }
+}
+
+impl Connections {
+    pub fn new(limits: ConnLimits) -> Arc<Connections> {
+        Arc::new(Connections {
+            limits,
+            open: Mutex::new((0, HashMap::new())),
+        })
+    }
+
+    /// A place for a connection from `peer`, or which cap it hit (`total`, `per_address`).
+    pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<Admitted, &'static str> {
+        let bucket = address_bucket(peer);
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if open.0 >= self.limits.total {
+            return Err("total");
+        }
+        let n = open.1.entry(bucket).or_insert(0);
+        if *n >= self.limits.per_address {
+            if *n == 0 {
+                open.1.remove(&bucket);
+            }
+            return Err("per_address");
+        }
+        *n += 1;
+        open.0 += 1;
+        Ok(Admitted {
+            table: self.clone(),
+            bucket,
+        })
+    }
+}
+
+/// Answers a connection over a cap with a 503 in the JSON shape, then closes it. Bounded:
+/// a client that does not read gets nothing after a second.
+pub async fn refuse_connection(mut tcp: tokio::net::TcpStream) {
+    let rendered =
+        Refusal::Unavailable("too many connections; try again".into()).render(&request_id());
+    let mut head = format!("HTTP/1.1 {} Service Unavailable\r\n", rendered.status);
+    for (name, value) in &rendered.headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str(&format!(
+        "content-length: {}\r\nconnection: close\r\n\r\n",
+        rendered.body.len()
+    ));
+    let write = async {
+        tcp.write_all(head.as_bytes()).await?;
+        tcp.write_all(&rendered.body).await?;
+        tcp.shutdown().await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
 }
 
 pub async fn accept_loop<A>(
@@ -31,6 +132,7 @@ pub async fn accept_loop<A>(
 ) where
     A: HttpServerApp + Send + Sync + 'static,
 {
+    let table = Connections::new(settings.limits);
     let mut connections = JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -46,14 +148,26 @@ pub async fn accept_loop<A>(
                 continue;
             }
         };
+        let admitted = match table.admit(peer.ip()) {
+            Ok(a) => a,
+            Err(reason) => {
+                metrics
+                    .connections_refused
+                    .with_label_values(&["data", reason])
+                    .inc();
+                connections.spawn(refuse_connection(tcp));
+                continue;
+            }
+        };
         let _ = tcp.set_nodelay(true);
         let stream = stream_with_peer(tcp, peer);
         let app = app.clone();
         let rx = shutdown.clone();
         let metrics = metrics.clone();
         connections.spawn(async move {
+            let _admitted = admitted;
             metrics.open_connections.inc();
-            serve_connection(app, stream, settings, rx).await;
+            serve_connection(app, stream, settings, &metrics, rx).await;
             metrics.open_connections.dec();
         });
         while connections.try_join_next().is_some() {}
@@ -74,11 +188,14 @@ fn stream_with_peer(tcp: tokio::net::TcpStream, peer: SocketAddr) -> Stream {
 }
 
 /// One HTTP/1 connection: each request is a fresh session, and nothing about identity carries
-/// over between them (keygate never persists a per-connection user context).
+/// over between them. A request whose header is not complete by its deadline ends the
+/// connection (pingora's own read timeout restarts with every read, so a client trickling a
+/// byte at a time would otherwise hold the connection forever).
 async fn serve_connection<A>(
     app: Arc<A>,
     stream: Stream,
     settings: ConnSettings,
+    metrics: &Metrics,
     shutdown: Shutdown,
 ) where
     A: HttpServerApp + Send + Sync + 'static,
@@ -87,16 +204,61 @@ async fn serve_connection<A>(
     let mut served = 0u32;
     loop {
         let mut session = ServerSession::new_http1(stream);
-        session.set_read_timeout(Some(settings.header_timeout));
+        session.set_read_timeout(Some(settings.body_timeout));
+        session.set_write_timeout(Some(settings.body_timeout));
+        let deadline = if served == 0 {
+            settings.header_timeout
+        } else {
+            settings.keepalive + settings.header_timeout
+        };
         served += 1;
         if *shutdown.borrow() || served >= settings.keepalive_requests {
             session.set_keepalive(None);
         } else {
-            session.set_keepalive(Some(settings.keepalive_secs));
+            session.set_keepalive(Some(settings.keepalive.as_secs().max(1)));
         }
-        match app.process_new_http(session, &shutdown).await {
+        let arrived = Arc::new(AtomicBool::new(false));
+        session.set_connection_user_context(Some(Box::new(HeaderArrived(arrived.clone()))));
+        let watchdog = async {
+            tokio::time::sleep(deadline).await;
+            if arrived.load(Ordering::Acquire) {
+                std::future::pending::<()>().await;
+            }
+        };
+        let reused = tokio::select! {
+            reused = app.process_new_http(session, &shutdown) => reused,
+            () = watchdog => {
+                metrics.header_timeouts.with_label_values(&["data"]).inc();
+                return;
+            }
+        };
+        match reused {
             Some(reused) => stream = reused.consume().0,
             None => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_hold_in_total_and_per_address_and_free_on_drop() {
+        let table = Connections::new(ConnLimits {
+            total: 3,
+            per_address: 2,
+        });
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "2001:db8::1".parse().unwrap();
+        let b_same_64: IpAddr = "2001:db8::2".parse().unwrap();
+        let first = table.admit(a).unwrap();
+        let _second = table.admit(a).unwrap();
+        assert_eq!(table.admit(a).err(), Some("per_address"));
+        let _third = table.admit(b).unwrap();
+        assert_eq!(table.admit(b_same_64).err(), Some("total"));
+        drop(first);
+        assert!(table.admit(b_same_64).is_ok());
+        assert!(table.open.lock().unwrap().1.len() <= 2);
     }
 }

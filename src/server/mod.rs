@@ -6,6 +6,7 @@
 //! May import everything below it; only `commands` and `main.rs` import it.
 
 mod accept;
+mod control_plane;
 mod tasks;
 
 use std::net::SocketAddr;
@@ -19,12 +20,16 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use accept::{accept_loop, ConnSettings};
-use tasks::{flush_usage, follow_providers, purge_tokens, reload_on_change, reload_on_signal};
+use accept::{accept_loop, ConnLimits, ConnSettings};
+
+use tasks::{
+    count_expiring_keys, flush_usage, follow_providers, purge_tokens, reload_on_change,
+    reload_on_signal,
+};
 
 use crate::audit::AuditLog;
 use crate::config::Config;
-use crate::control::{self, ControlState};
+use crate::control::{self, ControlState, MetricsAccess};
 use crate::identity::jwt::Tokens;
 use crate::identity::{Identity, IdentityConfig};
 use crate::manage::logins::Auth;
@@ -45,6 +50,8 @@ const DRAIN: Duration = Duration::from_secs(10);
 pub struct Running {
     pub data_addr: SocketAddr,
     pub control_addr: SocketAddr,
+    /// `[server] metrics_listen`, when configured.
+    pub metrics_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
     store: Store,
@@ -124,7 +131,8 @@ pub async fn start_with_store(config: &Config, store: Store) -> anyhow::Result<R
     let tokens = Arc::new(
         Tokens::open(store.clone(), &pepper, config.tokens.clone())
             .await
-            .context("cannot load the token signing keys")?,
+            .context("cannot load the token signing keys")?
+            .with_metrics(metrics.clone()),
     );
     let identity = Arc::new(Identity::new(
         store.clone(),
@@ -137,6 +145,7 @@ pub async fn start_with_store(config: &Config, store: Store) -> anyhow::Result<R
             cache_capacity: 100_000,
             failures_per_minute: config.auth_failures_per_minute,
             forbidden_per_minute: config.auth_forbidden_per_minute,
+            limiter_capacity: config.auth_limiter_capacity,
         },
         Some(tokens.clone()),
         usage.clone(),
@@ -167,9 +176,18 @@ pub async fn start_with_store(config: &Config, store: Store) -> anyhow::Result<R
             .context("cannot read the providers")?,
     );
     let operator_token = match &config.operator_token {
-        Some(source) => Some(Arc::<str>::from(
-            source.load().context("cannot read the operator token")?,
-        )),
+        Some(source) => {
+            let token = source.load().context("cannot read the operator token")?;
+            // The file's contents are checked like an inline token: an empty or short one
+            // would let anyone act as a workspace admin everywhere.
+            if token.chars().count() < crate::config::MIN_OPERATOR_TOKEN_LEN {
+                anyhow::bail!(
+                    "the operator token must have at least {} characters",
+                    crate::config::MIN_OPERATOR_TOKEN_LEN
+                );
+            }
+            Some(Arc::<str>::from(token))
+        }
         None => None,
     };
     let upstream = Arc::new(Upstream::new(&config.upstream).context("invalid upstream peers")?);
@@ -182,8 +200,20 @@ pub async fn start_with_store(config: &Config, store: Store) -> anyhow::Result<R
     let control = TcpListener::bind(config.server.control_listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.server.control_listen))?;
+    let metrics_listener = match config.server.metrics_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?,
+        ),
+        None => None,
+    };
     let data_addr = data.local_addr()?;
     let control_addr = control.local_addr()?;
+    let metrics_addr = metrics_listener
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
@@ -213,6 +243,12 @@ pub async fn start_with_store(config: &Config, store: Store) -> anyhow::Result<R
         ));
     }
     tasks.spawn(purge_tokens(store.clone(), shutdown_rx.clone()));
+    tasks.spawn(count_expiring_keys(
+        store.clone(),
+        metrics.clone(),
+        config.keys.change_poll_interval,
+        shutdown_rx.clone(),
+    ));
     tasks.spawn(flush_usage(
         usage.clone(),
         store.clone(),
@@ -220,7 +256,7 @@ pub async fn start_with_store(config: &Config, store: Store) -> anyhow::Result<R
         shutdown_rx.clone(),
     ));
 
-    let control_app = control::app(ControlState {
+    let state = ControlState {
         store: store.clone(),
         metrics: metrics.clone(),
         identity: identity.clone(),
@@ -228,22 +264,44 @@ pub async fn start_with_store(config: &Config, store: Store) -> anyhow::Result<R
         auth,
         operator_token,
         policy: policy.clone(),
-    });
-    let mut rx = shutdown_rx.clone();
-    tasks.spawn(async move {
-        let stop = async move {
-            let _ = rx.wait_for(|s| *s).await;
+        metrics_access: match (
+            config.server.metrics_listen,
+            config.server.metrics_operator_only,
+        ) {
+            (Some(_), _) => MetricsAccess::Elsewhere,
+            (None, true) => MetricsAccess::Operator,
+            (None, false) => MetricsAccess::Public,
+        },
+        readiness: Default::default(),
+        trusted_proxies: config.server.trusted_proxies.clone(),
+    };
+    let limits = ConnLimits {
+        total: config.server.max_connections,
+        per_address: config.server.max_connections_per_address,
+    };
+    if let Some(listener) = metrics_listener {
+        let state = ControlState {
+            metrics_access: MetricsAccess::Public,
+            ..state.clone()
         };
-        if let Err(e) = axum::serve(
-            control,
-            control_app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(stop)
-        .await
-        {
-            tracing::error!(error = %e, "control plane stopped");
-        }
-    });
+        tasks.spawn(control_plane::serve(
+            listener,
+            control::metrics_app(state),
+            limits,
+            config.server.header_timeout,
+            metrics.clone(),
+            shutdown_rx.clone(),
+        ));
+    }
+    let control_app = control::app(state);
+    tasks.spawn(control_plane::serve(
+        control,
+        control_app,
+        limits,
+        config.server.header_timeout,
+        metrics.clone(),
+        shutdown_rx.clone(),
+    ));
 
     let conf = ServerConf {
         threads: config.server.threads,
@@ -257,18 +315,22 @@ pub async fn start_with_store(config: &Config, store: Store) -> anyhow::Result<R
         upstream,
         audit: audit.clone(),
         metrics: metrics.clone(),
+        trusted_proxies: config.server.trusted_proxies.clone(),
     };
     let proxy = Arc::new(pingora::proxy::http_proxy(&Arc::new(conf), keygate));
     let settings = ConnSettings {
         header_timeout: config.server.header_timeout,
-        keepalive_secs: config.server.keepalive_timeout.as_secs().max(1),
+        keepalive: config.server.keepalive_timeout,
         keepalive_requests: config.server.keepalive_requests,
+        body_timeout: config.server.body_timeout,
+        limits,
     };
     tasks.spawn(accept_loop(data, proxy, settings, metrics, shutdown_rx));
 
     Ok(Running {
         data_addr,
         control_addr,
+        metrics_addr,
         shutdown: shutdown_tx,
         tasks,
         store,

@@ -6,8 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::background::{Shutdown, Ticker};
+use crate::clock::now_millis;
+use crate::model::EXPIRY_WARNING_MS;
 use crate::policy::PolicyEngine;
 use crate::store::Store;
+use crate::telemetry::Metrics;
 use crate::usage::UsageRecorder;
 
 /// Deletes token rows a week after they expired, hourly.
@@ -112,6 +115,27 @@ pub async fn flush_usage(
     while ticker.tick().await {
         if let Err(e) = usage.flush(&store).await {
             tracing::warn!(error = %e, "cannot write usage counts; keeping them for the next try");
+        }
+    }
+}
+
+/// Keeps the gauge of keys expiring within 7 days current, every `interval`: `/metrics` is
+/// served from memory, never a query per scrape (scrapes are not authenticated).
+pub async fn count_expiring_keys(
+    store: Store,
+    metrics: Arc<Metrics>,
+    interval: Duration,
+    shutdown: Shutdown,
+) {
+    let mut ticker = Ticker::new(interval, shutdown);
+    loop {
+        let until = now_millis() + EXPIRY_WARNING_MS;
+        match store.count_keys_expiring(until).await {
+            Ok(n) => metrics.keys_expiring_soon.set(n),
+            Err(e) => tracing::warn!(error = %e, "cannot count expiring keys"),
+        }
+        if !ticker.tick().await {
+            return;
         }
     }
 }

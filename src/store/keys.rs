@@ -106,7 +106,8 @@ impl Store {
     /// Inserts a key unless its owner already has `limit` active keys; the count and the
     /// insert are one transaction holding the owner's row, so concurrent creates cannot pass
     /// the limit together. With `revoke` set (rotation), that key is revoked in the same
-    /// transaction and does not count.
+    /// transaction (or the call fails with a conflict, when another rotation or revoke came
+    /// first) and the new key copies its settings as they are inside the transaction.
     pub async fn insert_key(
         &self,
         key: &NewKey,
@@ -122,7 +123,8 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         if let Some(old) = revoke {
-            sqlx::query(
+            // Exactly one rotation wins: the one whose update finds the key still live.
+            let revoked = sqlx::query(
                 "UPDATE api_keys SET revoked_at = $1, generation = generation + 1, updated_at = $1 \
                  WHERE id = $2 AND revoked_at IS NULL",
             )
@@ -130,6 +132,11 @@ impl Store {
             .bind(old)
             .execute(&mut *tx)
             .await?;
+            if revoked.rows_affected() != 1 {
+                return Err(StoreError::Conflict(format!(
+                    "key '{old}' was revoked or rotated meanwhile"
+                )));
+            }
         }
         let active: i64 = sqlx::query(
             "SELECT COUNT(*) FROM api_keys WHERE owner_id = $1 AND revoked_at IS NULL \
@@ -144,6 +151,25 @@ impl Store {
             return Err(StoreError::Conflict(format!(
                 "the owner already has {active} active keys, the most allowed; revoke one first"
             )));
+        }
+        if let Some(old) = revoke {
+            // The successor takes the settings the old key has now, read in this transaction:
+            // a change made while the rotation was asked for is not lost.
+            sqlx::query(
+                "INSERT INTO api_keys (id, name, owner_id, workspace_id, display_prefix, \
+                 secret_hash, scopes, providers, created_at, expires_at, updated_at, rotated_from) \
+                 SELECT $1, name, owner_id, workspace_id, $2, $3, scopes, providers, $4, \
+                 expires_at, $4, id FROM api_keys WHERE id = $5",
+            )
+            .bind(&id)
+            .bind(&key.display_prefix)
+            .bind(&key.secret_hash)
+            .bind(now)
+            .bind(old)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            return self.key(&id).await;
         }
         sqlx::query(
             "INSERT INTO api_keys (id, name, owner_id, workspace_id, display_prefix, secret_hash, \

@@ -466,11 +466,24 @@ pub mod handlers {
             ));
         }
         let location = st.store.locate(&provider, &rel).await?;
-        let meta = tokio::fs::symlink_metadata(&location)
+        let info = to_trash(&st, &provider, &rel, &location, &headers).await?;
+        Ok((StatusCode::OK, Json(json!({"success": true, "data": info}))).into_response())
+    }
+
+    /// Moves a file or folder into the provider's trash, where it can be listed, restored or
+    /// purged: what a delete, or a move or copy that replaces it, leaves behind.
+    async fn to_trash(
+        st: &AppState,
+        provider: &str,
+        rel: &RelPath,
+        location: &std::path::Path,
+        headers: &HeaderMap,
+    ) -> Result<TrashInfo, StoreError> {
+        let meta = tokio::fs::symlink_metadata(location)
             .await
             .map_err(|e| StoreError::io(e, &rel.display()))?;
         let id = temp_name();
-        let slot = st.store.private_dir(&provider, "trash").await?.join(&id);
+        let slot = st.store.private_dir(provider, "trash").await?.join(&id);
         tokio::fs::create_dir(&slot)
             .await
             .map_err(|e| StoreError::io(e, "trash"))?;
@@ -479,7 +492,7 @@ pub mod handlers {
             original_path: rel.display(),
             kind: if meta.is_dir() { "folder" } else { "file" }.to_owned(),
             deleted_at: now_secs(),
-            deleted_by: modifier(&headers),
+            deleted_by: modifier(headers),
         };
         tokio::fs::write(
             slot.join("info.json"),
@@ -487,12 +500,12 @@ pub mod handlers {
         )
         .await
         .map_err(|e| StoreError::io(e, "trash"))?;
-        if let Err(e) = tokio::fs::rename(&location, slot.join("item")).await {
+        if let Err(e) = tokio::fs::rename(location, slot.join("item")).await {
             let _ = tokio::fs::remove_dir_all(&slot).await;
             return Err(StoreError::io(e, &rel.display()));
         }
-        st.store.remove_meta(&provider, &rel).await;
-        Ok((StatusCode::OK, Json(json!({"success": true, "data": info}))).into_response())
+        st.store.remove_meta(provider, rel).await;
+        Ok(info)
     }
 
     /// `MOVE` and `COPY`, with the destination in the `Destination` header (an absolute path
@@ -550,13 +563,8 @@ pub mod handlers {
                 .map_err(|e| StoreError::io(e, &dest_rel.display()))?;
         }
         if dest_exists {
-            let m = tokio::fs::symlink_metadata(&dest).await;
-            let removed = match m {
-                Ok(m) if m.is_dir() => tokio::fs::remove_dir_all(&dest).await,
-                _ => tokio::fs::remove_file(&dest).await,
-            };
-            removed.map_err(|e| StoreError::io(e, &dest_rel.display()))?;
-            st.store.remove_meta(&dest_provider, &dest_rel).await;
+            // What is replaced goes to the trash, like a delete: it can be restored.
+            to_trash(&st, &dest_provider, &dest_rel, &dest, &headers).await?;
         }
         if is_move {
             tokio::fs::rename(&source, &dest)
