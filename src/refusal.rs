@@ -47,6 +47,8 @@ pub enum Refusal {
     Forbidden(Map<String, Value>),
     /// No route matches (404).
     NotFound,
+    /// The request header is larger, or has more fields, than keygate accepts (431).
+    HeadersTooLarge,
     /// Over the rate limit (429).
     RateLimited { retry_after_secs: u64 },
     /// The upstream could not be reached (502).
@@ -74,6 +76,7 @@ impl Refusal {
             Refusal::Unauthorized(_) => 401,
             Refusal::Forbidden(_) => 403,
             Refusal::NotFound => 404,
+            Refusal::HeadersTooLarge => 431,
             Refusal::RateLimited { .. } => 429,
             Refusal::UpstreamUnavailable => 502,
             Refusal::Unavailable(_) => 503,
@@ -87,6 +90,7 @@ impl Refusal {
             Refusal::Unauthorized(_) => "UNAUTHORIZED",
             Refusal::Forbidden(_) => "FORBIDDEN",
             Refusal::NotFound => "NOT_FOUND",
+            Refusal::HeadersTooLarge => "HEADERS_TOO_LARGE",
             Refusal::RateLimited { .. } => "RATE_LIMIT_EXCEEDED",
             Refusal::UpstreamUnavailable => "UPSTREAM_UNAVAILABLE",
             Refusal::Unavailable(_) => "UNAVAILABLE",
@@ -106,6 +110,7 @@ impl Refusal {
             },
             Refusal::Forbidden(_) => "permission denied".into(),
             Refusal::NotFound => "no route matches this request".into(),
+            Refusal::HeadersTooLarge => "the request header is too large".into(),
             Refusal::RateLimited { .. } => "too many requests".into(),
             Refusal::UpstreamUnavailable => "the storage backend is unavailable".into(),
         }
@@ -180,6 +185,7 @@ mod tests {
             Refusal::Unauthorized(AuthFailure::Revoked),
             Refusal::Forbidden(Map::new()),
             Refusal::NotFound,
+            Refusal::HeadersTooLarge,
             Refusal::RateLimited {
                 retry_after_secs: 7,
             },
@@ -187,7 +193,7 @@ mod tests {
             Refusal::Unavailable("policy set missing".into()),
         ];
         let statuses: Vec<u16> = all.iter().map(Refusal::status).collect();
-        assert_eq!(statuses, [400, 401, 403, 404, 429, 502, 503]);
+        assert_eq!(statuses, [400, 401, 403, 404, 431, 429, 502, 503]);
         for r in &all {
             let b = body(r);
             assert_eq!(b["success"], false);

@@ -57,6 +57,9 @@ pub struct TokensSection {
     pub scoped_default_ttl: Option<String>,
     /// Longest lifetime a scoped token may ask for (default `365d`).
     pub scoped_max_ttl: Option<String>,
+    /// Scoped tokens one user may hold unexpired and unrevoked at once (default 20): each has
+    /// rate-limit counters of its own.
+    pub max_scoped_per_user: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]

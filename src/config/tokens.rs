@@ -192,6 +192,10 @@ pub(super) fn token_settings(
         refresh_ttl,
         scoped_default_ttl,
         scoped_max_ttl,
+        max_scoped_per_user: t
+            .max_scoped_per_user
+            .unwrap_or(d.max_scoped_per_user)
+            .max(1),
         session_ttl,
         session_cookie,
         allowed_origins,

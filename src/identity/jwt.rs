@@ -45,6 +45,8 @@ pub struct TokenSettings {
     pub refresh_ttl: Duration,
     pub scoped_default_ttl: Duration,
     pub scoped_max_ttl: Duration,
+    /// Scoped tokens one user may hold at once.
+    pub max_scoped_per_user: u32,
     pub session_ttl: Duration,
     /// The session cookie's name.
     pub session_cookie: String,
@@ -76,6 +78,7 @@ impl Default for TokenSettings {
             refresh_ttl: Duration::from_secs(30 * DAY),
             scoped_default_ttl: Duration::from_secs(365 * DAY),
             scoped_max_ttl: Duration::from_secs(365 * DAY),
+            max_scoped_per_user: 20,
             session_ttl: Duration::from_secs(12 * 3600),
             session_cookie: "__Host-keygate_session".to_owned(),
             allowed_origins: Vec::new(),

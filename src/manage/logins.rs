@@ -721,18 +721,21 @@ impl Auth {
         }
         let row = self
             .store
-            .insert_token(&NewToken {
-                id: None,
-                kind: TokenKind::Scoped,
-                family_id: None,
-                user_id: p.user_id.clone(),
-                workspace_id: p.workspace_id.clone(),
-                label: label(req.name.as_deref())?,
-                secret_hash: None,
-                scopes: Some(scopes),
-                grants,
-                expires_at,
-            })
+            .insert_scoped_token(
+                &NewToken {
+                    id: None,
+                    kind: TokenKind::Scoped,
+                    family_id: None,
+                    user_id: p.user_id.clone(),
+                    workspace_id: p.workspace_id.clone(),
+                    label: label(req.name.as_deref())?,
+                    secret_hash: None,
+                    scopes: Some(scopes),
+                    grants,
+                    expires_at,
+                },
+                settings.max_scoped_per_user,
+            )
             .await?;
         let token = self.sign(JwtKind::Scoped, &row)?;
         tracing::info!(user = %row.user_id, token = %row.id, "scoped token minted");

@@ -44,11 +44,27 @@ const CREDENTIALS: &[&str] = &["authorization", "x-api-key", "cookie"];
 /// Names a `Connection` header may not remove: the proxy needs them to frame and route.
 const PROTECTED: &[&str] = &["host", "content-length", "transfer-encoding"];
 
+/// Most header fields a request may have.
+pub const MAX_HEADER_FIELDS: usize = 100;
+
+/// Largest request header (request line and fields), in bytes.
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+
 /// Refuses requests whose body framing a proxy and a backend could read differently.
 ///
 /// `raw_header` is the request header as received: pingora drops `Content-Length` when
 /// `Transfer-Encoding` is also present, so that conflict is only visible in the raw bytes.
 pub fn check_framing(headers: &HeaderMap, raw_header: Option<&[u8]>) -> Result<(), Refusal> {
+    // pingora reads up to 1 MiB and 256 fields; keygate accepts far less.
+    if headers.len() > MAX_HEADER_FIELDS || raw_header.is_some_and(|h| h.len() > MAX_HEADER_BYTES) {
+        return Err(Refusal::HeadersTooLarge);
+    }
+    // Two Host headers name two different targets to whoever reads the other one.
+    if headers.get_all(header::HOST).iter().nth(1).is_some() {
+        return Err(Refusal::bad_request(
+            "the request has more than one Host header",
+        ));
+    }
     let te: Vec<_> = headers.get_all(header::TRANSFER_ENCODING).iter().collect();
     let cl: Vec<_> = headers.get_all(header::CONTENT_LENGTH).iter().collect();
     let hidden_cl = !te.is_empty() && raw_header.is_some_and(raw_has_content_length);

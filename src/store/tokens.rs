@@ -218,6 +218,38 @@ async fn insert_token_in(
 
 impl Store {
     /// Records a token (idempotent for a fixed id) and returns its row.
+    /// Inserts a scoped token unless its user already holds `limit` live ones: the count and
+    /// the insert are one transaction holding the user's row, like keys.
+    pub async fn insert_scoped_token(
+        &self,
+        t: &NewToken,
+        limit: u32,
+    ) -> Result<TokenRecord, StoreError> {
+        let now = now_millis();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE users SET generation = generation WHERE id = $1")
+            .bind(&t.user_id)
+            .execute(&mut *tx)
+            .await?;
+        let live: i64 = sqlx::query(
+            "SELECT COUNT(*) FROM auth_tokens WHERE user_id = $1 AND kind = 'scoped' \
+             AND revoked_at IS NULL AND expires_at > $2",
+        )
+        .bind(&t.user_id)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?
+        .get(0);
+        if live >= i64::from(limit) {
+            return Err(StoreError::Conflict(format!(
+                "you already hold {live} scoped tokens, the most allowed; revoke one first"
+            )));
+        }
+        let id = insert_token_in(&mut tx, t, now).await?;
+        tx.commit().await?;
+        self.token(&id).await
+    }
+
     pub async fn insert_token(&self, t: &NewToken) -> Result<TokenRecord, StoreError> {
         let mut conn = self.pool.acquire().await?;
         let id = insert_token_in(&mut conn, t, now_millis()).await?;

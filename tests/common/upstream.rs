@@ -9,6 +9,10 @@ pub struct Seen {
     pub method: String,
     pub target: String,
     pub headers: Vec<(String, String)>,
+    /// The body as received (its first 64 KiB).
+    pub body: Vec<u8>,
+    /// False when the body ended in an error (the upload was aborted).
+    pub complete: bool,
 }
 
 impl Seen {
@@ -34,11 +38,24 @@ impl Recorder {
         let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
             let log = log.clone();
             async move {
+                use futures_util::StreamExt;
+                let (parts, body) = req.into_parts();
+                let mut kept = Vec::new();
+                let mut complete = true;
+                let mut stream = body.into_data_stream();
+                while let Some(chunk) = stream.next().await {
+                    let Ok(chunk) = chunk else {
+                        complete = false;
+                        break;
+                    };
+                    let room = (64 * 1024usize).saturating_sub(kept.len());
+                    kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                }
                 log.lock().unwrap().push(Seen {
-                    method: req.method().to_string(),
-                    target: req.uri().to_string(),
-                    headers: req
-                        .headers()
+                    method: parts.method.to_string(),
+                    target: parts.uri.to_string(),
+                    headers: parts
+                        .headers
                         .iter()
                         .map(|(k, v)| {
                             (
@@ -47,6 +64,8 @@ impl Recorder {
                             )
                         })
                         .collect(),
+                    body: kept,
+                    complete,
                 });
                 "ok"
             }
