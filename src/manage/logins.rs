@@ -2,7 +2,7 @@
 //! browser session), refresh with rotation and reuse detection, logout, the signed-in devices
 //! and their remote revoke, and scoped tokens. One implementation behind the control plane.
 //!
-//! Passwords are verified with argon2id on the blocking pool, at most `password_workers` at
+//! Passwords are verified with argon2id on threads of their own (`password.rs`), at most `password_workers` at
 //! once; failed logins are limited per account and per client address, and an unknown email
 //! costs the same verification as a known one.
 
@@ -11,13 +11,13 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use argon2::{Argon2, PasswordHash, PasswordVerifier};
+use argon2::Argon2;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use governor::Quota;
 use serde::{Deserialize, Serialize};
-use tokio::sync::Semaphore;
 
+use super::password::PasswordWorkers;
 use super::{choose_workspace, Actor, KeyManager, ManageError};
 use crate::clock::{format_time, millis as ms, now_millis, parse_time};
 use crate::identity::credentials::csrf_token;
@@ -187,9 +187,8 @@ pub struct Auth {
     identity: Arc<Identity>,
     keys: Arc<KeyManager>,
     metrics: Arc<Metrics>,
-    workers: Arc<Semaphore>,
-    /// Logins allowed in line for a worker (and at one); the rest are answered 503 at once.
-    queue: Arc<Semaphore>,
+    /// Verifies passwords, at most `password_workers` at once and `password_queue` waiting.
+    passwords: PasswordWorkers,
     /// Keyed by a hash of the account's normalized email.
     per_account: FailureLimiter<[u8; 16]>,
     /// Keyed by the address bucket (an IPv4 address, an IPv6 /64).
@@ -203,9 +202,6 @@ pub const MAX_EMAIL_LEN: usize = 254;
 
 /// Longest password accepted at login, in bytes.
 pub const MAX_PASSWORD_LEN: usize = 1024;
-
-/// Longest a login waits for a password worker before it is answered 503.
-const WORKER_WAIT: Duration = Duration::from_secs(10);
 
 fn random_secret(prefix: &str) -> String {
     use rand::RngCore;
@@ -256,8 +252,7 @@ impl Auth {
                 .unwrap_or_default()
         };
         Auth {
-            workers: Arc::new(Semaphore::new(s.password_workers.max(1))),
-            queue: Arc::new(Semaphore::new(s.password_workers.max(1) + s.password_queue)),
+            passwords: PasswordWorkers::start(s.password_workers, s.password_queue),
             per_account: FailureLimiter::new(per_account, s.limiter_capacity),
             per_address: FailureLimiter::new(per_address, s.limiter_capacity),
             store,
@@ -270,31 +265,13 @@ impl Auth {
         }
     }
 
-    /// Verifies a password against a PHC hash on the blocking pool, at most
-    /// `password_workers` at once.
+    /// Verifies a password against a PHC hash on the password workers; a full queue or a
+    /// long wait is a 503.
     async fn verify_password(&self, hash: String, password: String) -> Result<bool, Refusal> {
-        let busy = || Refusal::Unavailable("too many logins at once; try again".into());
-        // A full line is answered at once: waiting logins hold memory and a connection each.
-        let _in_line = self.queue.clone().try_acquire_owned().map_err(|_| {
+        self.passwords.verify(hash, password).await.map_err(|_| {
             self.metrics.logins.with_label_values(&["busy"]).inc();
-            busy()
-        })?;
-        let permit = tokio::time::timeout(WORKER_WAIT, self.workers.clone().acquire_owned())
-            .await
-            .map_err(|_| busy())?
-            .map_err(|_| busy())?;
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            PasswordHash::new(&hash)
-                .map(|h| {
-                    Argon2::default()
-                        .verify_password(password.as_bytes(), &h)
-                        .is_ok()
-                })
-                .unwrap_or(false)
+            Refusal::Unavailable("too many logins at once; try again".into())
         })
-        .await
-        .map_err(|_| busy())
     }
 
     fn login_failed(&self, addr: Option<IpAddr>, account: &str) -> Refusal {

@@ -11,6 +11,7 @@
 
 pub mod keys;
 pub mod logins;
+mod password;
 
 use std::sync::Arc;
 
