@@ -53,6 +53,8 @@ pub enum Refusal {
     RateLimited { retry_after_secs: u64 },
     /// The upstream could not be reached (502).
     UpstreamUnavailable,
+    /// The upstream did not answer in time (504).
+    UpstreamTimeout,
     /// keygate cannot decide right now (503); fail closed.
     Unavailable(Cow<'static, str>),
 }
@@ -79,6 +81,7 @@ impl Refusal {
             Refusal::HeadersTooLarge => 431,
             Refusal::RateLimited { .. } => 429,
             Refusal::UpstreamUnavailable => 502,
+            Refusal::UpstreamTimeout => 504,
             Refusal::Unavailable(_) => 503,
         }
     }
@@ -93,6 +96,7 @@ impl Refusal {
             Refusal::HeadersTooLarge => "HEADERS_TOO_LARGE",
             Refusal::RateLimited { .. } => "RATE_LIMIT_EXCEEDED",
             Refusal::UpstreamUnavailable => "UPSTREAM_UNAVAILABLE",
+            Refusal::UpstreamTimeout => "UPSTREAM_TIMEOUT",
             Refusal::Unavailable(_) => "UNAVAILABLE",
         }
     }
@@ -113,6 +117,7 @@ impl Refusal {
             Refusal::HeadersTooLarge => "the request header is too large".into(),
             Refusal::RateLimited { .. } => "too many requests".into(),
             Refusal::UpstreamUnavailable => "the storage backend is unavailable".into(),
+            Refusal::UpstreamTimeout => "the storage backend did not answer in time".into(),
         }
     }
 
@@ -190,10 +195,11 @@ mod tests {
                 retry_after_secs: 7,
             },
             Refusal::UpstreamUnavailable,
+            Refusal::UpstreamTimeout,
             Refusal::Unavailable("policy set missing".into()),
         ];
         let statuses: Vec<u16> = all.iter().map(Refusal::status).collect();
-        assert_eq!(statuses, [400, 401, 403, 404, 431, 429, 502, 503]);
+        assert_eq!(statuses, [400, 401, 403, 404, 431, 429, 502, 504, 503]);
         for r in &all {
             let b = body(r);
             assert_eq!(b["success"], false);

@@ -64,7 +64,12 @@ impl Keygate {
                     .upstream_errors
                     .with_label_values(&[&e.etype().as_str()])
                     .inc();
-                Some(Refusal::UpstreamUnavailable)
+                match e.etype() {
+                    ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+                        Some(Refusal::UpstreamTimeout)
+                    }
+                    _ => Some(Refusal::UpstreamUnavailable),
+                }
             }
             ErrorSource::Downstream => match e.etype() {
                 ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => None,

@@ -5,8 +5,18 @@ use tempfile::TempDir;
 
 /// A database of the test's own.
 pub enum TestDb {
-    Sqlite { dir: TempDir },
-    Postgres { admin_url: String, name: String },
+    Sqlite {
+        dir: TempDir,
+    },
+    Postgres {
+        admin_url: String,
+        name: String,
+    },
+    /// A database reached through another address (a proxy the test can cut).
+    Through {
+        inner: Box<TestDb>,
+        url: String,
+    },
 }
 
 impl TestDb {
@@ -35,8 +45,29 @@ impl TestDb {
         Some(TestDb::Postgres { admin_url, name })
     }
 
+    /// This database reached at `host_port` instead (PostgreSQL only).
+    pub fn through(self, host_port: &str) -> TestDb {
+        let url = self.url();
+        let rest = url.split_once("://").map_or("", |(_, r)| r);
+        let (userinfo, path) = match rest.split_once('@') {
+            Some((u, r)) => (
+                format!("{u}@"),
+                r.split_once('/').map_or("", |(_, p)| p).to_owned(),
+            ),
+            None => (
+                String::new(),
+                rest.split_once('/').map_or("", |(_, p)| p).to_owned(),
+            ),
+        };
+        TestDb::Through {
+            url: format!("postgres://{userinfo}{host_port}/{path}"),
+            inner: Box::new(self),
+        }
+    }
+
     pub fn url(&self) -> String {
         match self {
+            TestDb::Through { url, .. } => url.clone(),
             TestDb::Sqlite { dir } => {
                 format!("sqlite://{}", dir.path().join("keygate.db").display())
             }
