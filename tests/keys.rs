@@ -18,6 +18,10 @@ async fn create_key(kg: &Keygate, body: Value) -> (StatusCode, Value) {
         .send()
         .await
         .unwrap();
+    if r.status() == StatusCode::CREATED {
+        // The one answer that shows the key is never stored by a cache on the way.
+        assert_eq!(r.headers()["cache-control"], "no-store");
+    }
     (r.status(), r.json().await.unwrap())
 }
 
@@ -428,9 +432,17 @@ async fn management_flow(kg: &Keygate) {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(r.headers()["cache-control"], "no-store");
     let rotated: Value = r.json().await.unwrap();
     let new_key = rotated["data"]["key"].as_str().unwrap().to_owned();
     assert_ne!(new_key, key);
+    // A second rotation of the same key finds it already rotated: exactly one successor.
+    let again = op
+        .post(kg.control_url(&format!("/v1/keys/{id}/rotate")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::CONFLICT);
     assert_eq!(rotated["data"]["name"], "backups v2");
     assert_eq!(rotated["data"]["scopes"], json!(["write"]));
     assert_eq!(rotated["data"]["rotatedFrom"], id.as_str());
@@ -909,4 +921,49 @@ async fn control_plane_failures_are_throttled_like_the_data_plane() {
         .get(kg.control_url("/v1/keys"))
         .expect(StatusCode::OK)
         .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_rotations_of_one_key_leave_exactly_one_successor() {
+    let rec = Recorder::start().await;
+    let kg = Keygate::start(&[rec.addr], "");
+    let (_, created) = create_key(
+        &kg,
+        json!({"name": "raced", "scopes": ["read"], "owner": "ada@example.com"}),
+    )
+    .await;
+    let id = created["data"]["id"].as_str().unwrap().to_owned();
+    let rotations = (0..6).map(|_| {
+        kg.operator()
+            .post(kg.control_url(&format!("/v1/keys/{id}/rotate")))
+            .send()
+    });
+    let statuses: Vec<StatusCode> = futures_util::future::join_all(rotations)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().status())
+        .collect();
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| **s == StatusCode::CREATED)
+            .count(),
+        1,
+        "{statuses:?}"
+    );
+    assert!(statuses
+        .iter()
+        .all(|s| [StatusCode::CREATED, StatusCode::CONFLICT].contains(s)));
+    let listed: Value = kg
+        .operator()
+        .get(kg.control_url("/v1/keys?owner=ada@example.com"))
+        .send_json()
+        .await;
+    let successors = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["name"] == "raced" && k["status"] == "active")
+        .count();
+    assert_eq!(successors, 1, "{listed}");
 }

@@ -281,7 +281,7 @@ fn failure(e: &jsonwebtoken::errors::Error) -> AuthFailure {
 
 /// The `iss` of a token, read before verification only to choose the issuer whose pinned
 /// settings then verify it.
-fn peek_issuer(token: &str) -> Option<String> {
+pub fn peek_issuer(token: &str) -> Option<String> {
     #[derive(Deserialize)]
     struct Iss {
         iss: String,

@@ -53,6 +53,21 @@ impl CanonicalPath {
         join_segments(&self.segments)
     }
 
+    /// The length of [`CanonicalPath::encoded`], without building it.
+    pub fn encoded_len(&self) -> usize {
+        let bytes: usize = self
+            .segments
+            .iter()
+            .map(|s| {
+                1 + s
+                    .bytes()
+                    .map(|b| if is_unreserved(b) { 1 } else { 3 })
+                    .sum::<usize>()
+            })
+            .sum();
+        bytes + usize::from(bytes == 0 || self.trailing_slash)
+    }
+
     /// The path percent-encoded in one fixed way: every byte outside RFC 3986's unreserved set
     /// is escaped. A trailing slash the client sent is kept.
     pub fn encoded(&self) -> String {
@@ -135,6 +150,12 @@ pub fn canonicalize(raw: &[u8]) -> Result<CanonicalTarget, Refusal> {
         Some(q) => Some(check_query(q)?),
         None => None,
     };
+    // What goes upstream is held to the same limit: escaping can triple a target's length, and
+    // keygate must not forward what it would itself refuse.
+    let forwarded = path.encoded_len() + query.as_ref().map_or(0, |q| q.len() + 1);
+    if forwarded > MAX_TARGET_LEN {
+        return Err(bad("the request target is too long once encoded"));
+    }
     Ok(CanonicalTarget { path, query })
 }
 
@@ -364,6 +385,24 @@ mod tests {
         ] {
             refused(raw.as_bytes());
         }
+    }
+
+    #[test]
+    fn the_forwarded_target_is_held_to_the_same_length_limit() {
+        // Found by fuzz/fuzz_targets/canonicalize.rs: 3 KiB of raw UTF-8 escapes to over 8 KiB.
+        for artifact in [
+            include_bytes!("../../fuzz/regressions/canonicalize-7f8580af").as_slice(),
+            include_bytes!("../../fuzz/regressions/canonicalize-c36f5f53").as_slice(),
+        ] {
+            refused(artifact);
+        }
+        let raw_utf8 = format!("/{}", "é".repeat(2000));
+        assert!(raw_utf8.len() < MAX_TARGET_LEN);
+        refused(raw_utf8.as_bytes());
+        let fits = format!("/{}", "é".repeat(1000));
+        let t = ok(&fits);
+        assert_eq!(t.path.encoded_len(), t.upstream_target().len());
+        assert!(t.upstream_target().len() <= MAX_TARGET_LEN);
     }
 
     #[test]

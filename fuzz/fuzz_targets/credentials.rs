@@ -1,0 +1,35 @@
+//! Credential extraction from headers and the query: never a panic, and a query that
+//! carries something shaped like a key is always refused.
+#![no_main]
+
+use keygate::identity::credentials::{credentials, CredentialRules};
+use keygate::model::KeyStyle;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let text = String::from_utf8_lossy(data);
+    let (head, query) = text.split_once("\n\n").unwrap_or((&text, ""));
+    let mut headers = http::HeaderMap::new();
+    for line in head.lines() {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name.trim().as_bytes()),
+            http::HeaderValue::from_bytes(value.trim().as_bytes()),
+        ) else {
+            continue;
+        };
+        headers.append(name, value);
+    }
+    let rules = CredentialRules {
+        style: KeyStyle::default(),
+        session_cookie: Some("sid".to_owned()),
+        allowed_origins: Vec::new(),
+    };
+    let query = (!query.is_empty()).then_some(query);
+    let result = credentials(&headers, query, &rules);
+    if query.is_some_and(|q| q.split('&').any(|p| p.contains("=kg_"))) {
+        assert!(result.is_err(), "a key in the query passed");
+    }
+});
