@@ -123,16 +123,21 @@ pub async fn refuse_connection(mut tcp: tokio::net::TcpStream) {
     let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
 }
 
-pub async fn accept_loop<A>(
+/// Accepts connections on `listener` until shutdown, within `limits`: a connection over a cap
+/// is answered 503 and counted under `plane`; every other one is handed to `serve` and keeps
+/// its place until that future ends. Waits for them all before returning.
+pub async fn run_listener<F, Fut>(
     listener: TcpListener,
-    app: Arc<A>,
-    settings: ConnSettings,
+    limits: ConnLimits,
+    plane: &'static str,
     metrics: Arc<Metrics>,
     mut shutdown: Shutdown,
+    serve: F,
 ) where
-    A: HttpServerApp + Send + Sync + 'static,
+    F: Fn(tokio::net::TcpStream, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let table = Connections::new(settings.limits);
+    let table = Connections::new(limits);
     let mut connections = JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -143,7 +148,7 @@ pub async fn accept_loop<A>(
             Ok(a) => a,
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
+                tracing::warn!(plane, error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
@@ -153,27 +158,52 @@ pub async fn accept_loop<A>(
             Err(reason) => {
                 metrics
                     .connections_refused
-                    .with_label_values(&["data", reason])
+                    .with_label_values(&[plane, reason])
                     .inc();
                 connections.spawn(refuse_connection(tcp));
                 continue;
             }
         };
         let _ = tcp.set_nodelay(true);
-        let stream = stream_with_peer(tcp, peer);
-        let app = app.clone();
-        let rx = shutdown.clone();
-        let metrics = metrics.clone();
+        let served = serve(tcp, peer);
         connections.spawn(async move {
             let _admitted = admitted;
-            metrics.open_connections.inc();
-            serve_connection(app, stream, settings, &metrics, rx).await;
-            metrics.open_connections.dec();
+            served.await;
         });
         while connections.try_join_next().is_some() {}
     }
     drop(listener);
     while connections.join_next().await.is_some() {}
+}
+
+/// The data plane: every admitted connection is served by pingora's HTTP proxy.
+pub async fn accept_loop<A>(
+    listener: TcpListener,
+    app: Arc<A>,
+    settings: ConnSettings,
+    metrics: Arc<Metrics>,
+    shutdown: Shutdown,
+) where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    let serve = |tcp, peer| {
+        let stream = stream_with_peer(tcp, peer);
+        let (app, rx, metrics) = (app.clone(), shutdown.clone(), metrics.clone());
+        async move {
+            metrics.open_connections.inc();
+            serve_connection(app, stream, settings, &metrics, rx).await;
+            metrics.open_connections.dec();
+        }
+    };
+    run_listener(
+        listener,
+        settings.limits,
+        "data",
+        metrics.clone(),
+        shutdown.clone(),
+        serve,
+    )
+    .await;
 }
 
 /// A pingora stream that knows its peer, as pingora's own listener builds it, so that

@@ -12,9 +12,8 @@ use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
 
-use super::accept::{refuse_connection, ConnLimits, Connections};
+use super::accept::{run_listener, ConnLimits};
 use crate::background::Shutdown;
 use crate::telemetry::Metrics;
 
@@ -25,43 +24,16 @@ pub async fn serve(
     limits: ConnLimits,
     header_timeout: Duration,
     metrics: Arc<Metrics>,
-    mut shutdown: Shutdown,
+    shutdown: Shutdown,
 ) {
-    let table = Connections::new(limits);
-    let mut connections = JoinSet::new();
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = shutdown.wait_for(|s| *s) => break,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(error = %e, "control plane: accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let admitted = match table.admit(peer.ip()) {
-            Ok(a) => a,
-            Err(reason) => {
-                metrics
-                    .connections_refused
-                    .with_label_values(&["control", reason])
-                    .inc();
-                connections.spawn(refuse_connection(tcp));
-                continue;
-            }
-        };
-        let _ = tcp.set_nodelay(true);
+    let serve = |tcp: tokio::net::TcpStream, peer: SocketAddr| {
         let service = TowerToHyperService::new(
             app.clone()
                 .layer(axum::Extension(ConnectInfo::<SocketAddr>(peer))),
         );
         let mut stop = shutdown.clone();
         let metrics = metrics.clone();
-        connections.spawn(async move {
-            let _admitted = admitted;
+        async move {
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
@@ -92,9 +64,15 @@ pub async fn serve(
                 }
                 tracing::debug!(error = %e, "control plane connection ended");
             }
-        });
-        while connections.try_join_next().is_some() {}
-    }
-    drop(listener);
-    while connections.join_next().await.is_some() {}
+        }
+    };
+    run_listener(
+        listener,
+        limits,
+        "control",
+        metrics.clone(),
+        shutdown.clone(),
+        serve,
+    )
+    .await;
 }
