@@ -275,7 +275,7 @@ async fn keygate(dir: &std::path::Path) -> (Keygate, String) {
             .expect("audit"),
         ),
         metrics,
-        trusted_proxies: Vec::new(),
+        trusted_proxies: Default::default(),
     };
     (kg, key)
 }

@@ -79,15 +79,20 @@ impl UsageRecorder {
     pub async fn flush(&self, store: &Store) -> Result<usize, StoreError> {
         let day = today();
         let taken: Vec<(String, Arc<KeyCounters>, UsageDay, i64)> = {
-            let keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
-            keys.iter()
+            let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+            let taken: Vec<_> = keys
+                .iter()
                 .filter_map(|(id, c)| {
                     let (mut u, last) = c.take();
                     u.day = day.clone();
                     (u.requests > 0 || u.bytes_in > 0 || u.bytes_out > 0)
                         .then(|| (id.clone(), c.clone(), u, last))
                 })
-                .collect()
+                .collect();
+            // Counters nobody holds any more (no cached principal) and with nothing to write
+            // are dropped: the table holds the keys in use, not every key ever seen.
+            keys.retain(|_, c| Arc::strong_count(c) > 1);
+            taken
         };
         let batch: Vec<(String, UsageDay, i64)> = taken
             .iter()
@@ -112,5 +117,27 @@ impl UsageRecorder {
             u.day = today();
             (u, last)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn counters_nobody_holds_are_dropped_at_the_next_flush() {
+        let recorder = UsageRecorder::default();
+        let held = recorder.counters("held");
+        let rotated_away = recorder.counters("rotated-away");
+        drop(rotated_away);
+        let keys = || recorder.keys.lock().unwrap().len();
+        assert_eq!(keys(), 2);
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("u.db").display());
+        let store = Store::open(&url, 1).await.unwrap();
+        recorder.flush(&store).await.unwrap();
+        assert_eq!(keys(), 1, "a key no principal holds any more is let go");
+        assert!(recorder.pending("held").is_some());
+        drop(held);
     }
 }

@@ -303,3 +303,36 @@ async fn a_deep_path_is_refused_or_decided_like_a_shallow_one() {
         "200 decisions at depth 250 took {deep_cost:.2} s of CPU, at depth 6 {shallow:.2} s"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_concurrent_guesses_for_one_account_is_counted_like_a_sequence() {
+    let rec = Recorder::start().await;
+    let kg = Keygate::start(&[rec.addr], "");
+    let from = |n: u8| IpAddr::from([127, 0, 9, 1 + n]);
+    let guesses = (0..20u8).map(|n| {
+        let url = kg.control_url("/v1/auth/login");
+        async move {
+            let c = reqwest::Client::builder()
+                .local_address(from(n))
+                .build()
+                .unwrap();
+            c.post(url)
+                .json(&json!({"email": "ada@example.com", "password": format!("guess {n}")}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    });
+    let statuses = futures_util::future::join_all(guesses).await;
+    let verified = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::UNAUTHORIZED)
+        .count();
+    // Five failures per account and 15 minutes: however the guesses arrive, no more than
+    // five are ever verified; the others wait their turn or are throttled.
+    assert!(verified <= 5, "{verified} guesses verified: {statuses:?}");
+    assert!(statuses
+        .iter()
+        .all(|s| [StatusCode::UNAUTHORIZED, StatusCode::TOO_MANY_REQUESTS].contains(s)));
+}

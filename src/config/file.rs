@@ -228,6 +228,9 @@ pub struct ServerSection {
     /// Load balancers and TLS terminators (CIDRs) whose `X-Forwarded-For`/`Forwarded` are
     /// believed; from any other peer those headers are ignored (default: none).
     pub trusted_proxies: Option<Vec<String>>,
+    /// The header the trusted proxies write the client into: `x-forwarded-for` (default) or
+    /// `forwarded`. Only that one is read.
+    pub forwarded_header: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

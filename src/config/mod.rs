@@ -86,8 +86,8 @@ pub struct ServerConfig {
     pub body_timeout: Duration,
     pub max_connections: usize,
     pub max_connections_per_address: usize,
-    /// Peers whose forwarding headers name the client.
-    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Peers whose forwarding header names the client, and which header that is.
+    pub trusted_proxies: crate::identity::client::TrustedProxies,
     /// `/metrics` on a listener of its own.
     pub metrics_listen: Option<SocketAddr>,
     /// `/metrics` on the control plane needs the operator token.

@@ -4,6 +4,7 @@
 use super::check::{address, problem, secs, Durations, Problem};
 use super::file::FileConfig;
 use super::{DatabaseConfig, LogConfig, Overrides, ServerConfig, UpstreamConfig};
+use crate::identity::client::{ForwardedHeader, TrustedProxies};
 
 pub(super) fn listeners(
     file: &FileConfig,
@@ -70,7 +71,26 @@ pub(super) fn listeners(
         body_timeout,
         max_connections: s.max_connections.unwrap_or(4096).max(1),
         max_connections_per_address: s.max_connections_per_address.unwrap_or(128).max(1),
-        trusted_proxies,
+        trusted_proxies: TrustedProxies {
+            nets: trusted_proxies,
+            header: match s
+                .forwarded_header
+                .as_deref()
+                .map(str::to_ascii_lowercase)
+                .as_deref()
+            {
+                None | Some("x-forwarded-for") => ForwardedHeader::XForwardedFor,
+                Some("forwarded") => ForwardedHeader::Forwarded,
+                Some(other) => {
+                    problem(
+                        problems,
+                        "[server] forwarded_header",
+                        format!("'{other}' is neither 'x-forwarded-for' nor 'forwarded'"),
+                    );
+                    ForwardedHeader::XForwardedFor
+                }
+            },
+        },
         metrics_listen: s
             .metrics_listen
             .as_deref()

@@ -10,7 +10,6 @@ use axum::http::request::Parts;
 use subtle::ConstantTimeEq;
 
 use super::ControlState;
-use crate::identity::client::client_address;
 use crate::identity::Presented;
 use crate::manage::{Actor, ManageError};
 
@@ -22,7 +21,7 @@ fn client_addr(parts: &Parts, st: &ControlState) -> Option<IpAddr> {
     parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| client_address(c.0.ip(), &parts.headers, &st.trusted_proxies))
+        .map(|c| st.trusted_proxies.client(c.0.ip(), &parts.headers))
 }
 
 impl FromRequestParts<ControlState> for ClientAddr {

@@ -44,7 +44,7 @@ pub struct ControlState {
     /// trip a second.
     pub readiness: Arc<tokio::sync::Mutex<Option<(std::time::Instant, Readiness)>>>,
     /// Peers whose forwarding headers name the client (`[server] trusted_proxies`).
-    pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub trusted_proxies: crate::identity::client::TrustedProxies,
 }
 
 /// Who may read `/metrics` on the control plane.

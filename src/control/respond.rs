@@ -29,6 +29,9 @@ pub fn ok_secret<T: serde::Serialize>(status: StatusCode, data: T) -> Response {
 /// Largest JSON body any control-plane endpoint accepts.
 pub const MAX_BODY: usize = 64 * 1024;
 
+/// Longest a control-plane JSON body may take to arrive, whole.
+pub const BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A JSON request body as `T`: `Content-Type: application/json` (415 otherwise; a form post
 /// from another site cannot pass for an API call), at most [`MAX_BODY`] bytes (413), and the
 /// shape of `T` (400). Every refusal is in the JSON error shape.
@@ -49,8 +52,14 @@ impl<S: Send + Sync, T: for<'de> Deserialize<'de>> FromRequest<S> for Body<T> {
                 "send the body as JSON (Content-Type: application/json)".to_owned(),
             ));
         }
-        let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY)
+        // The whole body within the deadline: hyper's header timeout ends with the header, and
+        // a client that announces a body and never sends it would hold the connection.
+        let read = axum::body::to_bytes(req.into_body(), MAX_BODY);
+        let bytes = tokio::time::timeout(BODY_DEADLINE, read)
             .await
+            .map_err(|_| {
+                ManageError::Timeout("the request body did not arrive in time".to_owned())
+            })?
             .map_err(|_| {
                 ManageError::PayloadTooLarge(format!(
                     "the request body exceeds {} KiB",
@@ -99,6 +108,7 @@ impl IntoResponse for ManageError {
             ManageError::NotFound(_) => (StatusCode::NOT_FOUND, "NOT_FOUND"),
             ManageError::Conflict(_) => (StatusCode::CONFLICT, "CONFLICT"),
             ManageError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE"),
+            ManageError::Timeout(_) => (StatusCode::REQUEST_TIMEOUT, "REQUEST_TIMEOUT"),
             ManageError::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE")
             }

@@ -169,6 +169,14 @@ const QUERY_CREDENTIALS: &[&str] = &[
     "access_token",
     "x-api-key",
     "auth",
+    "auth_token",
+    "authtoken",
+    "bearer",
+    "jwt",
+    "id_token",
+    "refresh_token",
+    "session",
+    "sessionid",
 ];
 
 /// Reads the credential of a request.
@@ -256,24 +264,37 @@ fn bearer_token(value: &[u8]) -> Result<String, Refusal> {
     Ok(token.to_owned())
 }
 
-/// True when a query parameter carries a credential, by its name or by the shape of its
-/// value, read after percent-decoding (`api%5Fkey=kg_…` and `x=kg%5F…` are caught too) and with
-/// `+` as a space.
+/// True when a query parameter carries a credential: by its name, or by a word shaped like a
+/// key or a JWT anywhere in its value (`next=https://x/?k=kg_…`, `q=Bearer kg_…`). Names and
+/// values are read as sent, percent-decoded once and twice (`kg%255F…`), with `+` as a space and
+/// control characters ignored.
 fn query_has_credential(query: &str, style: &KeyStyle) -> bool {
-    let decoded = |raw: &str| -> String {
-        let spaced = raw.replace('+', " ");
-        percent_encoding::percent_decode_str(&spaced)
+    let decode = |raw: &str| -> String {
+        percent_encoding::percent_decode_str(&raw.replace('+', " "))
             .decode_utf8_lossy()
-            .trim()
-            .to_owned()
+            .into_owned()
+    };
+    // The whole value may start like a key; a word inside it counts when it is a key (shape
+    // and checksum) or a JWT, so that searching for "fo_bar" is not a credential.
+    let carries = |text: &str| {
+        style.looks_like_key(text.trim())
+            || text
+                .split(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
+                .any(|word| style.is_well_formed(word) || looks_like_jwt(word))
     };
     query.split(['&', ';']).any(|pair| {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let name = decoded(name).to_ascii_lowercase();
-        let value = decoded(value);
-        QUERY_CREDENTIALS.contains(&name.as_str())
-            || style.looks_like_key(&value)
-            || looks_like_jwt(&value)
+        let once = decode(name);
+        let names = [name.to_owned(), decode(&once), once];
+        let named = names.iter().any(|n| {
+            let n: String = n
+                .chars()
+                .filter(|c| !c.is_control() && !c.is_whitespace())
+                .collect();
+            QUERY_CREDENTIALS.contains(&n.to_ascii_lowercase().as_str())
+        });
+        let once = decode(value);
+        named || carries(value) || carries(&once) || carries(&decode(&once))
     })
 }
 
@@ -366,6 +387,7 @@ mod tests {
 
     #[test]
     fn refusals() {
+        let real = KeyStyle::default().generate();
         let unauth = |f| Err(Refusal::Unauthorized(f));
         assert_eq!(read(&[], None), unauth(AuthFailure::Missing));
         assert_eq!(
@@ -405,10 +427,17 @@ mod tests {
             read(&[], Some("q=kg%5Fabc")),
             read(&[], Some("q=%6B%67_abc")),
             read(&[], Some("a=1;token=x")),
+            read(&[], Some(&format!("q=Bearer%20{real}"))),
+            read(&[], Some(&format!("next=https%3A%2F%2Fx%2F%3Fk%3D{real}"))),
+            read(&[], Some("q=kg%255Fabc")),
+            read(&[], Some("api_key%00=x")),
+            read(&[], Some("id_token=x")),
+            read(&[], Some("q=a%20eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.c2ln")),
         ] {
             assert!(matches!(bad, Err(Refusal::BadRequest(_))), "{bad:?}");
         }
         assert!(read(&[("x-api-key", "kg_a")], Some("q=report&page=2")).is_ok());
+        assert!(read(&[("x-api-key", "kg_a")], Some("q=photos%20fo_bar&page=2")).is_ok());
     }
 
     #[test]

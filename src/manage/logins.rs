@@ -193,6 +193,8 @@ pub struct Auth {
     per_account: FailureLimiter<[u8; 16]>,
     /// Keyed by the address bucket (an IPv4 address, an IPv6 /64).
     per_address: FailureLimiter<IpAddr>,
+    /// The accounts and addresses with a login being verified right now.
+    in_flight: Arc<InFlight>,
     /// A hash verified when the email is unknown, so that both cost the same.
     decoy: String,
 }
@@ -219,6 +221,60 @@ fn label(device: Option<&str>) -> Result<Option<String>, ManageError> {
         Some(_) => Err(bad_request(
             "a device or token name has at most 100 printable characters",
         )),
+    }
+}
+
+/// Accounts and addresses with a login in progress. An entry lives only while its login does,
+/// so the sets are bounded by the logins open at once (themselves bounded by connections).
+#[derive(Default)]
+struct InFlight {
+    accounts: std::sync::Mutex<std::collections::HashSet<[u8; 16]>>,
+    addresses: std::sync::Mutex<std::collections::HashSet<IpAddr>>,
+}
+
+/// A login's turn; leaving it frees the account and the address.
+struct Turn {
+    table: Arc<InFlight>,
+    account: [u8; 16],
+    address: Option<IpAddr>,
+}
+
+impl InFlight {
+    /// The turn of a login for `account` from `address`, or `None` while another is running.
+    fn enter(self: &Arc<Self>, account: [u8; 16], address: Option<IpAddr>) -> Option<Turn> {
+        let mut accounts = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut addresses = self.addresses.lock().unwrap_or_else(|p| p.into_inner());
+        if accounts.contains(&account) || address.is_some_and(|a| addresses.contains(&a)) {
+            return None;
+        }
+        accounts.insert(account);
+        if let Some(a) = address {
+            addresses.insert(a);
+        }
+        Some(Turn {
+            table: self.clone(),
+            account,
+            address,
+        })
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let mut accounts = self
+            .table
+            .accounts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut addresses = self
+            .table
+            .addresses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        accounts.remove(&self.account);
+        if let Some(a) = self.address {
+            addresses.remove(&a);
+        }
     }
 }
 
@@ -255,6 +311,7 @@ impl Auth {
             passwords: PasswordWorkers::start(s.password_workers, s.password_queue),
             per_account: FailureLimiter::new(per_account, s.limiter_capacity),
             per_address: FailureLimiter::new(per_address, s.limiter_capacity),
+            in_flight: Arc::default(),
             store,
             pepper,
             tokens,
@@ -317,9 +374,18 @@ impl Auth {
             )));
         }
         let account = email.to_lowercase();
-        self.per_account
-            .check(&text_key(&account))
-            .map_err(limited)?;
+        let account_key = text_key(&account);
+        self.per_account.check(&account_key).map_err(limited)?;
+        // One attempt at a time per account and per address: a failure is counted before the
+        // next attempt is checked, so a burst of concurrent guesses cannot all pass the check.
+        let _turn = self
+            .in_flight
+            .enter(account_key, addr.map(address_bucket))
+            .ok_or_else(|| {
+                limited(Refusal::RateLimited {
+                    retry_after_secs: 1,
+                })
+            })?;
         let device = label(req.device.as_deref())?;
         let user = match self.store.user_by_email(&account).await {
             Ok(u) => Some(u),

@@ -50,6 +50,9 @@ pub enum ManageError {
     /// A request body over the size limit (413).
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// A request body that did not arrive in time (408).
+    #[error("{0}")]
+    Timeout(String),
     /// A request body that is not JSON (415).
     #[error("{0}")]
     UnsupportedMediaType(String),

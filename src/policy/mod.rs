@@ -367,7 +367,7 @@ pub fn load_texts(files: &[(String, String)], epoch: u64) -> Result<Loaded, Poli
             )
         })
         .collect();
-    let path_literals = path_literals(&set);
+    let path_literals = path_literals(&set).map_err(|p| PolicyError::Invalid(p.join("\n")))?;
     Ok(Loaded {
         path_literals,
         policies: set,
@@ -383,20 +383,41 @@ pub fn load_texts(files: &[(String, String)], epoch: u64) -> Result<Loaded, Poli
     })
 }
 
-/// The `Keygate::Path` entities the policies name (in their scope or their conditions).
-fn path_literals(set: &PolicySet) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = set
-        .policies()
-        .flat_map(|p| p.entity_literals())
-        .filter(|uid| uid.type_name().to_string() == "Keygate::Path")
-        .filter_map(|uid| {
-            let (provider, path) = uid.id().unescaped().split_once(':')?;
-            Some((provider.to_owned(), path.to_owned()))
-        })
-        .collect();
+/// The `Keygate::Path` entities the policies name (in their scope or their conditions), or
+/// the problems with them: each must be `<provider>:<canonical path>` (`local:/backups`), the
+/// form keygate builds, or it could never match what it was written for (a forbid that never
+/// fires) or match differently than the folder chain would.
+fn path_literals(set: &PolicySet) -> Result<Vec<(String, String)>, Vec<String>> {
+    let mut out = Vec::new();
+    let mut problems = Vec::new();
+    for policy in set.policies() {
+        for uid in policy.entity_literals() {
+            if uid.type_name().to_string() != "Keygate::Path" {
+                continue;
+            }
+            let id = uid.id().unescaped();
+            let canonical = id.split_once(':').filter(|(provider, path)| {
+                crate::model::check_provider_name(provider).is_ok()
+                    && path.starts_with('/')
+                    && crate::route::canonicalize_path(path.as_bytes())
+                        .is_ok_and(|c| c.decoded() == *path)
+            });
+            match canonical {
+                Some((provider, path)) => out.push((provider.to_owned(), path.to_owned())),
+                None => problems.push(format!(
+                    "policy {}: Keygate::Path::\"{id}\" is not a provider and a canonical path \
+                     (such as \"local:/backups\"); it would never match a request",
+                    policy.id()
+                )),
+            }
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
     out.sort();
     out.dedup();
-    out
+    Ok(out)
 }
 
 /// For each action, the nearest scope group above it (not a `level:` group).
@@ -550,6 +571,9 @@ fn path_id(provider: &str, path: &str) -> String {
 
 /// True when canonical `path` is `folder` or lies below it, compared segment by segment.
 fn is_within(path: &str, folder: &str) -> bool {
+    if !folder.starts_with('/') {
+        return false;
+    }
     folder == "/"
         || path == folder
         || path
@@ -1042,6 +1066,31 @@ mod tests {
             generation: 1,
             usage: Default::default(),
         }
+    }
+
+    #[test]
+    fn path_literals_must_be_canonical() {
+        for bad in [
+            "local:",
+            "local:/secret/",
+            "local:secret",
+            "local://a",
+            "Local:/a",
+            "local:/a/../b",
+        ] {
+            let mut files = shipped();
+            files.push((
+                "bad.cedar".into(),
+                format!("@id(\"x\")\npermit (principal, action, resource in Keygate::Path::\"{bad}\");\n"),
+            ));
+            let err = load_texts(&files, 1).err().map(|e| e.to_string());
+            assert!(
+                err.as_deref().is_some_and(|e| e.contains("canonical path")),
+                "{bad}: {err:?}"
+            );
+        }
+        assert!(!is_within("/a", ""));
+        assert!(is_within("/a/b", "/a") && !is_within("/ab", "/a") && is_within("/x", "/"));
     }
 
     #[test]

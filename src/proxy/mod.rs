@@ -36,7 +36,7 @@ use upstream::Upstream;
 
 use crate::audit::AuditLog;
 use crate::clock::{format_time, now_millis};
-use crate::identity::client::client_address;
+use crate::identity::client::TrustedProxies;
 use crate::identity::{Identity, Presented};
 use crate::model::EXPIRY_WARNING_MS;
 use crate::policy::PolicyEngine;
@@ -56,7 +56,7 @@ pub struct Keygate {
     pub audit: Arc<AuditLog>,
     pub metrics: Arc<Metrics>,
     /// Peers whose forwarding headers name the client (`[server] trusted_proxies`).
-    pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl Keygate {
@@ -138,10 +138,10 @@ impl ProxyHttp for Keygate {
             .as_downstream()
             .as_http1()
             .map(|h1| h1.get_headers_raw_bytes());
-        ctx.client = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| client_address(a.ip(), &session.req_header().headers, &self.trusted_proxies));
+        ctx.client = session.client_addr().and_then(|a| a.as_inet()).map(|a| {
+            self.trusted_proxies
+                .client(a.ip(), &session.req_header().headers)
+        });
         match self
             .admit(session.req_header(), raw_header.as_deref(), ctx)
             .await

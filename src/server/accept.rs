@@ -19,6 +19,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 use crate::background::Shutdown;
+use crate::identity::client::TrustedProxies;
 use crate::proxy::HeaderArrived;
 use crate::ratelimit::failures::address_bucket;
 use crate::refusal::{request_id, Refusal};
@@ -41,7 +42,8 @@ pub struct ConnSettings {
 #[derive(Debug, Clone, Copy)]
 pub struct ConnLimits {
     pub total: usize,
-    /// Per client address bucket (an IPv4 address, an IPv6 /64).
+    /// Per client address bucket (an IPv4 address, an IPv6 /64). Trusted proxies carry many
+    /// clients' connections and count only against the total.
     pub per_address: usize,
 }
 
@@ -80,14 +82,15 @@ impl Connections {
     }
 
     /// A place for a connection from `peer`, or which cap it hit (`total`, `per_address`).
-    pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<Admitted, &'static str> {
+    /// A peer that is a trusted proxy is held only to the total.
+    pub fn admit(self: &Arc<Self>, peer: IpAddr, proxy: bool) -> Result<Admitted, &'static str> {
         let bucket = address_bucket(peer);
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         if open.0 >= self.limits.total {
             return Err("total");
         }
         let n = open.1.entry(bucket).or_insert(0);
-        if *n >= self.limits.per_address {
+        if *n >= self.limits.per_address && !proxy {
             if *n == 0 {
                 open.1.remove(&bucket);
             }
@@ -129,6 +132,7 @@ pub async fn refuse_connection(mut tcp: tokio::net::TcpStream) {
 pub async fn run_listener<F, Fut>(
     listener: TcpListener,
     limits: ConnLimits,
+    proxies: TrustedProxies,
     plane: &'static str,
     metrics: Arc<Metrics>,
     mut shutdown: Shutdown,
@@ -153,7 +157,7 @@ pub async fn run_listener<F, Fut>(
                 continue;
             }
         };
-        let admitted = match table.admit(peer.ip()) {
+        let admitted = match table.admit(peer.ip(), proxies.contains(peer.ip())) {
             Ok(a) => a,
             Err(reason) => {
                 metrics
@@ -181,6 +185,7 @@ pub async fn accept_loop<A>(
     listener: TcpListener,
     app: Arc<A>,
     settings: ConnSettings,
+    proxies: TrustedProxies,
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
 ) where
@@ -198,6 +203,7 @@ pub async fn accept_loop<A>(
     run_listener(
         listener,
         settings.limits,
+        proxies,
         "data",
         metrics.clone(),
         shutdown.clone(),
@@ -282,13 +288,17 @@ mod tests {
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "2001:db8::1".parse().unwrap();
         let b_same_64: IpAddr = "2001:db8::2".parse().unwrap();
-        let first = table.admit(a).unwrap();
-        let _second = table.admit(a).unwrap();
-        assert_eq!(table.admit(a).err(), Some("per_address"));
-        let _third = table.admit(b).unwrap();
-        assert_eq!(table.admit(b_same_64).err(), Some("total"));
+        let first = table.admit(a, false).unwrap();
+        let _second = table.admit(a, false).unwrap();
+        assert_eq!(table.admit(a, false).err(), Some("per_address"));
+        let _third = table.admit(b, false).unwrap();
+        assert_eq!(table.admit(b_same_64, false).err(), Some("total"));
         drop(first);
-        assert!(table.admit(b_same_64).is_ok());
+        assert!(table.admit(b_same_64, false).is_ok());
+        // A trusted proxy is held only to the total.
+        let p = table.admit(a, true).unwrap();
+        assert_eq!(table.admit(a, true).err(), Some("total"));
+        drop(p);
         assert!(table.open.lock().unwrap().1.len() <= 2);
     }
 }

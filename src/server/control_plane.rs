@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 
 use super::accept::{run_listener, ConnLimits};
 use crate::background::Shutdown;
+use crate::identity::client::TrustedProxies;
 use crate::telemetry::Metrics;
 
 /// Serves `app` on `listener` until shutdown, then lets open requests finish.
@@ -22,6 +23,7 @@ pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: ConnLimits,
+    proxies: TrustedProxies,
     header_timeout: Duration,
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
@@ -69,6 +71,7 @@ pub async fn serve(
     run_listener(
         listener,
         limits,
+        proxies,
         "control",
         metrics.clone(),
         shutdown.clone(),

@@ -288,6 +288,7 @@ pub async fn start_with_store(config: &Config, store: Store) -> anyhow::Result<R
             listener,
             control::metrics_app(state),
             limits,
+            config.server.trusted_proxies.clone(),
             config.server.header_timeout,
             metrics.clone(),
             shutdown_rx.clone(),
@@ -298,6 +299,7 @@ pub async fn start_with_store(config: &Config, store: Store) -> anyhow::Result<R
         control,
         control_app,
         limits,
+        config.server.trusted_proxies.clone(),
         config.server.header_timeout,
         metrics.clone(),
         shutdown_rx.clone(),
@@ -325,7 +327,14 @@ pub async fn start_with_store(config: &Config, store: Store) -> anyhow::Result<R
         body_timeout: config.server.body_timeout,
         limits,
     };
-    tasks.spawn(accept_loop(data, proxy, settings, metrics, shutdown_rx));
+    tasks.spawn(accept_loop(
+        data,
+        proxy,
+        settings,
+        config.server.trusted_proxies.clone(),
+        metrics,
+        shutdown_rx,
+    ));
 
     Ok(Running {
         data_addr,

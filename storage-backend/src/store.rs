@@ -400,6 +400,10 @@ pub mod handlers {
                 confine(&st.store.root, parent).await?;
             }
             let existed = tokio::fs::metadata(&target).await.is_ok();
+            if existed {
+                // The version it replaces goes to the trash and can be restored.
+                to_trash(&st, &provider, &rel, &target, &headers, true).await?;
+            }
             tokio::fs::rename(&tmp, &target)
                 .await
                 .map_err(|e| StoreError::io(e, &rel.display()))?;
@@ -466,18 +470,21 @@ pub mod handlers {
             ));
         }
         let location = st.store.locate(&provider, &rel).await?;
-        let info = to_trash(&st, &provider, &rel, &location, &headers).await?;
+        let info = to_trash(&st, &provider, &rel, &location, &headers, false).await?;
         Ok((StatusCode::OK, Json(json!({"success": true, "data": info}))).into_response())
     }
 
     /// Moves a file or folder into the provider's trash, where it can be listed, restored or
-    /// purged: what a delete, or a move or copy that replaces it, leaves behind.
+    /// purged: what a delete, or a move or copy that replaces it, leaves behind. With `keep`,
+    /// a file is linked into the trash and stays where it is (an upload then replaces it in
+    /// one rename, so readers never see it missing).
     async fn to_trash(
         st: &AppState,
         provider: &str,
         rel: &RelPath,
         location: &std::path::Path,
         headers: &HeaderMap,
+        keep: bool,
     ) -> Result<TrashInfo, StoreError> {
         let meta = tokio::fs::symlink_metadata(location)
             .await
@@ -500,11 +507,18 @@ pub mod handlers {
         )
         .await
         .map_err(|e| StoreError::io(e, "trash"))?;
-        if let Err(e) = tokio::fs::rename(location, slot.join("item")).await {
+        let moved = if keep {
+            tokio::fs::hard_link(location, slot.join("item")).await
+        } else {
+            tokio::fs::rename(location, slot.join("item")).await
+        };
+        if let Err(e) = moved {
             let _ = tokio::fs::remove_dir_all(&slot).await;
             return Err(StoreError::io(e, &rel.display()));
         }
-        st.store.remove_meta(provider, rel).await;
+        if !keep {
+            st.store.remove_meta(provider, rel).await;
+        }
         Ok(info)
     }
 
@@ -564,7 +578,7 @@ pub mod handlers {
         }
         if dest_exists {
             // What is replaced goes to the trash, like a delete: it can be restored.
-            to_trash(&st, &dest_provider, &dest_rel, &dest, &headers).await?;
+            to_trash(&st, &dest_provider, &dest_rel, &dest, &headers, false).await?;
         }
         if is_move {
             tokio::fs::rename(&source, &dest)

@@ -199,6 +199,23 @@ fn uploads_are_atomic_and_errors_are_json() {
         "",
     );
     assert_eq!(status, 200);
+    // What was replaced, by the copy and by a second upload, can be found in the trash.
+    let (status, _) = request(b.addr, "PUT", "/v1/files/local/a.txt", "", "2");
+    assert_eq!(status, 200);
+    let (status, text) = request(b.addr, "GET", "/v1/trash/local", "", "");
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(
+        text.matches(r#""originalPath":"/b.txt""#).count(),
+        1,
+        "{text}"
+    );
+    assert_eq!(
+        text.matches(r#""originalPath":"/a.txt""#).count(),
+        1,
+        "{text}"
+    );
+    let (_, now) = request(b.addr, "GET", "/v1/files/local/a.txt", "", "");
+    assert!(now.ends_with('2'), "{now}");
     let (status, _) = request(
         b.addr,
         "GET",
