@@ -5,6 +5,8 @@
 //! graph to the top: each may import only modules listed before it (`tests/layout.rs` checks).
 
 // Shared vocabulary and helpers: no I/O, no decisions.
+#[cfg(test)]
+pub mod testing;
 pub mod background;
 pub mod clock;
 pub mod refusal;

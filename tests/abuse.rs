@@ -336,3 +336,36 @@ async fn a_burst_of_concurrent_guesses_for_one_account_is_counted_like_a_sequenc
         .iter()
         .all(|s| [StatusCode::UNAUTHORIZED, StatusCode::TOO_MANY_REQUESTS].contains(s)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_each_client_is_throttled_on_its_own() {
+    let rec = Recorder::start().await;
+    // The test connects from 127.0.0.1: the "load balancer".
+    let kg = Keygate::start(
+        &[rec.addr],
+        "[server]\ntrusted_proxies = [\"127.0.0.1/32\"]\n[auth]\nfailures_per_minute = 3\nforbidden_per_minute = 1000000\n",
+    );
+    let probe = |client: &'static str, extra: Option<(&'static str, &'static str)>| {
+        let mut r = reqwest::Client::new()
+            .get(kg.url("/v1/files/local/x"))
+            .header("x-api-key", unissued_key())
+            .header("x-forwarded-for", client);
+        if let Some((k, v)) = extra {
+            r = r.header(k, v);
+        }
+        async move { r.send().await.unwrap().status() }
+    };
+    // Failures named by the proxy as 203.0.113.1, past its three a minute: throttled.
+    let mut last = StatusCode::OK;
+    for _ in 0..5 {
+        last = probe("203.0.113.1", None).await;
+    }
+    assert_eq!(last, StatusCode::TOO_MANY_REQUESTS);
+    // Another client behind the same proxy is not.
+    assert_eq!(probe("203.0.113.2", None).await, StatusCode::UNAUTHORIZED);
+    // A Forwarded header the client wrote itself is not read: it cannot pick a fresh address.
+    assert_eq!(
+        probe("203.0.113.1", Some(("forwarded", "for=198.51.100.99"))).await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}

@@ -560,3 +560,33 @@ async fn control_plane_health_readiness_and_metrics() {
         "{m}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_can_need_the_operator_token_or_move_to_a_listener_of_their_own() {
+    let rec = Recorder::start().await;
+    let kg = Keygate::start(&[rec.addr], "[control]\nmetrics = \"operator\"\n");
+    let r = reqwest::get(kg.control_url("/metrics")).await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let page = kg
+        .operator()
+        .get(kg.control_url("/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    assert!(page.text().await.unwrap().contains("keygate_build_info"));
+    drop(kg);
+
+    let kg = Keygate::start(&[rec.addr], "[server]\nmetrics_listen = \"127.0.0.1:0\"\n");
+    let own = kg
+        .metrics_addr
+        .expect("the metrics listener's address is printed");
+    let page = reqwest::get(format!("http://{own}/metrics")).await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    assert!(page.text().await.unwrap().contains("keygate_build_info"));
+    // The control plane no longer serves it, and the metrics listener serves nothing else.
+    let r = reqwest::get(kg.control_url("/metrics")).await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let r = reqwest::get(format!("http://{own}/v1/keys")).await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+}

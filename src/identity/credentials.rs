@@ -301,17 +301,7 @@ fn query_has_credential(query: &str, style: &KeyStyle) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn h(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut m = HeaderMap::new();
-        for (k, v) in pairs {
-            m.append(
-                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                v.parse().unwrap(),
-            );
-        }
-        m
-    }
+    use crate::testing::headers as h;
 
     fn read(pairs: &[(&str, &str)], q: Option<&str>) -> Result<Credentials, Refusal> {
         let rules = CredentialRules {

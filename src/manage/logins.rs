@@ -331,7 +331,7 @@ impl Auth {
         })
     }
 
-    fn login_failed(&self, addr: Option<IpAddr>, account: &str) -> Refusal {
+    fn login_failed(&self, addr: Option<IpAddr>, account: &[u8; 16]) -> Refusal {
         self.metrics
             .auth_failures
             .with_label_values(&[AuthFailure::Unknown.as_str()])
@@ -340,7 +340,7 @@ impl Auth {
         if let Some(a) = addr {
             self.per_address.fail(&address_bucket(a));
         }
-        self.per_account.fail(&text_key(account));
+        self.per_account.fail(account);
         Refusal::Unauthorized(AuthFailure::Unknown)
     }
 
@@ -398,7 +398,7 @@ impl Auth {
         };
         let verified = self.verify_password(hash, req.password).await?;
         let Some(user) = user.filter(|_| verified) else {
-            return Err(self.login_failed(addr, &account).into());
+            return Err(self.login_failed(addr, &account_key).into());
         };
         let memberships = self.store.memberships(&user.id).await?;
         let (workspace_id, workspace, role) = choose_workspace(

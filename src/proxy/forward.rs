@@ -189,18 +189,8 @@ pub fn clean_response(resp: &mut ResponseHeader, request_id: &str) {
 mod tests {
     use super::*;
     use crate::route::RouteMatch;
+    use crate::testing::headers;
     use std::sync::Arc;
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                v.parse().unwrap(),
-            );
-        }
-        h
-    }
 
     #[test]
     fn framing() {

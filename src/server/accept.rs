@@ -105,6 +105,9 @@ impl Connections {
     }
 }
 
+/// Refusals over the caps written at once (each takes at most a second).
+const MAX_REFUSALS_IN_FLIGHT: usize = 256;
+
 /// Answers a connection over a cap with a 503 in the JSON shape, then closes it. Bounded:
 /// a client that does not read gets nothing after a second.
 pub async fn refuse_connection(mut tcp: tokio::net::TcpStream) {
@@ -142,6 +145,7 @@ pub async fn run_listener<F, Fut>(
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let table = Connections::new(limits);
+    let refusing = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut connections = JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -164,7 +168,16 @@ pub async fn run_listener<F, Fut>(
                     .connections_refused
                     .with_label_values(&[plane, reason])
                     .inc();
-                connections.spawn(refuse_connection(tcp));
+                // A flood of connections over the caps gets its answer from a bounded number
+                // of refusals at a time; past that they are closed without one.
+                if refusing.load(Ordering::Relaxed) < MAX_REFUSALS_IN_FLIGHT {
+                    refusing.fetch_add(1, Ordering::Relaxed);
+                    let refusing = refusing.clone();
+                    connections.spawn(async move {
+                        refuse_connection(tcp).await;
+                        refusing.fetch_sub(1, Ordering::Relaxed);
+                    });
+                }
                 continue;
             }
         };

@@ -175,6 +175,8 @@ pub struct Keygate {
     scan: SecretScan,
     pub data: SocketAddr,
     pub control: SocketAddr,
+    /// `[server] metrics_listen`, when the test's config sets it.
+    pub metrics_addr: Option<SocketAddr>,
     pub dir: TempDir,
     pub db: TestDb,
     /// The fixture's full-access key.
@@ -249,19 +251,20 @@ impl Keygate {
             .env("KEYGATE_POLICIES_DIR", &policies)
             .env("KEYGATE_KEYS_PEPPER", TEST_PEPPER)
             .env("KEYGATE_CONTROL_OPERATOR_TOKEN", OPERATOR_TOKEN);
-        let (proc, found) = spawn_and_read(
-            cmd,
-            dir.path().join("keygate.log"),
-            &[
-                "keygate data plane listening on http://",
-                "keygate control plane listening on http://",
-            ],
-        );
+        let mut prefixes = vec![
+            "keygate data plane listening on http://",
+            "keygate control plane listening on http://",
+        ];
+        if config.contains("metrics_listen") {
+            prefixes.push("keygate metrics listening on http://");
+        }
+        let (proc, found) = spawn_and_read(cmd, dir.path().join("keygate.log"), &prefixes);
         Keygate {
             proc,
             scan: SecretScan(dir.path().to_path_buf()),
             data: found[0].parse().expect("address"),
             control: found[1].parse().expect("address"),
+            metrics_addr: found.get(2).map(|a| a.parse().expect("address")),
             dir,
             db,
             key,
