@@ -1040,3 +1040,86 @@ async fn a_rotated_signing_key_keeps_old_tokens_valid_and_signs_new_ones() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_plane_bodies_and_logins_are_bounded() {
+    let backend = Backend::start();
+    let kg = Keygate::start(&[backend.addr], "[tokens]\nmax_scoped_per_user = 2\n");
+    let url = kg.control_url("/v1/auth/login");
+    let creds = json!({"email": ADA.0, "password": ADA.1});
+    // Not JSON: a plain form post from another site cannot pass for an API call.
+    let body = reqwest::Client::new()
+        .post(&url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(creds.to_string())
+        .expect(StatusCode::UNSUPPORTED_MEDIA_TYPE)
+        .await;
+    assert_eq!(body["error"]["code"], "UNSUPPORTED_MEDIA_TYPE");
+    // A login started by another site's page (login CSRF) is refused; no Origin is fine.
+    let body = reqwest::Client::new()
+        .post(&url)
+        .header("origin", "https://evil.example")
+        .json(&creds)
+        .expect(StatusCode::FORBIDDEN)
+        .await;
+    assert_eq!(body["error"]["details"]["restriction"], "csrf");
+    // A body announced and never sent is cut at its deadline (10 s), with a 408.
+    let control = kg.control;
+    let answer = tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        let (status, text) = raw_request(
+            control,
+            b"POST /v1/auth/login HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n{",
+        );
+        (status, text, started.elapsed())
+    })
+    .await
+    .unwrap();
+    assert_eq!(answer.0, 408, "{}", answer.1);
+    assert!(answer.2 < Duration::from_secs(15), "{:?}", answer.2);
+    // Scoped tokens are capped per user ([tokens] max_scoped_per_user = 2 here).
+    let session = login(&kg, "mobile").await;
+    let token = session["token"].as_str().unwrap().to_owned();
+    let mint = || {
+        bearer(&token)
+            .post(kg.control_url("/v1/auth/tokens"))
+            .json(&json!({"permissions": ["files.read"]}))
+    };
+    mint().expect(StatusCode::CREATED).await;
+    mint().expect(StatusCode::CREATED).await;
+    let body = mint().expect(StatusCode::CONFLICT).await;
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("scoped tokens"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csrf_refusals_on_the_control_plane_count_against_the_address() {
+    let backend = Backend::start();
+    let kg = Keygate::start(&[backend.addr], "[auth]\nforbidden_per_minute = 2\n");
+    let (status, _, headers) = login_as(&kg, ADA, "session").await;
+    assert_eq!(status, StatusCode::OK);
+    let cookie = headers["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let forged = || {
+        reqwest::Client::new()
+            .post(kg.control_url("/v1/keys"))
+            .header("cookie", &cookie)
+            .header("origin", "https://evil.example")
+            .json(&json!({"name": "x", "scopes": ["read"]}))
+    };
+    // Two a minute are refused 403 (the quota); after that the address is throttled, as on
+    // the data plane: both planes count through the same door.
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(forged().send().await.unwrap().status());
+    }
+    assert_eq!(statuses[0], StatusCode::FORBIDDEN);
+    assert_eq!(statuses[3], StatusCode::TOO_MANY_REQUESTS, "{statuses:?}");
+}

@@ -5,7 +5,8 @@
 //! `limits.rs`, `routes.rs`), with the shared shapes (durations, addresses, secrets given inline
 //! or in a file) in `check.rs`; `file.rs` is the serde model of the TOML file.
 //!
-//! May import: the settings types of `route`, `model`, `ratelimit`, `audit`, `identity::jwt`.
+//! May import: the settings types of `route`, `model`, `ratelimit`, `audit`, `identity::jwt`,
+//! `identity::client`.
 //! Never `policy`, `manage` or the planes.
 
 mod check;

@@ -13,7 +13,8 @@
 //! `scenarios.rs` runs the scenario files (`keygate policy test`) through the real route table and
 //! entity builder.
 //!
-//! May import: `principal`, `route`, `model`, `refusal`, `telemetry`, `config` (for scenarios).
+//! May import: `principal`, `route`, `model`, `refusal`, `telemetry`, `clock`, `config` (for
+//! scenarios).
 //! Never `identity`, `manage` or the planes.
 
 pub mod scenarios;

@@ -12,8 +12,9 @@
 //! next, each field written by exactly one stage. Nothing carries over between requests on one
 //! connection. `upstream.rs` chooses the peer.
 //!
-//! May import every stage (`route`, `identity`, `ratelimit`, `policy`), `audit`, `usage`,
-//! `telemetry`, `config` (upstream settings). Never `manage`, `control` or `server`.
+//! May import every stage (`route`, `identity`, `ratelimit`, `policy`), `principal`, `model`,
+//! `refusal`, `audit`, `telemetry`, `clock`, `config` (upstream settings). Never `manage`,
+//! `control` or `server`.
 
 mod context;
 pub mod forward;

@@ -27,7 +27,7 @@
 pub mod failures;
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use moka::sync::Cache;
 
@@ -273,10 +273,7 @@ impl RateLimiter {
                     .map(|_| Mutex::new(Window::default()))
                     .collect()
             });
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis() as u64;
+        let now = u64::try_from(crate::clock::now_millis()).unwrap_or(0);
         let window_ms = limit.window.as_millis() as u64;
         let result = slots[rule].lock().unwrap_or_else(|e| e.into_inner()).check(
             u64::from(limit.requests),
