@@ -59,7 +59,7 @@ pub fn client_address(
         ForwardedHeader::Forwarded => hops(headers, "forwarded", forwarded_for),
     };
     let mut client = peer;
-    for hop in hops.iter().rev().take(MAX_HOPS) {
+    for hop in &hops {
         // The hops on the right were written by proxies we trust and always parse; one that
         // does not parse was written by nobody we trust: stop at the last address that was.
         let Some(addr) = hop.as_deref().and_then(parse_node) else {
@@ -73,21 +73,26 @@ pub fn client_address(
     client
 }
 
-/// Every element of every `name` header, left to right, each read by `element`. Elements
-/// are read one by one, as bytes: a client's non-ASCII element spoils only itself.
+/// The last [`MAX_HOPS`] elements of the `name` headers, right to left (nearest proxy first),
+/// each read by `element`. Elements are read one by one, as bytes: a client's non-ASCII
+/// element spoils only itself, and however long the header, no more than `MAX_HOPS` elements
+/// are looked at.
 fn hops(
     headers: &HeaderMap,
     name: &str,
     element: impl Fn(&str) -> Option<&str>,
 ) -> Vec<Option<String>> {
-    let mut out = Vec::new();
-    for value in headers.get_all(name) {
-        for part in value.as_bytes().split(|b| *b == b',') {
+    let values: Vec<_> = headers.get_all(name).iter().collect();
+    values
+        .iter()
+        .rev()
+        .flat_map(|value| value.as_bytes().rsplit(|b| *b == b','))
+        .take(MAX_HOPS)
+        .map(|part| {
             let text = std::str::from_utf8(part).ok();
-            out.push(text.and_then(|t| element(t.trim())).map(str::to_owned));
-        }
-    }
-    out
+            text.and_then(|t| element(t.trim())).map(str::to_owned)
+        })
+        .collect()
 }
 
 /// The `for=` node of one `Forwarded` element (`for=192.0.2.1;proto=https`).
@@ -189,6 +194,12 @@ mod tests {
         assert_eq!(
             client_address(lb, &HeaderMap::new(), &trusted, XForwardedFor),
             lb
+        );
+        // A chain longer than anyone builds is read only from the right.
+        let long = format!("{}198.51.100.12", "10.0.0.1, ".repeat(10_000));
+        assert_eq!(
+            xff(&[("x-forwarded-for", long.as_str())]),
+            ip("198.51.100.12")
         );
         // Every hop trusted: the leftmost one.
         assert_eq!(
