@@ -276,6 +276,7 @@ async fn keygate(dir: &std::path::Path) -> (Keygate, String) {
         ),
         metrics,
         trusted_proxies: Default::default(),
+        hsts: None,
     };
     (kg, key)
 }

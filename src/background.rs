@@ -59,6 +59,28 @@ pub async fn wait_for_signal() {
     }
 }
 
+/// Why a serving keygate stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// SIGINT or SIGTERM: drain and exit.
+    Shutdown,
+    /// SIGQUIT: hand the listening sockets to a new keygate, then drain and exit.
+    Upgrade,
+}
+
+/// Resolves on SIGINT or SIGTERM ([`Stop::Shutdown`]) or SIGQUIT ([`Stop::Upgrade`]).
+pub async fn wait_for_stop() -> Stop {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut quit) = signal(SignalKind::quit()) else {
+        wait_for_signal().await;
+        return Stop::Shutdown;
+    };
+    tokio::select! {
+        () = wait_for_signal() => Stop::Shutdown,
+        _ = quit.recv() => Stop::Upgrade,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

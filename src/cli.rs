@@ -192,6 +192,10 @@ pub struct ServeArgs {
     /// Upstream peer host:port (repeatable), overriding the config.
     #[arg(long = "upstream")]
     pub upstream: Vec<String>,
+    /// Take over the listening sockets of the running keygate (zero-downtime upgrade; needs
+    /// `[server] upgrade_socket`, and `pid_file` to signal it, else send it SIGQUIT yourself).
+    #[arg(long)]
+    pub upgrade: bool,
 }
 
 #[derive(Debug, Args)]

@@ -24,6 +24,7 @@ pub mod principal;
 pub mod ratelimit;
 pub mod identity;
 pub mod config;
+pub mod tls;
 pub mod policy;
 pub mod manage;
 

@@ -29,6 +29,64 @@ fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
+/// `keygate serve`: runs until SIGTERM/SIGINT, or until SIGQUIT hands its sockets to a new one.
+async fn serve(config: &Config, listen: keygate::server::Listen) -> anyhow::Result<()> {
+    use keygate::background::Stop;
+    use keygate::server::upgrade;
+    let running = keygate::server::start(config, listen).await?;
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    println!(
+        "keygate data plane listening on {scheme}://{}",
+        running.data_addr
+    );
+    println!(
+        "keygate control plane listening on {scheme}://{}",
+        running.control_addr
+    );
+    if let Some(addr) = running.metrics_addr {
+        println!("keygate metrics listening on http://{addr}");
+    }
+    if let Some(addr) = running.plain_addr {
+        println!("keygate plain HTTP listening on http://{addr}");
+    }
+    if let Some(pid_file) = &config.server.pid_file {
+        upgrade::write_pid_file(pid_file)?;
+    }
+    upgrade::notify_ready();
+    tracing::info!(data = %running.data_addr, control = %running.control_addr, pid = std::process::id(), "keygate started");
+    loop {
+        match keygate::background::wait_for_stop().await {
+            Stop::Shutdown => {
+                tracing::info!("shutting down");
+                break;
+            }
+            Stop::Upgrade => match running.hand_over().await {
+                Ok(()) => {
+                    tracing::info!("listening sockets handed to the new keygate; draining");
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "upgrade failed; still serving")
+                }
+            },
+        }
+    }
+    running.shutdown().await;
+    if let Some(pid_file) = &config.server.pid_file {
+        // After an upgrade the file names the new process: leave it.
+        let ours = std::fs::read_to_string(pid_file)
+            .is_ok_and(|t| t.trim() == std::process::id().to_string());
+        if ours {
+            let _ = std::fs::remove_file(pid_file);
+        }
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     let db_override = Overrides {
         database_url: cli.database_url.clone(),
@@ -64,19 +122,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let config = load_config(cli.config.as_deref(), overrides)?;
             keygate::telemetry::init_logging(&config.log.level, config.log.json);
-            runtime(config.server.threads)?.block_on(async {
-                let running = keygate::server::start(&config).await?;
-                println!("keygate data plane listening on http://{}", running.data_addr);
-                println!("keygate control plane listening on http://{}", running.control_addr);
-                if let Some(addr) = running.metrics_addr {
-                    println!("keygate metrics listening on http://{addr}");
-                }
-                tracing::info!(data = %running.data_addr, control = %running.control_addr, "keygate started");
-                keygate::background::wait_for_signal().await;
-                tracing::info!("shutting down");
-                running.shutdown().await;
-                Ok(())
-            })
+            let listen = if args.upgrade {
+                keygate::server::Listen::Inherit
+            } else {
+                keygate::server::Listen::Bind
+            };
+            runtime(config.server.threads)?.block_on(serve(&config, listen))
         }
         Command::Policy(cmd) => {
             let config = load_config(cli.config.as_deref(), db_override)?;

@@ -57,6 +57,9 @@ pub enum Refusal {
     UpstreamTimeout,
     /// keygate cannot decide right now (503); fail closed.
     Unavailable(Cow<'static, str>),
+    /// A request to the plain-HTTP listener of HTTPS-only mode (403); `credential_revoked`
+    /// when the API key it carried was revoked for being sent in clear.
+    HttpsRequired { credential_revoked: bool },
 }
 
 /// A refusal rendered for the wire.
@@ -83,6 +86,7 @@ impl Refusal {
             Refusal::UpstreamUnavailable => 502,
             Refusal::UpstreamTimeout => 504,
             Refusal::Unavailable(_) => 503,
+            Refusal::HttpsRequired { .. } => 403,
         }
     }
 
@@ -98,6 +102,7 @@ impl Refusal {
             Refusal::UpstreamUnavailable => "UPSTREAM_UNAVAILABLE",
             Refusal::UpstreamTimeout => "UPSTREAM_TIMEOUT",
             Refusal::Unavailable(_) => "UNAVAILABLE",
+            Refusal::HttpsRequired { .. } => "HTTPS_REQUIRED",
         }
     }
 
@@ -118,6 +123,14 @@ impl Refusal {
             Refusal::RateLimited { .. } => "too many requests".into(),
             Refusal::UpstreamUnavailable => "the storage backend is unavailable".into(),
             Refusal::UpstreamTimeout => "the storage backend did not answer in time".into(),
+            Refusal::HttpsRequired {
+                credential_revoked: false,
+            } => "this endpoint accepts requests only over HTTPS".into(),
+            Refusal::HttpsRequired {
+                credential_revoked: true,
+            } => "this endpoint accepts requests only over HTTPS; the API key sent with this \
+                  request was sent in clear and has been revoked"
+                .into(),
         }
     }
 
@@ -137,6 +150,9 @@ impl Refusal {
                 headers.push(("retry-after", retry_after_secs.to_string()));
             }
             Refusal::Unavailable(_) => headers.push(("retry-after", "1".to_owned())),
+            Refusal::HttpsRequired { credential_revoked } => {
+                details = Some(json!({ "credentialRevoked": credential_revoked }));
+            }
             _ => {}
         }
         headers.push(("cache-control", "no-store".to_owned()));
@@ -197,6 +213,9 @@ mod tests {
             Refusal::UpstreamUnavailable,
             Refusal::UpstreamTimeout,
             Refusal::Unavailable("policy set missing".into()),
+            Refusal::HttpsRequired {
+                credential_revoked: true,
+            },
         ];
         let statuses: Vec<u16> = all.iter().map(Refusal::status).collect();
         assert_eq!(statuses, [400, 401, 403, 404, 431, 429, 502, 504, 503]);

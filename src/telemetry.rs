@@ -68,6 +68,15 @@ pub struct Metrics {
     /// Fetches of external issuers' JWKS, by result (`ok`, `error`, `skipped`: a fetch was
     /// due but the floor between fetches had not passed).
     pub jwks_fetches: IntCounterVec,
+    /// Certificate reloads, by result (`ok`, `error`: the previous certificate stays).
+    pub tls_reloads: IntCounterVec,
+    /// `notAfter` of the certificate being served, in Unix seconds.
+    pub tls_certificate_expiry: IntGauge,
+    /// TLS handshakes that failed or did not finish in time, by plane.
+    pub tls_handshake_failures: IntCounterVec,
+    /// Requests to the plain-HTTP listener, by outcome (`redirected`, `refused`, `revoked`,
+    /// `served`).
+    pub plain_http_requests: IntCounterVec,
 }
 
 impl Metrics {
@@ -219,6 +228,35 @@ impl Metrics {
             &["result"],
         )
         .expect("valid metric");
+        let tls_reloads = IntCounterVec::new(
+            Opts::new(
+                "tls_certificate_reloads_total",
+                "Reloads of the served certificate, by result; on error the previous one stays.",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let tls_certificate_expiry = IntGauge::new(
+            "tls_certificate_expiry_timestamp_seconds",
+            "notAfter of the certificate being served (Unix seconds).",
+        )
+        .expect("valid metric");
+        let tls_handshake_failures = IntCounterVec::new(
+            Opts::new(
+                "tls_handshake_failures_total",
+                "TLS handshakes that failed or did not finish in time, by plane.",
+            ),
+            &["plane"],
+        )
+        .expect("valid metric");
+        let plain_http_requests = IntCounterVec::new(
+            Opts::new(
+                "plain_http_requests_total",
+                "Requests to the plain-HTTP listener, by outcome.",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
         let build_info = IntGauge::with_opts(
             Opts::new("build_info", "Always 1; the version is a label.")
                 .const_label("version", env!("CARGO_PKG_VERSION")),
@@ -249,6 +287,10 @@ impl Metrics {
             Box::new(connections_refused.clone()),
             Box::new(header_timeouts.clone()),
             Box::new(jwks_fetches.clone()),
+            Box::new(tls_reloads.clone()),
+            Box::new(tls_certificate_expiry.clone()),
+            Box::new(tls_handshake_failures.clone()),
+            Box::new(plain_http_requests.clone()),
             Box::new(build_info),
         ] {
             registry
@@ -304,7 +346,20 @@ impl Metrics {
             logins.with_label_values(&[result]);
         }
         rate_limited.with_label_values(&["address", "failures"]);
+        for result in ["ok", "error"] {
+            tls_reloads.with_label_values(&[result]);
+        }
+        for plane in ["data", "control"] {
+            tls_handshake_failures.with_label_values(&[plane]);
+        }
+        for outcome in ["redirected", "refused", "revoked", "served"] {
+            plain_http_requests.with_label_values(&[outcome]);
+        }
         Metrics {
+            tls_reloads,
+            tls_certificate_expiry,
+            tls_handshake_failures,
+            plain_http_requests,
             logins,
             limiter_entries,
             connections_refused,
@@ -351,6 +406,12 @@ pub fn init_logging(level: &str, json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // pingora's socket hand-over logs each 1 s retry of an upgrade as an error; keygate reports
+    // the hand-over's outcome itself.
+    let filter = match "pingora_core::server::transfer_fd=off".parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    };
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

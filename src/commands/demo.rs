@@ -82,7 +82,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         )
         .await?
         .key;
-    let running = crate::server::start_with_store(&config, store).await?;
+    let running =
+        crate::server::start_with_store(&config, store, crate::server::Listen::Bind).await?;
     let data = running.data_addr;
     let control = running.control_addr;
 

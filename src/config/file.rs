@@ -33,6 +33,8 @@ pub struct FileConfig {
     pub tokens: TokensSection,
     #[serde(default)]
     pub sessions: SessionsSection,
+    /// HTTPS on the data and control planes.
+    pub tls: Option<TlsSection>,
     /// External OIDC issuers whose tokens are accepted as users.
     #[serde(default)]
     pub issuers: Vec<IssuerSection>,
@@ -231,6 +233,36 @@ pub struct ServerSection {
     /// The header the trusted proxies write the client into: `x-forwarded-for` (default) or
     /// `forwarded`. Only that one is read.
     pub forwarded_header: Option<String>,
+    /// How long a stopping keygate lets open requests finish (default 30s).
+    pub shutdown_timeout: Option<String>,
+    /// The Unix socket a new keygate (`serve --upgrade`) receives the listening sockets on.
+    pub upgrade_socket: Option<String>,
+    /// Where keygate writes its process id; `serve --upgrade` signals the process named there.
+    pub pid_file: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// The certificate chain (PEM, leaf first).
+    pub cert_file: Option<String>,
+    /// Its private key (PEM: PKCS#8, PKCS#1 RSA or SEC1 EC).
+    pub key_file: Option<String>,
+    /// Refuse credentials over plain HTTP (default true).
+    pub https_only: Option<bool>,
+    /// A plain-HTTP listener beside the data plane's HTTPS one.
+    pub plain_listen: Option<String>,
+    /// The base of redirects from the plain listener, e.g. `https://files.example.com`
+    /// (default: the request's host, with the data plane's port).
+    pub redirect_to: Option<String>,
+    /// Revoke a valid API key presented over plain HTTP (default false).
+    pub revoke_credentials_sent_in_clear: Option<bool>,
+    /// `Strict-Transport-Security` max-age (default `365d`; `0s` sends none).
+    pub hsts_max_age: Option<String>,
+    /// Add `includeSubDomains` (default false).
+    pub hsts_include_subdomains: Option<bool>,
+    /// Reload the certificate when its files change (default true; SIGHUP always reloads).
+    pub watch: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -251,6 +283,14 @@ pub struct UpstreamSection {
     pub connect_timeout: Option<String>,
     pub read_timeout: Option<String>,
     pub write_timeout: Option<String>,
+    /// CA bundle (PEM) that `https://` peers are verified against (default: the system's).
+    pub tls_ca_file: Option<String>,
+    /// The name sent as SNI and verified in `https://` peers' certificates (default: each
+    /// peer's host).
+    pub tls_server_name: Option<String>,
+    /// A client certificate chain and key (PEM) for mutual TLS to the backend.
+    pub tls_client_cert_file: Option<String>,
+    pub tls_client_key_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -16,6 +16,7 @@ mod limits;
 mod routes;
 mod secret;
 mod server;
+mod tls;
 mod tokens;
 
 use std::net::SocketAddr;
@@ -46,6 +47,7 @@ const SECTIONS: &[&str] = &[
     "audit",
     "tokens",
     "sessions",
+    "tls",
 ];
 
 #[derive(Debug, Clone)]
@@ -71,8 +73,34 @@ pub struct Config {
     pub audit: crate::audit::AuditConfig,
     /// Logins, tokens, sessions and external issuers.
     pub tokens: crate::identity::jwt::TokenSettings,
+    /// `[tls]`: HTTPS on the data and control planes.
+    pub tls: Option<TlsConfig>,
     /// Where the config came from, for messages.
     pub source: Option<PathBuf>,
+}
+
+/// `[tls]`: the certificate both planes serve, and what the plain-HTTP listener does.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// The plain listener refuses (or redirects) instead of serving.
+    pub https_only: bool,
+    pub plain_listen: Option<SocketAddr>,
+    /// Base of the plain listener's redirects, without a trailing `/`.
+    pub redirect_to: Option<String>,
+    pub revoke_credentials_sent_in_clear: bool,
+    /// The `Strict-Transport-Security` value; `None` sends none.
+    pub hsts: Option<String>,
+    pub watch: bool,
+}
+
+/// TLS to `https://` upstream peers.
+#[derive(Debug, Clone, Default)]
+pub struct UpstreamTls {
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate chain and key for mutual TLS.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
 }
 
 /// `[server]`: the listeners and the data plane's connection limits.
@@ -93,6 +121,12 @@ pub struct ServerConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// `/metrics` on the control plane needs the operator token.
     pub metrics_operator_only: bool,
+    /// How long a stopping keygate lets open requests finish.
+    pub shutdown_timeout: Duration,
+    /// Where `serve --upgrade` receives the listening sockets of the running keygate.
+    pub upgrade_socket: Option<PathBuf>,
+    /// Where keygate writes its process id.
+    pub pid_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -108,6 +142,9 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub write_timeout: Duration,
+    /// For each peer (same order): the name to send as SNI and verify, when it is `https://`.
+    pub tls_names: Vec<Option<String>>,
+    pub tls: UpstreamTls,
 }
 
 #[derive(Debug, Clone)]
@@ -257,6 +294,7 @@ fn validate(file: FileConfig, overrides: &Overrides, problems: &mut Vec<Problem>
         upstream,
         routes,
         log,
+        tls: tls::tls_config(&file, problems),
         source: None,
     }
 }

@@ -47,6 +47,7 @@ pub(super) fn listeners(
     let keepalive_timeout = d.read("keepalive_timeout", &s.keepalive_timeout, secs(60));
     let keepalive_requests = s.keepalive_requests.unwrap_or(1000);
     let body_timeout = d.read("body_timeout", &s.body_timeout, secs(30));
+    let shutdown_timeout = d.read("shutdown_timeout", &s.shutdown_timeout, secs(30));
     let mut trusted_proxies = Vec::new();
     for (i, raw) in s.trusted_proxies.iter().flatten().enumerate() {
         let parsed = raw
@@ -95,6 +96,9 @@ pub(super) fn listeners(
             .metrics_listen
             .as_deref()
             .map(|raw| address(problems, "[server] metrics_listen", Some(raw), "")),
+        shutdown_timeout,
+        upgrade_socket: s.upgrade_socket.as_ref().map(std::path::PathBuf::from),
+        pid_file: s.pid_file.as_ref().map(std::path::PathBuf::from),
         metrics_operator_only: match file.control.metrics.as_deref() {
             None | Some("public") => false,
             Some("operator") => true,
@@ -152,14 +156,55 @@ pub(super) fn upstream(
     if raw_peers.is_empty() {
         problem(problems, "[upstream] peers", "needs at least one host:port");
     }
-    let peers = raw_peers
-        .iter()
-        .enumerate()
-        .map(|(i, p)| address(problems, &format!("[upstream] peers[{i}]"), Some(p), ""))
-        .collect();
+    let mut peers = Vec::new();
+    let mut tls_names = Vec::new();
+    for (i, raw) in raw_peers.iter().enumerate() {
+        let place = format!("[upstream] peers[{i}]");
+        let (tls, host_port) = match raw.split_once("://") {
+            None => (false, raw.as_str()),
+            Some(("http", rest)) => (false, rest),
+            Some(("https", rest)) => (true, rest),
+            Some((other, _)) => {
+                problem(
+                    problems,
+                    &place,
+                    format!("'{other}://' is neither 'http://' nor 'https://'"),
+                );
+                (false, raw.as_str())
+            }
+        };
+        let host_port = host_port.strip_suffix('/').unwrap_or(host_port);
+        peers.push(address(problems, &place, Some(host_port), ""));
+        tls_names.push(tls.then(|| {
+            u.tls_server_name.clone().unwrap_or_else(|| {
+                let host = host_port.rsplit_once(':').map_or(host_port, |(h, _)| h);
+                host.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_owned()
+            })
+        }));
+    }
+    let client_cert = match (&u.tls_client_cert_file, &u.tls_client_key_file) {
+        (Some(c), Some(k)) => Some((c.into(), k.into())),
+        (None, None) => None,
+        _ => {
+            problem(
+                problems,
+                "[upstream] tls_client_cert_file",
+                "needs tls_client_key_file too (and the reverse)",
+            );
+            None
+        }
+    };
+    let tls = crate::config::UpstreamTls {
+        ca_file: u.tls_ca_file.as_ref().map(Into::into),
+        client_cert,
+    };
     let mut d = Durations::new(problems, "upstream");
     UpstreamConfig {
         peers,
+        tls_names,
+        tls,
         health_check_interval: d.read("health_check_interval", &u.health_check_interval, secs(5)),
         connect_timeout: d.read("connect_timeout", &u.connect_timeout, secs(3)),
         read_timeout: d.read("read_timeout", &u.read_timeout, secs(60)),

@@ -10,6 +10,7 @@ pub mod caller;
 mod keys;
 mod logins;
 mod policy;
+mod tls;
 pub mod respond;
 
 use std::sync::Arc;
@@ -45,6 +46,8 @@ pub struct ControlState {
     pub readiness: Arc<tokio::sync::Mutex<Option<(std::time::Instant, Readiness)>>>,
     /// Peers whose forwarding headers name the client (`[server] trusted_proxies`).
     pub trusted_proxies: crate::identity::client::TrustedProxies,
+    /// The served certificate, when `[tls]` is configured.
+    pub certificates: Option<Arc<crate::tls::Certificates>>,
 }
 
 /// Who may read `/metrics` on the control plane.
@@ -73,6 +76,7 @@ pub fn app(state: ControlState) -> Router {
         .merge(keys::routes())
         .merge(logins::routes())
         .merge(policy::routes())
+        .merge(tls::routes())
         .fallback(not_found)
         .with_state(state)
 }

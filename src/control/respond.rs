@@ -115,9 +115,13 @@ impl IntoResponse for ManageError {
             ManageError::InvalidPolicy { .. } => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "INVALID_POLICY")
             }
+            ManageError::InvalidCertificate { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "INVALID_CERTIFICATE")
+            }
         };
         let details = match &self {
-            ManageError::InvalidPolicy { details, .. } => Some(details.clone()),
+            ManageError::InvalidPolicy { details, .. }
+            | ManageError::InvalidCertificate { details, .. } => Some(details.clone()),
             _ => None,
         };
         error(status, code, &self.to_string(), details)

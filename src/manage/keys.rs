@@ -83,6 +83,9 @@ pub struct KeyView {
     pub expires_at: Option<String>,
     pub last_used_at: Option<String>,
     pub revoked_at: Option<String>,
+    /// Why keygate revoked the key itself (e.g. it was sent over plain HTTP).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revoked_reason: Option<String>,
     /// `active`, `expired` or `revoked`.
     pub status: &'static str,
     /// Set when an active key expires within 7 days.
@@ -163,6 +166,7 @@ fn view(r: &KeyRecord, last_used_override: Option<i64>) -> KeyView {
         expires_at: r.expires_at.map(format_time),
         last_used_at: last_used.map(format_time),
         revoked_at: r.revoked_at.map(format_time),
+        revoked_reason: r.revoked_reason.clone(),
         status,
         expires_soon: status == "active"
             && r.expires_at.is_some_and(|e| e - now <= EXPIRY_WARNING_MS),
@@ -494,6 +498,14 @@ impl KeyManager {
             &current.workspace_id,
         )?;
         let r = self.store.revoke_key(id).await?;
+        self.announce(&r);
+        Ok(view(&r, None))
+    }
+
+    /// Revokes a key keygate found leaked (no actor: keygate itself acts), with the reason its
+    /// owner sees.
+    pub async fn revoke_leaked(&self, id: &str, reason: &str) -> Result<KeyView, ManageError> {
+        let r = self.store.revoke_key_because(id, Some(reason)).await?;
         self.announce(&r);
         Ok(view(&r, None))
     }

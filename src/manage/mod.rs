@@ -62,6 +62,12 @@ pub enum ManageError {
         message: String,
         details: serde_json::Value,
     },
+    /// A certificate that does not load; the served one stays (422).
+    #[error("{message}")]
+    InvalidCertificate {
+        message: String,
+        details: serde_json::Value,
+    },
     /// The database failed; answered 503 with nothing of the cause.
     #[error(transparent)]
     Store(StoreError),

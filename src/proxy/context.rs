@@ -34,6 +34,8 @@ pub struct RequestCtx {
     pub refusal: Option<Refusal>,
     /// Written when the request is sent upstream.
     pub sent_upstream: Option<Instant>,
+    /// `Strict-Transport-Security` for every response, on an HTTPS listener.
+    pub hsts: Option<http::HeaderValue>,
 }
 
 impl RequestCtx {
@@ -48,6 +50,7 @@ impl RequestCtx {
             verdicts: Vec::new(),
             refusal: None,
             sent_upstream: None,
+            hsts: None,
         }
     }
 

@@ -58,6 +58,8 @@ pub struct Keygate {
     pub metrics: Arc<Metrics>,
     /// Peers whose forwarding headers name the client (`[server] trusted_proxies`).
     pub trusted_proxies: TrustedProxies,
+    /// `Strict-Transport-Security` of every response, when the data plane is HTTPS.
+    pub hsts: Option<http::HeaderValue>,
 }
 
 impl Keygate {
@@ -139,6 +141,10 @@ impl ProxyHttp for Keygate {
             .as_downstream()
             .as_http1()
             .map(|h1| h1.get_headers_raw_bytes());
+        // Only an HTTPS response may carry Strict-Transport-Security.
+        if self.hsts.is_some() && session.digest().is_some_and(|d| d.ssl_digest.is_some()) {
+            ctx.hsts = self.hsts.clone();
+        }
         ctx.client = session.client_addr().and_then(|a| a.as_inet()).map(|a| {
             self.trusted_proxies
                 .client(a.ip(), &session.req_header().headers)
@@ -214,6 +220,9 @@ impl ProxyHttp for Keygate {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         forward::clean_response(upstream_response, &ctx.request_id);
+        if let Some(hsts) = &ctx.hsts {
+            upstream_response.insert_header(http::header::STRICT_TRANSPORT_SECURITY, hsts)?;
+        }
         if let Some(standing) = &ctx.standing {
             for (name, value) in standing.headers() {
                 upstream_response.insert_header(name, value)?;

@@ -35,6 +35,9 @@ pub(super) async fn respond(
         rendered.body.len().to_string(),
     )?;
     resp.insert_header(forward::REQUEST_ID, request_id)?;
+    if let Some(hsts) = &ctx.hsts {
+        resp.insert_header(http::header::STRICT_TRANSPORT_SECURITY, hsts)?;
+    }
     // A refused request's body is never read: close rather than resynchronise on it.
     let has_body = session
         .req_header()

@@ -1,18 +1,26 @@
 //! Upstream choice: the configured peers behind pingora's round-robin load balancer, with TCP
-//! health checks when there is more than one.
+//! health checks when there is more than one. `https://` peers are reached over TLS, verified
+//! against the system's roots or `[upstream] tls_ca_file` (the CA bundle is pingora's
+//! connector's), with the configured SNI name and, optionally, a client certificate.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::{health_check::TcpHealthCheck, LoadBalancer};
 use pingora::prelude::HttpPeer;
+use pingora::utils::tls::CertKey;
 
 use crate::config::UpstreamConfig;
 
 pub struct Upstream {
     balancer: Arc<LoadBalancer<RoundRobin>>,
+    /// The SNI (and verified) name of each `https://` peer.
+    tls_names: HashMap<SocketAddr, String>,
+    client_cert: Option<Arc<CertKey>>,
     connect_timeout: Duration,
     read_timeout: Duration,
     write_timeout: Duration,
@@ -20,7 +28,20 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(config: &UpstreamConfig) -> std::io::Result<Upstream> {
+    pub fn new(config: &UpstreamConfig) -> anyhow::Result<Upstream> {
+        let tls_names = config
+            .peers
+            .iter()
+            .zip(&config.tls_names)
+            .filter_map(|(addr, name)| Some((*addr, name.clone()?)))
+            .collect();
+        if let Some(ca) = &config.tls.ca_file {
+            check_ca_file(ca)?;
+        }
+        let client_cert = match &config.tls.client_cert {
+            Some((cert, key)) => Some(Arc::new(client_cert(cert, key)?)),
+            None => None,
+        };
         let mut balancer = LoadBalancer::<RoundRobin>::try_from_iter(config.peers.iter().copied())?;
         let health_checked = config.peers.len() > 1;
         if health_checked {
@@ -31,6 +52,8 @@ impl Upstream {
         }
         Ok(Upstream {
             balancer: Arc::new(balancer),
+            tls_names,
+            client_cert,
             connect_timeout: config.connect_timeout,
             read_timeout: config.read_timeout,
             write_timeout: config.write_timeout,
@@ -46,7 +69,18 @@ impl Upstream {
     /// The next healthy peer, or `None` when none is.
     pub fn select(&self) -> Option<Box<HttpPeer>> {
         let backend = self.balancer.select(b"", 256)?;
-        let mut peer = HttpPeer::new(backend, false, String::new());
+        let name = backend
+            .addr
+            .as_inet()
+            .and_then(|addr| self.tls_names.get(addr));
+        let mut peer = match name {
+            Some(name) => {
+                let mut peer = HttpPeer::new(backend, true, name.clone());
+                peer.client_cert_key = self.client_cert.clone();
+                peer
+            }
+            None => HttpPeer::new(backend, false, String::new()),
+        };
         peer.options.connection_timeout = Some(self.connect_timeout);
         peer.options.read_timeout = Some(self.read_timeout);
         peer.options.write_timeout = Some(self.write_timeout);
@@ -61,4 +95,54 @@ impl Upstream {
             .filter_map(|b| b.addr.as_inet().copied())
             .collect()
     }
+}
+
+/// Checks the CA bundle before pingora's connector reads it (which would panic on a bad one).
+fn check_ca_file(path: &std::path::Path) -> anyhow::Result<()> {
+    let pem = std::fs::read(path)
+        .with_context(|| format!("cannot read [upstream] tls_ca_file {}", path.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        let cert = cert.with_context(|| format!("{} is not PEM", path.display()))?;
+        roots
+            .add(cert)
+            .with_context(|| format!("{}: a certificate is not a valid CA", path.display()))?;
+    }
+    if roots.is_empty() {
+        anyhow::bail!("{} holds no certificate", path.display());
+    }
+    Ok(())
+}
+
+/// The client certificate for mutual TLS, checked: the key must parse and match the chain.
+fn client_cert(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<CertKey> {
+    let pem = std::fs::read(cert).with_context(|| format!("cannot read {}", cert.display()))?;
+    let chain: Vec<Vec<u8>> = rustls_pemfile::certs(&mut pem.as_slice())
+        .map(|c| c.map(|c| c.to_vec()))
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("{} is not PEM", cert.display()))?;
+    if chain.is_empty() {
+        anyhow::bail!("{} holds no certificate", cert.display());
+    }
+    let pem = std::fs::read(key).with_context(|| format!("cannot read {}", key.display()))?;
+    let der = rustls_pemfile::private_key(&mut pem.as_slice())
+        .with_context(|| format!("{} is not PEM", key.display()))?
+        .with_context(|| format!("{} holds no private key", key.display()))?;
+    let signer = rustls::crypto::ring::sign::any_supported_type(&der)
+        .with_context(|| format!("{}: unsupported private key", key.display()))?;
+    let certified = rustls::sign::CertifiedKey::new(
+        chain
+            .iter()
+            .map(|c| rustls::pki_types::CertificateDer::from(c.clone()))
+            .collect(),
+        signer,
+    );
+    certified.keys_match().with_context(|| {
+        format!(
+            "the key in {} does not belong to {}",
+            key.display(),
+            cert.display()
+        )
+    })?;
+    Ok(CertKey::new(chain, der.secret_der().to_vec()))
 }

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pingora::apps::HttpServerApp;
+use pingora::listeners::tls::Acceptor;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::stream::Stream as TcpStream;
 use pingora::protocols::{GetSocketDigest, SocketDigest, Stream};
@@ -193,10 +194,12 @@ pub async fn run_listener<F, Fut>(
     while connections.join_next().await.is_some() {}
 }
 
-/// The data plane: every admitted connection is served by pingora's HTTP proxy.
+/// The data plane: every admitted connection is served by pingora's HTTP proxy, over TLS when
+/// `tls` is given (the handshake must finish within the header deadline).
 pub async fn accept_loop<A>(
     listener: TcpListener,
     app: Arc<A>,
+    tls: Option<Arc<Acceptor>>,
     settings: ConnSettings,
     proxies: TrustedProxies,
     metrics: Arc<Metrics>,
@@ -206,8 +209,32 @@ pub async fn accept_loop<A>(
 {
     let serve = |tcp, peer| {
         let stream = stream_with_peer(tcp, peer);
-        let (app, rx, metrics) = (app.clone(), shutdown.clone(), metrics.clone());
+        let (app, rx, metrics, tls) = (app.clone(), shutdown.clone(), metrics.clone(), tls.clone());
         async move {
+            let stream: Stream = match tls {
+                None => Box::new(stream),
+                Some(acceptor) => {
+                    let handshake = acceptor.tls_handshake(stream);
+                    match tokio::time::timeout(settings.header_timeout, handshake).await {
+                        Ok(Ok(tls)) => Box::new(tls),
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "TLS handshake failed");
+                            metrics
+                                .tls_handshake_failures
+                                .with_label_values(&["data"])
+                                .inc();
+                            return;
+                        }
+                        Err(_) => {
+                            metrics
+                                .tls_handshake_failures
+                                .with_label_values(&["data"])
+                                .inc();
+                            return;
+                        }
+                    }
+                }
+            };
             metrics.open_connections.inc();
             serve_connection(app, stream, settings, &metrics, rx).await;
             metrics.open_connections.dec();
@@ -227,13 +254,13 @@ pub async fn accept_loop<A>(
 
 /// A pingora stream that knows its peer, as pingora's own listener builds it, so that
 /// `Session::client_addr` works (the failed-authentication limiter needs it).
-fn stream_with_peer(tcp: tokio::net::TcpStream, peer: SocketAddr) -> Stream {
+fn stream_with_peer(tcp: tokio::net::TcpStream, peer: SocketAddr) -> TcpStream {
     use std::os::fd::AsRawFd;
     let mut stream = TcpStream::from(tcp);
     let digest = SocketDigest::from_raw_fd(stream.as_raw_fd());
     let _ = digest.peer_addr.set(Some(peer.into()));
     stream.set_socket_digest(digest);
-    Box::new(stream)
+    stream
 }
 
 /// One HTTP/1 connection: each request is a fresh session, and nothing about identity carries

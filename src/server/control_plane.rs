@@ -12,16 +12,20 @@ use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
 use super::accept::{run_listener, ConnLimits};
 use crate::background::Shutdown;
 use crate::identity::client::TrustedProxies;
 use crate::telemetry::Metrics;
 
-/// Serves `app` on `listener` until shutdown, then lets open requests finish.
+/// Serves `app` on `listener` until shutdown, then lets open requests finish. With `tls`, every
+/// connection is HTTPS (the handshake must finish within the header deadline).
+#[allow(clippy::too_many_arguments)]
 pub async fn serve(
     listener: TcpListener,
     app: Router,
+    tls: Option<TlsAcceptor>,
     limits: ConnLimits,
     proxies: TrustedProxies,
     header_timeout: Duration,
@@ -33,28 +37,25 @@ pub async fn serve(
             app.clone()
                 .layer(axum::Extension(ConnectInfo::<SocketAddr>(peer))),
         );
-        let mut stop = shutdown.clone();
+        let stop = shutdown.clone();
         let metrics = metrics.clone();
+        let tls = tls.clone();
         async move {
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .max_buf_size(64 * 1024);
-            let conn = builder.serve_connection(TokioIo::new(tcp), service);
-            tokio::pin!(conn);
-            let stopping = async {
-                let _ = stop.wait_for(|s| *s).await;
-            };
-            let finished = tokio::select! {
-                r = conn.as_mut() => Some(r),
-                () = stopping => None,
-            };
-            let result = match finished {
-                Some(r) => r,
-                None => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
+            let result = match tls {
+                None => drive(TokioIo::new(tcp), service, header_timeout, stop).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => {
+                            drive(TokioIo::new(stream), service, header_timeout, stop).await
+                        }
+                        _ => {
+                            metrics
+                                .tls_handshake_failures
+                                .with_label_values(&["control"])
+                                .inc();
+                            return;
+                        }
+                    }
                 }
             };
             if let Err(e) = result {
@@ -78,4 +79,42 @@ pub async fn serve(
         serve,
     )
     .await;
+}
+
+/// One HTTP/1 connection, drained gracefully on shutdown.
+async fn drive<I, S>(
+    io: I,
+    service: S,
+    header_timeout: Duration,
+    mut stop: Shutdown,
+) -> Result<(), hyper::Error>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming> + Send,
+    S::Future: Send + 'static,
+    S::ResBody: Send + 'static,
+    <S::ResBody as hyper::body::Body>::Data: Send,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .max_buf_size(64 * 1024);
+    let conn = builder.serve_connection(io, service);
+    tokio::pin!(conn);
+    let stopping = async {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    let finished = tokio::select! {
+        r = conn.as_mut() => Some(r),
+        () = stopping => None,
+    };
+    match finished {
+        Some(r) => r,
+        None => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    }
 }

@@ -7,7 +7,9 @@
 
 mod accept;
 mod control_plane;
+mod plain;
 mod tasks;
+pub mod upgrade;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,8 +45,7 @@ use crate::store::Store;
 use crate::telemetry::Metrics;
 use crate::usage::UsageRecorder;
 
-/// How long in-flight requests get to finish after a shutdown signal.
-const DRAIN: Duration = Duration::from_secs(10);
+pub use plain::SENT_IN_CLEAR;
 
 /// A running keygate: its addresses and the handle that stops it.
 pub struct Running {
@@ -52,6 +53,14 @@ pub struct Running {
     pub control_addr: SocketAddr,
     /// `[server] metrics_listen`, when configured.
     pub metrics_addr: Option<SocketAddr>,
+    /// `[tls] plain_listen`, when configured.
+    pub plain_addr: Option<SocketAddr>,
+    /// The served certificate, when `[tls]` is configured.
+    pub certificates: Option<Arc<crate::tls::Certificates>>,
+    /// The listening sockets, by name, for a hand-over to a new keygate.
+    sockets: upgrade::Sockets,
+    upgrade_socket: Option<std::path::PathBuf>,
+    drain: Duration,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
     store: Store,
@@ -63,7 +72,7 @@ impl Running {
     /// Stops accepting, lets in-flight requests finish (up to a deadline), closes the database.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
-        let drained = tokio::time::timeout(DRAIN, async {
+        let drained = tokio::time::timeout(self.drain, async {
             while self.tasks.join_next().await.is_some() {}
         })
         .await;
@@ -81,12 +90,37 @@ impl Running {
     }
 }
 
+impl Running {
+    /// Hands the listening sockets to a new keygate waiting on `[server] upgrade_socket`
+    /// (`serve --upgrade`). On success this keygate must stop accepting: call `shutdown`.
+    pub async fn hand_over(&self) -> anyhow::Result<()> {
+        let path = self
+            .upgrade_socket
+            .clone()
+            .context("an upgrade needs [server] upgrade_socket")?;
+        let sockets = self.sockets.clone();
+        tokio::task::spawn_blocking(move || sockets.send(&path))
+            .await
+            .context("the hand-over did not finish")?
+    }
+}
+
+/// Where the listening sockets come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listen {
+    /// Bind the configured addresses.
+    Bind,
+    /// Receive them from the running keygate over `[server] upgrade_socket` (`serve --upgrade`);
+    /// a listener the old one did not have is bound.
+    Inherit,
+}
+
 /// Opens the database, binds the listeners and starts serving on the current runtime.
-pub async fn start(config: &Config) -> anyhow::Result<Running> {
+pub async fn start(config: &Config, listen: Listen) -> anyhow::Result<Running> {
     let store = Store::open(&config.database.url, config.database.max_connections)
         .await
         .context("cannot open the database")?;
-    start_with_store(config, store).await
+    start_with_store(config, store, listen).await
 }
 
 /// The pepper of the config, read (or created) and checked.
@@ -124,7 +158,11 @@ pub fn key_manager(config: &Config, store: Store) -> anyhow::Result<KeyManager> 
     })
 }
 
-pub async fn start_with_store(config: &Config, store: Store) -> anyhow::Result<Running> {
+pub async fn start_with_store(
+    config: &Config,
+    store: Store,
+    listen: Listen,
+) -> anyhow::Result<Running> {
     let metrics = Arc::new(Metrics::new());
     let usage = Arc::new(UsageRecorder::default());
     let pepper = load_pepper(config)?;
@@ -194,23 +232,56 @@ pub async fn start_with_store(config: &Config, store: Store) -> anyhow::Result<R
     let audit = Arc::new(
         AuditLog::start(&config.audit, metrics.clone()).context("cannot open the audit log")?,
     );
-    let data = TcpListener::bind(config.server.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.server.listen))?;
-    let control = TcpListener::bind(config.server.control_listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.server.control_listen))?;
-    let metrics_listener = match config.server.metrics_listen {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on {addr}"))?,
-        ),
+    let certificates = match &config.tls {
+        Some(tls) => Some(crate::tls::Certificates::open(tls, metrics.clone())?),
         None => None,
     };
+    let server_tls = match &certificates {
+        Some(c) => Some(c.server_config()?),
+        None => None,
+    };
+    let hsts = config
+        .tls
+        .as_ref()
+        .and_then(|t| t.hsts.as_deref())
+        .map(http::HeaderValue::from_str)
+        .transpose()
+        .context("[tls] hsts")?;
+    // Everything that can fail has been checked: only now take the sockets, so that a new
+    // keygate that cannot start never leaves an inherited socket without an acceptor.
+    let mut wanted = vec![
+        ("data", config.server.listen),
+        ("control", config.server.control_listen),
+    ];
+    if let Some(addr) = config.server.metrics_listen {
+        wanted.push(("metrics", addr));
+    }
+    if let Some(addr) = config.tls.as_ref().and_then(|t| t.plain_listen) {
+        wanted.push(("plain", addr));
+    }
+    let (mut listeners, sockets) = match listen {
+        Listen::Bind => upgrade::bind(&wanted).await?,
+        Listen::Inherit => {
+            let path = config
+                .server
+                .upgrade_socket
+                .clone()
+                .context("serve --upgrade needs [server] upgrade_socket")?;
+            upgrade::receive(&path, &wanted, config.server.pid_file.as_deref()).await?
+        }
+    };
+    let mut take = |name: &str| listeners.remove(name);
+    let data = take("data").context("no data-plane listener")?;
+    let control = take("control").context("no control-plane listener")?;
+    let metrics_listener = take("metrics");
+    let plain_listener = take("plain");
     let data_addr = data.local_addr()?;
     let control_addr = control.local_addr()?;
     let metrics_addr = metrics_listener
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()?;
+    let plain_addr = plain_listener
         .as_ref()
         .map(TcpListener::local_addr)
         .transpose()?;
@@ -234,14 +305,41 @@ pub async fn start_with_store(config: &Config, store: Store) -> anyhow::Result<R
         config.keys.change_poll_interval,
         shutdown_rx.clone(),
     ));
-    tasks.spawn(reload_on_signal(policy.clone(), shutdown_rx.clone()));
+    let reload_policy: tasks::Reload = {
+        let policy = policy.clone();
+        Arc::new(move || {
+            let _ = policy.reload();
+        })
+    };
+    let mut reloads = vec![reload_policy.clone()];
     if config.policy_watch {
         tasks.spawn(reload_on_change(
-            policy.clone(),
-            config.policy_dir.clone(),
+            "policies",
+            vec![config.policy_dir.clone()],
+            None,
+            reload_policy,
             shutdown_rx.clone(),
         ));
     }
+    if let Some(certs) = &certificates {
+        let reload_certs: tasks::Reload = {
+            let certs = certs.clone();
+            Arc::new(move || {
+                let _ = certs.reload();
+            })
+        };
+        reloads.push(reload_certs.clone());
+        if config.tls.as_ref().is_some_and(|t| t.watch) {
+            tasks.spawn(reload_on_change(
+                "certificate",
+                certs.folders(),
+                Some(certs.file_names()),
+                reload_certs,
+                shutdown_rx.clone(),
+            ));
+        }
+    }
+    tasks.spawn(reload_on_signal(reloads, shutdown_rx.clone()));
     tasks.spawn(purge_tokens(store.clone(), shutdown_rx.clone()));
     tasks.spawn(count_expiring_keys(
         store.clone(),
@@ -260,9 +358,10 @@ pub async fn start_with_store(config: &Config, store: Store) -> anyhow::Result<R
         store: store.clone(),
         metrics: metrics.clone(),
         identity: identity.clone(),
-        keys,
+        keys: keys.clone(),
         auth,
         operator_token,
+        certificates: certificates.clone(),
         policy: policy.clone(),
         metrics_access: match (
             config.server.metrics_listen,
@@ -284,9 +383,11 @@ pub async fn start_with_store(config: &Config, store: Store) -> anyhow::Result<R
             metrics_access: MetricsAccess::Public,
             ..state.clone()
         };
+        // No credential crosses this listener: it stays plain HTTP (see docs/operating.md).
         tasks.spawn(control_plane::serve(
             listener,
             control::metrics_app(state),
+            None,
             limits,
             config.server.trusted_proxies.clone(),
             config.server.header_timeout,
@@ -294,10 +395,23 @@ pub async fn start_with_store(config: &Config, store: Store) -> anyhow::Result<R
             shutdown_rx.clone(),
         ));
     }
-    let control_app = control::app(state);
+    let mut control_app = control::app(state);
+    if let Some(hsts) = hsts.clone() {
+        control_app = control_app.layer(axum::middleware::map_response(
+            move |mut resp: axum::response::Response| {
+                let hsts = hsts.clone();
+                async move {
+                    resp.headers_mut()
+                        .insert(http::header::STRICT_TRANSPORT_SECURITY, hsts);
+                    resp
+                }
+            },
+        ));
+    }
     tasks.spawn(control_plane::serve(
         control,
         control_app,
+        server_tls.clone().map(tokio_rustls::TlsAcceptor::from),
         limits,
         config.server.trusted_proxies.clone(),
         config.server.header_timeout,
@@ -307,6 +421,13 @@ pub async fn start_with_store(config: &Config, store: Store) -> anyhow::Result<R
 
     let conf = ServerConf {
         threads: config.server.threads,
+        // The CA bundle `https://` peers are verified against (default: the system's roots).
+        ca_file: config
+            .upstream
+            .tls
+            .ca_file
+            .as_ref()
+            .map(|p| p.display().to_string()),
         ..ServerConf::default()
     };
     let keygate = Keygate {
@@ -318,19 +439,47 @@ pub async fn start_with_store(config: &Config, store: Store) -> anyhow::Result<R
         audit: audit.clone(),
         metrics: metrics.clone(),
         trusted_proxies: config.server.trusted_proxies.clone(),
+        hsts: if server_tls.is_some() { hsts } else { None },
     };
+    let identity_for_plain = keygate.identity.clone();
     let proxy = Arc::new(pingora::proxy::http_proxy(&Arc::new(conf), keygate));
-    let settings = ConnSettings {
-        header_timeout: config.server.header_timeout,
-        keepalive: config.server.keepalive_timeout,
-        keepalive_requests: config.server.keepalive_requests,
-        body_timeout: config.server.body_timeout,
-        limits,
-    };
+    if let (Some(listener), Some(tls)) = (plain_listener, &config.tls) {
+        if tls.https_only {
+            let plain = Arc::new(plain::Plain {
+                redirect_to: tls.redirect_to.clone(),
+                https_port: data_addr.port(),
+                revoke: tls
+                    .revoke_credentials_sent_in_clear
+                    .then(|| (identity_for_plain.clone(), keys.clone())),
+                metrics: metrics.clone(),
+            });
+            tasks.spawn(plain::serve(
+                listener,
+                plain,
+                limits,
+                config.server.trusted_proxies.clone(),
+                config.server.header_timeout,
+                shutdown_rx.clone(),
+            ));
+        } else {
+            // `https_only = false`: the plain listener serves the data plane unencrypted too (a
+            // migration aid), through the same proxy.
+            tasks.spawn(accept_loop(
+                listener,
+                proxy.clone(),
+                None,
+                settings_for(config, limits),
+                config.server.trusted_proxies.clone(),
+                metrics.clone(),
+                shutdown_rx.clone(),
+            ));
+        }
+    }
     tasks.spawn(accept_loop(
         data,
         proxy,
-        settings,
+        server_tls.map(|c| Arc::new(pingora::listeners::tls::Acceptor::from_server_config(c))),
+        settings_for(config, limits),
         config.server.trusted_proxies.clone(),
         metrics,
         shutdown_rx,
@@ -340,10 +489,25 @@ pub async fn start_with_store(config: &Config, store: Store) -> anyhow::Result<R
         data_addr,
         control_addr,
         metrics_addr,
+        plain_addr,
+        certificates,
+        sockets,
+        upgrade_socket: config.server.upgrade_socket.clone(),
+        drain: config.server.shutdown_timeout,
         shutdown: shutdown_tx,
         tasks,
         store,
         usage,
         audit,
     })
+}
+
+fn settings_for(config: &Config, limits: ConnLimits) -> ConnSettings {
+    ConnSettings {
+        header_timeout: config.server.header_timeout,
+        keepalive: config.server.keepalive_timeout,
+        keepalive_requests: config.server.keepalive_requests,
+        body_timeout: config.server.body_timeout,
+        limits,
+    }
 }

@@ -45,8 +45,11 @@ pub async fn follow_providers(
     }
 }
 
-/// Reloads the policies on SIGHUP.
-pub async fn reload_on_signal(policy: Arc<PolicyEngine>, mut shutdown: Shutdown) {
+/// Something reloaded on SIGHUP or on a change of its files (it logs its own outcome).
+pub type Reload = Arc<dyn Fn() + Send + Sync>;
+
+/// Runs every reload on SIGHUP, off the runtime's threads.
+pub async fn reload_on_signal(reloads: Vec<Reload>, mut shutdown: Shutdown) {
     let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
         tracing::warn!("cannot listen for SIGHUP; reload through the control plane instead");
         return;
@@ -59,34 +62,50 @@ pub async fn reload_on_signal(policy: Arc<PolicyEngine>, mut shutdown: Shutdown)
         if !hupped {
             return;
         }
-        let p = policy.clone();
-        let _ = tokio::task::spawn_blocking(move || p.reload()).await;
+        for reload in &reloads {
+            let reload = reload.clone();
+            let _ = tokio::task::spawn_blocking(move || reload()).await;
+        }
     }
 }
 
-/// Reloads the policies when a file of the folder changes (after 200 ms of quiet).
+/// Runs `reload` when a file in one of `dirs` changes (after 200 ms of quiet); `what` names it
+/// in messages. With `names`, only changes to files of those names count (and to Kubernetes'
+/// `..data`-style entries, which a mounted secret swaps on update).
 pub async fn reload_on_change(
-    policy: Arc<PolicyEngine>,
-    dir: std::path::PathBuf,
+    what: &'static str,
+    dirs: Vec<std::path::PathBuf>,
+    names: Option<Vec<std::ffi::OsString>>,
+    reload: Reload,
     mut shutdown: Shutdown,
 ) {
     use notify::Watcher;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let relevant = move |e: &notify::Event| {
+        let Some(names) = &names else { return true };
+        e.paths.iter().any(|p| {
+            p.file_name().is_some_and(|n| {
+                names.iter().any(|w| w == n) || n.as_encoded_bytes().starts_with(b"..")
+            })
+        })
+    };
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok_and(|e| !e.kind.is_access()) {
+        if event.is_ok_and(|e| !e.kind.is_access() && relevant(&e)) {
             let _ = tx.send(());
         }
     });
     let mut watcher = match watcher {
         Ok(w) => w,
         Err(e) => {
-            tracing::warn!(error = %e, "cannot watch the policy folder; reload with SIGHUP or the control plane");
+            tracing::warn!(error = %e, what, "cannot watch for changes; reload with SIGHUP or the control plane");
             return;
         }
     };
-    if let Err(e) = watcher.watch(&dir, notify::RecursiveMode::NonRecursive) {
-        tracing::warn!(error = %e, "cannot watch the policy folder; reload with SIGHUP or the control plane");
-        return;
+    for dir in &dirs {
+        if let Err(e) = watcher.watch(dir, notify::RecursiveMode::NonRecursive) {
+            tracing::warn!(error = %e, what, dir = %dir.display(), "cannot watch for changes; reload with SIGHUP or the control plane");
+            return;
+        }
     }
     loop {
         let changed = tokio::select! {
@@ -96,11 +115,11 @@ pub async fn reload_on_change(
         if !changed {
             return;
         }
-        // Let an editor finish writing: wait for 200 ms without events.
+        // Let an editor (or a renewal tool) finish writing: wait for 200 ms without events.
         while let Ok(Some(())) = tokio::time::timeout(Duration::from_millis(200), rx.recv()).await {
         }
-        let p = policy.clone();
-        let _ = tokio::task::spawn_blocking(move || p.reload()).await;
+        let reload = reload.clone();
+        let _ = tokio::task::spawn_blocking(move || reload()).await;
     }
 }
 

@@ -26,6 +26,8 @@ pub struct KeyRecord {
     pub expires_at: Option<i64>,
     pub last_used_at: Option<i64>,
     pub revoked_at: Option<i64>,
+    /// Set when keygate revoked the key itself, and why.
+    pub revoked_reason: Option<String>,
     pub generation: i64,
     /// The owner's role in the key's workspace, if still a member.
     pub role: Option<Role>,
@@ -69,7 +71,7 @@ pub struct UsageDay {
 
 const KEY_COLUMNS: &str = "k.id, k.name, k.owner_id, u.email, k.workspace_id, w.name, \
      k.display_prefix, k.scopes, k.providers, k.created_at, k.expires_at, k.last_used_at, \
-     k.revoked_at, k.generation, m.role";
+     k.revoked_at, k.generation, m.role, k.revoked_reason";
 
 const KEY_FROM: &str = "api_keys k JOIN users u ON u.id = k.owner_id \
      JOIN workspaces w ON w.id = k.workspace_id \
@@ -97,6 +99,7 @@ fn key_row(r: &AnyRow) -> Result<KeyRecord, StoreError> {
         expires_at: r.get(10),
         last_used_at: r.get(11),
         revoked_at: r.get(12),
+        revoked_reason: r.get(15),
         generation: r.get(13),
         role: role.as_deref().map(role_of).transpose()?,
     })
@@ -265,12 +268,23 @@ impl Store {
 
     /// Revokes a key for good (idempotent) and bumps its generation.
     pub async fn revoke_key(&self, id: &str) -> Result<KeyRecord, StoreError> {
+        self.revoke_key_because(id, None).await
+    }
+
+    /// Revokes a key and records why (shown to its owner), when keygate revokes it itself.
+    pub async fn revoke_key_because(
+        &self,
+        id: &str,
+        reason: Option<&str>,
+    ) -> Result<KeyRecord, StoreError> {
         let now = now_millis();
         sqlx::query(
-            "UPDATE api_keys SET revoked_at = $1, generation = generation + 1, updated_at = $1 \
-             WHERE id = $2 AND revoked_at IS NULL",
+            "UPDATE api_keys SET revoked_at = $1, revoked_reason = $2, \
+             generation = generation + 1, updated_at = $1 \
+             WHERE id = $3 AND revoked_at IS NULL",
         )
         .bind(now)
+        .bind(reason)
         .bind(id)
         .execute(&self.pool)
         .await?;

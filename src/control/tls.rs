@@ -1,0 +1,59 @@
+//! `/v1/admin/tls`: the served certificate's status (subject, expiry, the last failed reload and
+//! why) and reloading it now (operator only). 404 when `[tls]` is not configured.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use serde_json::json;
+
+use super::caller::Caller;
+use super::respond::ok;
+use super::ControlState;
+use crate::manage::{Actor, ManageError};
+use crate::refusal::Refusal;
+
+pub fn routes() -> Router<ControlState> {
+    Router::new()
+        .route("/v1/admin/tls", get(status))
+        .route("/v1/admin/tls/reload", post(reload))
+}
+
+fn operator(actor: Actor) -> Result<(), ManageError> {
+    match actor {
+        Actor::Operator => Ok(()),
+        Actor::User(_) => Err(ManageError::Forbidden(
+            "only the operator manages certificates".to_owned(),
+        )),
+    }
+}
+
+async fn status(
+    State(st): State<ControlState>,
+    Caller(actor): Caller,
+) -> Result<Response, ManageError> {
+    operator(actor)?;
+    let certs = st.certificates.as_ref().ok_or(Refusal::NotFound)?;
+    Ok(ok(StatusCode::OK, certs.status()))
+}
+
+/// Reloads now; a broken certificate is refused and the served one stays.
+async fn reload(
+    State(st): State<ControlState>,
+    Caller(actor): Caller,
+) -> Result<Response, ManageError> {
+    operator(actor)?;
+    let certs = st.certificates.clone().ok_or(Refusal::NotFound)?;
+    let reloaded = certs.clone();
+    let result = tokio::task::spawn_blocking(move || reloaded.reload())
+        .await
+        .map_err(|_| Refusal::Unavailable("the reload did not finish".into()))?;
+    match result {
+        Ok(()) => Ok(ok(StatusCode::OK, certs.status())),
+        Err(message) => Err(ManageError::InvalidCertificate {
+            message: format!("the certificate was not reloaded: {message}"),
+            details: json!({ "serving": certs.status() }),
+        }),
+    }
+}
