@@ -177,6 +177,10 @@ pub struct Keygate {
     pub control: SocketAddr,
     /// `[server] metrics_listen`, when the test's config sets it.
     pub metrics_addr: Option<SocketAddr>,
+    /// `[tls] plain_listen`, when the test's config sets it.
+    pub plain: Option<SocketAddr>,
+    /// Both planes speak HTTPS (the config has `[tls]`).
+    pub https: bool,
     pub dir: TempDir,
     pub db: TestDb,
     /// The fixture's full-access key.
@@ -251,20 +255,31 @@ impl Keygate {
             .env("KEYGATE_POLICIES_DIR", &policies)
             .env("KEYGATE_KEYS_PEPPER", TEST_PEPPER)
             .env("KEYGATE_CONTROL_OPERATOR_TOKEN", OPERATOR_TOKEN);
-        let mut prefixes = vec![
-            "keygate data plane listening on http://",
-            "keygate control plane listening on http://",
-        ];
+        let https = config.contains("[tls]");
+        let scheme = if https { "https://" } else { "http://" };
+        let data_line = format!("keygate data plane listening on {scheme}");
+        let control_line = format!("keygate control plane listening on {scheme}");
+        let mut prefixes = vec![data_line.as_str(), control_line.as_str()];
         if config.contains("metrics_listen") {
             prefixes.push("keygate metrics listening on http://");
         }
+        if config.contains("plain_listen") {
+            prefixes.push("keygate plain HTTP listening on http://");
+        }
         let (proc, found) = spawn_and_read(cmd, dir.path().join("keygate.log"), &prefixes);
+        let mut rest = found[2..].iter();
         Keygate {
             proc,
             scan: SecretScan(dir.path().to_path_buf()),
             data: found[0].parse().expect("address"),
             control: found[1].parse().expect("address"),
-            metrics_addr: found.get(2).map(|a| a.parse().expect("address")),
+            metrics_addr: config
+                .contains("metrics_listen")
+                .then(|| rest.next().unwrap().parse().expect("address")),
+            plain: config
+                .contains("plain_listen")
+                .then(|| rest.next().unwrap().parse().expect("address")),
+            https,
             dir,
             db,
             key,
@@ -272,7 +287,8 @@ impl Keygate {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.data, path)
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{}{}", self.data, path)
     }
 
     /// The audit lines written so far (the harness sends them to a file of the test's own).
@@ -306,7 +322,8 @@ impl Keygate {
     }
 
     pub fn control_url(&self, path: &str) -> String {
-        format!("http://{}{}", self.control, path)
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{}{}", self.control, path)
     }
 
     /// A client that sends the fixture's key on every request.

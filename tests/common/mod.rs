@@ -11,6 +11,7 @@ mod http;
 mod upstream;
 mod raw;
 mod values;
+mod tls;
 
 #[allow(unused_imports)] // each test binary uses part of the harness
 pub use database::*;
@@ -22,6 +23,8 @@ pub use keygate::*;
 pub use process::*;
 #[allow(unused_imports)] // each test binary uses part of the harness
 pub use raw::*;
+#[allow(unused_imports)] // each test binary uses part of the harness
+pub use tls::*;
 #[allow(unused_imports)] // each test binary uses part of the harness
 pub use upstream::*;
 #[allow(unused_imports)] // each test binary uses part of the harness
