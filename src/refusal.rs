@@ -218,7 +218,7 @@ mod tests {
             },
         ];
         let statuses: Vec<u16> = all.iter().map(Refusal::status).collect();
-        assert_eq!(statuses, [400, 401, 403, 404, 431, 429, 502, 504, 503]);
+        assert_eq!(statuses, [400, 401, 403, 404, 431, 429, 502, 504, 503, 403]);
         for r in &all {
             let b = body(r);
             assert_eq!(b["success"], false);

@@ -419,6 +419,54 @@ format = "xml"
     }
 
     #[test]
+    fn tls_and_https_peers_are_read_and_checked() {
+        let c = load(
+            "[tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\nplain_listen = \"127.0.0.1:0\"\n\
+             hsts_max_age = \"1d\"\nhsts_include_subdomains = true\n\
+             [upstream]\npeers = [\"https://localhost:8443\", \"127.0.0.1:7070\"]\n",
+            &[],
+        )
+        .unwrap();
+        let tls = c.tls.unwrap();
+        assert!(tls.https_only && tls.watch && !tls.revoke_credentials_sent_in_clear);
+        assert_eq!(
+            tls.hsts.as_deref(),
+            Some("max-age=86400; includeSubDomains")
+        );
+        assert_eq!(
+            c.upstream.tls_names,
+            [Some("localhost".to_owned()), None],
+            "the https peer is verified by its host name"
+        );
+        let c = load(
+            "[tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\nhsts_max_age = \"0s\"\n\
+             [upstream]\npeers = [\"https://10.0.0.5:8443\"]\ntls_server_name = \"storage.internal\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.tls.unwrap().hsts, None);
+        assert_eq!(c.upstream.tls_names, [Some("storage.internal".to_owned())]);
+        for (bad, place) in [
+            ("[tls]\ncert_file = \"c.pem\"\n", "[tls]"),
+            (
+                "[tls]\ncert_file = \"c\"\nkey_file = \"k\"\nredirect_to = \"http://x\"\n",
+                "[tls] redirect_to",
+            ),
+            (
+                "[upstream]\npeers = [\"ftp://x:1\"]\n",
+                "[upstream] peers[0]",
+            ),
+            (
+                "[upstream]\ntls_client_cert_file = \"c.pem\"\n",
+                "[upstream] tls_client_cert_file",
+            ),
+        ] {
+            let e = load(bad, &[]).unwrap_err();
+            assert!(e.0.iter().any(|p| p.place.ends_with(place)), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn every_section_can_be_overridden_from_the_environment() {
         // Each section of the file model, by a key it has; a section missing from SECTIONS
         // would be silently ignored.
@@ -436,8 +484,11 @@ format = "xml"
             ("KEYGATE_AUDIT_OUTPUT", "off"),
             ("KEYGATE_TOKENS_ACCESS_TTL", "5m"),
             ("KEYGATE_SESSIONS_TTL", "1h"),
+            ("KEYGATE_TLS_CERT_FILE", "/etc/keygate/tls/cert.pem"),
+            // `[tls]` needs both files: its one extra sample.
+            ("KEYGATE_TLS_KEY_FILE", "/etc/keygate/tls/key.pem"),
         ];
-        assert_eq!(samples.len(), SECTIONS.len());
+        assert_eq!(samples.len(), SECTIONS.len() + 1);
         let c = load("", &samples).unwrap();
         assert_eq!(c.server.threads, 3);
         assert_eq!(c.database.max_connections, 4);
@@ -448,6 +499,10 @@ format = "xml"
         assert_eq!(c.auth_failures_per_minute, 9);
         assert!(c.operator_token.is_some());
         assert_eq!(c.policy_dir, PathBuf::from("/etc/keygate/policies"));
+        assert_eq!(
+            c.tls.as_ref().map(|t| t.key_file.clone()),
+            Some(PathBuf::from("/etc/keygate/tls/key.pem"))
+        );
         assert_eq!(
             c.rate_limit.default,
             Some(crate::ratelimit::Limit {

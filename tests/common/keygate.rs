@@ -372,3 +372,35 @@ impl Keygate {
         }
     }
 }
+
+/// Runs `keygate --config <config> --database-url <db> serve <args…>` with the test
+/// environment, and waits for its listening lines; returns the process and the addresses
+/// (data, control) it printed.
+pub fn spawn_serve(
+    config: &Path,
+    db_url: &str,
+    args: &[&str],
+    log: PathBuf,
+) -> (Proc, SocketAddr, SocketAddr) {
+    let mut cmd = Command::new(bin("keygate"));
+    cmd.arg("--config")
+        .arg(config)
+        .args(["--database-url", db_url, "serve"])
+        .args(args)
+        .env("RUST_LOG", "info")
+        .env("KEYGATE_KEYS_PEPPER", TEST_PEPPER)
+        .env("KEYGATE_CONTROL_OPERATOR_TOKEN", OPERATOR_TOKEN);
+    let (proc, found) = spawn_and_read(
+        cmd,
+        log,
+        &[
+            "keygate data plane listening on http://",
+            "keygate control plane listening on http://",
+        ],
+    );
+    (
+        proc,
+        found[0].parse().expect("address"),
+        found[1].parse().expect("address"),
+    )
+}
