@@ -209,6 +209,10 @@ pub struct DemoArgs {
     /// storage-backend address.
     #[arg(long, default_value = "127.0.0.1:7070")]
     pub backend_listen: String,
+    /// Serve both planes over HTTPS, with a throwaway CA and certificate (the printed curl
+    /// lines pass `--cacert`).
+    #[arg(long)]
+    pub tls: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

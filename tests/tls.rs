@@ -565,3 +565,53 @@ async fn a_browser_session_works_end_to_end_over_https() {
         .expect(StatusCode::OK)
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tls_demo_serves_https_with_its_throwaway_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new(bin("keygate"));
+    cmd.args([
+        "demo",
+        "--tls",
+        "--listen",
+        "127.0.0.1:0",
+        "--control-listen",
+        "127.0.0.1:0",
+        "--backend-listen",
+        "127.0.0.1:0",
+    ]);
+    let (_demo, found) = spawn_reading(
+        cmd,
+        dir.path().join("demo.log"),
+        &[
+            "  data plane     https://",
+            "  control plane  https://",
+            "  TLS            a throwaway CA (",
+            "  API key (full access)  ",
+        ],
+    );
+    let (data, control) = (&found[0], &found[1]);
+    let ca_path = found[2].split(')').next().unwrap();
+    let key = &found[3];
+    let ca = std::fs::read_to_string(ca_path).unwrap();
+    let client = https_client(&ca);
+    with_key(
+        client.put(format!("https://{data}/v1/files/local/docs/hello.txt")),
+        key,
+    )
+    .body("hello over https")
+    .expect(StatusCode::CREATED)
+    .await;
+    let r = with_key(
+        client.get(format!("https://{data}/v1/files/local/docs/hello.txt")),
+        key,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.bytes().await.unwrap().as_ref(), b"hello over https");
+    client
+        .get(format!("https://{control}/healthz"))
+        .expect(StatusCode::OK)
+        .await;
+}

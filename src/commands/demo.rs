@@ -54,11 +54,21 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         "op_{}",
         Alphanumeric.sample_string(&mut rand::thread_rng(), 32)
     );
+    let mut config_text = format!(
+        "[control]\noperator_token = \"{operator_token}\"\n[policies]\ndir = {:?}\n",
+        policies.display().to_string()
+    );
+    let ca_file = dir.path().join("ca.pem");
+    if args.tls {
+        let (cert, key) = throwaway_certificate(dir.path(), &ca_file)?;
+        config_text.push_str(&format!(
+            "[tls]\ncert_file = {:?}\nkey_file = {:?}\n",
+            cert.display().to_string(),
+            key.display().to_string()
+        ));
+    }
     let config = Config::from_toml(
-        &format!(
-            "[control]\noperator_token = \"{operator_token}\"\n[policies]\ndir = \"{}\"\n",
-            policies.display()
-        ),
+        &config_text,
         "demo",
         std::iter::empty(),
         &Overrides {
@@ -90,8 +100,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!(
         r#"keygate demo is running (Ctrl-C to stop; everything lives in {dir})
 
-  data plane     http://{data}
-  control plane  http://{control}
+  data plane     {scheme}://{data}
+  control plane  {scheme}://{control}{ca_line}
   backend        http://{backend_addr}   (no authentication: keygate fronts it)
 
   workspace demo, provider local, user demo@example.com (admin), password {password}
@@ -101,28 +111,42 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 Try:
   export KEY={key} OP={operator_token}
   echo 'hello keygate' > hello.txt
-  curl -sS -H "X-API-Key: $KEY" -T hello.txt http://{data}/v1/files/local/docs/hello.txt
-  curl -sS -H "Authorization: Bearer $KEY" http://{data}/v1/files/local/docs/hello.txt
-  curl -sS -H "X-API-Key: $KEY" http://{data}/v1/folders/local/docs
-  curl -sS -H "X-API-Key: $KEY" -X MOVE -H 'Destination: /v1/files/local/docs/renamed.txt' http://{data}/v1/files/local/docs/hello.txt
-  curl -sS -H "X-API-Key: $KEY" 'http://{data}/v1/search/local?q=renamed'
-  curl -sS http://{data}/v1/folders/local                          # refused: 401, no key
-  curl -sS -H "X-API-Key: $KEY" http://{data}/v1/files/local/%2e%2e/x  # refused: 400
+  {curl} -sS -H "X-API-Key: $KEY" -T hello.txt {scheme}://{data}/v1/files/local/docs/hello.txt
+  {curl} -sS -H "Authorization: Bearer $KEY" {scheme}://{data}/v1/files/local/docs/hello.txt
+  {curl} -sS -H "X-API-Key: $KEY" {scheme}://{data}/v1/folders/local/docs
+  {curl} -sS -H "X-API-Key: $KEY" -X MOVE -H 'Destination: /v1/files/local/docs/renamed.txt' {scheme}://{data}/v1/files/local/docs/hello.txt
+  {curl} -sS -H "X-API-Key: $KEY" '{scheme}://{data}/v1/search/local?q=renamed'
+  {curl} -sS {scheme}://{data}/v1/folders/local                          # refused: 401, no key
+  {curl} -sS -H "X-API-Key: $KEY" {scheme}://{data}/v1/files/local/%2e%2e/x  # refused: 400
   # policies (edit them and keygate reloads): {dir}/policies
-  curl -sS -H "Authorization: Bearer $OP" -H 'content-type: application/json' \
+  {curl} -sS -H "Authorization: Bearer $OP" -H 'content-type: application/json' \
        -d '{{"name":"backups only","scopes":["read"],"providers":[{{"provider":"local","basePath":"/backups"}}],"expiresIn":"30d","owner":"demo@example.com"}}' \
-       http://{control}/v1/keys
-  curl -sS -H "Authorization: Bearer $OP" http://{control}/v1/keys
+       {scheme}://{control}/v1/keys
+  {curl} -sS -H "Authorization: Bearer $OP" {scheme}://{control}/v1/keys
   # sign in as the demo user: a 30-day mobile token (or "type":"access" / "session")
-  TOKEN=$(curl -sS -H 'content-type: application/json' \
+  TOKEN=$({curl} -sS -H 'content-type: application/json' \
        -d '{{"email":"demo@example.com","password":"{password}","type":"mobile"}}' \
-       http://{control}/v1/auth/login | sed -E 's/.*"token":"([^"]+)".*/\1/')
-  curl -sS -H "Authorization: Bearer $TOKEN" http://{control}/v1/me
-  curl -sS -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' \
-       -d '{{"permissions":["files.read"],"expiresIn":"1h"}}' http://{control}/v1/auth/tokens
-  curl -sS http://{control}/metrics | grep keygate_requests_total
+       {scheme}://{control}/v1/auth/login | sed -E 's/.*"token":"([^"]+)".*/\1/')
+  {curl} -sS -H "Authorization: Bearer $TOKEN" {scheme}://{control}/v1/me
+  {curl} -sS -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' \
+       -d '{{"permissions":["files.read"],"expiresIn":"1h"}}' {scheme}://{control}/v1/auth/tokens
+  {curl} -sS {scheme}://{control}/metrics | grep keygate_requests_total
 "#,
         dir = dir.path().display(),
+        scheme = if args.tls { "https" } else { "http" },
+        curl = if args.tls {
+            format!("curl --cacert {}", ca_file.display())
+        } else {
+            "curl".to_owned()
+        },
+        ca_line = if args.tls {
+            format!(
+                "\n  TLS            a throwaway CA ({}) signed the certificate for 127.0.0.1 and localhost",
+                ca_file.display()
+            )
+        } else {
+            String::new()
+        },
     );
 
     crate::background::wait_for_signal().await;
@@ -132,4 +156,37 @@ Try:
     let _ = backend.await;
     drop(dir);
     Ok(())
+}
+
+/// A throwaway CA (written to `ca_file`) and a certificate it signed for 127.0.0.1 and
+/// localhost, valid for 30 days; returns the certificate and key paths.
+fn throwaway_certificate(
+    dir: &std::path::Path,
+    ca_file: &std::path::Path,
+) -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf)> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+    let now = time::OffsetDateTime::now_utc();
+    let ca_key = KeyPair::generate()?;
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "keygate demo CA (throwaway)");
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    ca.not_before = now - time::Duration::hours(1);
+    ca.not_after = now + time::Duration::days(30);
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let key = KeyPair::generate()?;
+    let mut leaf = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
+    leaf.distinguished_name
+        .push(DnType::CommonName, "keygate demo");
+    leaf.use_authority_key_identifier_extension = true;
+    leaf.not_before = now - time::Duration::hours(1);
+    leaf.not_after = now + time::Duration::days(30);
+    let cert = leaf.signed_by(&key, &ca_cert, &ca_key)?;
+    std::fs::write(ca_file, ca_cert.pem())?;
+    let cert_path = dir.join("cert.pem");
+    let key_path = dir.join("key.pem");
+    std::fs::write(&cert_path, cert.pem())?;
+    std::fs::write(&key_path, key.serialize_pem())?;
+    Ok((cert_path, key_path))
 }

@@ -404,3 +404,8 @@ pub fn spawn_serve(
         found[1].parse().expect("address"),
     )
 }
+
+/// Spawns `cmd` and returns what follows each of `prefixes` on its stdout (in order).
+pub fn spawn_reading(cmd: Command, log: PathBuf, prefixes: &[&str]) -> (Proc, Vec<String>) {
+    spawn_and_read(cmd, log, prefixes)
+}
