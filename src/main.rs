@@ -58,26 +58,26 @@ async fn serve(config: &Config, listen: keygate::server::Listen) -> anyhow::Resu
     }
     upgrade::notify_ready();
     tracing::info!(data = %running.data_addr, control = %running.control_addr, pid = std::process::id(), "keygate started");
-    loop {
+    let handed_over = loop {
         match keygate::background::wait_for_stop().await {
             Stop::Shutdown => {
                 tracing::info!("shutting down");
-                break;
+                break false;
             }
             Stop::Upgrade => match running.hand_over().await {
                 Ok(()) => {
                     tracing::info!("listening sockets handed to the new keygate; draining");
-                    break;
+                    break true;
                 }
                 Err(e) => {
                     tracing::error!(error = %format!("{e:#}"), "upgrade failed; still serving")
                 }
             },
         }
-    }
+    };
     running.shutdown().await;
-    if let Some(pid_file) = &config.server.pid_file {
-        // After an upgrade the file names the new process: leave it.
+    if let (Some(pid_file), false) = (&config.server.pid_file, handed_over) {
+        // After an upgrade the file names (or is about to name) the new process: leave it.
         let ours = std::fs::read_to_string(pid_file)
             .is_ok_and(|t| t.trim() == std::process::id().to_string());
         if ours {

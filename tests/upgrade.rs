@@ -427,3 +427,106 @@ async fn ten_upgrades_under_load_lose_nothing_and_sigkill_leaves_nothing_half_wr
         "a SIGKILL loses the counts since the last flush, and only those"
     );
 }
+
+/// The reload command of the shipped systemd unit, run as systemd would run it (with this
+/// test's binary and config in place of the installed paths): the new process takes over,
+/// the old one drains and exits 0, and requests are served throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_systemd_units_reload_command_performs_the_upgrade() {
+    let backend = Backend::start();
+    let db = TestDb::sqlite();
+    let key = fixture(&db.url());
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "1s", backend.addr);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!("[database]\nurl = {:?}\n", db.url()));
+    std::fs::write(&config, text).unwrap();
+
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/systemd/keygate.service"),
+    )
+    .unwrap();
+    let reload = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecReload=/bin/sh -c '"))
+        .and_then(|l| l.strip_suffix('\''))
+        .expect("the unit's ExecReload runs a shell command")
+        .replace(
+            "/usr/local/bin/keygate",
+            &bin("keygate").display().to_string(),
+        )
+        .replace("/etc/keygate/keygate.toml", &config.display().to_string());
+    let exec_start = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("ExecStart");
+    assert_eq!(
+        exec_start,
+        "/usr/local/bin/keygate --config /etc/keygate/keygate.toml serve"
+    );
+
+    let (old, data) = serve(
+        &config,
+        &db.url(),
+        vec![
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--control-listen".into(),
+            "127.0.0.1:0".into(),
+        ],
+        dir.path().join("old.log"),
+    )
+    .await;
+    let pid_file = dir.path().join("run/keygate.pid");
+    let old_pid = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert_eq!(old_pid, old.pid().to_string());
+
+    let status = std::process::Command::new("/bin/sh")
+        .args(["-c", &reload])
+        .env("KEYGATE_KEYS_PEPPER", TEST_PEPPER)
+        .env("KEYGATE_CONTROL_OPERATOR_TOKEN", OPERATOR_TOKEN)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("new.log")).unwrap())
+        .status()
+        .unwrap();
+    assert!(status.success(), "the reload command failed");
+    let client = client_with_key(&key);
+    let old_log = old.stderr();
+    let exited = wait_exit(old).await;
+    assert!(exited.success(), "the old keygate: {exited}\n{old_log}");
+    let new_log = dir.path().join("new.log");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let new_pid = loop {
+        let named = std::fs::read_to_string(&pid_file).unwrap_or_default();
+        if !named.trim().is_empty() && named.trim() != old_pid {
+            break named.trim().to_owned();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no new keygate:\n{}",
+            std::fs::read_to_string(&new_log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_ne!(new_pid, old_pid, "the pid file names the new keygate");
+    client
+        .get(format!("http://{data}/v1/folders/local"))
+        .expect(StatusCode::OK)
+        .await;
+    // The new keygate is not this test's child: stop it by its pid file.
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &new_pid])
+        .status();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::path::Path::new(&format!("/proc/{new_pid}")).exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new keygate did not stop"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
