@@ -40,7 +40,9 @@ fn main() -> anyhow::Result<()> {
 /// A rustls server with the settings keygate's `tls.rs` uses: handshake, then close.
 async fn bare(args: &[String]) -> anyhow::Result<()> {
     let pem = |name: &str| -> anyhow::Result<Vec<u8>> {
-        Ok(std::fs::read(arg(args, name).ok_or_else(|| anyhow::anyhow!("{name}"))?)?)
+        Ok(std::fs::read(
+            arg(args, name).ok_or_else(|| anyhow::anyhow!("{name}"))?,
+        )?)
     };
     let chain = rustls_pemfile::certs(&mut pem("--cert")?.as_slice()).collect::<Result<_, _>>()?;
     let key = rustls_pemfile::private_key(&mut pem("--key")?.as_slice())?
@@ -121,8 +123,7 @@ async fn measure(args: &[String]) -> anyhow::Result<()> {
                 match connector.connect(name.clone(), tcp).await {
                     Ok(mut tls) => {
                         done.fetch_add(1, Ordering::Relaxed);
-                        if tls.get_ref().1.handshake_kind()
-                            == Some(rustls::HandshakeKind::Resumed)
+                        if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
                         {
                             resumed.fetch_add(1, Ordering::Relaxed);
                         }

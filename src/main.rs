@@ -34,6 +34,10 @@ async fn serve(config: &Config, listen: keygate::server::Listen) -> anyhow::Resu
     use keygate::background::Stop;
     use keygate::server::upgrade;
     let running = keygate::server::start(config, listen).await?;
+    // Before the listening lines: whoever waits for them may read the pid file at once.
+    if let Some(pid_file) = &config.server.pid_file {
+        upgrade::write_pid_file(pid_file)?;
+    }
     let scheme = if config.tls.is_some() {
         "https"
     } else {
@@ -52,9 +56,6 @@ async fn serve(config: &Config, listen: keygate::server::Listen) -> anyhow::Resu
     }
     if let Some(addr) = running.plain_addr {
         println!("keygate plain HTTP listening on http://{addr}");
-    }
-    if let Some(pid_file) = &config.server.pid_file {
-        upgrade::write_pid_file(pid_file)?;
     }
     upgrade::notify_ready();
     tracing::info!(data = %running.data_addr, control = %running.control_addr, pid = std::process::id(), "keygate started");

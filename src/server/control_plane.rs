@@ -44,9 +44,12 @@ pub async fn serve(
             let result = match tls {
                 None => drive(TokioIo::new(tcp), service, header_timeout, stop).await,
                 Some(acceptor) => {
-                    match tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await {
+                    // Boxed, so that plain connections do not carry the handshake's state.
+                    let accept = Box::pin(acceptor.accept(tcp));
+                    match tokio::time::timeout(header_timeout, accept).await {
                         Ok(Ok(stream)) => {
-                            drive(TokioIo::new(stream), service, header_timeout, stop).await
+                            Box::pin(drive(TokioIo::new(stream), service, header_timeout, stop))
+                                .await
                         }
                         _ => {
                             metrics
