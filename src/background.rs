@@ -59,25 +59,40 @@ pub async fn wait_for_signal() {
     }
 }
 
-/// Why a serving keygate stops.
+/// What a serving keygate is asked to do by a signal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stop {
     /// SIGINT or SIGTERM: drain and exit.
     Shutdown,
-    /// SIGQUIT: hand the listening sockets to a new keygate, then drain and exit.
+    /// SIGQUIT: hand the listening sockets to a new keygate (and go on until it says stop).
     Upgrade,
 }
 
-/// Resolves on SIGINT or SIGTERM ([`Stop::Shutdown`]) or SIGQUIT ([`Stop::Upgrade`]).
-pub async fn wait_for_stop() -> Stop {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut quit) = signal(SignalKind::quit()) else {
-        wait_for_signal().await;
-        return Stop::Shutdown;
-    };
-    tokio::select! {
-        () = wait_for_signal() => Stop::Shutdown,
-        _ = quit.recv() => Stop::Upgrade,
+/// The signals of a serving keygate, listened for from start to exit (so that none that
+/// arrives while keygate is busy with another is lost).
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    quit: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    pub fn new() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            quit: signal(SignalKind::quit())?,
+        })
+    }
+
+    /// The next signal.
+    pub async fn next(&mut self) -> Stop {
+        tokio::select! {
+            _ = self.term.recv() => Stop::Shutdown,
+            _ = self.int.recv() => Stop::Shutdown,
+            _ = self.quit.recv() => Stop::Upgrade,
+        }
     }
 }
 

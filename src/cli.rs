@@ -23,6 +23,10 @@ pub struct Cli {
 pub enum Command {
     /// Run the proxy: the data plane and the control plane.
     Serve(ServeArgs),
+    /// Replace the running keygate without dropping a connection: start a new one (this
+    /// binary, this config) that takes over its listening sockets, and return once it serves
+    /// (needs `[server] upgrade_socket` and `pid_file`).
+    Upgrade,
     /// Run storage-backend and keygate on a temporary SQLite database with demo data.
     Demo(DemoArgs),
     /// Load and validate the config, list every problem, and exit.
@@ -192,8 +196,8 @@ pub struct ServeArgs {
     /// Upstream peer host:port (repeatable), overriding the config.
     #[arg(long = "upstream")]
     pub upstream: Vec<String>,
-    /// Take over the listening sockets of the running keygate (zero-downtime upgrade; needs
-    /// `[server] upgrade_socket`, and `pid_file` to signal it, else send it SIGQUIT yourself).
+    /// Take over the listening sockets of the running keygate named in `[server] pid_file`
+    /// (zero-downtime upgrade; needs `upgrade_socket` too). `keygate upgrade` runs this.
     #[arg(long)]
     pub upgrade: bool,
 }

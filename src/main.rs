@@ -29,10 +29,13 @@ fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-/// `keygate serve`: runs until SIGTERM/SIGINT, or until SIGQUIT hands its sockets to a new one.
+/// `keygate serve`: runs until SIGTERM/SIGINT; SIGQUIT hands its sockets to a new keygate,
+/// which sends SIGTERM once it serves.
 async fn serve(config: &Config, listen: keygate::server::Listen) -> anyhow::Result<()> {
-    use keygate::background::Stop;
+    use keygate::background::{Signals, Stop};
     use keygate::server::upgrade;
+    // Listened for from the start: a signal never finds keygate deaf.
+    let mut signals = Signals::new()?;
     let running = keygate::server::start(config, listen).await?;
     // Before the listening lines: whoever waits for them may read the pid file at once.
     if let Some(pid_file) = &config.server.pid_file {
@@ -59,26 +62,28 @@ async fn serve(config: &Config, listen: keygate::server::Listen) -> anyhow::Resu
     }
     upgrade::notify_ready();
     tracing::info!(data = %running.data_addr, control = %running.control_addr, pid = std::process::id(), "keygate started");
-    let handed_over = loop {
-        match keygate::background::wait_for_stop().await {
+    if let Some(previous) = running.replaces {
+        upgrade::retire(previous);
+    }
+    loop {
+        match signals.next().await {
             Stop::Shutdown => {
                 tracing::info!("shutting down");
-                break false;
+                break;
             }
             Stop::Upgrade => match running.hand_over().await {
-                Ok(()) => {
-                    tracing::info!("listening sockets handed to the new keygate; draining");
-                    break true;
-                }
+                Ok(()) => tracing::info!(
+                    "listening sockets handed to the new keygate; serving until it takes over"
+                ),
                 Err(e) => {
                     tracing::error!(error = %format!("{e:#}"), "upgrade failed; still serving")
                 }
             },
         }
-    };
+    }
     running.shutdown().await;
-    if let (Some(pid_file), false) = (&config.server.pid_file, handed_over) {
-        // After an upgrade the file names (or is about to name) the new process: leave it.
+    if let Some(pid_file) = &config.server.pid_file {
+        // After an upgrade the file names the new process: leave it.
         let ours = std::fs::read_to_string(pid_file)
             .is_ok_and(|t| t.trim() == std::process::id().to_string());
         if ours {
@@ -146,6 +151,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 result
             })
         }
+        Command::Upgrade => {
+            let config = load_config(cli.config.as_deref(), db_override)?;
+            let Some(pid_file) = &config.server.pid_file else {
+                anyhow::bail!("an upgrade needs [server] pid_file and upgrade_socket");
+            };
+            let mut global = Vec::new();
+            if let Some(path) = &cli.config {
+                global.push("--config".into());
+                global.push(path.clone().into_os_string());
+            }
+            if let Some(url) = &cli.database_url {
+                global.push("--database-url".into());
+                global.push(url.into());
+            }
+            let pid = keygate::server::upgrade::run_upgrade(
+                &global,
+                pid_file,
+                std::time::Duration::from_secs(60),
+            )?;
+            println!("keygate upgraded: pid {pid} serves; the previous keygate is draining");
+            Ok(())
+        }
         Command::Demo(args) => {
             keygate::telemetry::init_logging("warn", false);
             runtime(2)?.block_on(keygate::commands::demo::run(args))
@@ -175,6 +202,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         keygate::commands::admin::signing_keys(&store, &pepper, &config, c).await
                     }
                     Command::Serve(_)
+                    | Command::Upgrade
                     | Command::Demo(_)
                     | Command::CheckConfig
                     | Command::Policy(_) => {

@@ -74,8 +74,8 @@ pub struct Metrics {
     pub tls_certificate_expiry: IntGauge,
     /// TLS handshakes that failed or did not finish in time, by plane.
     pub tls_handshake_failures: IntCounterVec,
-    /// Requests to the plain-HTTP listener, by outcome (`redirected`, `refused`, `revoked`,
-    /// `served`).
+    /// Requests to the plain-HTTP listener of HTTPS-only mode, by outcome (`redirected`,
+    /// `refused`, `revoked`).
     pub plain_http_requests: IntCounterVec,
 }
 
@@ -352,7 +352,7 @@ impl Metrics {
         for plane in ["data", "control"] {
             tls_handshake_failures.with_label_values(&[plane]);
         }
-        for outcome in ["redirected", "refused", "revoked", "served"] {
+        for outcome in ["redirected", "refused", "revoked"] {
             plain_http_requests.with_label_values(&[outcome]);
         }
         Metrics {

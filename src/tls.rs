@@ -45,6 +45,9 @@ pub struct Certificates {
     cert_file: PathBuf,
     key_file: PathBuf,
     current: ArcSwap<CertifiedKey>,
+    /// The served certificate's names (see [`Certificates::serves`]).
+    names: ArcSwap<Vec<String>>,
+    /// Held across a whole reload, so that two reloads cannot store out of order.
     status: Mutex<CertificateStatus>,
     metrics: Arc<Metrics>,
 }
@@ -62,6 +65,9 @@ struct Loaded {
     key: Arc<CertifiedKey>,
     subject: String,
     not_after: i64,
+    /// Its subject alternative names: DNS names (lower case, maybe `*.` wildcards) and
+    /// addresses.
+    names: Vec<String>,
 }
 
 fn format_unix(secs: i64) -> String {
@@ -103,6 +109,27 @@ fn load(cert_file: &Path, key_file: &Path) -> Result<Loaded, String> {
     })?;
     let subject = leaf.subject().to_string();
     let not_after = leaf.validity().not_after.timestamp();
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = leaf.subject_alternative_name() {
+        for name in &san.value.general_names {
+            match name {
+                x509_parser::extensions::GeneralName::DNSName(d) => {
+                    names.push(d.to_ascii_lowercase())
+                }
+                x509_parser::extensions::GeneralName::IPAddress(bytes) => {
+                    let ip = match bytes.len() {
+                        4 => <[u8; 4]>::try_from(*bytes).ok().map(std::net::IpAddr::from),
+                        16 => <[u8; 16]>::try_from(*bytes)
+                            .ok()
+                            .map(std::net::IpAddr::from),
+                        _ => None,
+                    };
+                    names.extend(ip.map(|ip| ip.to_string()));
+                }
+                _ => {}
+            }
+        }
+    }
     let key = CertifiedKey::new(chain, signer);
     key.keys_match().map_err(|e| {
         format!(
@@ -115,6 +142,7 @@ fn load(cert_file: &Path, key_file: &Path) -> Result<Loaded, String> {
         key: Arc::new(key),
         subject,
         not_after,
+        names,
     })
 }
 
@@ -137,6 +165,7 @@ impl Certificates {
             cert_file: config.cert_file.clone(),
             key_file: config.key_file.clone(),
             current: ArcSwap::new(loaded.key),
+            names: ArcSwap::from_pointee(loaded.names),
             status: Mutex::new(status),
             metrics,
         }))
@@ -145,11 +174,11 @@ impl Certificates {
     /// Reads the files again: on success new connections get the new certificate; on failure
     /// the served one stays and the reason is logged, counted and shown.
     pub fn reload(&self) -> Result<(), String> {
-        let result = load(&self.cert_file, &self.key_file);
         let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
-        match result {
+        match load(&self.cert_file, &self.key_file) {
             Ok(loaded) => {
                 self.current.store(loaded.key);
+                self.names.store(Arc::new(loaded.names));
                 self.metrics.tls_certificate_expiry.set(loaded.not_after);
                 self.metrics.tls_reloads.with_label_values(&["ok"]).inc();
                 status.subject = loaded.subject;
@@ -168,6 +197,21 @@ impl Certificates {
                 Err(why)
             }
         }
+    }
+
+    /// True when the served certificate is valid for `host` (a DNS name, exactly or by a
+    /// one-label wildcard, or an address).
+    pub fn serves(&self, host: &str) -> bool {
+        let host = host.to_ascii_lowercase();
+        self.names
+            .load()
+            .iter()
+            .any(|name| match name.strip_prefix("*.") {
+                Some(suffix) => host
+                    .split_once('.')
+                    .is_some_and(|(label, rest)| !label.is_empty() && rest == suffix),
+                None => *name == host,
+            })
     }
 
     pub fn status(&self) -> CertificateStatus {

@@ -158,14 +158,35 @@ async fn the_plain_listener_redirects_or_refuses_and_never_checks_a_credential()
         )
         .as_str()
     );
-    // A Host that is not a host name is not echoed into a redirect.
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    // A Host the certificate does not name, or that is not a host at all, gets no redirect.
+    for host in [
+        "evil.example",
+        "evil.example/@x",
+        "[@evil.example#]",
+        "[::1]:8443",
+        "127.0.0.1:80@evil.example",
+    ] {
+        let r = no_redirects
+            .get(format!("{plain}/x"))
+            .header("host", host)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{host}");
+        assert!(!r.headers().contains_key("location"), "{host}");
+    }
+    // The certificate's other name works (with the port of the HTTPS listener).
     let r = no_redirects
-        .get(format!("{plain}/x"))
-        .header("host", "evil.example/@x")
+        .get(format!("{plain}/y"))
+        .header("host", "LOCALHOST:80")
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        r.headers()["location"],
+        format!("https://localhost:{}/y", kg.data.port()).as_str()
+    );
 
     // With a credential, or a write: refused in the JSON shape, never forwarded.
     for req in [
@@ -179,6 +200,8 @@ async fn the_plain_listener_redirects_or_refuses_and_never_checks_a_credential()
         no_redirects
             .put(format!("{plain}/v1/files/local/a.txt"))
             .body("in clear"),
+        // A key in the query is a credential too: never echoed into a redirect.
+        no_redirects.get(format!("{plain}/v1/files/local/a.txt?api_key={}", kg.key)),
     ] {
         let r = req.send().await.unwrap();
         assert_eq!(r.status(), StatusCode::FORBIDDEN);
@@ -196,11 +219,11 @@ async fn the_plain_listener_redirects_or_refuses_and_never_checks_a_credential()
         .await;
     let m = metrics(&kg, &ca).await;
     assert!(
-        m.contains("keygate_plain_http_requests_total{outcome=\"redirected\"} 1"),
+        m.contains("keygate_plain_http_requests_total{outcome=\"redirected\"} 2"),
         "{m}"
     );
     assert!(
-        m.contains("keygate_plain_http_requests_total{outcome=\"refused\"} 4"),
+        m.contains("keygate_plain_http_requests_total{outcome=\"refused\"} 9"),
         "{m}"
     );
     assert!(
@@ -239,10 +262,14 @@ async fn a_key_sent_in_clear_is_revoked_when_configured_and_its_owner_sees_why()
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"]["details"]["credentialRevoked"], false);
 
-    // The real key, in clear: revoked at once.
+    // The real key, in clear, in the query of a request that is malformed besides (two
+    // different credentials, a credential in the query): revoked at once all the same.
     let r = reqwest::Client::new()
-        .get(format!("{plain}/v1/folders/local"))
-        .bearer_auth(&kg.key)
+        .get(format!(
+            "{plain}/v1/folders/local?next=%2Fx%3Fk%3D{}",
+            kg.key
+        ))
+        .bearer_auth("junk")
         .send()
         .await
         .unwrap();
@@ -424,6 +451,7 @@ async fn backends_over_tls_are_verified_by_name_and_ca_and_can_demand_a_client_c
 
     // Verified against the configured CA, by the configured name.
     let front = tls_front(backend.addr, &good, None).await;
+    let (front, handshakes) = (front.addr, front.handshakes);
     let kg = Keygate::start(
         &[],
         &format!(
@@ -448,12 +476,14 @@ async fn backends_over_tls_are_verified_by_name_and_ca_and_can_demand_a_client_c
             .expect(StatusCode::OK)
             .await;
     }
+    let made = handshakes.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(made <= 3, "{made} TLS handshakes for 21 requests");
     drop(kg);
 
     // A certificate for another name, one from a CA keygate does not trust, and the system's
     // roots alone: each a 502 in the JSON shape, counted, never a plain-text retry.
     let stranger = TestCa::new("unknown CA").issue("storage", &["127.0.0.1"], KeyKind::Ecdsa);
-    let untrusted = tls_front(backend.addr, &stranger, None).await;
+    let untrusted = tls_front(backend.addr, &stranger, None).await.addr;
     for config in [
         format!(
             "[upstream]\npeers = [\"https://{front}\"]\ntls_ca_file = {ca_file:?}\n\
@@ -478,7 +508,7 @@ async fn backends_over_tls_are_verified_by_name_and_ca_and_can_demand_a_client_c
     }
 
     // Mutual TLS: the backend wants a client certificate of its CA.
-    let mutual = tls_front(backend.addr, &good, Some(&ca.pem)).await;
+    let mutual = tls_front(backend.addr, &good, Some(&ca.pem)).await.addr;
     let (client_cert, client_key) = ca
         .issue("keygate", &["keygate.internal"], KeyKind::Ecdsa)
         .write(certs.path(), "client");

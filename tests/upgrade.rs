@@ -138,7 +138,8 @@ fn write_config(dir: &Path, usage_flush: &str, backend: SocketAddr) -> PathBuf {
     std::fs::write(
         &config,
         format!(
-            "[server]\nupgrade_socket = {:?}\npid_file = {:?}\nkeepalive_timeout = \"5s\"\n\
+            "[server]\nlisten = \"127.0.0.1:0\"\ncontrol_listen = \"127.0.0.1:0\"\n\
+             upgrade_socket = {:?}\npid_file = {:?}\nkeepalive_timeout = \"5s\"\n\
              shutdown_timeout = \"30s\"\n\
              [upstream]\npeers = [\"{backend}\"]\n\
              [keys]\nusage_flush_interval = {usage_flush:?}\n\
@@ -446,16 +447,18 @@ async fn the_systemd_units_reload_command_performs_the_upgrade() {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/systemd/keygate.service"),
     )
     .unwrap();
-    let reload = unit
+    let reload: Vec<String> = unit
         .lines()
-        .find_map(|l| l.strip_prefix("ExecReload=/bin/sh -c '"))
-        .and_then(|l| l.strip_suffix('\''))
-        .expect("the unit's ExecReload runs a shell command")
+        .find_map(|l| l.strip_prefix("ExecReload="))
+        .expect("the unit has ExecReload")
         .replace(
             "/usr/local/bin/keygate",
             &bin("keygate").display().to_string(),
         )
-        .replace("/etc/keygate/keygate.toml", &config.display().to_string());
+        .replace("/etc/keygate/keygate.toml", &config.display().to_string())
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
     let exec_start = unit
         .lines()
         .find_map(|l| l.strip_prefix("ExecStart="))
@@ -484,17 +487,50 @@ async fn the_systemd_units_reload_command_performs_the_upgrade() {
         .to_owned();
     assert_eq!(old_pid, old.pid().to_string());
 
-    let status = std::process::Command::new("/bin/sh")
-        .args(["-c", &reload])
-        .env("KEYGATE_KEYS_PEPPER", TEST_PEPPER)
-        .env("KEYGATE_CONTROL_OPERATOR_TOKEN", OPERATOR_TOKEN)
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("new.log")).unwrap())
-        .status()
-        .unwrap();
-    assert!(status.success(), "the reload command failed");
+    let run_reload = |log: &str| {
+        std::process::Command::new(&reload[0])
+            .args(&reload[1..])
+            .env("KEYGATE_KEYS_PEPPER", TEST_PEPPER)
+            .env("KEYGATE_CONTROL_OPERATOR_TOKEN", OPERATOR_TOKEN)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join(log)).unwrap())
+            .status()
+            .unwrap()
+    };
     let client = client_with_key(&key);
+
+    // A new keygate that fails after it has the sockets (a listener it cannot bind): the
+    // reload fails and the old keygate never stops serving.
+    let good_config = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        good_config.replace(
+            "[server]\n",
+            &format!("[server]\nmetrics_listen = \"{}\"\n", backend.addr),
+        ),
+    )
+    .unwrap();
+    let status = run_reload("failed.log");
+    assert!(!status.success(), "an upgrade that cannot bind succeeded");
+    let failed = std::fs::read_to_string(dir.path().join("failed.log")).unwrap();
+    assert!(failed.contains("cannot listen on"), "{failed}");
+    for _ in 0..5 {
+        client
+            .get(format!("http://{data}/v1/folders/local"))
+            .expect(StatusCode::OK)
+            .await;
+    }
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).unwrap().trim(),
+        old_pid,
+        "the old keygate is still the one"
+    );
+    assert!(old.stderr().contains("serving until it takes over"));
+    std::fs::write(&config, good_config).unwrap();
+
+    let status = run_reload("new.log");
+    assert!(status.success(), "the reload command failed");
     let old_log = old.stderr();
     let exited = wait_exit(old).await;
     assert!(exited.success(), "the old keygate: {exited}\n{old_log}");

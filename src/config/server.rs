@@ -184,6 +184,22 @@ pub(super) fn upstream(
             })
         }));
     }
+    if u.tls_server_name
+        .as_deref()
+        .is_some_and(|n| n.trim().is_empty())
+    {
+        problem(problems, "[upstream] tls_server_name", "must not be empty");
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, addr) in peers.iter().enumerate() {
+        if !seen.insert(*addr) {
+            problem(
+                problems,
+                format!("[upstream] peers[{i}]"),
+                format!("{addr} is listed twice (names resolve to addresses)"),
+            );
+        }
+    }
     let client_cert = match (&u.tls_client_cert_file, &u.tls_client_key_file) {
         (Some(c), Some(k)) => Some((c.into(), k.into())),
         (None, None) => None,

@@ -12,6 +12,9 @@ use super::Identity;
 use crate::principal::Principal;
 use crate::refusal::{AuthFailure, Refusal};
 
+/// Keys looked up at most for one request to the plain listener.
+pub const MAX_CANDIDATES: usize = 4;
+
 /// What a request presents to be authenticated.
 #[derive(Debug, Clone, Copy)]
 pub struct Presented<'a> {
@@ -37,6 +40,58 @@ impl Identity {
                 .inspect_err(count)?;
         }
         self.principal_for(&creds).await.inspect_err(count)
+    }
+
+    /// The valid API keys among everything key-shaped a request carries (`Authorization`,
+    /// `X-API-Key`, query values read as sent, decoded once and twice), for revoking keys sent
+    /// in clear. Unlike [`Identity::authenticate`] it refuses nothing on the request's shape,
+    /// so that a malformed or ambiguous request cannot shield a leaked key; it looks up at
+    /// most [`MAX_CANDIDATES`] keys, behind the address gate, and counts every unknown one
+    /// against the client's address like a failed authentication.
+    pub async fn keys_in(
+        &self,
+        headers: &HeaderMap,
+        query: Option<&str>,
+        client: Option<IpAddr>,
+    ) -> Result<Vec<Arc<Principal>>, Refusal> {
+        self.gate.check(client)?;
+        let style = &self.rules.style;
+        let mut candidates: Vec<String> = Vec::new();
+        let mut consider = |text: &str| {
+            for word in text
+                .split(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-')))
+                .filter(|w| style.is_well_formed(w))
+            {
+                if candidates.len() < MAX_CANDIDATES && !candidates.iter().any(|c| c == word) {
+                    candidates.push(word.to_owned());
+                }
+            }
+        };
+        for name in [http::header::AUTHORIZATION.as_str(), "x-api-key"] {
+            for value in headers.get_all(name).iter().take(MAX_CANDIDATES) {
+                consider(&String::from_utf8_lossy(value.as_bytes()));
+            }
+        }
+        if let Some(q) = query {
+            let decode = |raw: &str| {
+                percent_encoding::percent_decode_str(&raw.replace('+', " "))
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
+            let once = decode(q);
+            for text in [q.to_owned(), decode(&once), once] {
+                consider(&text);
+            }
+        }
+        let mut found = Vec::new();
+        for key in candidates {
+            match self.principal_for(&Credentials::ApiKey(key)).await {
+                Ok(p) => found.push(p),
+                Err(refusal @ Refusal::Unauthorized(_)) => self.count(&refusal, client),
+                Err(other) => return Err(other),
+            }
+        }
+        Ok(found)
     }
 
     /// Counts a refusal against the client's address: a failed authentication, or a request

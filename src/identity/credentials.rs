@@ -268,7 +268,7 @@ fn bearer_token(value: &[u8]) -> Result<String, Refusal> {
 /// key or a JWT anywhere in its value (`next=https://x/?k=kg_…`, `q=Bearer kg_…`). Names and
 /// values are read as sent, percent-decoded once and twice (`kg%255F…`), with `+` as a space and
 /// control characters ignored.
-fn query_has_credential(query: &str, style: &KeyStyle) -> bool {
+pub fn query_has_credential(query: &str, style: &KeyStyle) -> bool {
     let decode = |raw: &str| -> String {
         percent_encoding::percent_decode_str(&raw.replace('+', " "))
             .decode_utf8_lossy()

@@ -131,11 +131,14 @@ pub async fn refuse_connection(mut tcp: tokio::net::TcpStream) {
 }
 
 /// Accepts connections on `listener` until shutdown, within `limits`: a connection over a cap
-/// is answered 503 and counted under `plane`; every other one is handed to `serve` and keeps
+/// is answered 503 (closed without an answer when `answer_refusals` is false: a TLS listener)
+/// and counted under `plane`; every other one is handed to `serve` and keeps
 /// its place until that future ends. Waits for them all before returning.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_listener<F, Fut>(
     listener: TcpListener,
     limits: ConnLimits,
+    answer_refusals: bool,
     proxies: TrustedProxies,
     plane: &'static str,
     metrics: Arc<Metrics>,
@@ -171,7 +174,8 @@ pub async fn run_listener<F, Fut>(
                     .inc();
                 // A flood of connections over the caps gets its answer from a bounded number
                 // of refusals at a time; past that they are closed without one.
-                if refusing.load(Ordering::Relaxed) < MAX_REFUSALS_IN_FLIGHT {
+                // A TLS listener cannot answer in plain text: it just closes.
+                if answer_refusals && refusing.load(Ordering::Relaxed) < MAX_REFUSALS_IN_FLIGHT {
                     refusing.fetch_add(1, Ordering::Relaxed);
                     let refusing = refusing.clone();
                     connections.spawn(async move {
@@ -211,6 +215,7 @@ pub async fn accept_loop<A>(
         let stream = stream_with_peer(tcp, peer);
         let (app, rx, metrics, tls) = (app.clone(), shutdown.clone(), metrics.clone(), tls.clone());
         async move {
+            let accepted = std::time::Instant::now();
             let stream: Stream = match tls {
                 None => Box::new(stream),
                 Some(acceptor) => {
@@ -237,14 +242,18 @@ pub async fn accept_loop<A>(
                     }
                 }
             };
+            // The handshake and the first request header share one deadline.
+            let first = settings.header_timeout.saturating_sub(accepted.elapsed());
             metrics.open_connections.inc();
-            serve_connection(app, stream, settings, &metrics, rx).await;
+            serve_connection(app, stream, settings, first, &metrics, rx).await;
             metrics.open_connections.dec();
         }
     };
+    let answer_refusals = tls.is_none();
     run_listener(
         listener,
         settings.limits,
+        answer_refusals,
         proxies,
         "data",
         metrics.clone(),
@@ -273,6 +282,7 @@ async fn serve_connection<A>(
     app: Arc<A>,
     stream: Stream,
     settings: ConnSettings,
+    first_deadline: std::time::Duration,
     metrics: &Metrics,
     shutdown: Shutdown,
 ) where
@@ -285,7 +295,7 @@ async fn serve_connection<A>(
         session.set_read_timeout(Some(settings.body_timeout));
         session.set_write_timeout(Some(settings.body_timeout));
         let deadline = if served == 0 {
-            settings.header_timeout
+            first_deadline
         } else {
             settings.keepalive + settings.header_timeout
         };

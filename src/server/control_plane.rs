@@ -32,6 +32,7 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
 ) {
+    let answer_refusals = tls.is_none();
     let serve = |tcp: tokio::net::TcpStream, peer: SocketAddr| {
         let service = TowerToHyperService::new(
             app.clone()
@@ -75,6 +76,7 @@ pub async fn serve(
     run_listener(
         listener,
         limits,
+        answer_refusals,
         proxies,
         "control",
         metrics.clone(),

@@ -59,6 +59,8 @@ pub struct Running {
     pub certificates: Option<Arc<crate::tls::Certificates>>,
     /// The listening sockets, by name, for a hand-over to a new keygate.
     sockets: upgrade::Sockets,
+    /// The keygate this one took the sockets from, to retire once this one serves.
+    pub replaces: Option<i32>,
     upgrade_socket: Option<std::path::PathBuf>,
     drain: Duration,
     shutdown: watch::Sender<bool>,
@@ -92,7 +94,8 @@ impl Running {
 
 impl Running {
     /// Hands the listening sockets to a new keygate waiting on `[server] upgrade_socket`
-    /// (`serve --upgrade`). On success this keygate must stop accepting: call `shutdown`.
+    /// (`serve --upgrade`). This keygate goes on accepting until the new one, once it serves,
+    /// sends SIGTERM.
     pub async fn hand_over(&self) -> anyhow::Result<()> {
         let path = self
             .upgrade_socket
@@ -110,8 +113,8 @@ impl Running {
 pub enum Listen {
     /// Bind the configured addresses.
     Bind,
-    /// Receive them from the running keygate over `[server] upgrade_socket` (`serve --upgrade`);
-    /// a listener the old one did not have is bound.
+    /// Receive them from the running keygate over `[server] upgrade_socket` (`serve --upgrade`;
+    /// needs `pid_file` too); a listener the old one did not have is bound.
     Inherit,
 }
 
@@ -259,15 +262,23 @@ pub async fn start_with_store(
     if let Some(addr) = config.tls.as_ref().and_then(|t| t.plain_listen) {
         wanted.push(("plain", addr));
     }
-    let (mut listeners, sockets) = match listen {
-        Listen::Bind => upgrade::bind(&wanted).await?,
+    let (mut listeners, sockets, replaces) = match listen {
+        Listen::Bind => {
+            let (listeners, sockets) = upgrade::bind(&wanted).await?;
+            (listeners, sockets, None)
+        }
         Listen::Inherit => {
-            let path = config
-                .server
-                .upgrade_socket
-                .clone()
-                .context("serve --upgrade needs [server] upgrade_socket")?;
-            upgrade::receive(&path, &wanted, config.server.pid_file.as_deref()).await?
+            let (Some(path), Some(pid_file)) =
+                (&config.server.upgrade_socket, &config.server.pid_file)
+            else {
+                anyhow::bail!("serve --upgrade needs [server] upgrade_socket and pid_file");
+            };
+            let inherited = upgrade::receive(path, &wanted, pid_file).await?;
+            (
+                inherited.listeners,
+                inherited.sockets,
+                Some(inherited.previous),
+            )
         }
     };
     let mut take = |name: &str| listeners.remove(name);
@@ -448,9 +459,15 @@ pub async fn start_with_store(
             let plain = Arc::new(plain::Plain {
                 redirect_to: tls.redirect_to.clone(),
                 https_port: data_addr.port(),
+                certificates: certificates
+                    .clone()
+                    .context("[tls] without a certificate")?,
+                style: config.keys.style.clone(),
+                session_cookie: config.tokens.session_cookie.clone(),
                 revoke: tls
                     .revoke_credentials_sent_in_clear
                     .then(|| (identity_for_plain.clone(), keys.clone())),
+                trusted_proxies: config.server.trusted_proxies.clone(),
                 metrics: metrics.clone(),
             });
             tasks.spawn(plain::serve(
@@ -492,6 +509,7 @@ pub async fn start_with_store(
         plain_addr,
         certificates,
         sockets,
+        replaces,
         upgrade_socket: config.server.upgrade_socket.clone(),
         drain: config.server.shutdown_timeout,
         shutdown: shutdown_tx,

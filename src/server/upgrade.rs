@@ -1,22 +1,30 @@
 //! Zero-downtime upgrades: the running keygate hands its listening sockets to a new one over a
 //! Unix socket (pingora's `Fds`, SCM_RIGHTS), so the kernel's accept queues are never closed:
-//! a connection waiting in a queue is accepted by the new process, none is refused or reset.
+//! a connection waiting in a queue is accepted by one process or the other, none is refused or
+//! reset. The hand-over has two phases, so that no failure leaves nothing serving:
 //!
-//! 1. `keygate serve --upgrade` starts, checks and loads everything (config, database,
-//!    policies, certificates), then waits on `[server] upgrade_socket` for the sockets (5 s).
-//! 2. The running keygate gets SIGQUIT (`[server] pid_file` lets the new one send it), sends
-//!    its sockets, stops accepting, finishes its open requests and exits 0.
+//! 1. `keygate serve --upgrade` checks and loads everything (config, database, policies,
+//!    certificates), sends SIGQUIT to the keygate named in `[server] pid_file`, and receives its
+//!    sockets on `[server] upgrade_socket` (within 5 s). The old one keeps accepting.
+//! 2. Once the new one serves on every listener, it writes the pid file, tells systemd it is
+//!    the service (`MAINPID`), and sends the old one SIGTERM: that one stops accepting,
+//!    finishes its open requests and exits 0. If the new one fails before that, the old one
+//!    simply goes on.
 //!
-//! The socket's folder must not be writable by other users: whoever can bind that path could
-//! receive the listening sockets.
+//! The upgrade socket's folder must belong to keygate's user with mode 0700: whoever could
+//! reach that path could send a new keygate sockets of their own, or receive the listening
+//! ones. The pid file's folder must not be writable by anyone else either, and the process it
+//! names is signalled only if it is a keygate of the same user.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use pingora::server::Fds;
 use tokio::net::TcpListener;
 
@@ -26,8 +34,9 @@ pub struct Sockets(Arc<Vec<(String, RawFd)>>);
 
 impl Sockets {
     /// Sends the sockets to the keygate waiting on `path` (blocking: retries for about 5 s).
+    /// This keygate keeps accepting until the new one tells it to stop (SIGTERM).
     pub fn send(&self, path: &Path) -> anyhow::Result<()> {
-        check_folder(path)?;
+        check_folder(path, 0o077)?;
         let mut fds = Fds::new();
         for (name, fd) in self.0.iter() {
             fds.add(name.clone(), *fd);
@@ -41,21 +50,28 @@ impl Sockets {
     }
 }
 
-/// The folder of the upgrade socket must exist and be writable by its owner only.
-fn check_folder(path: &Path) -> anyhow::Result<()> {
+/// The folder of `path` must exist, belong to this process's user and grant none of the
+/// `forbidden` mode bits.
+fn check_folder(path: &Path, forbidden: u32) -> anyhow::Result<()> {
     use std::os::unix::fs::MetadataExt;
     let folder = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let meta = std::fs::metadata(folder)
-        .with_context(|| format!("the upgrade socket's folder {}", folder.display()))?;
-    if meta.mode() & 0o022 != 0 {
+    let meta =
+        std::fs::metadata(folder).with_context(|| format!("the folder of {}", path.display()))?;
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me || meta.mode() & forbidden != 0 {
         anyhow::bail!(
-            "the upgrade socket's folder {} is writable by other users (mode {:o}); whoever can \
-             bind there could take keygate's listening sockets: use a folder of keygate's own \
-             with mode 0700 or 0755",
+            "{} must be a folder of keygate's own user (uid {me}) that no one else may write{}; \
+             it is uid {} with mode {:o}",
             folder.display(),
+            if forbidden & 0o005 != 0 {
+                " or enter (mode 0700)"
+            } else {
+                ""
+            },
+            meta.uid(),
             meta.mode() & 0o777
         );
     }
@@ -78,17 +94,25 @@ pub async fn bind(
     Ok((listeners, Sockets(Arc::new(sockets))))
 }
 
-/// Receives the running keygate's sockets on `path`; a wanted listener it did not have is bound
-/// anew, and one it had that is no longer wanted is closed.
+/// What `serve --upgrade` took over: the listeners, and the keygate to retire once serving.
+pub struct Inherited {
+    pub listeners: HashMap<String, TcpListener>,
+    pub sockets: Sockets,
+    pub previous: i32,
+}
+
+/// Asks the keygate named in `pid_file` for its sockets and receives them on `path`; a wanted
+/// listener it did not have is bound anew, one it had that is no longer wanted is closed.
+/// Nothing here stops the old keygate: [`retire`] does, once this one serves.
 pub async fn receive(
     path: &Path,
     wanted: &[(&str, SocketAddr)],
-    pid_file: Option<&Path>,
-) -> anyhow::Result<(HashMap<String, TcpListener>, Sockets)> {
-    check_folder(path)?;
-    if let Some(pid_file) = pid_file {
-        signal_running(pid_file)?;
-    }
+    pid_file: &Path,
+) -> anyhow::Result<Inherited> {
+    check_folder(path, 0o077)?;
+    let previous = running_keygate(pid_file)?;
+    kill(Pid::from_raw(previous), Signal::SIGQUIT)
+        .with_context(|| format!("cannot signal the running keygate (pid {previous})"))?;
     let text = path
         .to_str()
         .context("the upgrade socket's path is not UTF-8")?
@@ -111,10 +135,14 @@ pub async fn receive(
     for (name, addr) in wanted {
         let listener = match received.get(name) {
             Some(fd) => {
-                let listener = adopt(*fd)?;
+                let listener =
+                    adopt(*fd).with_context(|| format!("the inherited {name} socket"))?;
                 let local = listener.local_addr()?;
                 if addr.port() != 0 && local != *addr {
-                    tracing::warn!(listener = %name, inherited = %local, configured = %addr, "an upgrade keeps the listening address; restart to change it");
+                    anyhow::bail!(
+                        "the running keygate's {name} listener is on {local}, this config says \
+                         {addr}: an upgrade keeps the listening addresses (restart to change them)"
+                    );
                 }
                 listener
             }
@@ -125,39 +153,72 @@ pub async fn receive(
         sockets.push((name.to_string(), listener.as_raw_fd()));
         listeners.insert(name.to_string(), listener);
     }
-    Ok((listeners, Sockets(Arc::new(sockets))))
+    Ok(Inherited {
+        listeners,
+        sockets: Sockets(Arc::new(sockets)),
+        previous,
+    })
 }
 
-/// Asks the keygate named in `pid_file` to hand its sockets over (SIGQUIT).
-fn signal_running(pid_file: &Path) -> anyhow::Result<()> {
+/// The process named in `pid_file`, checked to be a keygate of this user (so that a stale or
+/// forged pid file cannot make keygate signal another program).
+fn running_keygate(pid_file: &Path) -> anyhow::Result<i32> {
+    use std::os::unix::fs::MetadataExt;
+    check_folder(pid_file, 0o022)?;
     let text = std::fs::read_to_string(pid_file)
         .with_context(|| format!("cannot read the running keygate's {}", pid_file.display()))?;
     let pid: i32 = text
         .trim()
         .parse()
         .ok()
-        .filter(|p| *p > 1)
-        .with_context(|| format!("{} does not hold a process id", pid_file.display()))?;
-    if pid as u32 == std::process::id() {
-        anyhow::bail!("{} names this process", pid_file.display());
+        .filter(|p| *p > 1 && *p as u32 != std::process::id())
+        .with_context(|| format!("{} does not name another process", pid_file.display()))?;
+    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+    let owner = std::fs::metadata(&proc_dir)
+        .with_context(|| format!("no process {pid} (from {})", pid_file.display()))?
+        .uid();
+    let exe = std::fs::read_link(proc_dir.join("exe")).unwrap_or_default();
+    let is_keygate = exe
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("keygate"));
+    if owner != nix::unistd::geteuid().as_raw() || !is_keygate {
+        anyhow::bail!(
+            "process {pid} (from {}) is not a keygate of this user",
+            pid_file.display()
+        );
     }
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGQUIT,
-    )
-    .with_context(|| format!("cannot signal the running keygate (pid {pid})"))
+    Ok(pid)
 }
 
-/// A listening socket received over SCM_RIGHTS, as a tokio listener.
+/// A listening TCP socket received over SCM_RIGHTS, checked, as a tokio listener.
 #[allow(unsafe_code)]
 fn adopt(fd: RawFd) -> anyhow::Result<TcpListener> {
-    use std::os::fd::FromRawFd;
+    use nix::sys::socket::{getsockopt, sockopt};
+    use std::os::fd::{FromRawFd, OwnedFd};
     // SAFETY: `fd` was received over SCM_RIGHTS a moment ago: the kernel installed it as a new
     // descriptor of this process, nothing else owns it, and it is adopted exactly once (each
     // name maps to one descriptor).
-    let listener = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let listening = getsockopt(&owned, sockopt::AcceptConn).unwrap_or(false);
+    let stream = getsockopt(&owned, sockopt::SockType)
+        .is_ok_and(|t| t == nix::sys::socket::SockType::Stream);
+    if !listening || !stream {
+        anyhow::bail!("not a listening stream socket");
+    }
+    let listener = std::net::TcpListener::from(owned);
+    // Only an IPv4 or IPv6 socket has a TCP address.
+    listener.local_addr().context("not a TCP socket")?;
     listener.set_nonblocking(true)?;
     Ok(TcpListener::from_std(listener)?)
+}
+
+/// Tells the replaced keygate to stop accepting, finish and exit (SIGTERM).
+pub fn retire(previous: i32) {
+    match kill(Pid::from_raw(previous), Signal::SIGTERM) {
+        Ok(()) => tracing::info!(pid = previous, "serving; the previous keygate is draining"),
+        Err(e) => tracing::warn!(pid = previous, error = %e, "cannot stop the previous keygate"),
+    }
 }
 
 /// Tells systemd (when it started keygate with `Type=notify`) that this process is the service
@@ -173,11 +234,58 @@ pub fn notify_ready() {
     );
 }
 
-/// Writes this process's id to `[server] pid_file` (atomically: a new file, then a rename).
+/// Writes this process's id to `[server] pid_file`: a new file (never through a symlink), then
+/// a rename.
 pub fn write_pid_file(path: &Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    check_folder(path, 0o022)?;
     let tmp = path.with_extension("pid.tmp");
-    std::fs::write(&tmp, format!("{}\n", std::process::id()))
+    let _ = std::fs::remove_file(&tmp);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
         .with_context(|| format!("cannot write {}", tmp.display()))?;
+    writeln!(file, "{}", std::process::id())?;
+    drop(file);
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
+}
+
+/// `keygate upgrade`: starts `keygate serve --upgrade` with the same global options, detached
+/// (it outlives this command and stays in the caller's cgroup), and waits until the pid file
+/// names it, i.e. it serves on every listener and has retired the old one. Fails if it exits
+/// first or takes longer than `within`.
+pub fn run_upgrade(
+    global: &[std::ffi::OsString],
+    pid_file: &Path,
+    within: std::time::Duration,
+) -> anyhow::Result<u32> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().context("cannot find keygate's own binary")?;
+    let mut child = std::process::Command::new(exe)
+        .args(global)
+        .args(["serve", "--upgrade"])
+        .stdin(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .context("cannot start the new keygate")?;
+    let pid = child.id();
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let named = std::fs::read_to_string(pid_file).unwrap_or_default();
+        if named.trim() == pid.to_string() {
+            return Ok(pid);
+        }
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!(
+                "the new keygate exited ({status}) before taking over; the running one goes on"
+            );
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+            anyhow::bail!("the new keygate did not take over within {within:?}; stopped it, the running one goes on");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }

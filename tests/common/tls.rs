@@ -125,13 +125,15 @@ pub fn peer_certificate(response: &reqwest::Response) -> Vec<u8> {
         .to_vec()
 }
 
+/// A TLS front: its address, and how many handshakes it has completed.
+pub struct TlsFront {
+    pub addr: SocketAddr,
+    pub handshakes: Arc<std::sync::atomic::AtomicUsize>,
+}
+
 /// Terminates TLS with `issued` and forwards the bytes to `backend`; with `client_ca`, only
 /// clients presenting a certificate of that CA get through. Runs on the test's runtime.
-pub async fn tls_front(
-    backend: SocketAddr,
-    issued: &Issued,
-    client_ca: Option<&str>,
-) -> SocketAddr {
+pub async fn tls_front(backend: SocketAddr, issued: &Issued, client_ca: Option<&str>) -> TlsFront {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let chain = rustls_pemfile::certs(&mut issued.cert.as_bytes())
         .collect::<Result<Vec<_>, _>>()
@@ -163,16 +165,20 @@ pub async fn tls_front(
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let handshakes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = handshakes.clone();
     tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
                 return;
             };
             let acceptor = acceptor.clone();
+            let counted = counted.clone();
             tokio::spawn(async move {
                 let Ok(mut tls) = acceptor.accept(tcp).await else {
                     return;
                 };
+                counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let Ok(mut plain) = tokio::net::TcpStream::connect(backend).await else {
                     return;
                 };
@@ -180,5 +186,5 @@ pub async fn tls_front(
             });
         }
     });
-    addr
+    TlsFront { addr, handshakes }
 }
