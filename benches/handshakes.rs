@@ -6,9 +6,11 @@
 //! handshakes measure --target 127.0.0.1:8443 --ca CA --seconds 5 --concurrency 8 [--resume]
 //! ```
 //!
-//! `measure` opens connections as fast as `concurrency` clients can, completes the handshake
-//! (TLS 1.3), and closes; `--resume` lets each client resume the previous session (a ticket),
-//! otherwise every handshake is a full one (no session cache on the client).
+//! `measure` opens connections as fast as `concurrency` clients can: a handshake (TLS 1.3), one
+//! small request (`GET /bench`, answered 404 by keygate's route table and by the bare server),
+//! and the close. Reading the answer also reads the session tickets TLS 1.3 sends after the
+//! handshake, so with `--resume` each client resumes its previous session; without it every
+//! handshake is a full one (no session cache on the client).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -65,9 +67,20 @@ async fn bare(args: &[String]) -> anyhow::Result<()> {
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
             if let Ok(mut tls) = acceptor.accept(tcp).await {
-                // Wait for the client to close, as keygate waits for a request.
-                let mut buf = [0u8; 64];
-                let _ = tokio::io::AsyncReadExt::read(&mut tls, &mut buf).await;
+                // Read the request header, answer a 404 of the size keygate's is, close.
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tokio::io::AsyncReadExt::read(&mut tls, &mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let body = format!("{{\"success\":false,\"error\":{{\"code\":\"NOT_FOUND\",\"message\":\"no route matches this request\",\"requestId\":\"{}\"}}}}", "0".repeat(32));
+                let head = format!("HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len());
+                let _ = tls.write_all(head.as_bytes()).await;
+                let _ = tls.write_all(body.as_bytes()).await;
+                let _ = tls.shutdown().await;
             }
         });
     }
@@ -120,17 +133,32 @@ async fn measure(args: &[String]) -> anyhow::Result<()> {
                     continue;
                 };
                 let _ = tcp.set_nodelay(true);
-                match connector.connect(name.clone(), tcp).await {
-                    Ok(mut tls) => {
+                let exchange = async {
+                    let mut tls = connector.connect(name.clone(), tcp).await?;
+                    let kind = tls.get_ref().1.handshake_kind();
+                    tls.write_all(
+                        b"GET /bench HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n",
+                    )
+                    .await?;
+                    let mut answer = Vec::new();
+                    // A server's close without close_notify is fine here.
+                    let _ = tokio::io::AsyncReadExt::read_to_end(&mut tls, &mut answer).await;
+                    if !answer.starts_with(b"HTTP/1.1 404") {
+                        return Err(std::io::Error::other("the answer is not a 404"));
+                    }
+                    Ok::<_, std::io::Error>(kind)
+                };
+                match exchange.await {
+                    Ok(kind) => {
                         done.fetch_add(1, Ordering::Relaxed);
-                        if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
-                        {
+                        if kind == Some(rustls::HandshakeKind::Resumed) {
                             resumed.fetch_add(1, Ordering::Relaxed);
                         }
-                        let _ = tls.shutdown().await;
                     }
-                    Err(_) => {
-                        failed.fetch_add(1, Ordering::Relaxed);
+                    Err(e) => {
+                        if failed.fetch_add(1, Ordering::Relaxed) == 0 {
+                            eprintln!("first failure: {e}");
+                        }
                     }
                 }
             }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# TLS handshakes per second, full and resumed, ECDSA and RSA: keygate's HTTPS data plane against
-# a bare rustls server with the same TLS settings (the baseline), in one run:
+# New HTTPS connections per second (a TLS 1.3 handshake, full or resumed, and one small request
+# answered 404), ECDSA and RSA: keygate's HTTPS data plane against a bare rustls server with the
+# same TLS settings that answers the same 404 (the baseline), in one run:
 #
 #   bash benches/handshakes.sh
 #
@@ -103,7 +104,7 @@ cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.start
 print(f"- command: `bash benches/handshakes.sh` (ROUNDS={ROUNDS} SECONDS_PER_RUN={SECS} CONCURRENCY={CONC})")
 print(f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; machine: {os.cpu_count()} × {cpu}")
 print("- servers on CPU 0 (keygate: release, 1 worker thread), client on CPU 1; TLS 1.3; medians over rounds\n")
-print("| certificate | handshake | bare rustls /s | keygate /s | keygate ÷ bare | resumed share (keygate) |")
+print("| certificate | handshake | bare rustls, connections/s | keygate, connections/s | keygate ÷ bare | resumed share (keygate) |")
 print("| --- | --- | ---: | ---: | ---: | ---: |")
 for kind, mode, bare, kg, ratio, share in rows:
     print(f"| {kind.upper()} | {mode} | {bare:.0f} | {kg:.0f} | {ratio:.2f} | {share:.2f} |")
