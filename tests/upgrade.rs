@@ -217,17 +217,21 @@ async fn ten_upgrades_under_load_lose_nothing_and_sigkill_leaves_nothing_half_wr
     let ledger = Arc::new(Ledger::default());
     let stop = Arc::new(AtomicBool::new(false));
     let tolerate = Arc::new(AtomicBool::new(false));
-    let mut clients = Vec::new();
-    for id in 0..WORKERS {
-        clients.push(tokio::spawn(client_loop(
-            id,
-            base.clone(),
-            key.clone(),
-            ledger.clone(),
-            stop.clone(),
-            tolerate.clone(),
-        )));
-    }
+    let spawn_clients = || {
+        (0..WORKERS)
+            .map(|id| {
+                tokio::spawn(client_loop(
+                    id,
+                    base.clone(),
+                    key.clone(),
+                    ledger.clone(),
+                    stop.clone(),
+                    tolerate.clone(),
+                ))
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut clients = spawn_clients();
 
     // Ten upgrades in a row, each while the clients are busy.
     let mut draining = Vec::new();
@@ -303,16 +307,7 @@ async fn ten_upgrades_under_load_lose_nothing_and_sigkill_leaves_nothing_half_wr
     // ever appears, and keygate starts again on the same database and serves at once.
     stop.store(false, Ordering::Relaxed);
     tolerate.store(true, Ordering::Relaxed);
-    for id in 0..WORKERS {
-        clients.push(tokio::spawn(client_loop(
-            id,
-            base.clone(),
-            key.clone(),
-            ledger.clone(),
-            stop.clone(),
-            tolerate.clone(),
-        )));
-    }
+    clients = spawn_clients();
     for i in 1..=3 {
         tokio::time::sleep(Duration::from_millis(700)).await;
         signal(&current, "-KILL");

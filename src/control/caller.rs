@@ -68,3 +68,13 @@ impl FromRequestParts<ControlState> for Caller {
         Ok(Caller(Actor::User(principal)))
     }
 }
+
+/// Only the operator may do `what` (manage policies, certificates).
+pub fn operator_only(actor: Actor, what: &str) -> Result<(), ManageError> {
+    match actor {
+        Actor::Operator => Ok(()),
+        Actor::User(_) => Err(ManageError::Forbidden(format!(
+            "only the operator manages {what}"
+        ))),
+    }
+}

@@ -7,10 +7,10 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde_json::json;
 
-use super::caller::Caller;
+use super::caller::{operator_only, Caller};
 use super::respond::ok;
 use super::ControlState;
-use crate::manage::{Actor, ManageError};
+use crate::manage::ManageError;
 use crate::refusal::Refusal;
 
 pub fn routes() -> Router<ControlState> {
@@ -19,20 +19,11 @@ pub fn routes() -> Router<ControlState> {
         .route("/v1/admin/policy/reload", post(reload))
 }
 
-fn operator(actor: Actor) -> Result<(), ManageError> {
-    match actor {
-        Actor::Operator => Ok(()),
-        Actor::User(_) => Err(ManageError::Forbidden(
-            "only the operator manages policies".to_owned(),
-        )),
-    }
-}
-
 async fn status(
     State(st): State<ControlState>,
     Caller(actor): Caller,
 ) -> Result<Response, ManageError> {
-    operator(actor)?;
+    operator_only(actor, "policies")?;
     Ok(ok(StatusCode::OK, st.policy.status()))
 }
 
@@ -41,7 +32,7 @@ async fn reload(
     State(st): State<ControlState>,
     Caller(actor): Caller,
 ) -> Result<Response, ManageError> {
-    operator(actor)?;
+    operator_only(actor, "policies")?;
     let engine = st.policy.clone();
     let result = tokio::task::spawn_blocking(move || engine.reload())
         .await

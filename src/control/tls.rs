@@ -8,10 +8,10 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde_json::json;
 
-use super::caller::Caller;
+use super::caller::{operator_only, Caller};
 use super::respond::ok;
 use super::ControlState;
-use crate::manage::{Actor, ManageError};
+use crate::manage::ManageError;
 use crate::refusal::Refusal;
 
 pub fn routes() -> Router<ControlState> {
@@ -20,20 +20,11 @@ pub fn routes() -> Router<ControlState> {
         .route("/v1/admin/tls/reload", post(reload))
 }
 
-fn operator(actor: Actor) -> Result<(), ManageError> {
-    match actor {
-        Actor::Operator => Ok(()),
-        Actor::User(_) => Err(ManageError::Forbidden(
-            "only the operator manages certificates".to_owned(),
-        )),
-    }
-}
-
 async fn status(
     State(st): State<ControlState>,
     Caller(actor): Caller,
 ) -> Result<Response, ManageError> {
-    operator(actor)?;
+    operator_only(actor, "certificates")?;
     let certs = st.certificates.as_ref().ok_or(Refusal::NotFound)?;
     Ok(ok(StatusCode::OK, certs.status()))
 }
@@ -43,7 +34,7 @@ async fn reload(
     State(st): State<ControlState>,
     Caller(actor): Caller,
 ) -> Result<Response, ManageError> {
-    operator(actor)?;
+    operator_only(actor, "certificates")?;
     let certs = st.certificates.clone().ok_or(Refusal::NotFound)?;
     let reloaded = certs.clone();
     let result = tokio::task::spawn_blocking(move || reloaded.reload())

@@ -314,6 +314,25 @@ mod tests {
 
     const JWT: &str = "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJ1In0.c2lnbmF0dXJl";
 
+    /// fuzz/regressions/credentials-272fb813: `key=kg_efi` inside a query value. A word inside
+    /// a value is a credential only when it is a whole key (shape and checksum); the same
+    /// query with a real key there is refused.
+    #[test]
+    fn a_key_shaped_word_inside_a_query_value_counts_only_when_it_is_a_key() {
+        let input = include_bytes!("../../fuzz/regressions/credentials-272fb813");
+        let text = String::from_utf8_lossy(input);
+        let (_, query) = text.split_once("\n\n").unwrap();
+        assert!(!query_has_credential(query, &KeyStyle::default()));
+        assert!(matches!(
+            read(&[("cookie", "sid=ab")], Some(query)),
+            Ok(Credentials::Session(_))
+        ));
+        let key = KeyStyle::default().generate();
+        let with_key = query.replacen("kg_efi", &key, 1);
+        assert!(query_has_credential(&with_key, &KeyStyle::default()));
+        assert!(read(&[("cookie", "sid=ab")], Some(&with_key)).is_err());
+    }
+
     #[test]
     fn jwts_and_session_cookies() {
         assert_eq!(
