@@ -36,29 +36,60 @@ async fn serve(config: &Config, listen: keygate::server::Listen) -> anyhow::Resu
     use keygate::server::upgrade;
     // Listened for from the start: a signal never finds keygate deaf.
     let mut signals = Signals::new()?;
-    let running = keygate::server::start(config, listen).await?;
+    // A stop asked for while starting (an upgrade given up on) ends the start: a keygate
+    // that was told to stop never takes over.
+    let running = tokio::select! {
+        running = keygate::server::start(config, listen) => running?,
+        stop = signals.next() => {
+            anyhow::bail!("stopped while starting ({stop:?}); nothing was taken over");
+        }
+    };
+    // One last look before taking over: a stop that arrived with the start's last step.
+    let pending = tokio::select! {
+        biased;
+        stop = signals.next() => Some(stop),
+        () = std::future::ready(()) => None,
+    };
+    if pending.is_some() {
+        running.shutdown().await;
+        anyhow::bail!("stopped while starting; nothing was taken over");
+    }
     // Before the listening lines: whoever waits for them may read the pid file at once.
     if let Some(pid_file) = &config.server.pid_file {
-        upgrade::write_pid_file(pid_file)?;
+        if let Err(e) = upgrade::write_pid_file(pid_file) {
+            running.shutdown().await;
+            return Err(e);
+        }
     }
     let scheme = if config.tls.is_some() {
         "https"
     } else {
         "http"
     };
-    println!(
-        "keygate data plane listening on {scheme}://{}",
-        running.data_addr
-    );
-    println!(
-        "keygate control plane listening on {scheme}://{}",
-        running.control_addr
-    );
+    let mut lines = vec![
+        format!(
+            "keygate data plane listening on {scheme}://{}",
+            running.data_addr
+        ),
+        format!(
+            "keygate control plane listening on {scheme}://{}",
+            running.control_addr
+        ),
+    ];
     if let Some(addr) = running.metrics_addr {
-        println!("keygate metrics listening on http://{addr}");
+        lines.push(format!("keygate metrics listening on http://{addr}"));
     }
     if let Some(addr) = running.plain_addr {
-        println!("keygate plain HTTP listening on http://{addr}");
+        lines.push(format!("keygate plain HTTP listening on http://{addr}"));
+    }
+    {
+        // Nobody may be reading (a detached upgrade): never fail on it.
+        use std::io::Write;
+        let mut out = std::io::stdout();
+        for line in lines {
+            let _ = writeln!(out, "{line}");
+        }
+        let _ = out.flush();
     }
     upgrade::notify_ready();
     tracing::info!(data = %running.data_addr, control = %running.control_addr, pid = std::process::id(), "keygate started");
@@ -170,7 +201,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 pid_file,
                 std::time::Duration::from_secs(60),
             )?;
-            println!("keygate upgraded: pid {pid} serves; the previous keygate is draining");
+            println!("keygate upgraded: pid {pid} serves; the previous keygate drains and exits");
             Ok(())
         }
         Command::Demo(args) => {

@@ -88,7 +88,8 @@ impl Identity {
             match self.principal_for(&Credentials::ApiKey(key)).await {
                 Ok(p) => found.push(p),
                 Err(refusal @ Refusal::Unauthorized(_)) => self.count(&refusal, client),
-                Err(other) => return Err(other),
+                // A candidate that cannot be checked now does not stop the others.
+                Err(_) => {}
             }
         }
         Ok(found)

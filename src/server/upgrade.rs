@@ -252,24 +252,67 @@ pub fn write_pid_file(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `keygate upgrade`: starts `keygate serve --upgrade` with the same global options, detached
-/// (it outlives this command and stays in the caller's cgroup), and waits until the pid file
-/// names it, i.e. it serves on every listener and has retired the old one. Fails if it exits
-/// first or takes longer than `within`.
+/// `keygate upgrade`: starts `keygate serve --upgrade` with the caller's global options (and
+/// the running keygate's own command-line overrides and working folder, so that relative
+/// paths and `--upstream` mean what they mean to it), detached, and waits until the pid file
+/// names it: it serves on every listener and is retiring the old one. One upgrade at a time
+/// (a lock beside the pid file).
+///
+/// Its log goes to the journal when systemd runs this (`JOURNAL_STREAM`); otherwise it is
+/// relayed to this command's standard error until the outcome is known. It is never killed
+/// from here: if it has not taken over within `within`, this says so and leaves it (a keygate
+/// told to stop while starting would never take over, and one that did must not be stopped).
 pub fn run_upgrade(
     global: &[std::ffi::OsString],
     pid_file: &Path,
     within: std::time::Duration,
 ) -> anyhow::Result<u32> {
+    use nix::fcntl::{Flock, FlockArg};
     use std::os::unix::process::CommandExt;
+    let lock_path = pid_file.with_extension("lock");
+    let lock_file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("cannot open {}", lock_path.display()))?;
+    let _lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock)
+        .map_err(|_| anyhow::anyhow!("another upgrade is in progress ({})", lock_path.display()))?;
+    let previous = running_keygate(pid_file)?;
+    let (old_cwd, old_args) = process_context(previous);
     let exe = std::env::current_exe().context("cannot find keygate's own binary")?;
-    let mut child = std::process::Command::new(exe)
-        .args(global)
-        .args(["serve", "--upgrade"])
+    let mut command = std::process::Command::new(exe);
+    command.args(global);
+    if !global.iter().any(|a| a == "--database-url") {
+        command.args(flag_values(&old_args, "--database-url"));
+    }
+    command.args(["serve", "--upgrade"]);
+    for flag in ["--listen", "--control-listen", "--upstream"] {
+        command.args(flag_values(&old_args, flag));
+    }
+    if let Some(dir) = old_cwd {
+        command.current_dir(dir);
+    }
+    let journal = std::env::var_os("JOURNAL_STREAM").is_some();
+    command
         .stdin(std::process::Stdio::null())
-        .process_group(0)
-        .spawn()
-        .context("cannot start the new keygate")?;
+        .stdout(std::process::Stdio::null())
+        .stderr(if journal {
+            std::process::Stdio::inherit()
+        } else {
+            std::process::Stdio::piped()
+        })
+        .process_group(0);
+    let mut child = command.spawn().context("cannot start the new keygate")?;
+    if let Some(err) = child.stderr.take() {
+        // Relayed while this command waits; afterwards the new keygate's writes fail quietly.
+        std::thread::spawn(move || {
+            use std::io::{BufRead, Write};
+            for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                let _ = writeln!(std::io::stderr(), "{line}");
+            }
+        });
+    }
     let pid = child.id();
     let deadline = std::time::Instant::now() + within;
     loop {
@@ -283,9 +326,71 @@ pub fn run_upgrade(
             );
         }
         if std::time::Instant::now() > deadline {
-            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
-            anyhow::bail!("the new keygate did not take over within {within:?}; stopped it, the running one goes on");
+            anyhow::bail!(
+                "the new keygate (pid {pid}) has not taken over after {within:?}; it is still \
+                 starting (see its log): the running one serves until it does"
+            );
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// The working folder and command line of process `pid` (same user: checked by the caller).
+fn process_context(pid: i32) -> (Option<PathBuf>, Vec<String>) {
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok();
+    let args = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|raw| {
+            raw.split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    (cwd, args)
+}
+
+/// Every `flag value` and `flag=value` of `args`, as arguments to pass on.
+fn flag_values(args: &[String], flag: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == flag {
+            if let Some(v) = it.next() {
+                out.push(flag.to_owned());
+                out.push(v.clone());
+            }
+        } else if let Some(v) = a.strip_prefix(&format!("{flag}=")) {
+            out.push(format!("{flag}={v}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_are_carried_over_in_both_spellings() {
+        let args: Vec<String> = [
+            "keygate",
+            "--config",
+            "/etc/k.toml",
+            "serve",
+            "--upstream",
+            "10.0.0.1:7070",
+            "--upstream=10.0.0.2:7070",
+            "--listen",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(
+            flag_values(&args, "--upstream"),
+            ["--upstream", "10.0.0.1:7070", "--upstream=10.0.0.2:7070"]
+        );
+        // A flag without its value is not carried.
+        assert!(flag_values(&args, "--listen").is_empty());
+        assert!(flag_values(&args, "--database-url").is_empty());
     }
 }
