@@ -137,8 +137,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if !problems.is_empty() {
                 return Err(keygate::config::ConfigError(problems).into());
             }
+            // The policies the config points at, and the actions its routes need from them.
+            let policies = keygate::server::load_policies(
+                &config,
+                std::sync::Arc::new(keygate::telemetry::Metrics::new()),
+            )?;
             println!(
-                "config ok ({}): data plane {}, control plane {}, {} route(s), {} upstream peer(s)",
+                "config ok ({}): data plane {}, control plane {}, {} route(s), {} upstream peer(s), \
+                 policies {}",
                 config
                     .source
                     .as_ref()
@@ -147,6 +153,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 config.server.control_listen,
                 config.routes.routes().len(),
                 config.upstream.peers.len(),
+                policies.status().hash,
             );
             Ok(())
         }

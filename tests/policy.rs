@@ -750,3 +750,91 @@ async fn explain_shows_the_decision_and_the_deciding_policies() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The route table's actions must be in the schema: a set that renames one (consistently, so
+/// it validates on its own) is refused by `check-config`, at start and on reload, naming the
+/// action; the running set stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_set_without_an_action_the_routes_need_is_refused() {
+    let rec = Recorder::start().await;
+    let kg = Keygate::start(&[rec.addr], "[policies]\nwatch = false\n");
+    let policies = kg.dir.path().join("policies");
+    let renamed = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(&policies).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(
+            renamed.path().join(path.file_name().unwrap()),
+            text.replace("searchFiles", "findFiles"),
+        )
+        .unwrap();
+    }
+    // On its own the renamed set is valid.
+    let out = Command::new(bin("keygate"))
+        .args(["policy", "validate"])
+        .arg(renamed.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // check-config refuses it for these routes.
+    let out = Command::new(bin("keygate"))
+        .arg("check-config")
+        .env("KEYGATE_POLICIES_DIR", renamed.path())
+        .env("KEYGATE_KEYS_PEPPER", TEST_PEPPER)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("does not declare: searchFiles"), "{err}");
+    // A reload to it is refused and the running set keeps serving search.
+    for entry in std::fs::read_dir(renamed.path()).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, policies.join(path.file_name().unwrap())).unwrap();
+    }
+    let (status, body) = reload(&kg).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("searchFiles"),
+        "{body}"
+    );
+    client_with_key(&kg.key)
+        .get(kg.url("/v1/search/local?q=x"))
+        .expect(StatusCode::OK)
+        .await;
+    // And keygate does not start on it (it must exit by itself).
+    let db = TestDb::sqlite();
+    let mut child = Command::new(bin("keygate"))
+        .args([
+            "--database-url",
+            &db.url(),
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--control-listen",
+            "127.0.0.1:0",
+        ])
+        .env("KEYGATE_POLICIES_DIR", renamed.path())
+        .env("KEYGATE_KEYS_PEPPER", TEST_PEPPER)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("keygate started without an action its routes need");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("searchFiles"));
+}

@@ -156,6 +156,9 @@ pub struct PolicyEngine {
     current: ArcSwap<Loaded>,
     last_error: Mutex<Option<String>>,
     reload_lock: Mutex<()>,
+    /// Actions the route table names: a policy set whose schema lacks one is refused (at
+    /// start and on reload), rather than denying those requests at request time.
+    required_actions: Mutex<Vec<String>>,
     decisions: Cache<DecisionKey, Arc<Verdict>>,
     /// Provider name → id of the workspace that owns it.
     providers: ArcSwap<HashMap<String, String>>,
@@ -224,6 +227,27 @@ fn describe(file: &str, text: &str, err: &dyn miette::Diagnostic) -> String {
 }
 
 /// Reads and validates a policy folder. Every problem is reported, each with its place.
+/// The message for route actions a schema lacks.
+fn missing_message(missing: &[String]) -> String {
+    format!(
+        "the route table names actions the schema does not declare: {} (a typo in a route, or \
+         an action removed from keygate.cedarschema); every request routed to one would be \
+         denied",
+        missing.join(", ")
+    )
+}
+
+impl Loaded {
+    /// The names among `actions` that this set's schema does not declare.
+    pub fn missing_actions(&self, actions: &[String]) -> Vec<String> {
+        actions
+            .iter()
+            .filter(|a| !self.actions.contains_key(a.as_str()))
+            .cloned()
+            .collect()
+    }
+}
+
 pub fn load_dir(dir: &Path, epoch: u64) -> Result<Loaded, PolicyError> {
     let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| PolicyError::Io(dir.display().to_string(), e))?
@@ -766,6 +790,7 @@ impl PolicyEngine {
             current: ArcSwap::from_pointee(loaded),
             last_error: Mutex::new(None),
             reload_lock: Mutex::new(()),
+            required_actions: Mutex::new(Vec::new()),
             // Bounded in bytes, not entries: a key holds a client-chosen path (up to 8 KiB).
             decisions: Cache::builder()
                 .weigher(|k: &DecisionKey, v: &Arc<Verdict>| {
@@ -796,10 +821,38 @@ impl PolicyEngine {
     }
 
     /// Re-reads the folder. A set that fails keeps the last good one running.
+    /// Requires every action in `names` (the route table's) in this and every later policy
+    /// set; fails, naming the missing ones, when the running set lacks any.
+    pub fn require_actions(&self, names: Vec<String>) -> Result<(), String> {
+        let missing = self.current.load().missing_actions(&names);
+        *self
+            .required_actions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = names;
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(missing_message(&missing))
+        }
+    }
+
     pub fn reload(&self) -> Result<u64, String> {
         let _guard = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
         let next_epoch = self.current.load().epoch + 1;
-        match load_dir(&self.dir, next_epoch) {
+        let required = self
+            .required_actions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let loaded = load_dir(&self.dir, next_epoch).and_then(|loaded| {
+            let missing = loaded.missing_actions(&required);
+            if missing.is_empty() {
+                Ok(loaded)
+            } else {
+                Err(PolicyError::Invalid(missing_message(&missing)))
+            }
+        });
+        match loaded {
             Ok(loaded) => {
                 if loaded.hash == self.current.load().hash {
                     *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;

@@ -226,6 +226,19 @@ impl RouteTable {
         &self.routes
     }
 
+    /// Every action a request can be decided on: each route's, its source and overwrite
+    /// actions, and the default action; sorted, without repeats.
+    pub fn action_names(&self) -> Vec<String> {
+        let mut names: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+        for r in &self.routes {
+            names.insert(r.action.to_string());
+            names.extend(r.source_action.iter().map(|a| a.to_string()));
+            names.extend(r.overwrite_action.iter().map(|a| a.to_string()));
+        }
+        names.extend(self.default_action.iter().map(|a| a.to_string()));
+        names.into_iter().collect()
+    }
+
     /// The route stage.
     pub fn route(&self, input: RouteInput<'_>) -> Result<RouteMatch, Refusal> {
         let target = canonicalize(input.raw_target)?;

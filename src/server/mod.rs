@@ -136,16 +136,18 @@ pub fn load_pepper(config: &Config) -> anyhow::Result<Pepper> {
     Pepper::new(secret.as_bytes()).map_err(|e| anyhow::anyhow!("invalid key pepper: {e}"))
 }
 
-/// The policy set of the config, for a process that is not serving (the CLI).
+/// The policy set of the config, checked to declare every action the route table names.
 pub fn load_policies(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Arc<PolicyEngine>> {
-    Ok(Arc::new(
-        PolicyEngine::load(&config.policy_dir, metrics).map_err(|e| {
-            anyhow::anyhow!(
-                "the policies in {} are not valid:\n{e}",
-                config.policy_dir.display()
-            )
-        })?,
-    ))
+    let engine = PolicyEngine::load(&config.policy_dir, metrics).map_err(|e| {
+        anyhow::anyhow!(
+            "the policies in {} are not valid:\n{e}",
+            config.policy_dir.display()
+        )
+    })?;
+    engine
+        .require_actions(config.routes.action_names())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", config.policy_dir.display()))?;
+    Ok(Arc::new(engine))
 }
 
 /// The key manager for a process that is not serving (the CLI).
