@@ -387,6 +387,16 @@ async fn reloads_keep_the_last_good_set_and_apply_good_ones_at_once() {
         .await;
     assert_eq!(status["data"]["epoch"], 1);
     let hash = status["data"]["hash"].as_str().unwrap().to_owned();
+    // Every loaded policy is listed with where it is written and a hash of its text.
+    let listed = status["data"]["policies"].as_array().unwrap();
+    let own = listed
+        .iter()
+        .find(|p| p["id"] == "manage-own-credentials")
+        .expect("the shipped policy is listed");
+    assert_eq!(own["place"], "management.cedar:5:1");
+    assert_eq!(own["effect"], "permit");
+    assert_eq!(own["hash"].as_str().unwrap().len(), 64);
+    assert!(listed.iter().any(|p| p["effect"] == "forbid"));
 
     // A broken file is rejected; the old decisions stand, unchanged.
     std::fs::write(

@@ -103,6 +103,22 @@ pub struct Loaded {
     /// Every `Keygate::Path` the policies name, as (provider, path): with the grants, the only
     /// folders a decision can ask `resource in …` about.
     path_literals: Vec<(String, String)>,
+    /// Each policy as `/v1/admin/policy` lists it, in file order.
+    pub listed: Vec<PolicyInfo>,
+}
+
+/// A loaded policy: its `@id`, where it is written, its effect and intent, and a hash of its
+/// text (as Cedar prints it) to tell versions apart across instances.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyInfo {
+    pub id: String,
+    /// `file:line:column`.
+    pub place: String,
+    pub effect: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub intent: Option<String>,
+    pub hash: String,
 }
 
 /// The outcome of a decision, with the policies that determined it.
@@ -149,6 +165,8 @@ pub struct PolicyStatus {
     pub dir: String,
     pub loaded_at: String,
     pub last_error: Option<String>,
+    /// Every policy of the running set.
+    pub policies: Vec<PolicyInfo>,
 }
 
 pub struct PolicyEngine {
@@ -305,6 +323,7 @@ pub fn load_texts(files: &[(String, String)], epoch: u64) -> Result<Loaded, Poli
     let mut origin: HashMap<String, (String, String)> = HashMap::new();
     let mut restriction = HashMap::new();
     let mut intent = HashMap::new();
+    let mut listed = Vec::new();
     for (name, text) in files.iter().filter(|(n, _)| n.ends_with(".cedar")) {
         let parsed = match PolicySet::from_str(text) {
             Ok(p) => p,
@@ -348,6 +367,19 @@ pub fn load_texts(files: &[(String, String)], epoch: u64) -> Result<Loaded, Poli
                 intent.insert(id.clone(), i.to_owned());
             }
             let renamed: Policy = policy.new_id(PolicyId::new(&id));
+            listed.push(PolicyInfo {
+                id: id.clone(),
+                place: place.clone(),
+                effect: match renamed.effect() {
+                    cedar_policy::Effect::Permit => "permit",
+                    cedar_policy::Effect::Forbid => "forbid",
+                },
+                intent: policy.annotation("intent").map(str::to_owned),
+                hash: {
+                    use sha2::Digest;
+                    crate::model::hex(&sha2::Sha256::digest(renamed.to_string().as_bytes()))
+                },
+            });
             if let Err(e) = set.add(renamed) {
                 problems.push(format!("{place}: {e}"));
                 continue;
@@ -395,6 +427,7 @@ pub fn load_texts(files: &[(String, String)], epoch: u64) -> Result<Loaded, Poli
     let path_literals = path_literals(&set).map_err(|p| PolicyError::Invalid(p.join("\n")))?;
     Ok(Loaded {
         path_literals,
+        listed,
         policies: set,
         schema,
         actions,
@@ -893,6 +926,7 @@ impl PolicyEngine {
             files: c.files.clone(),
             dir: self.dir.display().to_string(),
             loaded_at: crate::clock::format_time(c.loaded_at),
+            policies: c.listed.clone(),
             last_error: self
                 .last_error
                 .lock()
