@@ -759,6 +759,82 @@ async fn explain_shows_the_decision_and_the_deciding_policies() {
         "{text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
+
+    // The same over HTTP, on the running set: POST /v1/admin/policy/check.
+    let check = |client: reqwest::Client, body: Value| {
+        let url = kg.control_url("/v1/admin/policy/check");
+        async move { client.post(url).json(&body).send().await.unwrap() }
+    };
+    let r = check(
+        kg.operator(),
+        json!({"key": id, "method": "GET", "path": "/v1/files/local/documents/x"}),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let answer: Value = r.json().await.unwrap();
+    let data = &answer["data"];
+    assert_eq!(data["decision"], "deny", "{answer}");
+    assert_eq!(data["action"], "readFile");
+    assert_eq!(data["principal"]["kind"], "apiKey");
+    assert_eq!(data["principal"]["scopes"], json!(["read"]));
+    let decided = &data["resources"][0];
+    assert_eq!(decided["resource"], "local:/documents/x");
+    assert_eq!(decided["details"]["restriction"], "base_path");
+    let deciding = decided["policies"].as_array().unwrap();
+    assert!(
+        deciding
+            .iter()
+            .any(|p| p["id"] == "outside-base-path" && p["place"].as_str().is_some()),
+        "{answer}"
+    );
+    let r = check(
+        kg.operator(),
+        json!({"user": "ada@example.com", "method": "DELETE", "path": "/v1/files/local/x"}),
+    )
+    .await;
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(answer["data"]["decision"], "allow", "{answer}");
+    assert_eq!(answer["data"]["principal"]["role"], "admin");
+    // A workspace admin's key may ask; a read-only key may not (and does not learn whether
+    // the principal exists).
+    let r = check(
+        client_with_key(&kg.key),
+        json!({"key": id, "method": "GET", "path": "/v1/files/local/backups/x"}),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let reader = key_with(
+        &kg,
+        json!({"name": "reader", "scopes": ["read"], "owner": "ada@example.com"}),
+    )
+    .await;
+    for subject in [json!({"key": id}), json!({"key": "no-such-key"})] {
+        let mut body = json!({"method": "GET", "path": "/v1/files/local/x"});
+        body.as_object_mut()
+            .unwrap()
+            .extend(subject.as_object().unwrap().clone());
+        let r = check(client_with_key(&reader), body).await;
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    }
+    // One subject, and a request the route table knows.
+    for body in [
+        json!({"key": id, "user": "ada@example.com", "method": "GET", "path": "/v1/files/local/x"}),
+        json!({"key": id, "method": "GET", "path": "/nowhere"}),
+    ] {
+        let r = check(kg.operator(), body).await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        let b: Value = r.json().await.unwrap();
+        assert_eq!(b["success"], false);
+    }
+    assert_eq!(
+        check(kg.operator(), json!({"key": id}))
+            .await
+            .status()
+            .as_u16()
+            / 100,
+        4,
+        "a body without method and path is refused"
+    );
 }
 
 /// The route table's actions must be in the schema: a set that renames one (consistently, so

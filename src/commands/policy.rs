@@ -8,8 +8,6 @@ use anyhow::{bail, Context};
 use crate::cli::PolicyCmd;
 use crate::config::Config;
 use crate::policy::{load_dir, PolicyEngine};
-use crate::principal::{Principal, PrincipalKind};
-use crate::route::RouteInput;
 use crate::store::Store;
 use crate::telemetry::Metrics;
 
@@ -122,96 +120,62 @@ async fn explain(
     destination: Option<&str>,
     json: bool,
 ) -> anyhow::Result<()> {
+    use crate::manage::explain::{explain, Question, Subject};
     let engine = PolicyEngine::load(&config.policy_dir, Arc::new(Metrics::new()))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let directory = store.provider_directory().await?;
-    engine.set_providers(directory.clone());
-    let route = config
-        .routes
-        .route(RouteInput {
-            method,
-            raw_target: path.as_bytes(),
-            destination: destination.map(str::as_bytes),
-            overwrite: None,
-            host: None,
-        })
-        .map_err(|r| {
-            anyhow::anyhow!(
-                "the request is refused before any policy: {} {:?}",
-                r.code(),
-                r
-            )
-        })?;
-    let principal = match (key, user) {
-        (Some(id), _) => Principal::from_key(store.key(&id).await?, Default::default()),
-        (None, Some(email)) => {
-            let user = store.user_by_email(&email).await?;
-            let provider = route
-                .resources
-                .first()
-                .map(|r| r.provider.to_string())
-                .unwrap_or_default();
-            let workspace = directory.get(&provider).cloned().unwrap_or_default();
-            let role = store
-                .memberships(&user.id)
-                .await?
-                .into_iter()
-                .find(|(id, _, _)| *id == workspace)
-                .map(|(_, _, role)| role);
-            Principal {
-                kind: PrincipalKind::Login,
-                key_id: format!("login:{}", user.id),
-                user_id: user.id,
-                user_email: user.email,
-                workspace_id: workspace,
-                workspace: String::new(),
-                scopes: role.map(|r| vec![r.scope().to_owned()]).unwrap_or_default(),
-                grants: None,
-                role,
-                expires_at: None,
-                generation: 0,
-                usage: Default::default(),
-            }
-        }
+    engine.set_providers(store.provider_directory().await?);
+    let subject = match (key, user) {
+        (Some(id), _) => Subject::Key(id),
+        (None, Some(email)) => Subject::User(email),
         (None, None) => bail!("give --key ID or --user EMAIL"),
     };
-    let verdicts = engine.decide_uncached(&principal, &route);
-    let allowed = !verdicts.is_empty() && verdicts.iter().all(|v| v.allowed);
-    let loaded = engine.current();
+    let question = Question {
+        subject,
+        method: method.to_owned(),
+        path: path.to_owned(),
+        destination: destination.map(str::to_owned),
+    };
+    let answer = explain(
+        store,
+        &engine,
+        &config.routes,
+        None,
+        &crate::manage::Actor::Operator,
+        &question,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({
-                "decision": if allowed { "allow" } else { "deny" },
-                "action": &*route.action,
-                "resources": route.resources.iter().map(|r| format!("{}:{}", r.provider, r.path)).collect::<Vec<_>>(),
-                "verdicts": verdicts,
-            }))?
-        );
+        println!("{}", serde_json::to_string_pretty(&answer)?);
         return Ok(());
     }
-    println!("{} {} → action {}", method, path, route.action);
-    for (r, v) in route.resources.iter().zip(&verdicts) {
+    println!("{} {} → action {}", method, path, answer.action);
+    for r in &answer.resources {
         println!(
-            "  {}:{} → {}",
-            r.provider,
-            r.path,
-            if v.allowed { "ALLOW" } else { "DENY" }
+            "  {} → {}",
+            r.resource,
+            if r.allowed { "ALLOW" } else { "DENY" }
         );
-        if v.policies.is_empty() {
+        if r.policies.is_empty() {
             println!("    no policy permits it");
         }
-        for id in &v.policies {
-            let intent = loaded.intent.get(id).map(String::as_str).unwrap_or("");
-            println!("    {id}: {intent}");
+        for p in &r.policies {
+            println!("    {}: {}", p.id, p.intent.as_deref().unwrap_or_default());
         }
-        if !v.details.is_empty() {
+        if !r.details.is_empty() {
             println!(
                 "    details: {}",
-                serde_json::Value::Object(v.details.clone())
+                serde_json::Value::Object(r.details.clone())
             );
         }
     }
-    println!("decision: {}", if allowed { "ALLOW" } else { "DENY" });
+    println!(
+        "decision: {}",
+        if answer.decision == "allow" {
+            "ALLOW"
+        } else {
+            "DENY"
+        }
+    );
     Ok(())
 }

@@ -48,6 +48,8 @@ pub struct ControlState {
     pub trusted_proxies: crate::identity::client::TrustedProxies,
     /// The served certificate, when `[tls]` is configured.
     pub certificates: Option<Arc<crate::tls::Certificates>>,
+    /// The route table, to explain decisions as the data plane makes them.
+    pub routes: crate::route::RouteTable,
 }
 
 /// Who may read `/metrics` on the control plane.

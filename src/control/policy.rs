@@ -9,6 +9,7 @@ use serde_json::json;
 
 use super::caller::{operator_only, Caller};
 use super::respond::ok;
+use super::respond::Body;
 use super::ControlState;
 use crate::manage::ManageError;
 use crate::refusal::Refusal;
@@ -17,6 +18,7 @@ pub fn routes() -> Router<ControlState> {
     Router::new()
         .route("/v1/admin/policy", get(status))
         .route("/v1/admin/policy/reload", post(reload))
+        .route("/v1/admin/policy/check", post(check))
 }
 
 async fn status(
@@ -45,4 +47,50 @@ async fn reload(
             details: json!({"runningEpoch": status.epoch, "runningHash": status.hash}),
         }),
     }
+}
+
+/// `POST /v1/admin/policy/check`: how the running set decides a request of a key, a token or
+/// a signed-in user.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckRequest {
+    key: Option<String>,
+    token: Option<String>,
+    user: Option<String>,
+    method: String,
+    path: String,
+    destination: Option<String>,
+}
+
+async fn check(
+    State(st): State<ControlState>,
+    Caller(actor): Caller,
+    Body(req): Body<CheckRequest>,
+) -> Result<Response, ManageError> {
+    use crate::manage::explain::{explain, Question, Subject};
+    let subject = match (req.key, req.token, req.user) {
+        (Some(id), None, None) => Subject::Key(id),
+        (None, Some(id), None) => Subject::Token(id),
+        (None, None, Some(email)) => Subject::User(email),
+        _ => return Err(ManageError::BadRequest(
+            "give exactly one of key (an API key's id), token (a token's id) or user (an email)"
+                .to_owned(),
+        )),
+    };
+    let question = Question {
+        subject,
+        method: req.method,
+        path: req.path,
+        destination: req.destination,
+    };
+    let answer = explain(
+        &st.store,
+        &st.policy,
+        &st.routes,
+        Some(&st.keys),
+        &actor,
+        &question,
+    )
+    .await?;
+    Ok(ok(StatusCode::OK, answer))
 }

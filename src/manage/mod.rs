@@ -1,14 +1,16 @@
 //! The rules of credential management, one implementation behind the control plane and the
 //! CLI: API keys (`keys.rs`: create, list, show, update, revoke, rotate, usage) and logins
-//! (`logins.rs`: password login, refresh rotation, logout, devices, scoped tokens). Who may do
+//! (`logins.rs`: password login, refresh rotation, logout, devices, scoped tokens), and
+//! explaining a decision (`explain.rs`). Who may do
 //! what is the policies' decision; this module asks Cedar and applies the answer.
 //!
 //! Every call fails with the one [`ManageError`]; the control plane renders it (and nothing
 //! else) as the JSON error shape.
 //!
-//! May import: `identity`, `policy`, `principal`, `ratelimit`, `store`, `model`, `refusal`,
-//! `usage`, `telemetry`, `clock`. Never `proxy`, `control` or `server`.
+//! May import: `identity`, `policy`, `principal`, `ratelimit`, `store`, `model`, `route`,
+//! `refusal`, `usage`, `telemetry`, `clock`. Never `proxy`, `control` or `server`.
 
+pub mod explain;
 pub mod keys;
 pub mod logins;
 mod password;

@@ -375,6 +375,7 @@ pub async fn start_with_store(
         auth,
         operator_token,
         certificates: certificates.clone(),
+        routes: config.routes.clone(),
         policy: policy.clone(),
         metrics_access: match (
             config.server.metrics_listen,
