@@ -12,18 +12,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-missing=()
-command -v openssl >/dev/null 2>&1 || missing+=(openssl)
-command -v python3 >/dev/null 2>&1 || missing+=(python3)
-command -v taskset >/dev/null 2>&1 || missing+=(util-linux)
-command -v cmake >/dev/null 2>&1 || missing+=(cmake)
-if ((${#missing[@]})); then
-    sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    export DEBIAN_FRONTEND=noninteractive
-    $sudo apt-get update -qq
-    $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
+source benches/prerequisites.sh
+need openssl:openssl python3:python3 taskset:util-linux cmake:cmake
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/keygate-target}"
 cargo build --release --quiet -p keygate --bin keygate --example handshakes

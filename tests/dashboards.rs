@@ -217,13 +217,7 @@ limit = "1/min"
             statuses.contains(&StatusCode::TOO_MANY_REQUESTS),
             "{statuses:?}"
         );
-        let reload = kg
-            .operator()
-            .post(kg.control_url("/v1/admin/policy/reload"))
-            .send()
-            .await
-            .unwrap();
-        assert!(reload.status().is_success());
+        assert!(kg.reload_policies().await.0.is_success());
         tokio::time::sleep(Duration::from_millis(1200)).await;
     }
     // The backend goes away: upstream errors.

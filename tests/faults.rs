@@ -290,14 +290,8 @@ async fn every_broken_policy_reload_keeps_the_last_good_set_and_says_why() {
     ];
     for (what, break_it, repair) in &cases {
         break_it(&dir);
-        let r = kg
-            .operator()
-            .post(kg.control_url("/v1/admin/policy/reload"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY, "{what}");
-        let body: Value = r.json().await.unwrap();
+        let (reloaded, body) = kg.reload_policies().await;
+        assert_eq!(reloaded, StatusCode::UNPROCESSABLE_ENTITY, "{what}");
         assert_eq!(body["error"]["code"], "INVALID_POLICY", "{what}");
         assert_eq!(
             body["error"]["details"]["runningHash"],
@@ -323,10 +317,8 @@ async fn every_broken_policy_reload_keeps_the_last_good_set_and_says_why() {
     let m = kg.metrics().await;
     assert!(metric(&m, "keygate_policy_reloads_total{result=\"error\"}") >= cases.len() as f64);
     // Repaired: the next reload succeeds and the failure clears.
-    kg.operator()
-        .post(kg.control_url("/v1/admin/policy/reload"))
-        .expect(StatusCode::OK)
-        .await;
+    let (reloaded, body) = kg.reload_policies().await;
+    assert_eq!(reloaded, StatusCode::OK, "{body}");
     let m = kg.metrics().await;
     assert_eq!(metric(&m, "keygate_policy_reload_failing"), 0.0);
 }

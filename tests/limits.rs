@@ -383,13 +383,7 @@ async fn each_metric_moves_with_the_traffic_that_drives_it() {
         .get(kg.url("/v1/files/local/m.txt"))
         .expect(StatusCode::UNAUTHORIZED)
         .await;
-    let r = kg
-        .operator()
-        .post(kg.control_url("/v1/admin/policy/reload"))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success());
+    assert!(kg.reload_policies().await.0.is_success());
     let after = kg
         .metrics_with(&["keygate_requests_total{action=\"readFile\",outcome=\"UNAUTHORIZED\""])
         .await;

@@ -358,16 +358,6 @@ async fn ownership_across_workspaces_and_role_downgrades() {
     );
 }
 
-async fn reload(kg: &Keygate) -> (StatusCode, Value) {
-    let r = kg
-        .operator()
-        .post(kg.control_url("/v1/admin/policy/reload"))
-        .send()
-        .await
-        .unwrap();
-    (r.status(), r.json().await.unwrap())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reloads_keep_the_last_good_set_and_apply_good_ones_at_once() {
     let rec = Recorder::start().await;
@@ -404,7 +394,7 @@ async fn reloads_keep_the_last_good_set_and_apply_good_ones_at_once() {
         "@id(\"oops\")\nforbid (principal, action, resource) when { principal.nope };\n",
     )
     .unwrap();
-    let (s, b) = reload(&kg).await;
+    let (s, b) = kg.reload_policies().await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(
         b["error"]["message"]
@@ -442,7 +432,7 @@ async fn reloads_keep_the_last_good_set_and_apply_good_ones_at_once() {
         "@id(\"no-reading-a\")\n@restriction(\"maintenance\")\nforbid (principal, action == Keygate::Action::\"readFile\", resource == Keygate::Path::\"local:/a.txt\");\n",
     )
     .unwrap();
-    let (s, b) = reload(&kg).await;
+    let (s, b) = kg.reload_policies().await;
     assert_eq!(s, StatusCode::OK, "{b}");
     assert_eq!(b["data"]["epoch"], 2);
     assert_eq!(b["data"]["lastError"], Value::Null);
@@ -560,7 +550,7 @@ async fn a_policy_that_errors_while_evaluating_denies() {
         "@id(\"overflowing-forbid\")\nforbid (principal, action, resource) when { 9223372036854775807 + 1 > 0 };\n",
     )
     .unwrap();
-    let (s, b) = reload(&kg).await;
+    let (s, b) = kg.reload_policies().await;
     assert_eq!(s, StatusCode::OK, "{b}");
     let before = rec.requests().len();
     let r = kg
@@ -573,15 +563,9 @@ async fn a_policy_that_errors_while_evaluating_denies() {
     assert!(kg.metrics().await.contains("keygate_policy_errors_total 1"));
 }
 
-#[test]
-fn keygate_refuses_to_start_on_an_invalid_policy_set() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        "policies/keygate.cedarschema",
-        dir.path().join("keygate.cedarschema"),
-    )
-    .unwrap();
-    std::fs::write(dir.path().join("bad.cedar"), "@id(\"bad\")\npermit (principal, action, resource) when { principal.sc0pes.contains(\"read\") };\n").unwrap();
+/// Starts `keygate serve` on the policies in `dir`, which must make it exit by itself with an
+/// error (if it is still serving after 30 s, that is the failure); returns its stderr.
+fn refused_start(dir: &std::path::Path) -> String {
     let db = TestDb::sqlite();
     let mut child = Command::new(bin("keygate"))
         .args([
@@ -593,24 +577,35 @@ fn keygate_refuses_to_start_on_an_invalid_policy_set() {
             "--control-listen",
             "127.0.0.1:0",
         ])
-        .env("KEYGATE_POLICIES_DIR", dir.path())
+        .env("KEYGATE_POLICIES_DIR", dir)
         .env("KEYGATE_KEYS_PEPPER", TEST_PEPPER)
-        .stdout(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // It must exit by itself; if it is still serving after a while, that is the failure.
     let deadline = Instant::now() + Duration::from_secs(30);
     while child.try_wait().unwrap().is_none() {
         if Instant::now() > deadline {
             let _ = child.kill();
-            panic!("keygate started on an invalid policy set");
+            panic!("keygate started on the policies in {}", dir.display());
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     let out = child.wait_with_output().unwrap();
     assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn keygate_refuses_to_start_on_an_invalid_policy_set() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        "policies/keygate.cedarschema",
+        dir.path().join("keygate.cedarschema"),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("bad.cedar"), "@id(\"bad\")\npermit (principal, action, resource) when { principal.sc0pes.contains(\"read\") };\n").unwrap();
+    let err = refused_start(dir.path());
     assert!(
         err.contains("bad.cedar:2") && err.contains("sc0pes"),
         "{err}"
@@ -881,7 +876,7 @@ async fn a_policy_set_without_an_action_the_routes_need_is_refused() {
         let path = entry.unwrap().path();
         std::fs::copy(&path, policies.join(path.file_name().unwrap())).unwrap();
     }
-    let (status, body) = reload(&kg).await;
+    let (status, body) = kg.reload_policies().await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert!(
         body["error"]["message"]
@@ -894,33 +889,6 @@ async fn a_policy_set_without_an_action_the_routes_need_is_refused() {
         .get(kg.url("/v1/search/local?q=x"))
         .expect(StatusCode::OK)
         .await;
-    // And keygate does not start on it (it must exit by itself).
-    let db = TestDb::sqlite();
-    let mut child = Command::new(bin("keygate"))
-        .args([
-            "--database-url",
-            &db.url(),
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--control-listen",
-            "127.0.0.1:0",
-        ])
-        .env("KEYGATE_POLICIES_DIR", renamed.path())
-        .env("KEYGATE_KEYS_PEPPER", TEST_PEPPER)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("keygate started without an action its routes need");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("searchFiles"));
+    // And keygate does not start on it.
+    assert!(refused_start(renamed.path()).contains("searchFiles"));
 }

@@ -128,6 +128,46 @@ async fn both_planes_speak_https_only_with_hsts() {
     );
 }
 
+/// A client that opens a connection and never says hello is cut at the header deadline on
+/// both planes, and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_tls_client_is_cut_at_the_header_deadline() {
+    use tokio::io::AsyncReadExt;
+    let backend = Backend::start();
+    let ca = TestCa::new("test CA");
+    let certs = tempfile::tempdir().unwrap();
+    let kg = Keygate::start(
+        &[backend.addr],
+        &format!(
+            "[server]\nheader_timeout = \"1s\"\n{}",
+            tls_config(&ca, certs.path(), "")
+        ),
+    );
+    for addr in [kg.data, kg.control] {
+        let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let started = Instant::now();
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "{addr}: the connection was not closed"
+        );
+        assert!(
+            started.elapsed() >= Duration::from_millis(900),
+            "{addr}: closed before the deadline"
+        );
+    }
+    let m = metrics(&kg, &ca).await;
+    for plane in ["data", "control"] {
+        assert!(
+            m.contains(&format!(
+                "keygate_tls_handshake_failures_total{{plane=\"{plane}\"}} 1"
+            )),
+            "{plane}:\n{m}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_plain_listener_redirects_or_refuses_and_never_checks_a_credential() {
     let backend = Backend::start();
@@ -261,6 +301,31 @@ async fn a_key_sent_in_clear_is_revoked_when_configured_and_its_owner_sees_why()
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"]["details"]["credentialRevoked"], false);
+
+    // Six well-formed keys nobody issued in one request: at most four are looked up (and
+    // counted as failed authentications), whatever the request carries.
+    let unknown = |m: &str| -> f64 {
+        m.lines()
+            .find(|l| l.starts_with("keygate_auth_failures_total{reason=\"unknown\"}"))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let before = unknown(&metrics(&kg, &ca).await);
+    let fresh: Vec<String> = (0..6)
+        .map(|_| keygate::model::KeyStyle::default().generate())
+        .collect();
+    let r = reqwest::Client::new()
+        .get(format!(
+            "{plain}/v1/folders/local?a={}&b={}&c={}&d={}",
+            fresh[2], fresh[3], fresh[4], fresh[5]
+        ))
+        .bearer_auth(&fresh[0])
+        .header("x-api-key", &fresh[1])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(unknown(&metrics(&kg, &ca).await) - before, 4.0);
 
     // The real key, in clear, in the query of a request that is malformed besides (two
     // different credentials, a credential in the query): revoked at once all the same.
@@ -610,7 +675,7 @@ async fn the_tls_demo_serves_https_with_its_throwaway_ca() {
         "--backend-listen",
         "127.0.0.1:0",
     ]);
-    let (_demo, found) = spawn_reading(
+    let (_demo, found) = spawn_and_read(
         cmd,
         dir.path().join("demo.log"),
         &[

@@ -332,6 +332,17 @@ impl Keygate {
     }
 
     /// A client that sends the operator token (for the control plane).
+    /// `POST /v1/admin/policy/reload` as the operator: the status and the JSON body.
+    pub async fn reload_policies(&self) -> (reqwest::StatusCode, serde_json::Value) {
+        let r = self
+            .operator()
+            .post(self.control_url("/v1/admin/policy/reload"))
+            .send()
+            .await
+            .unwrap();
+        (r.status(), r.json().await.unwrap())
+    }
+
     pub fn operator(&self) -> reqwest::Client {
         let mut h = reqwest::header::HeaderMap::new();
         h.insert(
@@ -403,9 +414,4 @@ pub fn spawn_serve(
         found[0].parse().expect("address"),
         found[1].parse().expect("address"),
     )
-}
-
-/// Spawns `cmd` and returns what follows each of `prefixes` on its stdout (in order).
-pub fn spawn_reading(cmd: Command, log: PathBuf, prefixes: &[&str]) -> (Proc, Vec<String>) {
-    spawn_and_read(cmd, log, prefixes)
 }

@@ -97,11 +97,7 @@ impl Drop for Proc {
 
 /// Spawns `cmd`, waits for stdout lines starting with each of `prefixes`, returns the rest of
 /// each such line (an address) in order.
-pub(super) fn spawn_and_read(
-    mut cmd: Command,
-    log: PathBuf,
-    prefixes: &[&str],
-) -> (Proc, Vec<String>) {
+pub fn spawn_and_read(mut cmd: Command, log: PathBuf, prefixes: &[&str]) -> (Proc, Vec<String>) {
     let err = std::fs::File::create(&log).expect("log file");
     cmd.stdout(Stdio::piped()).stderr(err).stdin(Stdio::null());
     let mut child = cmd.spawn().expect("process starts");
