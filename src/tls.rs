@@ -84,8 +84,16 @@ fn format_millis(ms: i64) -> String {
     format_unix(ms / 1000)
 }
 
-/// Reads a chain and its key from PEM files and checks that they belong together.
-fn load(cert_file: &Path, key_file: &Path) -> Result<Loaded, String> {
+/// A certificate chain and its private key read from PEM files, checked to belong together:
+/// the chain (leaf first), the key, and both as rustls's signing pair. For the served
+/// certificate and for a client certificate to the backend alike.
+pub struct PemPair {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+    pub certified: CertifiedKey,
+}
+
+pub fn read_pem_pair(cert_file: &Path, key_file: &Path) -> Result<PemPair, String> {
     let cert_pem = std::fs::read(cert_file)
         .map_err(|e| format!("cannot read {}: {e}", cert_file.display()))?;
     let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert_pem.as_slice())
@@ -101,6 +109,26 @@ fn load(cert_file: &Path, key_file: &Path) -> Result<Loaded, String> {
         .ok_or_else(|| format!("{} holds no private key", key_file.display()))?;
     let signer = ring::sign::any_supported_type(&key)
         .map_err(|e| format!("{}: unsupported private key: {e}", key_file.display()))?;
+    let certified = CertifiedKey::new(chain.clone(), signer);
+    certified.keys_match().map_err(|e| {
+        format!(
+            "the key in {} does not belong to the certificate in {}: {e}",
+            key_file.display(),
+            cert_file.display()
+        )
+    })?;
+    Ok(PemPair {
+        chain,
+        key,
+        certified,
+    })
+}
+
+/// Reads the served certificate and what is shown of it.
+fn load(cert_file: &Path, key_file: &Path) -> Result<Loaded, String> {
+    let PemPair {
+        chain, certified, ..
+    } = read_pem_pair(cert_file, key_file)?;
     let (_, leaf) = x509_parser::parse_x509_certificate(&chain[0]).map_err(|e| {
         format!(
             "{}: the first certificate does not parse: {e}",
@@ -130,16 +158,8 @@ fn load(cert_file: &Path, key_file: &Path) -> Result<Loaded, String> {
             }
         }
     }
-    let key = CertifiedKey::new(chain, signer);
-    key.keys_match().map_err(|e| {
-        format!(
-            "the key in {} does not belong to the certificate in {}: {e}",
-            key_file.display(),
-            cert_file.display()
-        )
-    })?;
     Ok(Loaded {
-        key: Arc::new(key),
+        key: Arc::new(certified),
         subject,
         not_after,
         names,

@@ -710,3 +710,73 @@ async fn the_tls_demo_serves_https_with_its_throwaway_ca() {
         .expect(StatusCode::OK)
         .await;
 }
+
+/// `keygate serve` on `config`, which must make it exit by itself; returns its stderr.
+fn refused_start(config: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keygate.toml");
+    std::fs::write(&path, config).unwrap();
+    let db = TestDb::sqlite();
+    let mut child = std::process::Command::new(bin("keygate"))
+        .arg("--config")
+        .arg(&path)
+        .args(["--database-url", &db.url(), "serve"])
+        .args(["--listen", "127.0.0.1:0", "--control-listen", "127.0.0.1:0"])
+        .env(
+            "KEYGATE_POLICIES_DIR",
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"),
+        )
+        .env("KEYGATE_KEYS_PEPPER", TEST_PEPPER)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("keygate started on:\n{config}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn certificates_that_do_not_load_stop_keygate_from_starting() {
+    let ca = TestCa::new("test CA");
+    let dir = tempfile::tempdir().unwrap();
+    let good = ca.issue("good", &["localhost"], KeyKind::Ecdsa);
+    let other = ca.issue("other", &["localhost"], KeyKind::Ecdsa);
+    let (cert, _) = good.write(dir.path(), "good");
+    let (_, stray_key) = other.write(dir.path(), "other");
+    std::fs::write(dir.path().join("empty.pem"), "not a certificate\n").unwrap();
+    let cert = cert.display().to_string();
+    let stray_key = stray_key.display().to_string();
+    let empty = dir.path().join("empty.pem").display().to_string();
+    for (config, says) in [
+        // The served certificate with a key that is not its own.
+        (
+            format!("[tls]\ncert_file = {cert:?}\nkey_file = {stray_key:?}\n"),
+            "does not belong",
+        ),
+        // A backend CA bundle without a certificate.
+        (
+            format!("[upstream]\npeers = [\"https://127.0.0.1:9\"]\ntls_ca_file = {empty:?}\n"),
+            "holds no certificate",
+        ),
+        // A client certificate for the backend with a key that is not its own.
+        (
+            format!(
+                "[upstream]\npeers = [\"https://127.0.0.1:9\"]\n\
+                 tls_client_cert_file = {cert:?}\ntls_client_key_file = {stray_key:?}\n"
+            ),
+            "does not belong",
+        ),
+    ] {
+        let err = refused_start(&config);
+        assert!(err.contains(says), "{config}\n{err}");
+    }
+}

@@ -116,33 +116,10 @@ fn check_ca_file(path: &std::path::Path) -> anyhow::Result<()> {
 
 /// The client certificate for mutual TLS, checked: the key must parse and match the chain.
 fn client_cert(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<CertKey> {
-    let pem = std::fs::read(cert).with_context(|| format!("cannot read {}", cert.display()))?;
-    let chain: Vec<Vec<u8>> = rustls_pemfile::certs(&mut pem.as_slice())
-        .map(|c| c.map(|c| c.to_vec()))
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("{} is not PEM", cert.display()))?;
-    if chain.is_empty() {
-        anyhow::bail!("{} holds no certificate", cert.display());
-    }
-    let pem = std::fs::read(key).with_context(|| format!("cannot read {}", key.display()))?;
-    let der = rustls_pemfile::private_key(&mut pem.as_slice())
-        .with_context(|| format!("{} is not PEM", key.display()))?
-        .with_context(|| format!("{} holds no private key", key.display()))?;
-    let signer = rustls::crypto::ring::sign::any_supported_type(&der)
-        .with_context(|| format!("{}: unsupported private key", key.display()))?;
-    let certified = rustls::sign::CertifiedKey::new(
-        chain
-            .iter()
-            .map(|c| rustls::pki_types::CertificateDer::from(c.clone()))
-            .collect(),
-        signer,
-    );
-    certified.keys_match().with_context(|| {
-        format!(
-            "the key in {} does not belong to {}",
-            key.display(),
-            cert.display()
-        )
-    })?;
-    Ok(CertKey::new(chain, der.secret_der().to_vec()))
+    let pair = crate::tls::read_pem_pair(cert, key)
+        .map_err(|e| anyhow::anyhow!("[upstream] tls_client_cert_file: {e}"))?;
+    Ok(CertKey::new(
+        pair.chain.iter().map(|c| c.to_vec()).collect(),
+        pair.key.secret_der().to_vec(),
+    ))
 }

@@ -90,9 +90,7 @@ impl Running {
         let audit = self.audit.clone();
         let _ = tokio::task::spawn_blocking(move || audit.drain(Duration::from_secs(5))).await;
     }
-}
 
-impl Running {
     /// Hands the listening sockets to a new keygate waiting on `[server] upgrade_socket`
     /// (`serve --upgrade`). This keygate goes on accepting until the new one, once it serves,
     /// sends SIGTERM.
