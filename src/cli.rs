@@ -96,6 +96,30 @@ pub enum PolicyCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Prove whether NEW allows anything OLD does not (widening) or the reverse (narrowing),
+    /// per action, over every request and entity store the schema allows (Cedar's symbolic
+    /// compiler and the cvc5 solver). Each widening comes with a counterexample.
+    /// Exits 0 when nothing widens (or only the --allow-widening actions), 1 on a widening,
+    /// 2 on an error.
+    Diff {
+        /// The policy folder before the change.
+        old: PathBuf,
+        /// The policy folder after the change.
+        new: PathBuf,
+        /// An action this change is meant to widen (repeatable): reported, not failed.
+        #[arg(long = "allow-widening", value_name = "ACTION")]
+        allow_widening: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Find policies that never apply, policies whose evaluation can error, and permits that a
+    /// forbid always overrides, each with its @id and file:line. Exits 0 when there is none,
+    /// 1 when there are findings, 2 on an error.
+    Lint {
+        dir: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Format the .cedar files in place; with --check, list the unformatted ones and fail.
     Fmt {
         dir: Option<PathBuf>,

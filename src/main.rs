@@ -9,11 +9,18 @@ use keygate::store::Store;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // `policy diff` and `policy lint` tell a finding (1) from a check that could not run (2).
+    let reviews = matches!(
+        cli.command,
+        Command::Policy(
+            keygate::cli::PolicyCmd::Diff { .. } | keygate::cli::PolicyCmd::Lint { .. }
+        )
+    );
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(keygate::commands::policy::exit_status(reviews, &e))
         }
     }
 }

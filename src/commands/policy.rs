@@ -51,6 +51,13 @@ pub async fn run(config: &Config, cmd: PolicyCmd, store: Option<&Store>) -> anyh
             Ok(())
         }
         PolicyCmd::Fmt { dir, check } => fmt(&dir_of(&dir), check),
+        PolicyCmd::Diff {
+            old,
+            new,
+            allow_widening,
+            json,
+        } => diff(&old, &new, &allow_widening, json).await,
+        PolicyCmd::Lint { dir, json } => lint(&dir_of(&dir), json).await,
         PolicyCmd::Explain {
             key,
             user,
@@ -72,6 +79,145 @@ pub async fn run(config: &Config, cmd: PolicyCmd, store: Option<&Store>) -> anyh
             )
             .await
         }
+    }
+}
+
+/// A review found what it looks for (a widening, a lint finding): exit status 1, where any
+/// other error of `policy diff` and `policy lint` is 2.
+#[derive(Debug)]
+pub struct Findings(pub String);
+
+impl std::fmt::Display for Findings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Findings {}
+
+/// The exit status of a failed policy command: 1 for [`Findings`], 2 for any other error of
+/// `diff` and `lint` (a CI job tells "this change widens" from "the check could not run").
+pub fn exit_status(cmd_reviews: bool, error: &anyhow::Error) -> u8 {
+    if error.downcast_ref::<Findings>().is_some() || !cmd_reviews {
+        1
+    } else {
+        2
+    }
+}
+
+fn load_for_review(dir: &Path) -> anyhow::Result<crate::policy::Loaded> {
+    load_dir(dir, 1).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))
+}
+
+async fn diff(old: &Path, new: &Path, allowed: &[String], json: bool) -> anyhow::Result<()> {
+    use crate::policy::review;
+    let old_set = load_for_review(old)?;
+    let new_set = load_for_review(new)?;
+    let unknown: Vec<&String> = allowed
+        .iter()
+        .filter(|a| new_set.missing_actions(std::slice::from_ref(*a)).len() == 1)
+        .collect();
+    if !unknown.is_empty() {
+        bail!(
+            "--allow-widening names actions NEW's schema does not have: {}",
+            unknown
+                .iter()
+                .map(|a| a.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let mut prover = review::Prover::start().await.map_err(anyhow::Error::msg)?;
+    let changes = review::diff(&mut prover, &old_set, &new_set)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let widened: Vec<&str> = changes
+        .iter()
+        .filter(|c| c.widening.is_some() && !allowed.contains(&c.action))
+        .map(|c| c.action.as_str())
+        .collect();
+    if json {
+        let report = serde_json::json!({
+            "old": old.display().to_string(),
+            "new": new.display().to_string(),
+            "solver": prover.solver,
+            "actions": changes,
+            "widened": widened,
+        });
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "policy diff {} → {} (proved with {})",
+            old.display(),
+            new.display(),
+            prover.solver
+        );
+        for c in &changes {
+            let note = if c.widening.is_some() && allowed.contains(&c.action) {
+                " (allowed by --allow-widening)"
+            } else {
+                ""
+            };
+            println!("  {:<20} {}{note}", c.action, c.verdict());
+        }
+        for c in &changes {
+            if let Some(e) = &c.widening {
+                println!(
+                    "\n{}: NEW allows a request OLD denies, for example",
+                    c.action
+                );
+                print!("{}", review::render_example(e, "NEW", "OLD"));
+            }
+            if let Some(e) = &c.narrowing {
+                println!(
+                    "\n{}: OLD allows a request NEW denies, for example",
+                    c.action
+                );
+                print!("{}", review::render_example(e, "OLD", "NEW"));
+            }
+        }
+    }
+    if widened.is_empty() {
+        Ok(())
+    } else {
+        Err(Findings(format!("the change widens access: {}", widened.join(", "))).into())
+    }
+}
+
+async fn lint(dir: &Path, json: bool) -> anyhow::Result<()> {
+    use crate::policy::review;
+    let loaded = load_for_review(dir)?;
+    let mut prover = review::Prover::start().await.map_err(anyhow::Error::msg)?;
+    let findings = review::lint(&mut prover, &loaded)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    if json {
+        let report = serde_json::json!({
+            "dir": dir.display().to_string(),
+            "solver": prover.solver,
+            "findings": findings,
+        });
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for f in &findings {
+            println!("{}: {} [{}]: {}", f.place, f.id, f.kind, f.message);
+            if let Some(e) = &f.example {
+                print!("{}", review::render_example(e, "it", "it"));
+            }
+        }
+        println!(
+            "{}: {} polic{} checked, {} finding(s) (proved with {})",
+            dir.display(),
+            loaded.listed.len(),
+            if loaded.listed.len() == 1 { "y" } else { "ies" },
+            findings.len(),
+            prover.solver
+        );
+    }
+    if findings.is_empty() {
+        Ok(())
+    } else {
+        Err(Findings(format!("{} lint finding(s)", findings.len())).into())
     }
 }
 

@@ -17,6 +17,7 @@
 //! scenarios).
 //! Never `identity`, `manage` or the planes.
 
+pub mod review;
 pub mod scenarios;
 
 use std::collections::{HashMap, HashSet};

@@ -1,0 +1,476 @@
+//! Reviewing a policy change before it ships: `keygate policy diff` and `keygate policy lint`.
+//!
+//! Both are proofs, not samples. The Cedar symbolic compiler (`cedar-policy-symcc`) turns a
+//! policy set into logic over *every* request and entity store the schema allows, and the cvc5
+//! SMT solver decides the question; when the answer is "no", it comes with a concrete request
+//! and entity store (a counterexample) that Cedar's own authorizer then replays, so that the
+//! policies named as responsible are the ones Cedar reports, not a guess.
+//!
+//! - diff: for each action, whether NEW allows a request OLD denies (widening) and whether OLD
+//!   allows one NEW denies (narrowing). Both sets are compiled under NEW's schema.
+//! - lint: policies that can never apply (dead), policies whose evaluation can error (Cedar
+//!   skips an erroring policy: an erroring forbid does not forbid), and permits that some
+//!   forbid always overrides (shadowed).
+//!
+//! The solver is found as the `CVC5` variable or `cvc5` on the PATH; before any real question
+//! it must answer two whose answers are known (one widening, one not), so a solver that answers
+//! wrongly is an error, never a pass.
+//!
+//! The schema's entities are more general than the ones keygate builds (a `Path` named
+//! `local:/a` could, to the solver, sit below any folder): an answer of "equivalent" holds for
+//! keygate's entities too, and a counterexample may be one keygate would never build. A
+//! widening is reported all the same: the policies allow it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::str::FromStr;
+
+use cedar_policy::{Authorizer, Decision, Effect, PolicySet, Schema};
+use cedar_policy_symcc::solver::LocalSolver;
+use cedar_policy_symcc::{CedarSymCompiler, CompiledPolicy, CompiledPolicySet, Env};
+use serde::Serialize;
+
+use super::Loaded;
+
+/// Wall time the solver may spend on one question (cvc5's `--tlimit-per`, milliseconds).
+const SOLVER_LIMIT_MS: u32 = 60_000;
+
+/// The SMT solver behind the proofs, checked before use.
+pub struct Prover {
+    compiler: CedarSymCompiler<LocalSolver>,
+    /// What `cvc5 --version` said, for the report.
+    pub solver: String,
+}
+
+/// A concrete request that one set allows and the other denies.
+#[derive(Debug, Clone, Serialize)]
+pub struct Example {
+    pub principal: String,
+    pub action: String,
+    pub resource: String,
+    /// The entities of the counterexample, one line each: uid, attributes, parents.
+    pub entities: Vec<String>,
+    /// The policies that allow it in the set that allows it.
+    #[serde(rename = "allowedBy")]
+    pub allowed_by: Vec<String>,
+    /// The forbids that deny it in the other set; empty when no permit applied there.
+    #[serde(rename = "deniedBy")]
+    pub denied_by: Vec<String>,
+}
+
+/// How one action's decisions changed from OLD to NEW.
+#[derive(Debug, Clone, Serialize)]
+pub struct ActionChange {
+    pub action: String,
+    /// A request NEW allows and OLD denies.
+    pub widening: Option<Example>,
+    /// A request OLD allows and NEW denies.
+    pub narrowing: Option<Example>,
+    /// True when the action is in OLD's schema but not NEW's (nothing can request it now).
+    pub removed: bool,
+}
+
+impl ActionChange {
+    pub fn verdict(&self) -> &'static str {
+        match (&self.widening, &self.narrowing, self.removed) {
+            (Some(_), Some(_), _) => "widens and narrows",
+            (Some(_), None, _) => "widens",
+            (None, _, true) => "removed",
+            (None, Some(_), _) => "narrows",
+            (None, None, _) => "equivalent",
+        }
+    }
+}
+
+/// One finding of `policy lint`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    pub id: String,
+    /// `file:line:column` of the policy.
+    pub place: String,
+    /// `dead`, `errors` or `shadowed`.
+    pub kind: &'static str,
+    pub message: String,
+    /// For `errors`: a request on which it errors.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub example: Option<Example>,
+}
+
+fn solver_error(e: impl std::fmt::Display) -> String {
+    format!("the solver failed: {e}")
+}
+
+impl Prover {
+    /// Starts cvc5 and makes sure it answers correctly.
+    pub async fn start() -> Result<Prover, String> {
+        let program = std::env::var("CVC5").unwrap_or_else(|_| "cvc5".to_owned());
+        let version = std::process::Command::new(&program)
+            .arg("--version")
+            .output()
+            .map_err(|e| {
+                format!(
+                    "cannot run the cvc5 solver ('{program}': {e}); install it (Debian: \
+                     apt-get install cvc5) or point the CVC5 variable at its binary"
+                )
+            })?;
+        let solver = String::from_utf8_lossy(&version.stdout)
+            .lines()
+            .next()
+            .unwrap_or("cvc5 (unknown version)")
+            .trim()
+            .trim_start_matches("This is ")
+            .to_owned();
+        let limit = format!("--tlimit-per={SOLVER_LIMIT_MS}");
+        let process = LocalSolver::cvc5_with_args([limit.as_str()]).map_err(solver_error)?;
+        let compiler = CedarSymCompiler::new(process).map_err(solver_error)?;
+        let mut prover = Prover { compiler, solver };
+        prover.self_check().await?;
+        Ok(prover)
+    }
+
+    /// Two questions with known answers: dropping an ownership condition widens, adding one
+    /// does not. A solver that gets either wrong is not trusted with the real ones.
+    async fn self_check(&mut self) -> Result<(), String> {
+        let schema = Schema::from_cedarschema_str(
+            "entity User; entity Doc { owner: User };
+             action view appliesTo { principal: [User], resource: [Doc] };",
+        )
+        .map_err(|e| e.to_string())?
+        .0;
+        let owned = PolicySet::from_str(
+            "permit(principal, action, resource) when { resource.owner == principal };",
+        )
+        .map_err(|e| e.to_string())?;
+        let anyone = PolicySet::from_str("permit(principal, action, resource);")
+            .map_err(|e| e.to_string())?;
+        let mut wrong = Vec::new();
+        for env in schema.request_envs() {
+            let owned = CompiledPolicySet::compile(&owned, &env, &schema).map_err(solver_error)?;
+            let anyone =
+                CompiledPolicySet::compile(&anyone, &env, &schema).map_err(solver_error)?;
+            let widening = self
+                .compiler
+                .check_implies_with_counterexample_opt(&anyone, &owned)
+                .await
+                .map_err(solver_error)?;
+            let narrowing = self
+                .compiler
+                .check_implies_opt(&owned, &anyone)
+                .await
+                .map_err(solver_error)?;
+            if widening.is_none() {
+                wrong.push("it found no widening where there is one");
+            }
+            if !narrowing {
+                wrong.push("it found a widening where there is none");
+            }
+        }
+        if wrong.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} failed keygate's self-check ({}); cedar-policy-symcc is made for cvc5 1.3.1: \
+                 point the CVC5 variable at one",
+                self.solver,
+                wrong.join("; ")
+            ))
+        }
+    }
+}
+
+/// Cedar's answer on a counterexample: the determining policies.
+fn replay(set: &PolicySet, env: &Env) -> (Decision, Vec<String>) {
+    let response = Authorizer::new().is_authorized(&env.request, set, &env.entities);
+    let mut reasons: Vec<String> = response
+        .diagnostics()
+        .reason()
+        .map(ToString::to_string)
+        .collect();
+    reasons.sort();
+    (response.decision(), reasons)
+}
+
+fn example(env: &Env, allows: &PolicySet, denies: &PolicySet) -> Example {
+    let show =
+        |uid: Option<&cedar_policy::EntityUid>| uid.map_or_else(String::new, |u| u.to_string());
+    // The schema's action entities are the same in every example: left out.
+    let mut entities: Vec<String> = env
+        .entities
+        .iter()
+        .filter(|e| e.uid().type_name().basename() != "Action")
+        .map(|e| {
+            let (uid, attrs, parents) = e.clone().into_inner();
+            let mut line = uid.to_string();
+            let attrs: BTreeMap<String, String> = attrs
+                .into_keys()
+                .map(|k| {
+                    let v = match e.attr(&k) {
+                        Some(Ok(v)) => v.to_string(),
+                        _ => "?".to_owned(),
+                    };
+                    (k, v)
+                })
+                .collect();
+            if !attrs.is_empty() {
+                let fields: Vec<String> = attrs.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+                let _ = write!(line, " {{ {} }}", fields.join(", "));
+            }
+            if !parents.is_empty() {
+                let parents: BTreeSet<String> = parents.iter().map(ToString::to_string).collect();
+                let _ = write!(
+                    line,
+                    " in [{}]",
+                    parents.into_iter().collect::<Vec<_>>().join(", ")
+                );
+            }
+            line
+        })
+        .collect();
+    entities.sort();
+    let (_, allowed_by) = replay(allows, env);
+    let (_, denied_by) = replay(denies, env);
+    Example {
+        principal: show(env.request.principal()),
+        action: show(env.request.action()),
+        resource: show(env.request.resource()),
+        entities,
+        allowed_by,
+        denied_by,
+    }
+}
+
+fn action_name(uid: &cedar_policy::EntityUid) -> String {
+    uid.id().unescaped().to_owned()
+}
+
+/// Decides, for every action of NEW's schema, whether NEW widens or narrows OLD.
+pub async fn diff(
+    prover: &mut Prover,
+    old: &Loaded,
+    new: &Loaded,
+) -> Result<Vec<ActionChange>, String> {
+    let schema = &new.schema;
+    let mut changes: BTreeMap<String, ActionChange> = BTreeMap::new();
+    for env in schema.request_envs() {
+        let action = action_name(env.action());
+        let compile = |set: &PolicySet, which: &str| {
+            CompiledPolicySet::compile(set, &env, schema).map_err(|e| {
+                format!(
+                    "{which}'s policies for {} on {} by {}: {e}",
+                    env.action(),
+                    env.resource(),
+                    env.principal()
+                )
+            })
+        };
+        let old_c = compile(&old.policies, "OLD")?;
+        let new_c = compile(&new.policies, "NEW")?;
+        let change = changes
+            .entry(action.clone())
+            .or_insert_with(|| ActionChange {
+                action,
+                widening: None,
+                narrowing: None,
+                removed: false,
+            });
+        if change.widening.is_none() {
+            if let Some(cex) = prover
+                .compiler
+                .check_implies_with_counterexample_opt(&new_c, &old_c)
+                .await
+                .map_err(solver_error)?
+            {
+                change.widening = Some(example(&cex, &new.policies, &old.policies));
+            }
+        }
+        if change.narrowing.is_none() {
+            if let Some(cex) = prover
+                .compiler
+                .check_implies_with_counterexample_opt(&old_c, &new_c)
+                .await
+                .map_err(solver_error)?
+            {
+                change.narrowing = Some(example(&cex, &old.policies, &new.policies));
+            }
+        }
+    }
+    let remaining: BTreeSet<String> = old
+        .actions
+        .keys()
+        .filter(|a| !changes.contains_key(*a) && !new.actions.contains_key(*a))
+        .cloned()
+        .collect();
+    for action in remaining {
+        // Only actions requests can name (those with appliesTo) were compared; a removed
+        // action group is not reported.
+        let requested = old
+            .schema
+            .request_envs()
+            .any(|e| action_name(e.action()) == action);
+        if requested {
+            changes.insert(
+                action.clone(),
+                ActionChange {
+                    action,
+                    widening: None,
+                    narrowing: None,
+                    removed: true,
+                },
+            );
+        }
+    }
+    Ok(changes.into_values().collect())
+}
+
+/// Finds dead, erroring and shadowed policies.
+pub async fn lint(prover: &mut Prover, loaded: &Loaded) -> Result<Vec<Finding>, String> {
+    let schema = &loaded.schema;
+    let envs: Vec<_> = schema.request_envs().collect();
+    let place_of = |id: &str| {
+        loaded
+            .listed
+            .iter()
+            .find(|p| p.id == id)
+            .map_or_else(String::new, |p| p.place.clone())
+    };
+    let forbids: Vec<&cedar_policy::Policy> = loaded
+        .policies
+        .policies()
+        .filter(|p| p.effect() == Effect::Forbid)
+        .collect();
+    let mut findings = Vec::new();
+    for policy in loaded.policies.policies() {
+        let id = policy.id().to_string();
+        let mut applies = false;
+        let mut errors: Option<Example> = None;
+        // For a permit: it is shadowed when, wherever it applies, a forbid applies too.
+        let mut shadowed = policy.effect() == Effect::Permit;
+        let mut shadowing: BTreeSet<String> = BTreeSet::new();
+        for env in &envs {
+            let compiled = CompiledPolicy::compile(policy, env, schema)
+                .map_err(|e| format!("policy {id}: {e}"))?;
+            let never = prover
+                .compiler
+                .check_never_matches_opt(&compiled)
+                .await
+                .map_err(solver_error)?;
+            if errors.is_none() {
+                if let Some(cex) = prover
+                    .compiler
+                    .check_never_errors_with_counterexample_opt(&compiled)
+                    .await
+                    .map_err(solver_error)?
+                {
+                    let alone =
+                        PolicySet::from_policies([policy.clone()]).map_err(|e| e.to_string())?;
+                    errors = Some(example(&cex, &alone, &alone));
+                }
+            }
+            if never {
+                continue;
+            }
+            applies = true;
+            if !shadowed {
+                continue;
+            }
+            // The permit and every forbid together: if that set allows nothing here, the
+            // forbids cover everything the permit allows.
+            let mut together = vec![policy.clone()];
+            together.extend(forbids.iter().map(|f| (*f).clone()));
+            let together = PolicySet::from_policies(together).map_err(|e| e.to_string())?;
+            let compiled_set = CompiledPolicySet::compile(&together, env, schema)
+                .map_err(|e| format!("policy {id}: {e}"))?;
+            if !prover
+                .compiler
+                .check_always_denies_opt(&compiled_set)
+                .await
+                .map_err(solver_error)?
+            {
+                shadowed = false;
+                continue;
+            }
+            for forbid in &forbids {
+                let f = CompiledPolicy::compile(forbid, env, schema)
+                    .map_err(|e| format!("policy {}: {e}", forbid.id()))?;
+                if !prover
+                    .compiler
+                    .check_matches_disjoint_opt(&compiled, &f)
+                    .await
+                    .map_err(solver_error)?
+                {
+                    shadowing.insert(forbid.id().to_string());
+                }
+            }
+        }
+        let place = place_of(&id);
+        if !applies {
+            findings.push(Finding {
+                id: id.clone(),
+                place: place.clone(),
+                kind: "dead",
+                message: "never applies: no request valid under the schema satisfies its scope \
+                          and conditions"
+                    .to_owned(),
+                example: None,
+            });
+        } else if shadowed {
+            findings.push(Finding {
+                id: id.clone(),
+                place: place.clone(),
+                kind: "shadowed",
+                message: format!(
+                    "never allows anything: wherever it applies, a forbid applies too ({})",
+                    shadowing.into_iter().collect::<Vec<_>>().join(", ")
+                ),
+                example: None,
+            });
+        }
+        if let Some(example) = errors {
+            let what = match policy.effect() {
+                Effect::Forbid => "an erroring forbid does not forbid (keygate denies the request)",
+                Effect::Permit => "an erroring permit does not permit",
+            };
+            findings.push(Finding {
+                id,
+                place,
+                kind: "errors",
+                message: format!("its evaluation can error; {what}"),
+                example: Some(example),
+            });
+        }
+    }
+    Ok(findings)
+}
+
+/// The human-readable form of an example, indented.
+pub fn render_example(example: &Example, allows: &str, denies: &str) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "    request:   {} {} {}",
+        example.principal, example.action, example.resource
+    );
+    let _ = writeln!(out, "    entities:");
+    for e in &example.entities {
+        let _ = writeln!(out, "      {e}");
+    }
+    let _ = writeln!(
+        out,
+        "    {allows} allows it by: {}",
+        if example.allowed_by.is_empty() {
+            "(nothing)".to_owned()
+        } else {
+            example.allowed_by.join(", ")
+        }
+    );
+    let _ = writeln!(
+        out,
+        "    {denies} denies it: {}",
+        if example.denied_by.is_empty() {
+            "no permit applies".to_owned()
+        } else {
+            format!("forbidden by {}", example.denied_by.join(", "))
+        }
+    );
+    out
+}
