@@ -72,10 +72,38 @@ fn principal(id: &str, grants: Option<Vec<Grant>>) -> Principal {
     }
 }
 
+/// Shadow policies for the shadowed benches: a new forbid, a new permit and a replaced
+/// forbid (the base-path rule, which decides the benched requests).
+const SHADOW: &str = r#"@id("keys-never-purge")
+forbid (principal is Keygate::ApiKey, action == Keygate::Action::"purgeTrash", resource);
+
+@id("readers-list")
+permit (principal, action == Keygate::Action::"listFolder", resource)
+when { principal.scopes.contains("files:read") };
+
+@id("outside-base-path")
+forbid (principal, action, resource is Keygate::Path)
+when
+{
+  principal.restricted &&
+  principal.providers.contains(resource.provider) &&
+  !(resource in principal.grants) &&
+  action != Keygate::Action::"listFolder"
+};
+"#;
+
 fn engine() -> (PolicyEngine, RouteTable, tempfile::TempDir) {
+    engine_with(None)
+}
+
+fn engine_with(shadow: Option<&str>) -> (PolicyEngine, RouteTable, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     for (name, text) in SHIPPED {
         std::fs::write(dir.path().join(name), text).expect("write policies");
+    }
+    if let Some(text) = shadow {
+        std::fs::create_dir(dir.path().join("shadow")).expect("shadow folder");
+        std::fs::write(dir.path().join("shadow/candidates.cedar"), text).expect("write shadow");
     }
     let engine =
         PolicyEngine::load(dir.path(), Arc::new(Metrics::new())).expect("shipped policies load");
@@ -133,6 +161,13 @@ fn decide_stage(c: &mut Criterion) {
             i = (i + 1) % paths.len();
             engine.decide(black_box(&restricted), black_box(&paths[i]))
         })
+    });
+    // The same with shadow policies beside the enforced ones (evaluated, never enforced): what
+    // trying a policy change on live traffic costs a cold decision.
+    // Compare with decide/cold_uncached.
+    let (shadowed, _, _shadow_dir) = engine_with(Some(SHADOW));
+    c.bench_function("decide/cold_uncached_shadowed", |b| {
+        b.iter(|| shadowed.decide_uncached(black_box(&restricted), black_box(&route)))
     });
     // Depth: only the folders a decision can ask about become entities, so a cold decision
     // costs the same three folders deep and two hundred deep.

@@ -91,8 +91,21 @@ pub struct AuditEvent {
     /// SHA-256 of the policy set that decided.
     pub policy_set: String,
     pub policy_epoch: u64,
+    /// When the shadow policies would have decided otherwise: their decision, the shadow
+    /// policy held responsible and their determining policies. Such an event is always
+    /// written, whatever the sampling of allows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<AuditShadow>,
     pub status: u16,
     pub latency_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditShadow {
+    /// `allow` or `deny`.
+    pub decision: &'static str,
+    pub policy: String,
+    pub policies: Vec<String>,
 }
 
 pub struct AuditLog {
@@ -235,6 +248,7 @@ mod tests {
             policies: vec!["p1".into()],
             policy_set: "abc".into(),
             policy_epoch: 1,
+            shadow: None,
             status: 403,
             latency_ms: 0.1,
         }

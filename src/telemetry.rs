@@ -47,6 +47,10 @@ pub struct Metrics {
     pub decision_cache: IntCounterVec,
     /// Decisions turned into denies because a policy failed to evaluate.
     pub policy_errors: prometheus::IntCounter,
+    /// Requests the shadow policies would have decided differently, by `direction`
+    /// (`would_allow`, `would_deny`) and the shadow `policy` held responsible (an `@id` from
+    /// the policy folder, or `other`).
+    pub shadow_disagreements: IntCounterVec,
     /// Requests answered 429, by limiter (`principal`, `address`) and policy (a rule name from
     /// the config, `default`, or `failures` for the address limiter).
     pub rate_limited: IntCounterVec,
@@ -173,6 +177,14 @@ impl Metrics {
             "Decisions denied because a policy failed to evaluate.",
         )
         .expect("valid metric");
+        let shadow_disagreements = IntCounterVec::new(
+            Opts::new(
+                "shadow_disagreements_total",
+                "Requests the shadow policies would have decided differently, by direction and shadow policy.",
+            ),
+            &["direction", "policy"],
+        )
+        .expect("valid metric");
         let rate_limited = IntCounterVec::new(
             Opts::new(
                 "rate_limited_total",
@@ -279,6 +291,7 @@ impl Metrics {
             Box::new(policy_reload_failing.clone()),
             Box::new(decision_cache.clone()),
             Box::new(policy_errors.clone()),
+            Box::new(shadow_disagreements.clone()),
             Box::new(rate_limited.clone()),
             Box::new(audit_events.clone()),
             Box::new(audit_dropped.clone()),
@@ -381,6 +394,7 @@ impl Metrics {
             policy_reload_failing,
             decision_cache,
             policy_errors,
+            shadow_disagreements,
             rate_limited,
             audit_events,
             audit_dropped,

@@ -188,6 +188,15 @@ limit = "1/min"
             .as_str()
             .unwrap(),
     );
+    // A shadow policy that would deny deletes by API keys: every delete below disagrees.
+    std::fs::create_dir_all(kg.policies().join("shadow")).unwrap();
+    std::fs::write(
+        kg.policies().join("shadow/candidate.cedar"),
+        "@id(\"keys-never-delete\")\nforbid (principal is Keygate::ApiKey, action == \
+         Keygate::Action::\"deleteFile\", resource);\n",
+    )
+    .unwrap();
+    assert!(kg.reload_policies().await.0.is_success());
     for round in 0..3 {
         for i in 0..10 {
             let url = kg.url(&format!("/v1/files/local/r{round}/f{i}.txt"));

@@ -892,3 +892,176 @@ async fn a_policy_set_without_an_action_the_routes_need_is_refused() {
     // And keygate does not start on it.
     assert!(refused_start(renamed.path()).contains("searchFiles"));
 }
+
+/// Shadow policies decide every request beside the enforced set and never change an answer:
+/// a disagreement is counted and audited (whatever the allow sampling) with both decisions;
+/// a shadow policy may replace an enforced one by @id; promoting is a file move and a reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_policies_are_counted_and_audited_but_never_enforced() {
+    let rec = Recorder::start().await;
+    let kg = Keygate::start(
+        &[rec.addr],
+        "[policies]\nwatch = false\n[audit]\noutput = \"@AUDIT_FILE@\"\nallow_sample_rate = 0.0\n",
+    );
+    let reader = key_with(
+        &kg,
+        json!({"name": "reader", "scopes": ["files:read"], "owner": "ada@example.com"}),
+    )
+    .await;
+    let shadow = kg.policies().join("shadow");
+    std::fs::create_dir(&shadow).unwrap();
+    // Would deny deletes by API keys; would let files:read list folders.
+    std::fs::write(
+        shadow.join("candidates.cedar"),
+        "@id(\"keys-never-delete\")\nforbid (\n  principal is Keygate::ApiKey,\n  action == \
+         Keygate::Action::\"deleteFile\",\n  resource\n);\n\n@id(\"readers-list\")\npermit (\n  \
+         principal,\n  action == Keygate::Action::\"listFolder\",\n  resource\n)\nwhen { \
+         principal.scopes.contains(\"files:read\") };\n",
+    )
+    .unwrap();
+    let (s, b) = kg.reload_policies().await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+
+    // Enforced: the fixture's full-access key deletes; the reader cannot list.
+    for _ in 0..3 {
+        kg.client()
+            .delete(kg.url("/v1/files/local/docs/a.txt"))
+            .expect(StatusCode::OK)
+            .await;
+    }
+    client_with_key(&reader)
+        .get(kg.url("/v1/folders/local/docs"))
+        .expect(StatusCode::FORBIDDEN)
+        .await;
+    // Agreeing requests count nothing.
+    client_with_key(&reader)
+        .get(kg.url("/v1/files/local/docs/a.txt"))
+        .expect(StatusCode::OK)
+        .await;
+    let m = kg
+        .metrics_with(&[
+            "keygate_shadow_disagreements_total{direction=\"would_deny\",policy=\"keys-never-delete\"} 3",
+            "keygate_shadow_disagreements_total{direction=\"would_allow\",policy=\"readers-list\"} 1",
+        ])
+        .await;
+    assert_eq!(
+        metric(
+            &m,
+            "keygate_shadow_disagreements_total{direction=\"would_deny\",policy=\"keys-never-delete\"}"
+        ),
+        3.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "keygate_shadow_disagreements_total{direction=\"would_allow\",policy=\"readers-list\"}"
+        ),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        m.matches("keygate_shadow_disagreements_total{").count(),
+        2,
+        "{m}"
+    );
+    // Allows are not sampled here, but the disagreeing ones are audited, with both decisions.
+    let lines = kg.audit_until(|l| l.len() >= 4).await;
+    let deletes: Vec<&Value> = lines
+        .iter()
+        .filter(|e| e["action"] == "deleteFile")
+        .collect();
+    assert_eq!(deletes.len(), 3, "{lines:?}");
+    assert_eq!(deletes[0]["decision"], "allow");
+    assert_eq!(
+        deletes[0]["shadow"],
+        json!({"decision": "deny", "policy": "keys-never-delete", "policies": ["keys-never-delete"]})
+    );
+    let list = lines
+        .iter()
+        .find(|e| e["action"] == "listFolder")
+        .expect("the denied listing is audited");
+    assert_eq!(list["decision"], "deny");
+    assert_eq!(list["shadow"]["decision"], "allow");
+    assert_eq!(list["shadow"]["policy"], "readers-list");
+    assert!(
+        !lines.iter().any(|e| e["action"] == "readFile"),
+        "an agreeing allow is sampled as usual: {lines:?}"
+    );
+
+    // The listing shows which policies are shadow ones.
+    let status: Value = kg
+        .operator()
+        .get(kg.control_url("/v1/admin/policy"))
+        .send_json()
+        .await;
+    let listed = |id: &str| {
+        status["data"]["policies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["id"] == id)
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    assert_eq!(listed("keys-never-delete")["shadow"], true);
+    assert!(listed("keys-never-delete")["place"]
+        .as_str()
+        .unwrap()
+        .starts_with("shadow/candidates.cedar:1:"));
+    assert_eq!(listed("scope-read")["shadow"], false);
+
+    // A shadow policy with an enforced policy's @id replaces it in the shadow set only: here a
+    // scope-files-read that no longer allows anything.
+    std::fs::write(
+        shadow.join("candidates.cedar"),
+        "@id(\"scope-files-read\")\npermit (\n  principal,\n  action in \
+         Keygate::Action::\"files:read\",\n  resource\n)\nwhen { \
+         principal.scopes.contains(\"files:read\") && false };\n",
+    )
+    .unwrap();
+    let (s, b) = kg.reload_policies().await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    client_with_key(&reader)
+        .get(kg.url("/v1/files/local/docs/a.txt"))
+        .expect(StatusCode::OK)
+        .await;
+    kg.metrics_with(&[
+        "keygate_shadow_disagreements_total{direction=\"would_deny\",policy=\"scope-files-read\"} 1",
+    ])
+    .await;
+
+    // Promote the first candidates: a file move and a reload. Enforced now, and no longer
+    // a shadow (the counters stay where they were).
+    std::fs::remove_file(shadow.join("candidates.cedar")).unwrap();
+    std::fs::write(
+        kg.policies().join("candidates.cedar"),
+        "@id(\"keys-never-delete\")\nforbid (\n  principal is Keygate::ApiKey,\n  action == \
+         Keygate::Action::\"deleteFile\",\n  resource\n);\n",
+    )
+    .unwrap();
+    let (s, b) = kg.reload_policies().await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    kg.client()
+        .delete(kg.url("/v1/files/local/docs/a.txt"))
+        .expect(StatusCode::FORBIDDEN)
+        .await;
+    let m = kg.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "keygate_shadow_disagreements_total{direction=\"would_deny\",policy=\"keys-never-delete\"}"
+        ),
+        3.0
+    );
+
+    // An invalid shadow policy is refused like an enforced one: the last good set runs.
+    std::fs::write(
+        shadow.join("broken.cedar"),
+        "@id(\"broken\")\npermit (principal, action, resource) when { principal.nope };\n",
+    )
+    .unwrap();
+    let (s, b) = kg.reload_policies().await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+    assert!(b.to_string().contains("shadow/broken.cedar"), "{b}");
+}

@@ -166,14 +166,14 @@ async fn diff(old: &Path, new: &Path, allowed: &[String], json: bool) -> anyhow:
                     "\n{}: NEW allows a request OLD denies, for example",
                     c.action
                 );
-                print!("{}", review::render_example(e, "NEW", "OLD"));
+                print!("{}", review::render_example(e, Some(("NEW", "OLD"))));
             }
             if let Some(e) = &c.narrowing {
                 println!(
                     "\n{}: OLD allows a request NEW denies, for example",
                     c.action
                 );
-                print!("{}", review::render_example(e, "OLD", "NEW"));
+                print!("{}", review::render_example(e, Some(("OLD", "NEW"))));
             }
         }
     }
@@ -202,7 +202,7 @@ async fn lint(dir: &Path, json: bool) -> anyhow::Result<()> {
         for f in &findings {
             println!("{}: {} [{}]: {}", f.place, f.id, f.kind, f.message);
             if let Some(e) = &f.example {
-                print!("{}", review::render_example(e, "it", "it"));
+                print!("{}", review::render_example(e, None));
             }
         }
         println!(

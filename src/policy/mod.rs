@@ -86,6 +86,14 @@ pub enum PolicyError {
 /// A loaded, validated policy set.
 pub struct Loaded {
     policies: PolicySet,
+    /// The shadow set (the folder's `shadow/` files over the enforced policies), when there
+    /// are shadow files: decided beside the enforced set, never enforced.
+    shadow: Option<PolicySet>,
+    /// The policies written in `shadow/` alone: with the enforced set's answer, usually all a
+    /// shadow decision needs to evaluate (see [`Loaded::shadow_verdict`]).
+    shadow_only: PolicySet,
+    /// Ids of the policies written in `shadow/`.
+    shadow_ids: HashSet<String>,
     schema: Schema,
     /// Each action as an entity whose parents are all its groups, transitively: the one
     /// action entity a request needs, so no request copies the whole action hierarchy.
@@ -120,6 +128,24 @@ pub struct PolicyInfo {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub intent: Option<String>,
     pub hash: String,
+    /// Written in `shadow/`: evaluated, never enforced.
+    pub shadow: bool,
+}
+
+impl PolicyInfo {
+    fn of(policy: &Policy, id: &str, place: String, shadow: bool) -> PolicyInfo {
+        PolicyInfo {
+            id: id.to_owned(),
+            place,
+            effect: match policy.effect() {
+                cedar_policy::Effect::Permit => "permit",
+                cedar_policy::Effect::Forbid => "forbid",
+            },
+            intent: policy.annotation("intent").map(str::to_owned),
+            hash: crate::model::hex(&Sha256::digest(policy.to_string().as_bytes())),
+            shadow,
+        }
+    }
 }
 
 /// The outcome of a decision, with the policies that determined it.
@@ -134,6 +160,30 @@ pub struct Verdict {
     pub details: Map<String, Value>,
     /// An evaluation error turned this into a deny.
     pub errored: bool,
+    /// The shadow set's answer to the same request, when there is a shadow set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowVerdict>,
+}
+
+/// What the shadow policies would have decided.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ShadowVerdict {
+    pub allowed: bool,
+    /// The shadow set's determining policies.
+    pub policies: Vec<String>,
+}
+
+/// A request the shadow set would have decided differently.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ShadowDisagreement {
+    /// `would_allow` (enforced denied) or `would_deny` (enforced allowed).
+    pub direction: &'static str,
+    /// The shadow policy held responsible: the metric's `policy` label.
+    pub policy: String,
+    /// The shadow set's determining policies over the request's resources.
+    pub policies: Vec<String>,
 }
 
 /// The decide stage's outcome: a verdict per resource decided, and the refusal if any was
@@ -142,6 +192,8 @@ pub struct Verdict {
 pub struct Decided {
     pub verdicts: Vec<Arc<Verdict>>,
     pub refusal: Option<Refusal>,
+    /// Set when the shadow policies would have decided the request the other way.
+    pub shadow: Option<ShadowDisagreement>,
 }
 
 /// Everything a decision depends on; the decision cache's key.
@@ -286,8 +338,28 @@ pub fn load_dir(dir: &Path, epoch: u64) -> Result<Loaded, PolicyError> {
             .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
         files.push((name, text));
     }
+    let shadow_dir = dir.join(SHADOW_DIR);
+    if shadow_dir.is_dir() {
+        let mut shadow: Vec<PathBuf> = std::fs::read_dir(&shadow_dir)
+            .map_err(|e| PolicyError::Io(shadow_dir.display().to_string(), e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "cedar"))
+            .collect();
+        shadow.sort();
+        for path in shadow {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| PolicyError::Io(path.display().to_string(), e))?;
+            let name = path
+                .file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+            files.push((format!("{SHADOW_DIR}/{name}"), text));
+        }
+    }
     load_texts(&files, epoch)
 }
+
+/// The subfolder of shadow policies: evaluated beside the enforced ones, never enforced.
+pub const SHADOW_DIR: &str = "shadow";
 
 /// Validates policy texts given as (file name, contents).
 pub fn load_texts(files: &[(String, String)], epoch: u64) -> Result<Loaded, PolicyError> {
@@ -325,7 +397,10 @@ pub fn load_texts(files: &[(String, String)], epoch: u64) -> Result<Loaded, Poli
     let mut restriction = HashMap::new();
     let mut intent = HashMap::new();
     let mut listed = Vec::new();
+    let mut shadow_policies: Vec<Policy> = Vec::new();
+    let mut shadow_origin: HashMap<String, (String, String)> = HashMap::new();
     for (name, text) in files.iter().filter(|(n, _)| n.ends_with(".cedar")) {
+        let is_shadow = name.starts_with(&format!("{SHADOW_DIR}/"));
         let parsed = match PolicySet::from_str(text) {
             Ok(p) => p,
             Err(e) => {
@@ -357,8 +432,18 @@ pub fn load_texts(files: &[(String, String)], epoch: u64) -> Result<Loaded, Poli
                 ));
                 continue;
             };
-            if let Some((other, _)) = origin.get(&id) {
+            // A shadow policy may reuse an enforced policy's @id: in the shadow set it replaces
+            // that policy (how a changed version is tried).
+            let seen = if is_shadow { &shadow_origin } else { &origin };
+            if let Some((other, _)) = seen.get(&id) {
                 problems.push(format!("{place}: @id(\"{id}\") is already used in {other}"));
+                continue;
+            }
+            let renamed: Policy = policy.new_id(PolicyId::new(&id));
+            if is_shadow {
+                listed.push(PolicyInfo::of(&renamed, &id, place, true));
+                shadow_origin.insert(id, (name.clone(), text.clone()));
+                shadow_policies.push(renamed);
                 continue;
             }
             if let Some(r) = policy.annotation("restriction") {
@@ -367,20 +452,7 @@ pub fn load_texts(files: &[(String, String)], epoch: u64) -> Result<Loaded, Poli
             if let Some(i) = policy.annotation("intent") {
                 intent.insert(id.clone(), i.to_owned());
             }
-            let renamed: Policy = policy.new_id(PolicyId::new(&id));
-            listed.push(PolicyInfo {
-                id: id.clone(),
-                place: place.clone(),
-                effect: match renamed.effect() {
-                    cedar_policy::Effect::Permit => "permit",
-                    cedar_policy::Effect::Forbid => "forbid",
-                },
-                intent: policy.annotation("intent").map(str::to_owned),
-                hash: {
-                    use sha2::Digest;
-                    crate::model::hex(&sha2::Sha256::digest(renamed.to_string().as_bytes()))
-                },
-            });
+            listed.push(PolicyInfo::of(&renamed, &id, place.clone(), false));
             if let Err(e) = set.add(renamed) {
                 problems.push(format!("{place}: {e}"));
                 continue;
@@ -403,6 +475,32 @@ pub fn load_texts(files: &[(String, String)], epoch: u64) -> Result<Loaded, Poli
         problems
             .push("the policy folder has no policies: nothing would ever be allowed".to_owned());
     }
+    let shadow = if shadow_policies.is_empty() {
+        None
+    } else {
+        let replaced: HashSet<&str> = shadow_origin.keys().map(String::as_str).collect();
+        let kept = set
+            .policies()
+            .filter(|p| !replaced.contains(p.id().to_string().as_str()))
+            .cloned();
+        match PolicySet::from_policies(kept.chain(shadow_policies.iter().cloned())) {
+            Ok(shadow) => {
+                let result =
+                    Validator::new(schema.clone()).validate(&shadow, ValidationMode::Strict);
+                // The enforced policies' problems are reported above.
+                for e in result.validation_errors() {
+                    if let Some((file, text)) = shadow_origin.get(&e.policy_id().to_string()) {
+                        problems.push(describe(file, text, e));
+                    }
+                }
+                Some(shadow)
+            }
+            Err(e) => {
+                problems.push(format!("{SHADOW_DIR}/: {e}"));
+                None
+            }
+        }
+    };
     if !problems.is_empty() {
         return Err(PolicyError::Invalid(problems.join("\n")));
     }
@@ -425,11 +523,21 @@ pub fn load_texts(files: &[(String, String)], epoch: u64) -> Result<Loaded, Poli
             )
         })
         .collect();
-    let path_literals = path_literals(&set).map_err(|p| PolicyError::Invalid(p.join("\n")))?;
+    let mut path_literals = path_literals(&set).map_err(|p| PolicyError::Invalid(p.join("\n")))?;
+    if let Some(shadow) = &shadow {
+        path_literals
+            .extend(self::path_literals(shadow).map_err(|p| PolicyError::Invalid(p.join("\n")))?);
+        path_literals.sort();
+        path_literals.dedup();
+    }
     Ok(Loaded {
         path_literals,
         listed,
         policies: set,
+        shadow,
+        shadow_only: PolicySet::from_policies(shadow_policies)
+            .map_err(|e| PolicyError::Invalid(format!("{SHADOW_DIR}/: {e}")))?,
+        shadow_ids: shadow_origin.into_keys().collect(),
         schema,
         actions,
         epoch,
@@ -542,6 +650,7 @@ impl Loaded {
                 policies: Vec::new(),
                 details: Map::from_iter([("restriction".to_owned(), Value::from("policy_error"))]),
                 errored: true,
+                shadow: None,
             }
         };
         let (mut entities, principal_uid, resource_uid) =
@@ -568,14 +677,15 @@ impl Loaded {
             Err(e) => return deny_error(e.to_string()),
         };
         let response = authorizer.is_authorized(&request, &self.policies, &entities);
+        // The shadow set decides the same request and entities; like the enforced set, an
+        // evaluation error is a deny.
+        let shadow = self.shadow.as_ref().map(|full| {
+            self.shadow_verdict(authorizer, &request, &entities, &response)
+                .unwrap_or_else(|| evaluate_shadow(authorizer, &request, full, &entities))
+        });
         // Cedar reports the determining policies as a set: sorted, the reasons (and the
         // restriction a 403 names) are the same on every run.
-        let mut policies: Vec<String> = response
-            .diagnostics()
-            .reason()
-            .map(|p| p.to_string())
-            .collect();
-        policies.sort();
+        let policies = sorted_reasons(&response);
         let errors: Vec<String> = response
             .diagnostics()
             .errors()
@@ -584,6 +694,7 @@ impl Loaded {
         if !errors.is_empty() {
             let mut v = deny_error(errors.join("; "));
             v.policies = policies;
+            v.shadow = shadow;
             return v;
         }
         if response.decision() == Decision::Allow {
@@ -592,6 +703,7 @@ impl Loaded {
                 policies,
                 details: Map::new(),
                 errored: false,
+                shadow,
             };
         }
         let mut details = Map::new();
@@ -612,8 +724,103 @@ impl Loaded {
             policies,
             details,
             errored: false,
+            shadow,
         }
     }
+}
+
+fn evaluate_shadow(
+    authorizer: &Authorizer,
+    request: &Request,
+    set: &PolicySet,
+    entities: &Entities,
+) -> ShadowVerdict {
+    let r = authorizer.is_authorized(request, set, entities);
+    ShadowVerdict {
+        allowed: r.decision() == Decision::Allow && r.diagnostics().errors().next().is_none(),
+        policies: sorted_reasons(&r),
+    }
+}
+
+impl Loaded {
+    /// The shadow set's answer from the enforced set's and an evaluation of the shadow files'
+    /// policies alone (S), when that suffices; `None` when the whole shadow set must be
+    /// evaluated. Cedar allows when a permit holds and no forbid does, so with R the enforced
+    /// policies S replaces:
+    /// - a forbid of S holds: deny;
+    /// - the enforced set allowed by permits P: the shadow set allows when (P − R) or a permit
+    ///   of S holds;
+    /// - the enforced set denied with no forbid holding: no enforced permit held either, so
+    ///   the shadow set allows when a permit of S holds;
+    /// - the enforced set denied by forbids F: deny when (F − R) is not empty; else the
+    ///   enforced permits' state is unknown (`None`).
+    ///
+    /// Any evaluation error also gives `None`.
+    fn shadow_verdict(
+        &self,
+        authorizer: &Authorizer,
+        request: &Request,
+        entities: &Entities,
+        enforced: &cedar_policy::Response,
+    ) -> Option<ShadowVerdict> {
+        if enforced.diagnostics().errors().next().is_some() {
+            return None;
+        }
+        let own = authorizer.is_authorized(request, &self.shadow_only, entities);
+        if own.diagnostics().errors().next().is_some() {
+            return None;
+        }
+        let own_reasons = sorted_reasons(&own);
+        let enforced_reasons = sorted_reasons(enforced);
+        let kept = |ids: Vec<String>| -> Vec<String> {
+            ids.into_iter()
+                .filter(|id| !self.shadow_ids.contains(id))
+                .collect()
+        };
+        if own.decision() == Decision::Deny && !own_reasons.is_empty() {
+            // A forbid of S holds; the enforced forbids that still hold deny with it.
+            let mut policies = own_reasons;
+            if enforced.decision() == Decision::Deny {
+                policies.extend(kept(enforced_reasons));
+                policies.sort();
+            }
+            return Some(ShadowVerdict {
+                allowed: false,
+                policies,
+            });
+        }
+        // No forbid of S holds; `own_reasons` are the permits of S that hold.
+        let permits = match enforced.decision() {
+            Decision::Allow => kept(enforced_reasons),
+            Decision::Deny if enforced_reasons.is_empty() => Vec::new(),
+            Decision::Deny => {
+                let forbids = kept(enforced_reasons);
+                if forbids.is_empty() {
+                    return None;
+                }
+                return Some(ShadowVerdict {
+                    allowed: false,
+                    policies: forbids,
+                });
+            }
+        };
+        let mut policies: Vec<String> = permits.into_iter().chain(own_reasons).collect();
+        policies.sort();
+        Some(ShadowVerdict {
+            allowed: !policies.is_empty(),
+            policies,
+        })
+    }
+}
+
+fn sorted_reasons(response: &cedar_policy::Response) -> Vec<String> {
+    let mut policies: Vec<String> = response
+        .diagnostics()
+        .reason()
+        .map(|p| p.to_string())
+        .collect();
+    policies.sort();
+    policies
 }
 
 fn principal_type(kind: PrincipalKind) -> &'static str {
@@ -948,6 +1155,7 @@ impl PolicyEngine {
             return Decided {
                 verdicts,
                 refusal: Some(Refusal::Forbidden(details)),
+                shadow: None,
             };
         }
         let checks = route
@@ -955,6 +1163,12 @@ impl PolicyEngine {
             .iter()
             .map(|r| (&route.action, r))
             .chain(route.also.iter().map(|a| (&a.action, &a.resource)));
+        let mut refusal = None;
+        // The shadow set's answer over the resources: allowed while every one is.
+        let mut shadow = loaded.shadow.as_ref().map(|_| ShadowVerdict {
+            allowed: true,
+            policies: Vec::new(),
+        });
         for (action, resource) in checks {
             let key = DecisionKey {
                 principal: principal.key_id.clone(),
@@ -993,15 +1207,67 @@ impl PolicyEngine {
                     v
                 }
             };
-            let refusal = (!verdict.allowed).then(|| Refusal::Forbidden(verdict.details.clone()));
-            verdicts.push(verdict);
-            if refusal.is_some() {
-                return Decided { verdicts, refusal };
+            if let (Some(total), Some(this)) = (&mut shadow, &verdict.shadow) {
+                if total.allowed && !this.allowed {
+                    *total = this.clone();
+                } else if total.allowed {
+                    total.policies.extend(this.policies.iter().cloned());
+                }
+            }
+            if refusal.is_none() {
+                if !verdict.allowed {
+                    refusal = Some(Refusal::Forbidden(verdict.details.clone()));
+                }
+                verdicts.push(verdict);
+            }
+            // The first denied resource ends the stage, unless the shadow set allowed every
+            // resource so far: its answer needs the rest.
+            if refusal.is_some() && shadow.as_ref().is_none_or(|s| !s.allowed) {
+                break;
             }
         }
+        let shadow = shadow
+            .filter(|s| s.allowed != refusal.is_none())
+            .map(|s| self.disagreement(&loaded, s));
         Decided {
             verdicts,
-            refusal: None,
+            refusal,
+            shadow,
+        }
+    }
+
+    /// Counts a request the shadow set decides differently and names the shadow policy held
+    /// responsible: the first of its determining policies written in `shadow/`; else (a
+    /// replaced policy no longer applies) the only shadow policy, or `other`. The label's
+    /// values are policy ids from the files: bounded by the folder, never by clients.
+    fn disagreement(&self, loaded: &Loaded, s: ShadowVerdict) -> ShadowDisagreement {
+        let direction = if s.allowed {
+            "would_allow"
+        } else {
+            "would_deny"
+        };
+        let policy = s
+            .policies
+            .iter()
+            .find(|p| loaded.shadow_ids.contains(*p))
+            .cloned()
+            .or_else(|| {
+                (loaded.shadow_ids.len() == 1)
+                    .then(|| loaded.shadow_ids.iter().next().cloned())
+                    .flatten()
+            })
+            .unwrap_or_else(|| "other".to_owned());
+        self.metrics
+            .shadow_disagreements
+            .with_label_values(&[direction, &policy])
+            .inc();
+        let mut policies = s.policies;
+        policies.sort();
+        policies.dedup();
+        ShadowDisagreement {
+            direction,
+            policy,
+            policies,
         }
     }
 
@@ -1180,6 +1446,99 @@ mod tests {
         }
         assert!(!is_within("/a", ""));
         assert!(is_within("/a/b", "/a") && !is_within("/ab", "/a") && is_within("/x", "/"));
+    }
+
+    /// The shadow set's answer, partly derived from the enforced set's, equals the answer of
+    /// the shadow set promoted (enforced), for new and replaced permits and forbids.
+    #[test]
+    fn shadow_decisions_equal_the_promoted_sets_decisions() {
+        let outside = "@id(\"outside-base-path\")\nforbid (principal, action, resource is Keygate::Path)\nwhen { principal.restricted && principal.providers.contains(resource.provider) && !(resource in principal.grants) && action != Keygate::Action::\"readFile\" };\n";
+        let no_read = "@id(\"scope-read\")\npermit (principal, action in Keygate::Action::\"read\", resource)\nwhen { principal.scopes.contains(\"read\") && false };\n";
+        let new_forbid = "@id(\"keys-never-delete\")\nforbid (principal is Keygate::ApiKey, action == Keygate::Action::\"deleteFile\", resource);\n";
+        let new_permit = "@id(\"readers-list\")\npermit (principal, action == Keygate::Action::\"listFolder\", resource)\nwhen { principal.scopes.contains(\"files:read\") };\n";
+        let variants: Vec<Vec<&str>> = vec![
+            vec![new_forbid],
+            vec![new_permit],
+            vec![outside],
+            vec![no_read],
+            vec![new_forbid, new_permit, outside, no_read],
+        ];
+        // An enforced file's text without the policy of `id` (policies are separated by a
+        // blank line in the shipped files).
+        let without = |text: &str, id: &str| -> String {
+            text.split("\n\n")
+                .filter(|block| !block.contains(&format!("@id(\"{id}\")")))
+                .collect::<Vec<_>>()
+                .join("\n\n")
+        };
+        let authorizer = Authorizer::new();
+        let workspace_of = HashMap::from([("local".to_owned(), "w1".to_owned())]);
+        let grant = |b: &str| crate::model::Grant {
+            provider: "local".into(),
+            base_path: b.into(),
+        };
+        let principals = [
+            principal(None, &["admin"]),
+            principal(None, &["read"]),
+            principal(None, &["files:read"]),
+            principal(Some(vec![grant("/a")]), &["write"]),
+            principal(Some(vec![grant("/a")]), &["read", "files:read"]),
+        ];
+        let actions = [
+            "readFile",
+            "listFolder",
+            "deleteFile",
+            "writeFile",
+            "searchFiles",
+        ];
+        let mut disagreements = 0;
+        for variant in variants {
+            let mut files = shipped();
+            let mut promoted = shipped();
+            for (i, text) in variant.iter().enumerate() {
+                files.push((format!("{SHADOW_DIR}/v{i}.cedar"), (*text).to_owned()));
+                let id = text.split('"').nth(1).unwrap();
+                for (_, t) in promoted.iter_mut() {
+                    *t = without(t, id);
+                }
+                promoted.push((format!("v{i}.cedar"), (*text).to_owned()));
+            }
+            let loaded = load_texts(&files, 1).unwrap_or_else(|e| panic!("{e}"));
+            let promoted = load_texts(&promoted, 1).unwrap_or_else(|e| panic!("{e}"));
+            for p in &principals {
+                for path in ["/a/x", "/b/x"] {
+                    for action in actions {
+                        let resource = Resource {
+                            role: crate::route::ResourceRole::Source,
+                            provider: "local".into(),
+                            path: path.to_owned(),
+                        };
+                        let decide = |l: &Loaded| {
+                            l.decide(
+                                &authorizer,
+                                p,
+                                action,
+                                Target::Path(&resource),
+                                &workspace_of,
+                            )
+                        };
+                        let shadowed = decide(&loaded);
+                        let expected = decide(&promoted);
+                        let shadow = shadowed.shadow.clone().expect("a shadow answer");
+                        assert_eq!(
+                            (shadow.allowed, &shadow.policies),
+                            (expected.allowed, &expected.policies),
+                            "{variant:?} {action} {path} {:?} {:?}",
+                            p.scopes,
+                            p.grants
+                        );
+                        assert_eq!(decide(&promoted).shadow, None);
+                        disagreements += usize::from(shadow.allowed != shadowed.allowed);
+                    }
+                }
+            }
+        }
+        assert!(disagreements > 20, "{disagreements}");
     }
 
     #[test]

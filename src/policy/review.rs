@@ -88,7 +88,7 @@ pub struct Finding {
     pub id: String,
     /// `file:line:column` of the policy.
     pub place: String,
-    /// `dead`, `errors` or `shadowed`.
+    /// `dead`, `always-errors`, `errors` or `shadowed`.
     pub kind: &'static str,
     pub message: String,
     /// For `errors`: a request on which it errors.
@@ -402,7 +402,51 @@ pub async fn lint(prover: &mut Prover, loaded: &Loaded) -> Result<Vec<Finding>, 
                 }
             }
         }
+        if applies && shadowed {
+            // Name the forbids that shadow it alone, when there are such; else the ones that
+            // overlap it (together they cover it).
+            let mut alone = BTreeSet::new();
+            for id in &shadowing {
+                let Some(forbid) = forbids.iter().find(|f| f.id().to_string() == *id) else {
+                    continue;
+                };
+                let pair = PolicySet::from_policies([policy.clone(), (*forbid).clone()])
+                    .map_err(|e| e.to_string())?;
+                let mut covers = true;
+                for env in &envs {
+                    let c = CompiledPolicySet::compile(&pair, env, schema)
+                        .map_err(|e| format!("policy {id}: {e}"))?;
+                    if !prover
+                        .compiler
+                        .check_always_denies_opt(&c)
+                        .await
+                        .map_err(solver_error)?
+                    {
+                        covers = false;
+                        break;
+                    }
+                }
+                if covers {
+                    alone.insert(id.clone());
+                }
+            }
+            if !alone.is_empty() {
+                shadowing = alone;
+            }
+        }
         let place = place_of(&id);
+        if !applies && errors.is_some() {
+            findings.push(Finding {
+                id,
+                place,
+                kind: "always-errors",
+                message: "never applies: wherever it does not error it is false. Cedar skips an \
+                          erroring policy; keygate denies every request on which one errors"
+                    .to_owned(),
+                example: errors,
+            });
+            continue;
+        }
         if !applies {
             findings.push(Finding {
                 id: id.clone(),
@@ -427,8 +471,14 @@ pub async fn lint(prover: &mut Prover, loaded: &Loaded) -> Result<Vec<Finding>, 
         }
         if let Some(example) = errors {
             let what = match policy.effect() {
-                Effect::Forbid => "an erroring forbid does not forbid (keygate denies the request)",
-                Effect::Permit => "an erroring permit does not permit",
+                Effect::Forbid => {
+                    "Cedar skips an erroring forbid; keygate denies every request on which a \
+                     policy errors"
+                }
+                Effect::Permit => {
+                    "an erroring permit does not permit, and keygate denies every request on \
+                     which a policy errors"
+                }
             };
             findings.push(Finding {
                 id,
@@ -442,8 +492,9 @@ pub async fn lint(prover: &mut Prover, loaded: &Loaded) -> Result<Vec<Finding>, 
     Ok(findings)
 }
 
-/// The human-readable form of an example, indented.
-pub fn render_example(example: &Example, allows: &str, denies: &str) -> String {
+/// The human-readable form of an example, indented; with `sets`, the names of the set that
+/// allows it and the one that denies it, for the lines naming the responsible policies.
+pub fn render_example(example: &Example, sets: Option<(&str, &str)>) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -454,6 +505,9 @@ pub fn render_example(example: &Example, allows: &str, denies: &str) -> String {
     for e in &example.entities {
         let _ = writeln!(out, "      {e}");
     }
+    let Some((allows, denies)) = sets else {
+        return out;
+    };
     let _ = writeln!(
         out,
         "    {allows} allows it by: {}",

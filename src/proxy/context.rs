@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::policy::Verdict;
+use crate::policy::{ShadowDisagreement, Verdict};
 use crate::principal::Principal;
 use crate::ratelimit::Standing;
 use crate::refusal::Refusal;
@@ -30,6 +30,8 @@ pub struct RequestCtx {
     pub standing: Option<Standing>,
     /// Written by the decide stage: one verdict per resource decided.
     pub verdicts: Vec<Arc<Verdict>>,
+    /// Set when the shadow policies would have decided this request the other way.
+    pub shadow: Option<ShadowDisagreement>,
     /// Written by whichever stage refused the request.
     pub refusal: Option<Refusal>,
     /// Written when the request is sent upstream.
@@ -48,6 +50,7 @@ impl RequestCtx {
             principal: None,
             standing: None,
             verdicts: Vec::new(),
+            shadow: None,
             refusal: None,
             sent_upstream: None,
             hsts: None,

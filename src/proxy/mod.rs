@@ -90,6 +90,7 @@ impl Keygate {
         }
         let decided = self.policy.decide(principal, route);
         ctx.verdicts = decided.verdicts;
+        ctx.shadow = decided.shadow;
         match decided.refusal {
             None => Ok(()),
             Some(refusal) => {

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use super::context::RequestCtx;
 use super::Keygate;
-use crate::audit::{AuditEvent, AuditPrincipal};
+use crate::audit::{AuditEvent, AuditPrincipal, AuditShadow};
 use crate::clock::{format_time, now_millis};
 use crate::refusal::Refusal;
 
@@ -27,7 +27,9 @@ impl Keygate {
         let allowed = denied_by.is_none()
             && !ctx.verdicts.is_empty()
             && ctx.verdicts.iter().all(|v| v.allowed);
-        if (denied_by.is_none() && !allowed) || !self.audit.wants(allowed) {
+        // A shadow disagreement is always written: it is what the shadow policies are for.
+        if (denied_by.is_none() && !allowed) || (ctx.shadow.is_none() && !self.audit.wants(allowed))
+        {
             return;
         }
         let loaded = self.policy.current();
@@ -65,6 +67,15 @@ impl Keygate {
                 .collect(),
             policy_set: loaded.hash.clone(),
             policy_epoch: loaded.epoch,
+            shadow: ctx.shadow.as_ref().map(|s| AuditShadow {
+                decision: if s.direction == "would_allow" {
+                    "allow"
+                } else {
+                    "deny"
+                },
+                policy: s.policy.clone(),
+                policies: s.policies.clone(),
+            }),
             status,
             latency_ms: now.duration_since(ctx.arrived).as_secs_f64() * 1000.0,
         });

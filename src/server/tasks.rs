@@ -69,8 +69,8 @@ pub async fn reload_on_signal(reloads: Vec<Reload>, mut shutdown: Shutdown) {
     }
 }
 
-/// Runs `reload` when a file in one of `dirs` changes (after 200 ms of quiet); `what` names it
-/// in messages. With `names`, only changes to files of those names count (and to Kubernetes'
+/// Runs `reload` when a file in one of `dirs` (or below, without `names`) changes (after 200 ms
+/// of quiet); `what` names it in messages. With `names`, only changes to files of those names count (and to Kubernetes'
 /// `..data`-style entries, which a mounted secret swaps on update).
 pub async fn reload_on_change(
     what: &'static str,
@@ -81,6 +81,13 @@ pub async fn reload_on_change(
 ) {
     use notify::Watcher;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    // A whole folder (the policies) is watched with its subfolders (`shadow/`; `tests/` too,
+    // harmlessly: an unchanged set reloads as `unchanged`); named files (certificates) alone.
+    let mode = if names.is_none() {
+        notify::RecursiveMode::Recursive
+    } else {
+        notify::RecursiveMode::NonRecursive
+    };
     let relevant = move |e: &notify::Event| {
         let Some(names) = &names else { return true };
         e.paths.iter().any(|p| {
@@ -102,7 +109,7 @@ pub async fn reload_on_change(
         }
     };
     for dir in &dirs {
-        if let Err(e) = watcher.watch(dir, notify::RecursiveMode::NonRecursive) {
+        if let Err(e) = watcher.watch(dir, mode) {
             tracing::warn!(error = %e, what, dir = %dir.display(), "cannot watch for changes; reload with SIGHUP or the control plane");
             return;
         }

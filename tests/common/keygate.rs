@@ -105,16 +105,18 @@ const HARNESS_DEFAULTS: &str = "\n# --- test harness defaults ---\n";
 
 /// The harness's settings, for the sections a test's config leaves out: a per-key rate limit
 /// high enough not to interfere, and every decision in an audit file of the test's own.
+/// A test's own `[audit]` may write `output = "@AUDIT_FILE@"` to keep the harness's file.
 fn with_harness_defaults(config: &str, dir: &Path) -> String {
+    let audit_file = dir.join("audit.jsonl").display().to_string();
     let own = config.split(HARNESS_DEFAULTS).next().unwrap_or_default();
+    let own = own.replace("@AUDIT_FILE@", &audit_file);
     let mut out = format!("{own}{HARNESS_DEFAULTS}");
     if !own.contains("rate_limit") {
         out.push_str("[rate_limit]\ndefault = \"1000000/min\"\n");
     }
     if !own.contains("[audit]") {
         out.push_str(&format!(
-            "[audit]\noutput = {:?}\nallow_sample_rate = 1.0\n",
-            dir.join("audit.jsonl").display().to_string()
+            "[audit]\noutput = {audit_file:?}\nallow_sample_rate = 1.0\n"
         ));
     }
     if !own.contains("[auth]") {
