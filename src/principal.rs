@@ -17,6 +17,8 @@ pub enum PrincipalKind {
     ApiKey,
     ScopedToken,
     Login,
+    /// The operator token on the control plane, or the CLI on the database.
+    Operator,
 }
 
 impl PrincipalKind {
@@ -26,6 +28,7 @@ impl PrincipalKind {
             PrincipalKind::ApiKey => "apiKey",
             PrincipalKind::ScopedToken => "scopedToken",
             PrincipalKind::Login => "login",
+            PrincipalKind::Operator => "operator",
         }
     }
 }
@@ -69,8 +72,8 @@ impl Principal {
         }
     }
 
-    /// The principal of a token row: a scoped token holds its permissions; a login holds
-    /// the scope of the user's role.
+    /// The principal of a token row: a scoped token holds its permissions; a login holds no
+    /// scopes (it acts by its owner's role, as the policies say).
     pub fn from_token(r: TokenRecord, usage: Arc<KeyCounters>) -> Principal {
         let (kind, scopes, grants) = match r.kind {
             TokenKind::Scoped => (
@@ -78,13 +81,7 @@ impl Principal {
                 r.scopes.unwrap_or_default(),
                 r.grants,
             ),
-            _ => (
-                PrincipalKind::Login,
-                r.role
-                    .map(|role| vec![role.scope().to_owned()])
-                    .unwrap_or_default(),
-                None,
-            ),
+            _ => (PrincipalKind::Login, Vec::new(), None),
         };
         Principal {
             kind,
@@ -102,19 +99,20 @@ impl Principal {
         }
     }
 
-    /// The operator (the control-plane token, or the CLI on the database) as a principal: an
-    /// admin of `workspace_id`.
-    pub fn operator(workspace_id: &str) -> Principal {
+    /// The operator (the control-plane token, or the CLI on the database) as a principal: a
+    /// member of no workspace, with no role and no scopes. What it may do is in the policies
+    /// (`operating.cedar`).
+    pub fn operator() -> Principal {
         Principal {
-            kind: PrincipalKind::Login,
+            kind: PrincipalKind::Operator,
             key_id: "operator".to_owned(),
             user_id: "operator".to_owned(),
             user_email: "operator".to_owned(),
-            workspace_id: workspace_id.to_owned(),
+            workspace_id: String::new(),
             workspace: String::new(),
-            scopes: vec!["admin".to_owned()],
+            scopes: Vec::new(),
             grants: None,
-            role: Some(Role::Admin),
+            role: None,
             expires_at: None,
             generation: 0,
             usage: Default::default(),

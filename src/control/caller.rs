@@ -69,12 +69,7 @@ impl FromRequestParts<ControlState> for Caller {
     }
 }
 
-/// Only the operator may do `what` (manage policies, certificates).
-pub fn operator_only(actor: Actor, what: &str) -> Result<(), ManageError> {
-    match actor {
-        Actor::Operator => Ok(()),
-        Actor::User(_) => Err(ManageError::Forbidden(format!(
-            "only the operator manages {what}"
-        ))),
-    }
+/// The policies must allow `actor` the operating `action` (`readPolicies`, ...).
+pub fn may_operate(st: &ControlState, actor: &Actor, action: &str) -> Result<(), ManageError> {
+    st.keys.authorize_operation(actor, action)
 }

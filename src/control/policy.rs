@@ -1,4 +1,5 @@
-//! `/v1/admin/policy`: the running policy set's status, and reloading it (operator only).
+//! `/v1/admin/policy`: the running policy set's status, and reloading it (who may is in the
+//! policy files: `operating.cedar`).
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -7,7 +8,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde_json::json;
 
-use super::caller::{operator_only, Caller};
+use super::caller::{may_operate, Caller};
 use super::respond::ok;
 use super::respond::Body;
 use super::ControlState;
@@ -25,7 +26,7 @@ async fn status(
     State(st): State<ControlState>,
     Caller(actor): Caller,
 ) -> Result<Response, ManageError> {
-    operator_only(actor, "policies")?;
+    may_operate(&st, &actor, "readPolicies")?;
     Ok(ok(StatusCode::OK, st.policy.status()))
 }
 
@@ -34,7 +35,7 @@ async fn reload(
     State(st): State<ControlState>,
     Caller(actor): Caller,
 ) -> Result<Response, ManageError> {
-    operator_only(actor, "policies")?;
+    may_operate(&st, &actor, "reloadPolicies")?;
     let engine = st.policy.clone();
     let result = tokio::task::spawn_blocking(move || engine.reload())
         .await

@@ -1,5 +1,6 @@
 //! `/v1/admin/tls`: the served certificate's status (subject, expiry, the last failed reload and
-//! why) and reloading it now (operator only). 404 when `[tls]` is not configured.
+//! why) and reloading it now; who may is in the policy files (`operating.cedar`). 404 when
+//! `[tls]` is not configured.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -8,7 +9,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde_json::json;
 
-use super::caller::{operator_only, Caller};
+use super::caller::{may_operate, Caller};
 use super::respond::ok;
 use super::ControlState;
 use crate::manage::ManageError;
@@ -24,7 +25,7 @@ async fn status(
     State(st): State<ControlState>,
     Caller(actor): Caller,
 ) -> Result<Response, ManageError> {
-    operator_only(actor, "certificates")?;
+    may_operate(&st, &actor, "readCertificates")?;
     let certs = st.certificates.as_ref().ok_or(Refusal::NotFound)?;
     Ok(ok(StatusCode::OK, certs.status()))
 }
@@ -34,7 +35,7 @@ async fn reload(
     State(st): State<ControlState>,
     Caller(actor): Caller,
 ) -> Result<Response, ManageError> {
-    operator_only(actor, "certificates")?;
+    may_operate(&st, &actor, "reloadCertificates")?;
     let certs = st.certificates.clone().ok_or(Refusal::NotFound)?;
     let reloaded = certs.clone();
     let result = tokio::task::spawn_blocking(move || reloaded.reload())

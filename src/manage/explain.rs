@@ -136,7 +136,8 @@ pub async fn explain(
                 user_email: user.email,
                 workspace_id: workspace,
                 workspace: String::new(),
-                scopes: role.map(|r| vec![r.scope().to_owned()]).unwrap_or_default(),
+                // Signed in, a user holds no scopes: the policies decide by the role.
+                scopes: Vec::new(),
                 grants: None,
                 role,
                 expires_at: None,

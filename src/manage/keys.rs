@@ -213,7 +213,7 @@ impl KeyManager {
         let operator;
         let principal: &Principal = match actor {
             Actor::Operator => {
-                operator = Principal::operator(workspace_id);
+                operator = Principal::operator();
                 &operator
             }
             Actor::User(p) => p,
@@ -226,6 +226,29 @@ impl KeyManager {
         } else {
             tracing::info!(action, policies = ?verdict.policies, "management action denied");
             Err(ManageError::Forbidden(refusal_message(&verdict.details)))
+        }
+    }
+
+    /// Asks the policies whether `actor` may operate keygate: `action` is one of the
+    /// `operate` group (`readPolicies`, `reloadPolicies`, `readCertificates`,
+    /// `reloadCertificates`) on `Keygate::Service::"keygate"`.
+    pub fn authorize_operation(&self, actor: &Actor, action: &str) -> Result<(), ManageError> {
+        let operator;
+        let principal: &Principal = match actor {
+            Actor::Operator => {
+                operator = Principal::operator();
+                &operator
+            }
+            Actor::User(p) => p,
+        };
+        let verdict = self.policy.decide_service(principal, action);
+        if verdict.allowed {
+            Ok(())
+        } else {
+            tracing::info!(action, policies = ?verdict.policies, "operating action denied");
+            Err(ManageError::Forbidden(format!(
+                "permission denied: no policy allows {action} for this credential"
+            )))
         }
     }
 

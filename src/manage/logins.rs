@@ -23,7 +23,7 @@ use crate::clock::{format_time, millis as ms, now_millis, parse_time};
 use crate::identity::credentials::csrf_token;
 use crate::identity::jwt::{JwtKind, Tokens};
 use crate::identity::Identity;
-use crate::model::{self, Grant, Pepper};
+use crate::model::{self, Grant, Pepper, Role};
 use crate::principal::{Principal, PrincipalKind};
 use crate::ratelimit::failures::{address_bucket, text_key, FailureLimiter};
 use crate::refusal::{AuthFailure, Refusal};
@@ -616,7 +616,7 @@ impl Auth {
 
     /// The token row behind a login principal.
     async fn row_of(&self, p: &Principal) -> Result<Option<TokenRecord>, ManageError> {
-        if p.kind == PrincipalKind::ApiKey || p.key_id == "operator" {
+        if matches!(p.kind, PrincipalKind::ApiKey | PrincipalKind::Operator) {
             return Ok(None);
         }
         match self.store.token(&p.key_id).await {
@@ -722,18 +722,33 @@ impl Auth {
                 }
             }
         }
-        let role = p.role.ok_or_else(|| {
-            ManageError::Forbidden("you are no longer a member of this workspace".to_owned())
-        })?;
-        let cap = role.scope();
-        if let Some(beyond) = scopes
-            .iter()
-            .find(|s| !self.keys.policy.scope_within(s, cap))
-        {
-            return Err(ManageError::Forbidden(format!(
-                "'{beyond}' exceeds your role in this workspace ({}, which allows '{cap}')",
-                role.as_str()
-            )));
+        // A token never exceeds its owner's role. The policies say what a role allows (a
+        // forbid marked `@restriction("role")`); a scope some of whose actions they would
+        // always deny such a token is refused now rather than silently inert later.
+        let candidate = Principal {
+            kind: PrincipalKind::ScopedToken,
+            key_id: "new".to_owned(),
+            user_id: p.user_id.clone(),
+            user_email: p.user_email.clone(),
+            workspace_id: p.workspace_id.clone(),
+            workspace: p.workspace.clone(),
+            scopes: scopes.clone(),
+            grants: None,
+            role: p.role,
+            expires_at: None,
+            generation: 0,
+            usage: Default::default(),
+        };
+        for scope in &scopes {
+            let beyond = self.keys.policy.beyond_role(&candidate, scope);
+            if !beyond.is_empty() {
+                return Err(ManageError::Forbidden(format!(
+                    "'{scope}' exceeds your role in this workspace ({}): the policies would \
+                     never let a token of yours do {}",
+                    p.role.map_or("none", Role::as_str),
+                    beyond.join(", ")
+                )));
+            }
         }
         let grants = self
             .keys

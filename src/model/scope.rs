@@ -1,5 +1,5 @@
-//! Scopes and roles: what a key or token may be granted, and the scope each workspace role
-//! caps its member's credentials at. Pure: no I/O.
+//! Scopes and roles: what a key or token may be granted, and the workspace roles (what each
+//! role allows is in the policy files). Pure: no I/O.
 
 use std::str::FromStr;
 
@@ -40,7 +40,7 @@ pub fn parse_scopes(scopes: &[String]) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
-/// A workspace member's role; it caps what the member's credentials may do.
+/// A workspace member's role; the policies say what it allows the member's credentials.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {
     Viewer,
@@ -53,15 +53,6 @@ impl Role {
         match self {
             Role::Viewer => "viewer",
             Role::Editor => "editor",
-            Role::Admin => "admin",
-        }
-    }
-
-    /// The coarse scope a role caps its member's credentials at.
-    pub fn scope(self) -> &'static str {
-        match self {
-            Role::Viewer => "read",
-            Role::Editor => "write",
             Role::Admin => "admin",
         }
     }

@@ -57,6 +57,11 @@ pub const SHIPPED: &[(&str, &str)] = &[
         "management.cedar",
         include_str!("../../policies/management.cedar"),
     ),
+    (
+        "operating.cedar",
+        include_str!("../../policies/operating.cedar"),
+    ),
+    ("roles.cedar", include_str!("../../policies/roles.cedar")),
 ];
 
 /// Memory the decision cache may hold (keys, paths and verdicts, estimated).
@@ -73,6 +78,10 @@ pub enum Target<'a> {
         owner: &'a str,
         workspace: &'a str,
     },
+    /// A request no route maps to a storage path, by its canonical path.
+    Unmapped(&'a str),
+    /// keygate itself (its policies, its certificates).
+    Service,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +123,8 @@ pub struct Loaded {
     path_literals: Vec<(String, String)>,
     /// Each policy as `/v1/admin/policy` lists it, in file order.
     pub listed: Vec<PolicyInfo>,
+    /// Each (action, (principal type, resource type)) a request may carry, per the schema.
+    requestable: Vec<(String, (String, String))>,
 }
 
 /// A loaded policy: its `@id`, where it is written, its effect and intent, and a hash of its
@@ -301,14 +312,40 @@ fn describe(file: &str, text: &str, err: &dyn miette::Diagnostic) -> String {
 /// The message for route actions a schema lacks.
 fn missing_message(missing: &[String]) -> String {
     format!(
-        "the route table names actions the schema does not declare: {} (a typo in a route, or \
-         an action removed from keygate.cedarschema); every request routed to one would be \
-         denied",
+        "the schema does not declare actions that the route table or keygate's control plane \
+         names: {} (a typo in a route, or an action removed from keygate.cedarschema); every \
+         request for one would be denied",
         missing.join(", ")
     )
 }
 
+/// The actions keygate's own code asks the policies about (managing keys and tokens,
+/// explaining, operating keygate): a schema must declare them, like the route table's.
+pub const BUILT_IN_ACTIONS: &[&str] = &[
+    "createKey",
+    "readKey",
+    "updateKey",
+    "revokeKey",
+    "rotateKey",
+    "createToken",
+    "explainDecision",
+    "readPolicies",
+    "reloadPolicies",
+    "readCertificates",
+    "reloadCertificates",
+];
+
 impl Loaded {
+    /// True when `action` is `group` or lies within it (`readFile` within `files:read` and
+    /// `read`, `files:read` within `read`, ...).
+    fn in_group(&self, action: &str, group: &str) -> bool {
+        action == group
+            || self.actions.get(action).is_some_and(|e| {
+                let (_, _, ancestors) = e.clone().into_inner();
+                ancestors.iter().any(|uid| uid.id().unescaped() == group)
+            })
+    }
+
     /// The names among `actions` that this set's schema does not declare.
     pub fn missing_actions(&self, actions: &[String]) -> Vec<String> {
         actions
@@ -523,6 +560,15 @@ pub fn load_texts(files: &[(String, String)], epoch: u64) -> Result<Loaded, Poli
             )
         })
         .collect();
+    let requestable = schema
+        .request_envs()
+        .map(|env| {
+            (
+                env.action().id().unescaped().to_owned(),
+                (env.principal().to_string(), env.resource().to_string()),
+            )
+        })
+        .collect();
     let mut path_literals = path_literals(&set).map_err(|p| PolicyError::Invalid(p.join("\n")))?;
     if let Some(shadow) = &shadow {
         path_literals
@@ -535,6 +581,7 @@ pub fn load_texts(files: &[(String, String)], epoch: u64) -> Result<Loaded, Poli
         listed,
         policies: set,
         shadow,
+        requestable,
         shadow_only: PolicySet::from_policies(shadow_policies)
             .map_err(|e| PolicyError::Invalid(format!("{SHADOW_DIR}/: {e}")))?,
         shadow_ids: shadow_origin.into_keys().collect(),
@@ -717,6 +764,11 @@ impl Loaded {
                     details.insert("required".to_owned(), Value::from(scope.as_str()));
                 }
                 details.insert("granted".to_owned(), Value::from(principal.scopes.clone()));
+                // A signed-in user holds no scopes: what it may do follows its role.
+                if principal.kind == PrincipalKind::Login {
+                    let role = principal.role.map_or("none", crate::model::Role::as_str);
+                    details.insert("role".to_owned(), Value::from(role));
+                }
             }
         }
         Verdict {
@@ -828,6 +880,7 @@ fn principal_type(kind: PrincipalKind) -> &'static str {
         PrincipalKind::ApiKey => "Keygate::ApiKey",
         PrincipalKind::ScopedToken => "Keygate::ScopedToken",
         PrincipalKind::Login => "Keygate::Login",
+        PrincipalKind::Operator => "Keygate::Operator",
     }
 }
 
@@ -863,9 +916,10 @@ fn build_entities(
 ) -> Result<(Vec<Entity>, EntityUid, EntityUid), String> {
     let mut entities = Vec::with_capacity(8);
     let workspace = uid("Keygate::Workspace", &principal.workspace_id);
-    let role = match principal.role {
-        Some(r) => r.as_str(),
-        None => "none",
+    let role = match (principal.kind, principal.role) {
+        (PrincipalKind::Operator, _) => "operator",
+        (_, Some(r)) => r.as_str(),
+        (_, None) => "none",
     };
     let (restricted, providers, grants) = match &principal.grants {
         None => (false, Vec::new(), Vec::new()),
@@ -934,6 +988,16 @@ fn build_entities(
 
     let resource = match target {
         Target::Path(resource) => resource,
+        Target::Unmapped(path) => {
+            let uid = uid("Keygate::Unmapped", path);
+            entities.push(Entity::new_no_attrs(uid.clone(), HashSet::new()));
+            return Ok((entities, principal_uid, uid));
+        }
+        Target::Service => {
+            let uid = uid("Keygate::Service", "keygate");
+            entities.push(Entity::new_no_attrs(uid.clone(), HashSet::new()));
+            return Ok((entities, principal_uid, uid));
+        }
         Target::Credential {
             id,
             owner,
@@ -1150,12 +1214,29 @@ impl PolicyEngine {
         let directory = self.directory_version.load(Ordering::Relaxed);
         let mut verdicts = Vec::with_capacity(route.resources.len());
         if route.resources.is_empty() {
-            // A route with no storage resource (a default action) has nothing to allow.
-            let details = Map::from_iter([("restriction".to_owned(), Value::from("no_resource"))]);
+            // A route with no storage resource (the default action): the policies decide it
+            // as `Keygate::Unmapped` (uncached: the path is the client's, and this is rare).
+            let verdict = Arc::new(loaded.decide(
+                &self.authorizer,
+                principal,
+                &route.action,
+                Target::Unmapped(unmapped_path(route)),
+                &providers,
+            ));
+            if verdict.errored {
+                self.metrics.policy_errors.inc();
+            }
+            let refusal = (!verdict.allowed).then(|| Refusal::Forbidden(verdict.details.clone()));
+            let shadow = verdict
+                .shadow
+                .clone()
+                .filter(|s| s.allowed != verdict.allowed)
+                .map(|s| self.disagreement(&loaded, s));
+            verdicts.push(verdict);
             return Decided {
                 verdicts,
-                refusal: Some(Refusal::Forbidden(details)),
-                shadow: None,
+                refusal,
+                shadow,
             };
         }
         let checks = route
@@ -1275,6 +1356,15 @@ impl PolicyEngine {
     pub fn decide_uncached(&self, principal: &Principal, route: &RouteMatch) -> Vec<Verdict> {
         let loaded = self.current.load();
         let providers = self.providers.load();
+        if route.resources.is_empty() {
+            return vec![loaded.decide(
+                &self.authorizer,
+                principal,
+                &route.action,
+                Target::Unmapped(unmapped_path(route)),
+                &providers,
+            )];
+        }
         route
             .resources
             .iter()
@@ -1322,18 +1412,72 @@ impl PolicyEngine {
 }
 
 impl PolicyEngine {
-    /// True when scope `scope` lies within scope `cap` in the schema's action hierarchy
-    /// (`files:read` within `read`, `read` within `write`, ...). Unknown scopes lie nowhere.
-    pub fn scope_within(&self, scope: &str, cap: &str) -> bool {
-        if scope == cap {
-            return true;
-        }
+    /// Decides an operating action (`readPolicies`, `reloadCertificates`, ...) on keygate
+    /// itself (uncached: rare).
+    pub fn decide_service(&self, principal: &Principal, action: &str) -> Verdict {
         let loaded = self.current.load();
-        loaded.actions.get(scope).is_some_and(|e| {
-            let (_, _, ancestors) = e.clone().into_inner();
-            ancestors.iter().any(|uid| uid.id().unescaped() == cap)
-        })
+        let providers = self.providers.load();
+        let v = loaded.decide(
+            &self.authorizer,
+            principal,
+            action,
+            Target::Service,
+            &providers,
+        );
+        if v.errored {
+            self.metrics.policy_errors.inc();
+        }
+        v
     }
+
+    /// The actions of scope group `scope` that `principal` (a credential about to be issued)
+    /// could never do because of its owner's role: those the policies deny it with a forbid
+    /// marked `@restriction("role")`. Each action the schema lets the principal's type request
+    /// is tried on a resource of each type it applies to (a path, or another user's key in
+    /// the principal's workspace); the role forbids hold whatever the resource.
+    pub fn beyond_role(&self, principal: &Principal, scope: &str) -> Vec<String> {
+        let loaded = self.current.load();
+        let providers = self.providers.load();
+        let principal_ty = principal_type(principal.kind);
+        let probe_path = Resource {
+            role: crate::route::ResourceRole::Source,
+            provider: Arc::from("role-check"),
+            path: "/".to_owned(),
+        };
+        let mut beyond = Vec::new();
+        for (action, (principal_of, resource_ty)) in &loaded.requestable {
+            if principal_of != principal_ty || !loaded.in_group(action, scope) {
+                continue;
+            }
+            let target = match resource_ty.as_str() {
+                "Keygate::Path" => Target::Path(&probe_path),
+                "Keygate::Credential" => Target::Credential {
+                    id: "role-check",
+                    owner: "role-check-owner",
+                    workspace: &principal.workspace_id,
+                },
+                "Keygate::Service" => Target::Service,
+                _ => continue,
+            };
+            let v = loaded.decide(&self.authorizer, principal, action, target, &providers);
+            let by_role = v
+                .policies
+                .iter()
+                .any(|p| loaded.restriction.get(p).is_some_and(|r| r == "role"));
+            if !v.allowed && by_role && !beyond.contains(action) {
+                beyond.push(action.clone());
+            }
+        }
+        beyond
+    }
+}
+
+/// The canonical path of a request no route maps to a storage path (its query left out).
+fn unmapped_path(route: &RouteMatch) -> &str {
+    route
+        .upstream_target
+        .split_once('?')
+        .map_or(route.upstream_target.as_str(), |(path, _)| path)
 }
 
 #[cfg(test)]

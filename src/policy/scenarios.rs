@@ -62,11 +62,17 @@ pub struct ProviderDef {
 #[serde(deny_unknown_fields)]
 pub struct PrincipalDef {
     pub name: String,
-    /// `api-key` (default), `scoped-token` or `login`.
+    /// `api-key` (default), `scoped-token`, `login` or `operator`.
     #[serde(default)]
     pub kind: Option<String>,
-    pub workspace: String,
-    pub role: String,
+    /// Required, except for the operator (a member of no workspace).
+    #[serde(default)]
+    pub workspace: Option<String>,
+    /// Required, except for the operator.
+    #[serde(default)]
+    pub role: Option<String>,
+    /// A login's and the operator's are empty: they hold no scopes.
+    #[serde(default)]
     pub scopes: Vec<String>,
     #[serde(default)]
     pub providers: Option<Vec<Grant>>,
@@ -93,6 +99,9 @@ pub struct RequestDef {
     /// The credential acted on is the requesting one itself (default: another of its owner's).
     #[serde(default)]
     pub itself: bool,
+    /// `keygate`: the action is an operating one, on keygate itself (`readPolicies`, ...).
+    #[serde(default)]
+    pub target: Option<String>,
     #[serde(default)]
     pub destination: Option<String>,
     /// The `Overwrite` header of a move or copy (`T`, the default, or `F`).
@@ -123,9 +132,16 @@ fn principal_of(def: &PrincipalDef) -> Result<Principal, String> {
         None | Some("api-key") => PrincipalKind::ApiKey,
         Some("scoped-token") => PrincipalKind::ScopedToken,
         Some("login") => PrincipalKind::Login,
+        Some("operator") => return Ok(Principal::operator()),
         Some(other) => return Err(format!("principal '{}': unknown kind '{other}'", def.name)),
     };
-    let role = match def.role.as_str() {
+    let (Some(workspace), Some(role)) = (&def.workspace, &def.role) else {
+        return Err(format!(
+            "principal '{}': a workspace and a role are required",
+            def.name
+        ));
+    };
+    let role = match role.as_str() {
         "none" => None,
         r => Some(
             r.parse::<Role>()
@@ -143,8 +159,8 @@ fn principal_of(def: &PrincipalDef) -> Result<Principal, String> {
         key_id: def.name.clone(),
         user_id: format!("owner-of-{}", def.name),
         user_email: format!("{}@example.com", def.name),
-        workspace_id: def.workspace.clone(),
-        workspace: def.workspace.clone(),
+        workspace_id: workspace.clone(),
+        workspace: workspace.clone(),
         scopes: def.scopes.clone(),
         grants,
         role,
@@ -204,7 +220,15 @@ pub fn run(dir: &Path) -> Result<Report, String> {
                     .push(format!("{label}: no principal named '{}'", req.principal));
                 continue;
             };
-            let verdicts = if let Some(action) = &req.action {
+            let verdicts = if let (Some(action), Some(target)) = (&req.action, &req.target) {
+                if target != "keygate" {
+                    report.failures.push(format!(
+                        "{label}: unknown target '{target}' (the one target is 'keygate')"
+                    ));
+                    continue;
+                }
+                vec![engine.decide_service(principal, action)]
+            } else if let Some(action) = &req.action {
                 let owner = match req.owner.as_deref().map(|o| principals.get(o)) {
                     None => principal,
                     Some(Some(p)) => p,

@@ -312,7 +312,7 @@ impl RateLimiter {
 fn principal_subject(p: &Principal) -> &str {
     match p.kind {
         PrincipalKind::ApiKey | PrincipalKind::ScopedToken => &p.key_id,
-        PrincipalKind::Login => &p.user_id,
+        PrincipalKind::Login | PrincipalKind::Operator => &p.user_id,
     }
 }
 

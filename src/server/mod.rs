@@ -134,7 +134,8 @@ pub fn load_pepper(config: &Config) -> anyhow::Result<Pepper> {
     Pepper::new(secret.as_bytes()).map_err(|e| anyhow::anyhow!("invalid key pepper: {e}"))
 }
 
-/// The policy set of the config, checked to declare every action the route table names.
+/// The policy set of the config, checked to declare every action the route table and keygate's
+/// control plane name.
 pub fn load_policies(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Arc<PolicyEngine>> {
     let engine = PolicyEngine::load(&config.policy_dir, metrics).map_err(|e| {
         anyhow::anyhow!(
@@ -143,7 +144,18 @@ pub fn load_policies(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<A
         )
     })?;
     engine
-        .require_actions(config.routes.action_names())
+        .require_actions(
+            config
+                .routes
+                .action_names()
+                .into_iter()
+                .chain(
+                    crate::policy::BUILT_IN_ACTIONS
+                        .iter()
+                        .map(|a| (*a).to_owned()),
+                )
+                .collect(),
+        )
         .map_err(|e| anyhow::anyhow!("{}: {e}", config.policy_dir.display()))?;
     Ok(Arc::new(engine))
 }
