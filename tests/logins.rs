@@ -491,9 +491,10 @@ async fn a_scoped_token_never_exceeds_its_permissions_or_its_users_role() {
     )
     .await;
     assert_eq!(status, StatusCode::CREATED, "{minted}");
+    // The token holds its permissions as minted; the policies grant them.
     assert_eq!(
         minted["data"]["scopes"],
-        json!(["files:read", "folders:read"])
+        json!(["files.read", "folders.read"])
     );
     let scoped = minted["data"]["token"].as_str().unwrap();
     assert_eq!(
@@ -516,7 +517,7 @@ async fn a_scoped_token_never_exceeds_its_permissions_or_its_users_role() {
     assert_eq!(body["error"]["details"]["required"], "files:write");
     assert_eq!(
         body["error"]["details"]["granted"],
-        json!(["files:read", "folders:read"])
+        json!(["files.read", "folders.read"])
     );
     assert!(!backend.root().join("local/docs/new.txt").exists());
 

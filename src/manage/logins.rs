@@ -153,33 +153,6 @@ pub struct Minted {
     pub view: TokenView,
 }
 
-/// Turns a permission into keygate scopes. `<thing>.read` grants GET, `<thing>.write` grants
-/// POST, PUT and DELETE (the Drivly convention); keygate's own scope names pass as they are.
-pub fn permission_scopes(permission: &str) -> Result<Vec<&'static str>, String> {
-    let p = permission.trim();
-    if let Some(known) = model::SCOPES.iter().find(|s| **s == p) {
-        return Ok(vec![known]);
-    }
-    Ok(match p {
-        "files.read" => vec!["files:read"],
-        "files.write" => vec!["files:write", "files:delete"],
-        "folders.read" => vec!["folders:read"],
-        "folders.write" => vec!["folders:write"],
-        "search.read" => vec!["search:read"],
-        "trash.read" => vec!["trash:read"],
-        "trash.write" => vec!["trash:write"],
-        "storage.read" | "*.read" => vec!["read"],
-        "storage.write" | "*.write" => vec!["write"],
-        _ => {
-            return Err(format!(
-                "'{p}' is not a permission (files.read, files.write, folders.read, folders.write, \
-                 search.read, trash.read, trash.write, storage.read, storage.write, or a scope: {})",
-                model::SCOPES.join(", ")
-            ))
-        }
-    })
-}
-
 pub struct Auth {
     store: Store,
     pepper: Pepper,
@@ -714,12 +687,21 @@ impl Auth {
         if req.permissions.is_empty() {
             return Err(bad_request("a scoped token needs at least one permission"));
         }
+        // A token holds its permissions as minted: keygate's scopes, or the permissions the
+        // policy schema declares (`files.read`, ...), which the policies grant.
+        let permissions = self.keys.policy.permissions();
         let mut scopes: Vec<String> = Vec::new();
         for permission in &req.permissions {
-            for s in permission_scopes(permission).map_err(bad_request)? {
-                if !scopes.iter().any(|have| have == s) {
-                    scopes.push(s.to_owned());
-                }
+            let p = permission.trim();
+            if !model::SCOPES.contains(&p) && !permissions.iter().any(|known| known == p) {
+                return Err(bad_request(format!(
+                    "'{p}' is not a permission ({}) or a scope ({})",
+                    permissions.join(", "),
+                    model::SCOPES.join(", ")
+                )));
+            }
+            if !scopes.iter().any(|have| have == p) {
+                scopes.push(p.to_owned());
             }
         }
         // A token never exceeds its owner's role. The policies say what a role allows (a
@@ -739,16 +721,19 @@ impl Auth {
             generation: 0,
             usage: Default::default(),
         };
-        for scope in &scopes {
-            let beyond = self.keys.policy.beyond_role(&candidate, scope);
-            if !beyond.is_empty() {
-                return Err(ManageError::Forbidden(format!(
-                    "'{scope}' exceeds your role in this workspace ({}): the policies would \
-                     never let a token of yours do {}",
-                    p.role.map_or("none", Role::as_str),
-                    beyond.join(", ")
-                )));
-            }
+        if let Some((scope, beyond)) = self
+            .keys
+            .policy
+            .beyond_role(&candidate, &scopes)
+            .into_iter()
+            .next()
+        {
+            return Err(ManageError::Forbidden(format!(
+                "'{scope}' exceeds your role in this workspace ({}): the policies would never let \
+                 a token of yours do {}",
+                p.role.map_or("none", Role::as_str),
+                beyond.join(", ")
+            )));
         }
         let grants = self
             .keys
@@ -801,23 +786,5 @@ impl Auth {
             token,
             view: Self::view(&row, None),
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn permissions_map_to_scopes() {
-        assert_eq!(permission_scopes("files.read"), Ok(vec!["files:read"]));
-        assert_eq!(
-            permission_scopes("files.write"),
-            Ok(vec!["files:write", "files:delete"])
-        );
-        assert_eq!(permission_scopes("storage.read"), Ok(vec!["read"]));
-        assert_eq!(permission_scopes(" write "), Ok(vec!["write"]));
-        assert!(permission_scopes("files.admin").is_err());
-        assert!(permission_scopes("").is_err());
     }
 }

@@ -61,6 +61,10 @@ pub const SHIPPED: &[(&str, &str)] = &[
         "operating.cedar",
         include_str!("../../policies/operating.cedar"),
     ),
+    (
+        "permissions.cedar",
+        include_str!("../../policies/permissions.cedar"),
+    ),
     ("roles.cedar", include_str!("../../policies/roles.cedar")),
 ];
 
@@ -1430,12 +1434,17 @@ impl PolicyEngine {
         v
     }
 
-    /// The actions of scope group `scope` that `principal` (a credential about to be issued)
-    /// could never do because of its owner's role: those the policies deny it with a forbid
-    /// marked `@restriction("role")`. Each action the schema lets the principal's type request
-    /// is tried on a resource of each type it applies to (a path, or another user's key in
-    /// the principal's workspace); the role forbids hold whatever the resource.
-    pub fn beyond_role(&self, principal: &Principal, scope: &str) -> Vec<String> {
+    /// For each of `groups` (scopes or permissions), the actions in it that `principal` (a
+    /// credential about to be issued) could never do because of its owner's role: those the
+    /// policies deny it with a forbid marked `@restriction("role")`. Groups with none are left
+    /// out. Each action the schema lets the principal's type request is decided once, on a
+    /// resource of each type it applies to (a path, or another user's key in the principal's
+    /// workspace); the role forbids hold whatever the resource.
+    pub fn beyond_role(
+        &self,
+        principal: &Principal,
+        groups: &[String],
+    ) -> Vec<(String, Vec<String>)> {
         let loaded = self.current.load();
         let providers = self.providers.load();
         let principal_ty = principal_type(principal.kind);
@@ -1444,9 +1453,9 @@ impl PolicyEngine {
             provider: Arc::from("role-check"),
             path: "/".to_owned(),
         };
-        let mut beyond = Vec::new();
+        let mut beyond: Vec<String> = Vec::new();
         for (action, (principal_of, resource_ty)) in &loaded.requestable {
-            if principal_of != principal_ty || !loaded.in_group(action, scope) {
+            if principal_of != principal_ty || !groups.iter().any(|g| loaded.in_group(action, g)) {
                 continue;
             }
             let target = match resource_ty.as_str() {
@@ -1468,7 +1477,33 @@ impl PolicyEngine {
                 beyond.push(action.clone());
             }
         }
-        beyond
+        groups
+            .iter()
+            .map(|g| {
+                let actions: Vec<String> = beyond
+                    .iter()
+                    .filter(|a| loaded.in_group(a, g))
+                    .cloned()
+                    .collect();
+                (g.clone(), actions)
+            })
+            .filter(|(_, actions)| !actions.is_empty())
+            .collect()
+    }
+
+    /// The permissions a scoped token may be minted with besides the scopes: the schema's
+    /// action groups named `<thing>.read` or `<thing>.write`, sorted.
+    pub fn permissions(&self) -> Vec<String> {
+        let loaded = self.current.load();
+        let mut names: Vec<String> = loaded
+            .actions
+            .keys()
+            .filter(|name| name.ends_with(".read") || name.ends_with(".write"))
+            .filter(|name| !loaded.requestable.iter().any(|(a, _)| a == *name))
+            .cloned()
+            .collect();
+        names.sort();
+        names
     }
 }
 
