@@ -14,7 +14,7 @@ use super::{choose_workspace, Actor, ManageError};
 use crate::clock::{format_time, now_millis};
 use crate::identity::Identity;
 use crate::model::{self, Grant, KeyStyle, Pepper, EXPIRY_WARNING_MS};
-use crate::policy::PolicyEngine;
+use crate::policy::{PolicyEngine, Target, Verdict};
 use crate::principal::Principal;
 use crate::store::{KeyChanges, KeyRecord, NewKey, Store, StoreError, UsageDay};
 use crate::usage::UsageRecorder;
@@ -210,21 +210,15 @@ impl KeyManager {
         owner_id: &str,
         workspace_id: &str,
     ) -> Result<(), ManageError> {
-        let operator;
-        let principal: &Principal = match actor {
-            Actor::Operator => {
-                operator = Principal::operator();
-                &operator
-            }
-            Actor::User(p) => p,
+        let target = Target::Credential {
+            id,
+            owner: owner_id,
+            workspace: workspace_id,
         };
-        let verdict = self
-            .policy
-            .decide_credential(principal, action, id, owner_id, workspace_id);
+        let verdict = self.decide_as(actor, action, target);
         if verdict.allowed {
             Ok(())
         } else {
-            tracing::info!(action, policies = ?verdict.policies, "management action denied");
             Err(ManageError::Forbidden(refusal_message(&verdict.details)))
         }
     }
@@ -233,6 +227,18 @@ impl KeyManager {
     /// `operate` group (`readPolicies`, `reloadPolicies`, `readCertificates`,
     /// `reloadCertificates`) on `Keygate::Service::"keygate"`.
     pub fn authorize_operation(&self, actor: &Actor, action: &str) -> Result<(), ManageError> {
+        if self.decide_as(actor, action, Target::Service).allowed {
+            Ok(())
+        } else {
+            Err(ManageError::Forbidden(format!(
+                "permission denied: no policy allows {action} for this credential"
+            )))
+        }
+    }
+
+    /// The policies' decision for `actor` (the operator is `Keygate::Operator`); a denial is
+    /// logged with its policies.
+    fn decide_as(&self, actor: &Actor, action: &str, target: Target<'_>) -> Verdict {
         let operator;
         let principal: &Principal = match actor {
             Actor::Operator => {
@@ -241,15 +247,11 @@ impl KeyManager {
             }
             Actor::User(p) => p,
         };
-        let verdict = self.policy.decide_service(principal, action);
-        if verdict.allowed {
-            Ok(())
-        } else {
-            tracing::info!(action, policies = ?verdict.policies, "operating action denied");
-            Err(ManageError::Forbidden(format!(
-                "permission denied: no policy allows {action} for this credential"
-            )))
+        let verdict = self.policy.decide_on(principal, action, target);
+        if !verdict.allowed {
+            tracing::info!(action, policies = ?verdict.policies, "management action denied");
         }
+        verdict
     }
 
     /// A key the actor may read, or not found (its existence is not revealed).

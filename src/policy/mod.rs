@@ -1386,28 +1386,12 @@ impl PolicyEngine {
             .collect()
     }
 
-    /// Decides a management action on a credential (uncached: management is rare).
-    pub fn decide_credential(
-        &self,
-        principal: &Principal,
-        action: &str,
-        id: &str,
-        owner: &str,
-        workspace: &str,
-    ) -> Verdict {
+    /// Decides an action on a target that is not a storage path: a credential (management)
+    /// or keygate itself (operating). Uncached: these are rare.
+    pub fn decide_on(&self, principal: &Principal, action: &str, target: Target<'_>) -> Verdict {
         let loaded = self.current.load();
         let providers = self.providers.load();
-        let v = loaded.decide(
-            &self.authorizer,
-            principal,
-            action,
-            Target::Credential {
-                id,
-                owner,
-                workspace,
-            },
-            &providers,
-        );
+        let v = loaded.decide(&self.authorizer, principal, action, target, &providers);
         if v.errored {
             self.metrics.policy_errors.inc();
         }
@@ -1416,24 +1400,6 @@ impl PolicyEngine {
 }
 
 impl PolicyEngine {
-    /// Decides an operating action (`readPolicies`, `reloadCertificates`, ...) on keygate
-    /// itself (uncached: rare).
-    pub fn decide_service(&self, principal: &Principal, action: &str) -> Verdict {
-        let loaded = self.current.load();
-        let providers = self.providers.load();
-        let v = loaded.decide(
-            &self.authorizer,
-            principal,
-            action,
-            Target::Service,
-            &providers,
-        );
-        if v.errored {
-            self.metrics.policy_errors.inc();
-        }
-        v
-    }
-
     /// For each of `groups` (scopes or permissions), the actions in it that `principal` (a
     /// credential about to be issued) could never do because of its owner's role: those the
     /// policies deny it with a forbid marked `@restriction("role")`. Groups with none are left

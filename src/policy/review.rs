@@ -178,6 +178,20 @@ impl Prover {
     }
 }
 
+impl Prover {
+    /// A request and entity store that `allows` allows and `denies` denies, if there is one.
+    async fn allowed_only_by(
+        &mut self,
+        allows: &CompiledPolicySet,
+        denies: &CompiledPolicySet,
+    ) -> Result<Option<Env>, String> {
+        self.compiler
+            .check_implies_with_counterexample_opt(allows, denies)
+            .await
+            .map_err(solver_error)
+    }
+}
+
 /// Cedar's answer on a counterexample: the determining policies.
 fn replay(set: &PolicySet, env: &Env) -> (Decision, Vec<String>) {
     let response = Authorizer::new().is_authorized(&env.request, set, &env.entities);
@@ -273,25 +287,18 @@ pub async fn diff(
                 narrowing: None,
                 removed: false,
             });
+        // The first example per action and direction is enough.
         if change.widening.is_none() {
-            if let Some(cex) = prover
-                .compiler
-                .check_implies_with_counterexample_opt(&new_c, &old_c)
-                .await
-                .map_err(solver_error)?
-            {
-                change.widening = Some(example(&cex, &new.policies, &old.policies));
-            }
+            change.widening = prover
+                .allowed_only_by(&new_c, &old_c)
+                .await?
+                .map(|cex| example(&cex, &new.policies, &old.policies));
         }
         if change.narrowing.is_none() {
-            if let Some(cex) = prover
-                .compiler
-                .check_implies_with_counterexample_opt(&old_c, &new_c)
-                .await
-                .map_err(solver_error)?
-            {
-                change.narrowing = Some(example(&cex, &old.policies, &new.policies));
-            }
+            change.narrowing = prover
+                .allowed_only_by(&old_c, &new_c)
+                .await?
+                .map(|cex| example(&cex, &old.policies, &new.policies));
         }
     }
     let remaining: BTreeSet<String> = old

@@ -33,7 +33,7 @@ use serde::Deserialize;
 use crate::config::{Config, Overrides};
 use crate::model::Grant;
 use crate::model::Role;
-use crate::policy::PolicyEngine;
+use crate::policy::{PolicyEngine, Target};
 use crate::principal::{Principal, PrincipalKind};
 use crate::route::RouteInput;
 use crate::telemetry::Metrics;
@@ -227,7 +227,7 @@ pub fn run(dir: &Path) -> Result<Report, String> {
                     ));
                     continue;
                 }
-                vec![engine.decide_service(principal, action)]
+                vec![engine.decide_on(principal, action, Target::Service)]
             } else if let Some(action) = &req.action {
                 let owner = match req.owner.as_deref().map(|o| principals.get(o)) {
                     None => principal,
@@ -245,7 +245,15 @@ pub fn run(dir: &Path) -> Result<Report, String> {
                 } else {
                     "scenario-key"
                 };
-                vec![engine.decide_credential(principal, action, id, &owner.user_id, workspace)]
+                vec![engine.decide_on(
+                    principal,
+                    action,
+                    Target::Credential {
+                        id,
+                        owner: &owner.user_id,
+                        workspace,
+                    },
+                )]
             } else {
                 let route = match routes.route(RouteInput {
                     method: &req.method,
