@@ -109,6 +109,10 @@ pub enum PolicyCmd {
         /// An action this change is meant to widen (repeatable): reported, not failed.
         #[arg(long = "allow-widening", value_name = "ACTION")]
         allow_widening: Vec<String>,
+        /// Accept a change to the schema's entity types (reviewed by hand): the proof then
+        /// covers the entity stores valid under NEW's schema.
+        #[arg(long)]
+        allow_schema_change: bool,
         #[arg(long)]
         json: bool,
     },

@@ -130,7 +130,7 @@ fn dropping_the_base_path_condition_widens_every_storage_action_with_a_counterex
     });
     let out = diff(&shipped(), new.path(), &[]);
     assert_eq!(out.code, 1, "a widening exits 1: {}", out.stderr);
-    assert!(out.stderr.contains("widens access"), "{}", out.stderr);
+    assert!(out.stderr.contains("may widen access"), "{}", out.stderr);
     for (name, verdict) in verdicts(&out.report) {
         let expected = if STORAGE.contains(&name.as_str()) {
             "widens"
@@ -476,7 +476,7 @@ fn the_ci_review_fails_an_undeclared_widening_and_passes_a_declared_one() {
     let text = std::fs::read_to_string(&scopes).unwrap();
     std::fs::write(
         &scopes,
-        text + "\n@id(\"trash-list-scope\")\npermit (\n  principal,\n  action == \
+        text + "\n@id(\"trash-<list>-scope\")\npermit (\n  principal,\n  action == \
                 Keygate::Action::\"listTrash\",\n  resource\n)\nwhen { \
                 principal.scopes.contains(\"trash:list\") };\n",
     )
@@ -485,10 +485,12 @@ fn the_ci_review_fails_an_undeclared_widening_and_passes_a_declared_one() {
     let (code, out, summary) = review(repo.path(), "HEAD~1", None);
     assert_eq!(code, 1, "{out}");
     assert!(summary.contains("### diff: FAILED (exit 1)"), "{summary}");
+    // Policy ids are the author's text: HTML-escaped in the summary.
     assert!(
-        summary.contains("NEW allows it by: trash-list-scope"),
+        summary.contains("NEW allows it by: trash-&lt;list&gt;-scope"),
         "{summary}"
     );
+    assert!(!summary.contains("<list>"), "{summary}");
     // The other steps still ran and passed.
     assert!(summary.contains("### lint: passed"), "{summary}");
 
@@ -517,4 +519,53 @@ fn the_ci_review_fails_an_undeclared_widening_and_passes_a_declared_one() {
     // A base that is not in the clone: the review could not run.
     let (code, out, _) = review(repo.path(), "no-such-revision", None);
     assert_eq!(code, 2, "{out}");
+}
+
+/// What a proof under one schema cannot see is never reported as equivalent: an action whose
+/// groups changed, and an OLD policy that errors (keygate denies on any error, where Cedar
+/// would skip the policy).
+#[test]
+fn changes_the_proof_cannot_cover_count_as_widening() {
+    if !cvc5_present() {
+        return;
+    }
+    // deleteFile joins the read-only files.read permission.
+    let regrouped = variant("keygate.cedarschema", |t| {
+        t.replace(
+            "action deleteFile in [\"files:delete\", \"level:write\"]",
+            "action deleteFile in [\"files:delete\", \"level:write\", \"files.read\"]",
+        )
+    });
+    let out = diff(&shipped(), regrouped.path(), &[]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let change = action(&out.report, "deleteFile");
+    assert_eq!(
+        change["groups"],
+        serde_json::json!({"added": ["files.read"], "removed": []})
+    );
+    assert_eq!(out.report["widened"], serde_json::json!(["deleteFile"]));
+
+    // OLD has a permit that errors on every evaluation for viewers: keygate denied their
+    // reads; NEW, without it, lets them read.
+    let erroring = variant("scopes.cedar", |t| {
+        t + "\n@id(\"boom\")\npermit (\n  principal,\n  action == Keygate::Action::\"readFile\",\n  \
+             resource\n)\nwhen { principal.role == \"viewer\" && 9223372036854775807 + 1 > 0 };\n"
+    });
+    let out = diff(erroring.path(), &shipped(), &[]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert_eq!(
+        action(&out.report, "readFile")["oldErrors"]["policy"],
+        "boom"
+    );
+    assert_eq!(out.report["widened"], serde_json::json!(["readFile"]));
+
+    // A change to the entity types is accepted only by hand.
+    let retyped = variant("keygate.cedarschema", |t| {
+        t.replace("entity Unmapped;", "entity Unmapped = { note: String };")
+    });
+    let out = diff(&shipped(), retyped.path(), &[]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert_eq!(out.report["schemaChanged"], true);
+    let out = diff(&shipped(), retyped.path(), &["--allow-schema-change"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
 }

@@ -36,6 +36,21 @@ status=0
     echo
 } >"$summary"
 
+# The policy files (their ids, their file names) are the pull request author's text: in the
+# log, GitHub must not read a line of theirs as a workflow command; in the summary, it is
+# HTML-escaped inside <pre>, so no fence or tag of theirs can end it early.
+print_verbatim() {
+    if [[ -n "${GITHUB_ACTIONS:-}" ]]; then
+        local token
+        token="$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+        echo "::stop-commands::$token"
+        cat "$1"
+        echo "::$token::"
+    else
+        cat "$1"
+    fi
+}
+
 # step NAME COMMAND...: runs it, prints and records its output; remembers the worst status
 # (a command exiting 2 means the check could not run).
 step() {
@@ -45,7 +60,7 @@ step() {
     echo "\$ $*"
     "$@" >"$work/out" 2>&1
     local code=$?
-    cat "$work/out"
+    print_verbatim "$work/out"
     [[ -n "${GITHUB_ACTIONS:-}" ]] && echo "::endgroup::"
     local mark="passed"
     if ((code != 0)); then
@@ -59,9 +74,9 @@ step() {
     {
         echo "### $name: $mark"
         echo
-        echo '```'
-        head -c 60000 "$work/out"
-        echo '```'
+        echo '<pre>'
+        head -c 60000 "$work/out" | sed -e 's/&/\&amp;/g' -e 's/</\&lt;/g' -e 's/>/\&gt;/g'
+        echo '</pre>'
         echo
     } >>"$summary"
     echo "policy-review: $name: $mark"

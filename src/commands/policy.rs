@@ -55,8 +55,9 @@ pub async fn run(config: &Config, cmd: PolicyCmd, store: Option<&Store>) -> anyh
             old,
             new,
             allow_widening,
+            allow_schema_change,
             json,
-        } => diff(&old, &new, &allow_widening, json).await,
+        } => diff(&old, &new, &allow_widening, allow_schema_change, json).await,
         PolicyCmd::Lint { dir, json } => lint(&dir_of(&dir), json).await,
         PolicyCmd::Explain {
             key,
@@ -109,7 +110,13 @@ fn load_for_review(dir: &Path) -> anyhow::Result<crate::policy::Loaded> {
     load_dir(dir, 1).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))
 }
 
-async fn diff(old: &Path, new: &Path, allowed: &[String], json: bool) -> anyhow::Result<()> {
+async fn diff(
+    old: &Path,
+    new: &Path,
+    allowed: &[String],
+    allow_schema_change: bool,
+    json: bool,
+) -> anyhow::Result<()> {
     use crate::policy::review;
     let old_set = load_for_review(old)?;
     let new_set = load_for_review(new)?;
@@ -128,20 +135,25 @@ async fn diff(old: &Path, new: &Path, allowed: &[String], json: bool) -> anyhow:
         );
     }
     let mut prover = review::Prover::start().await.map_err(anyhow::Error::msg)?;
-    let changes = review::diff(&mut prover, &old_set, &new_set)
+    let review::Diff {
+        actions: changes,
+        schema_changed,
+    } = review::diff(&mut prover, &old_set, &new_set)
         .await
         .map_err(anyhow::Error::msg)?;
     let widened: Vec<&str> = changes
         .iter()
-        .filter(|c| c.widening.is_some() && !allowed.contains(&c.action))
+        .filter(|c| c.may_widen() && !allowed.contains(&c.action))
         .map(|c| c.action.as_str())
         .collect();
+    let schema_unaccepted = schema_changed && !allow_schema_change;
     if json {
         let report = serde_json::json!({
             "old": old.display().to_string(),
             "new": new.display().to_string(),
             "solver": prover.solver,
             "actions": changes,
+            "schemaChanged": schema_changed,
             "widened": widened,
         });
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -152,8 +164,19 @@ async fn diff(old: &Path, new: &Path, allowed: &[String], json: bool) -> anyhow:
             new.display(),
             prover.solver
         );
+        if schema_changed {
+            println!(
+                "  the schema's entity types changed: this proof covers the entity stores valid \
+                 under NEW's schema only{}",
+                if allow_schema_change {
+                    " (accepted by --allow-schema-change)"
+                } else {
+                    "; review the change by hand and pass --allow-schema-change"
+                }
+            );
+        }
         for c in &changes {
-            let note = if c.widening.is_some() && allowed.contains(&c.action) {
+            let note = if c.may_widen() && allowed.contains(&c.action) {
                 " (allowed by --allow-widening)"
             } else {
                 ""
@@ -175,12 +198,47 @@ async fn diff(old: &Path, new: &Path, allowed: &[String], json: bool) -> anyhow:
                 );
                 print!("{}", review::render_example(e, Some(("OLD", "NEW"))));
             }
+            if let Some(g) = &c.groups {
+                println!(
+                    "\n{}: its groups changed (joined: {}; left: {}). Both sets are compiled \
+                     under NEW's schema, so this proves nothing for it: review it by hand.",
+                    c.action,
+                    if g.added.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        g.added.join(", ")
+                    },
+                    if g.removed.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        g.removed.join(", ")
+                    },
+                );
+            }
+            if let Some(e) = &c.old_errors {
+                println!(
+                    "\n{}: OLD's policy {} can error on it, and keygate denies whenever a policy \
+                     errors; NEW may allow such a request, for example",
+                    c.action, e.policy
+                );
+                print!("{}", review::render_example(&e.example, None));
+            }
         }
     }
-    if widened.is_empty() {
+    let mut problems = Vec::new();
+    if !widened.is_empty() {
+        problems.push(format!(
+            "the change may widen access: {}",
+            widened.join(", ")
+        ));
+    }
+    if schema_unaccepted {
+        problems.push("the schema's entity types changed (--allow-schema-change)".to_owned());
+    }
+    if problems.is_empty() {
         Ok(())
     } else {
-        Err(Findings(format!("the change widens access: {}", widened.join(", "))).into())
+        Err(Findings(problems.join("; ")).into())
     }
 }
 

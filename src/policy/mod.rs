@@ -129,6 +129,9 @@ pub struct Loaded {
     pub listed: Vec<PolicyInfo>,
     /// Each (action, (principal type, resource type)) a request may carry, per the schema.
     requestable: Vec<(String, (String, String))>,
+    /// The schema's entity and common type declarations (JSON, per namespace): two sets whose
+    /// declarations differ cannot be compared under one schema (`policy diff`).
+    entity_types: Value,
 }
 
 /// A loaded policy: its `@id`, where it is written, its effect and intent, and a hash of its
@@ -564,6 +567,26 @@ pub fn load_texts(files: &[(String, String)], epoch: u64) -> Result<Loaded, Poli
             )
         })
         .collect();
+    let entity_types = schemas
+        .first()
+        .and_then(|(_, text)| cedar_policy::SchemaFragment::from_cedarschema_str(text).ok())
+        .and_then(|(fragment, _)| fragment.to_json_value().ok())
+        .map(|json| match json {
+            Value::Object(namespaces) => Value::Object(
+                namespaces
+                    .into_iter()
+                    .map(|(ns, decl)| {
+                        let types = serde_json::json!({
+                            "entityTypes": decl.get("entityTypes"),
+                            "commonTypes": decl.get("commonTypes"),
+                        });
+                        (ns, types)
+                    })
+                    .collect(),
+            ),
+            other => other,
+        })
+        .unwrap_or(Value::Null);
     let requestable = schema
         .request_envs()
         .map(|env| {
@@ -586,6 +609,7 @@ pub fn load_texts(files: &[(String, String)], epoch: u64) -> Result<Loaded, Poli
         policies: set,
         shadow,
         requestable,
+        entity_types,
         shadow_only: PolicySet::from_policies(shadow_policies)
             .map_err(|e| PolicyError::Invalid(format!("{SHADOW_DIR}/: {e}")))?,
         shadow_ids: shadow_origin.into_keys().collect(),
@@ -984,6 +1008,30 @@ fn build_entities(
     entities.push(
         Entity::new(principal_uid.clone(), attrs, HashSet::new()).map_err(|e| e.to_string())?,
     );
+    // The principal's own credential, with the attributes the schema promises, so that a
+    // policy reading `principal.credential.owner` gets an answer and not an error (unless the
+    // target is that credential, built below).
+    let target_is_own = matches!(target, Target::Credential { id, .. } if id == principal.key_id);
+    if !target_is_own {
+        let attrs = HashMap::from([
+            (
+                "owner".to_owned(),
+                RestrictedExpression::new_entity_uid(uid("Keygate::User", &principal.user_id)),
+            ),
+            (
+                "workspace".to_owned(),
+                RestrictedExpression::new_entity_uid(workspace.clone()),
+            ),
+        ]);
+        entities.push(
+            Entity::new(
+                uid("Keygate::Credential", &principal.key_id),
+                attrs,
+                HashSet::new(),
+            )
+            .map_err(|e| e.to_string())?,
+        );
+    }
     entities.push(Entity::new_no_attrs(
         uid("Keygate::User", &principal.user_id),
         HashSet::new(),
@@ -1292,7 +1340,14 @@ impl PolicyEngine {
                     v
                 }
             };
-            if let (Some(total), Some(this)) = (&mut shadow, &verdict.shadow) {
+            if let Some(total) = &mut shadow {
+                // A verdict without a shadow answer failed before Cedar ran: the shadow set
+                // would have denied it too.
+                let denied = ShadowVerdict {
+                    allowed: false,
+                    policies: Vec::new(),
+                };
+                let this = verdict.shadow.as_ref().unwrap_or(&denied);
                 if total.allowed && !this.allowed {
                     *total = this.clone();
                 } else if total.allowed {

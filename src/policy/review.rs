@@ -68,10 +68,45 @@ pub struct ActionChange {
     pub narrowing: Option<Example>,
     /// True when the action is in OLD's schema but not NEW's (nothing can request it now).
     pub removed: bool,
+    /// The action's groups (scopes, permissions) differ between the schemas. Both sets are
+    /// compiled under NEW's schema, so nothing is proved for it: counted as a widening.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub groups: Option<GroupChange>,
+    /// An OLD policy can error on this action where NEW may allow. keygate denies whenever a
+    /// policy errors (Cedar would skip it), so OLD denied there and NEW may allow: counted as a
+    /// widening.
+    #[serde(rename = "oldErrors", skip_serializing_if = "Option::is_none")]
+    pub old_errors: Option<ErroringPolicy>,
+}
+
+/// Groups an action joined and left between OLD's schema and NEW's.
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupChange {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+}
+
+/// A policy that can error, and a request on which it does.
+#[derive(Debug, Clone, Serialize)]
+pub struct ErroringPolicy {
+    pub policy: String,
+    pub example: Example,
 }
 
 impl ActionChange {
+    /// True when NEW may allow what keygate with OLD denied: a proved widening, or a change
+    /// the proof cannot cover (groups changed, OLD erroring).
+    pub fn may_widen(&self) -> bool {
+        self.widening.is_some() || self.groups.is_some() || self.old_errors.is_some()
+    }
+
     pub fn verdict(&self) -> &'static str {
+        if self.groups.is_some() {
+            return "unproven: its groups changed in the schema";
+        }
+        if self.old_errors.is_some() && self.widening.is_none() {
+            return "unproven: an OLD policy errors on it";
+        }
         match (&self.widening, &self.narrowing, self.removed) {
             (Some(_), Some(_), _) => "widens and narrows",
             (Some(_), None, _) => "widens",
@@ -80,6 +115,16 @@ impl ActionChange {
             (None, None, _) => "equivalent",
         }
     }
+}
+
+/// The whole comparison.
+#[derive(Debug, Clone, Serialize)]
+pub struct Diff {
+    pub actions: Vec<ActionChange>,
+    /// The schemas declare different entity or common types: the proof covers the entity
+    /// stores valid under NEW's schema only.
+    #[serde(rename = "schemaChanged")]
+    pub schema_changed: bool,
 }
 
 /// One finding of `policy lint`.
@@ -257,13 +302,26 @@ fn action_name(uid: &cedar_policy::EntityUid) -> String {
     uid.id().unescaped().to_owned()
 }
 
+/// The names of an action's groups (its ancestors in the schema).
+fn groups_of(loaded: &Loaded, action: &str) -> Option<BTreeSet<String>> {
+    loaded.actions.get(action).map(|e| {
+        let (_, _, ancestors) = e.clone().into_inner();
+        ancestors
+            .iter()
+            .map(|uid| uid.id().unescaped().to_owned())
+            .collect()
+    })
+}
+
 /// Decides, for every action of NEW's schema, whether NEW widens or narrows OLD.
-pub async fn diff(
-    prover: &mut Prover,
-    old: &Loaded,
-    new: &Loaded,
-) -> Result<Vec<ActionChange>, String> {
+///
+/// Both sets are compiled under NEW's schema. Where that cannot stand for OLD's behaviour,
+/// the action is marked rather than proved: its groups changed, or an OLD policy can error on
+/// it (keygate denies on any error; Cedar's own answer would skip the policy). An action OLD's
+/// schema lacks is compared with nothing allowed (keygate with OLD had no such action).
+pub async fn diff(prover: &mut Prover, old: &Loaded, new: &Loaded) -> Result<Diff, String> {
     let schema = &new.schema;
+    let nothing = PolicySet::new();
     let mut changes: BTreeMap<String, ActionChange> = BTreeMap::new();
     for env in schema.request_envs() {
         let action = action_name(env.action());
@@ -277,28 +335,69 @@ pub async fn diff(
                 )
             })
         };
-        let old_c = compile(&old.policies, "OLD")?;
+        let old_groups = groups_of(old, &action);
+        let old_set = if old_groups.is_some() {
+            &old.policies
+        } else {
+            &nothing
+        };
+        let old_c = compile(old_set, "OLD")?;
         let new_c = compile(&new.policies, "NEW")?;
         let change = changes
             .entry(action.clone())
             .or_insert_with(|| ActionChange {
-                action,
+                action: action.clone(),
                 widening: None,
                 narrowing: None,
                 removed: false,
+                groups: None,
+                old_errors: None,
             });
+        if let (Some(before), Some(after)) = (&old_groups, groups_of(new, &action)) {
+            if *before != after {
+                change.groups = Some(GroupChange {
+                    added: after.difference(before).cloned().collect(),
+                    removed: before.difference(&after).cloned().collect(),
+                });
+            }
+        }
         // The first example per action and direction is enough.
         if change.widening.is_none() {
             change.widening = prover
                 .allowed_only_by(&new_c, &old_c)
                 .await?
-                .map(|cex| example(&cex, &new.policies, &old.policies));
+                .map(|cex| example(&cex, &new.policies, old_set));
         }
         if change.narrowing.is_none() {
             change.narrowing = prover
                 .allowed_only_by(&old_c, &new_c)
                 .await?
-                .map(|cex| example(&cex, &old.policies, &new.policies));
+                .map(|cex| example(&cex, old_set, &new.policies));
+        }
+        if change.old_errors.is_none()
+            && change.widening.is_none()
+            && !prover
+                .compiler
+                .check_always_denies_opt(&new_c)
+                .await
+                .map_err(solver_error)?
+        {
+            for policy in old_set.policies() {
+                let compiled = CompiledPolicy::compile(policy, &env, schema)
+                    .map_err(|e| format!("OLD's policy {}: {e}", policy.id()))?;
+                if let Some(cex) = prover
+                    .compiler
+                    .check_never_errors_with_counterexample_opt(&compiled)
+                    .await
+                    .map_err(solver_error)?
+                {
+                    change.old_errors = Some(ErroringPolicy {
+                        policy: policy.id().to_string(),
+                        example: example(&cex, &new.policies, old_set),
+                    });
+                    break;
+                }
+            }
         }
     }
     let remaining: BTreeSet<String> = old
@@ -322,11 +421,16 @@ pub async fn diff(
                     widening: None,
                     narrowing: None,
                     removed: true,
+                    groups: None,
+                    old_errors: None,
                 },
             );
         }
     }
-    Ok(changes.into_values().collect())
+    Ok(Diff {
+        actions: changes.into_values().collect(),
+        schema_changed: old.entity_types != new.entity_types,
+    })
 }
 
 /// Finds dead, erroring and shadowed policies.
