@@ -101,10 +101,10 @@ pub struct Loaded {
     policies: PolicySet,
     /// The shadow set (the folder's `shadow/` files over the enforced policies), when there
     /// are shadow files: decided beside the enforced set, never enforced.
-    shadow: Option<PolicySet>,
+    shadow: Option<Indexed>,
     /// The policies written in `shadow/` alone: with the enforced set's answer, usually all a
     /// shadow decision needs to evaluate (see [`Loaded::shadow_verdict`]).
-    shadow_only: PolicySet,
+    shadow_only: Indexed,
     /// Ids of the policies written in `shadow/`.
     shadow_ids: HashSet<String>,
     schema: Schema,
@@ -129,6 +129,9 @@ pub struct Loaded {
     pub listed: Vec<PolicyInfo>,
     /// Each (action, (principal type, resource type)) a request may carry, per the schema.
     requestable: Vec<(String, (String, String))>,
+    /// For each action, per (principal type, resource type) a request may carry, the policies
+    /// whose scope can match such a request (see [`index_by_request`]).
+    by_request: ByRequest,
     /// The schema's entity and common type declarations (JSON, per namespace): two sets whose
     /// declarations differ cannot be compared under one schema (`policy diff`).
     entity_types: Value,
@@ -341,6 +344,68 @@ pub const BUILT_IN_ACTIONS: &[&str] = &[
     "readCertificates",
     "reloadCertificates",
 ];
+
+/// For each action, per (principal type, resource type), the policies such a request can
+/// match.
+type ByRequest = HashMap<String, Vec<(String, String, PolicySet)>>;
+
+/// A kind of request: principal type, action, resource type.
+#[derive(Clone, Copy)]
+struct Kind<'a> {
+    principal: &'a str,
+    action: &'a str,
+    resource: &'a str,
+}
+
+impl Kind<'_> {
+    fn of<'a>(principal: &Principal, action: &'a str, target: Target<'_>) -> Kind<'a> {
+        Kind {
+            principal: principal_type(principal.kind),
+            action,
+            resource: match target {
+                Target::Path(_) => "Keygate::Path",
+                Target::Credential { .. } => "Keygate::Credential",
+                Target::Unmapped(_) => "Keygate::Unmapped",
+                Target::Service => "Keygate::Service",
+            },
+        }
+    }
+}
+
+/// The policies a request of a kind can match (the whole set for a kind the schema does not
+/// list, which the request's validation then refuses).
+fn pick<'a>(by_request: &'a ByRequest, whole: &'a PolicySet, kind: Kind<'_>) -> &'a PolicySet {
+    by_request
+        .get(kind.action)
+        .and_then(|kinds| {
+            kinds
+                .iter()
+                .find(|(p, r, _)| p == kind.principal && r == kind.resource)
+        })
+        .map_or(whole, |(_, _, set)| set)
+}
+
+/// A policy set with its index by kind of request.
+struct Indexed {
+    whole: PolicySet,
+    by_request: ByRequest,
+}
+
+impl Indexed {
+    fn new(
+        whole: PolicySet,
+        requestable: &[(String, (String, String))],
+        actions: &HashMap<String, Entity>,
+    ) -> Result<Indexed, PolicyError> {
+        let by_request = index_by_request(&whole, requestable, actions)
+            .map_err(|e| PolicyError::Invalid(format!("indexing the policies: {e}")))?;
+        Ok(Indexed { whole, by_request })
+    }
+
+    fn for_kind(&self, kind: Kind<'_>) -> &PolicySet {
+        pick(&self.by_request, &self.whole, kind)
+    }
+}
 
 impl Loaded {
     /// True when `action` is `group` or lies within it (`readFile` within `files:read` and
@@ -587,7 +652,7 @@ pub fn load_texts(files: &[(String, String)], epoch: u64) -> Result<Loaded, Poli
             other => other,
         })
         .unwrap_or(Value::Null);
-    let requestable = schema
+    let requestable: Vec<(String, (String, String))> = schema
         .request_envs()
         .map(|env| {
             (
@@ -596,10 +661,22 @@ pub fn load_texts(files: &[(String, String)], epoch: u64) -> Result<Loaded, Poli
             )
         })
         .collect();
+    let by_request = index_by_request(&set, &requestable, &actions)
+        .map_err(|e| PolicyError::Invalid(format!("indexing the policies: {e}")))?;
+    let shadow = shadow
+        .map(|s| Indexed::new(s, &requestable, &actions))
+        .transpose()?;
+    let shadow_only = Indexed::new(
+        PolicySet::from_policies(shadow_policies)
+            .map_err(|e| PolicyError::Invalid(format!("{SHADOW_DIR}/: {e}")))?,
+        &requestable,
+        &actions,
+    )?;
     let mut path_literals = path_literals(&set).map_err(|p| PolicyError::Invalid(p.join("\n")))?;
     if let Some(shadow) = &shadow {
-        path_literals
-            .extend(self::path_literals(shadow).map_err(|p| PolicyError::Invalid(p.join("\n")))?);
+        path_literals.extend(
+            self::path_literals(&shadow.whole).map_err(|p| PolicyError::Invalid(p.join("\n")))?,
+        );
         path_literals.sort();
         path_literals.dedup();
     }
@@ -609,9 +686,9 @@ pub fn load_texts(files: &[(String, String)], epoch: u64) -> Result<Loaded, Poli
         policies: set,
         shadow,
         requestable,
+        by_request,
         entity_types,
-        shadow_only: PolicySet::from_policies(shadow_policies)
-            .map_err(|e| PolicyError::Invalid(format!("{SHADOW_DIR}/: {e}")))?,
+        shadow_only,
         shadow_ids: shadow_origin.into_keys().collect(),
         schema,
         actions,
@@ -623,6 +700,76 @@ pub fn load_texts(files: &[(String, String)], epoch: u64) -> Result<Loaded, Poli
         intent,
         required,
     })
+}
+
+/// True when `policy`'s scope can match a request of `principal_ty` doing `action` (whose
+/// groups are `groups`) on a `resource_ty`. Conservative: a constraint it cannot judge from
+/// types alone (`principal in X`, `resource in X`) can match.
+fn scope_can_match(
+    policy: &Policy,
+    principal_ty: &str,
+    action: &str,
+    groups: &HashSet<String>,
+    resource_ty: &str,
+) -> bool {
+    use cedar_policy::{ActionConstraint, PrincipalConstraint, ResourceConstraint};
+    let principal = match policy.principal_constraint() {
+        PrincipalConstraint::Is(t) | PrincipalConstraint::IsIn(t, _) => {
+            t.to_string() == principal_ty
+        }
+        PrincipalConstraint::Eq(uid) => uid.type_name().to_string() == principal_ty,
+        PrincipalConstraint::Any | PrincipalConstraint::In(_) => true,
+    };
+    let names = |uid: &EntityUid| {
+        let name = uid.id().unescaped();
+        name == action || groups.contains(name)
+    };
+    let action_matches = match policy.action_constraint() {
+        ActionConstraint::Any => true,
+        ActionConstraint::Eq(uid) => uid.id().unescaped() == action,
+        ActionConstraint::In(uids) => uids.iter().any(names),
+    };
+    let resource = match policy.resource_constraint() {
+        ResourceConstraint::Is(t) | ResourceConstraint::IsIn(t, _) => t.to_string() == resource_ty,
+        ResourceConstraint::Eq(uid) => uid.type_name().to_string() == resource_ty,
+        ResourceConstraint::Any | ResourceConstraint::In(_) => true,
+    };
+    principal && action_matches && resource
+}
+
+/// The policies each kind of request can match. Cedar never evaluates the condition of a
+/// policy whose scope does not match, so deciding with the subset gives the same decision,
+/// reasons and errors as the whole set, evaluating a handful of policies instead of all.
+fn index_by_request(
+    set: &PolicySet,
+    requestable: &[(String, (String, String))],
+    actions: &HashMap<String, Entity>,
+) -> Result<ByRequest, String> {
+    let mut out: ByRequest = HashMap::new();
+    for (action, (principal_ty, resource_ty)) in requestable {
+        let groups: HashSet<String> = actions
+            .get(action)
+            .map(|e| {
+                let (_, _, ancestors) = e.clone().into_inner();
+                ancestors
+                    .iter()
+                    .map(|uid| uid.id().unescaped().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let subset = PolicySet::from_policies(
+            set.policies()
+                .filter(|p| scope_can_match(p, principal_ty, action, &groups, resource_ty))
+                .cloned(),
+        )
+        .map_err(|e| e.to_string())?;
+        out.entry(action.clone()).or_default().push((
+            principal_ty.clone(),
+            resource_ty.clone(),
+            subset,
+        ));
+    }
+    Ok(out)
 }
 
 /// The `Keygate::Path` entities the policies name (in their scope or their conditions), or
@@ -751,12 +898,16 @@ impl Loaded {
             Ok(r) => r,
             Err(e) => return deny_error(e.to_string()),
         };
-        let response = authorizer.is_authorized(&request, &self.policies, &entities);
+        let kind = Kind::of(principal, action, target);
+        let policies = pick(&self.by_request, &self.policies, kind);
+        let response = authorizer.is_authorized(&request, policies, &entities);
         // The shadow set decides the same request and entities; like the enforced set, an
         // evaluation error is a deny.
         let shadow = self.shadow.as_ref().map(|full| {
-            self.shadow_verdict(authorizer, &request, &entities, &response)
-                .unwrap_or_else(|| evaluate_shadow(authorizer, &request, full, &entities))
+            self.shadow_verdict(authorizer, &request, &entities, &response, kind)
+                .unwrap_or_else(|| {
+                    evaluate_shadow(authorizer, &request, full.for_kind(kind), &entities)
+                })
         });
         // Cedar reports the determining policies as a set: sorted, the reasons (and the
         // restriction a 403 names) are the same on every run.
@@ -842,11 +993,12 @@ impl Loaded {
         request: &Request,
         entities: &Entities,
         enforced: &cedar_policy::Response,
+        kind: Kind<'_>,
     ) -> Option<ShadowVerdict> {
         if enforced.diagnostics().errors().next().is_some() {
             return None;
         }
-        let own = authorizer.is_authorized(request, &self.shadow_only, entities);
+        let own = authorizer.is_authorized(request, self.shadow_only.for_kind(kind), entities);
         if own.diagnostics().errors().next().is_some() {
             return None;
         }
@@ -1646,6 +1798,82 @@ mod tests {
         }
         assert!(!is_within("/a", ""));
         assert!(is_within("/a/b", "/a") && !is_within("/ab", "/a") && is_within("/x", "/"));
+    }
+
+    /// Deciding with the policies indexed by kind of request gives the same verdicts (decision,
+    /// reasons, details) as deciding with the whole set, for every kind of principal and
+    /// every action and target the schema allows.
+    #[test]
+    fn the_policies_indexed_by_request_decide_like_the_whole_set() {
+        let indexed = load_texts(&shipped(), 1).unwrap_or_else(|e| panic!("{e}"));
+        let mut whole = load_texts(&shipped(), 1).unwrap_or_else(|e| panic!("{e}"));
+        whole.by_request.clear();
+        let authorizer = Authorizer::new();
+        let workspace_of = HashMap::from([("local".to_owned(), "w1".to_owned())]);
+        let grant = |b: &str| crate::model::Grant {
+            provider: "local".into(),
+            base_path: b.into(),
+        };
+        let mut principals = Vec::new();
+        for kind in [
+            PrincipalKind::ApiKey,
+            PrincipalKind::ScopedToken,
+            PrincipalKind::Login,
+        ] {
+            for role in [
+                None,
+                Some(crate::model::Role::Viewer),
+                Some(crate::model::Role::Editor),
+                Some(crate::model::Role::Admin),
+            ] {
+                for scopes in [vec![], vec!["admin"], vec!["read", "files.write"]] {
+                    for grants in [None, Some(vec![grant("/a")])] {
+                        let mut p = principal(grants, &scopes);
+                        p.kind = kind;
+                        p.role = role;
+                        principals.push(p);
+                    }
+                }
+            }
+        }
+        principals.push(Principal::operator());
+        let resource = Resource {
+            role: crate::route::ResourceRole::Source,
+            provider: "local".into(),
+            path: "/a/x".to_owned(),
+        };
+        let mut decided = 0;
+        for p in &principals {
+            for (action, (principal_ty, resource_ty)) in &indexed.requestable {
+                if principal_ty != principal_type(p.kind) {
+                    continue;
+                }
+                let targets = match resource_ty.as_str() {
+                    "Keygate::Path" => vec![Target::Path(&resource)],
+                    "Keygate::Unmapped" => vec![Target::Unmapped("/status")],
+                    "Keygate::Service" => vec![Target::Service],
+                    _ => vec![
+                        Target::Credential {
+                            id: "other",
+                            owner: "u2",
+                            workspace: "w1",
+                        },
+                        Target::Credential {
+                            id: &p.key_id,
+                            owner: &p.user_id,
+                            workspace: &p.workspace_id,
+                        },
+                    ],
+                };
+                for target in targets {
+                    let a = indexed.decide(&authorizer, p, action, target, &workspace_of);
+                    let b = whole.decide(&authorizer, p, action, target, &workspace_of);
+                    assert_eq!(a, b, "{action} {target:?} {:?} {:?}", p.kind, p.scopes);
+                    decided += 1;
+                }
+            }
+        }
+        assert!(decided > 1000, "{decided}");
     }
 
     /// The shadow set's answer, partly derived from the enforced set's, equals the answer of
