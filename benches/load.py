@@ -326,6 +326,8 @@ http {{
                 self.record("distinct files (Cedar)", name, rnd,
                             measure(a, server, url, headers=with_key(name), script=script))
 
+        self.shadow_scenario(kg, key)
+
         log("denied requests (403)")
         for rnd in range(1, a.rounds + 1):
             url = f"http://127.0.0.1:{kg.port}/v1/files/local/small.txt"
@@ -473,6 +475,71 @@ http {{
         os.remove(big)
         self.backend.stop()
 
+    SHADOW = ('@id("keys-never-purge")\n'
+              'forbid (principal is Keygate::ApiKey, action == Keygate::Action::"purgeTrash", '
+              'resource);\n\n'
+              '@id("outside-base-path")\n'
+              'forbid (principal, action, resource is Keygate::Path)\n'
+              'when { principal.restricted && principal.providers.contains(resource.provider) && '
+              '!(resource in principal.grants) && action != Keygate::Action::"listFolder" };\n')
+
+    def reload_policies(self):
+        http("POST", f"http://127.0.0.1:{self.kg_control}/v1/admin/policy/reload", b"",
+             {"Authorization": f"Bearer {OPERATOR}"})
+
+    def shadow_scenario(self, kg, key):
+        """Cold decisions with and without shadow policies (a new forbid and a replaced one),
+        alternating within each round. Every measurement starts after a reload, which retires
+        every cached decision, and asks for files never asked for since: all decisions cold."""
+        log("every request a different file, with and without shadow policies")
+        script = f"{self.work}/distinct-shadow.lua"
+        with open(script, "w") as f:
+            f.write('local n = 0\nrequest = function()\n  n = n + 1\n'
+                    '  return wrk.format(nil, "/v1/files/local/cold/s" .. n .. ".txt")\nend\n')
+        shadow_dir = f"{self.work}/policies/shadow"
+        url = f"http://127.0.0.1:{kg.port}/"
+        for rnd in range(1, self.args.rounds + 1):
+            for name in ["keygate", "keygate+shadow"]:
+                if name == "keygate+shadow":
+                    os.makedirs(shadow_dir, exist_ok=True)
+                    with open(f"{shadow_dir}/candidates.cedar", "w") as f:
+                        f.write(self.SHADOW)
+                else:
+                    shutil.rmtree(shadow_dir, ignore_errors=True)
+                self.reload_policies()
+                self.record("cold decisions, shadow", name, rnd,
+                            measure(self.args, kg, url, headers=key, script=script))
+        shutil.rmtree(shadow_dir, ignore_errors=True)
+        self.reload_policies()
+
+    def run_shadow_only(self):
+        """`ONLY=shadow`: the shadow scenario alone."""
+        self.start_backend()
+        self.setup_keygate()
+        kg = self.start_keygate()
+        key = [f"X-API-Key: {self.key}"]
+        wrk(self.args, f"http://127.0.0.1:{kg.port}/v1/files/local/small.txt", headers=key,
+            seconds=1)
+        self.shadow_scenario(kg, key)
+        kg.stop()
+        self.backend.stop()
+
+    def shadow_lines(self):
+        s = "cold decisions, shadow"
+        k = lambda f: self.med(s, "keygate", f)
+        ks = lambda f: self.med(s, "keygate+shadow", f)
+        return [f"### {s}", "",
+                "| target | requests/s | p50 µs | p99 µs | server CPU µs/request |",
+                "| --- | ---: | ---: | ---: | ---: |",
+                f"| keygate | {k('rps'):,.0f} | {k('p50'):,.0f} | {k('p99'):,.0f} "
+                f"| {k('cpu_us'):,.1f} |",
+                f"| keygate with shadow policies | {ks('rps'):,.0f} | {ks('p50'):,.0f} "
+                f"| {ks('p99'):,.0f} | {ks('cpu_us'):,.1f} |", "",
+                f"Every request a different file (every decision cold), with two shadow "
+                f"policies beside the enforced set (a new forbid, a replaced forbid): CPU per "
+                f"request **{ks('cpu_us') / k('cpu_us'):.2f}** × without, throughput "
+                f"**{ks('rps') / k('rps'):.2f}** ×.", ""]
+
     # --- report -------------------------------------------------------------------------
     def med(self, scenario, target, field):
         vals = [r[field] for s, t, _, r in self.rows if s == scenario and t == target]
@@ -534,6 +601,7 @@ http {{
         lines += [f"Every request a different file, so every decision is a cache miss and Cedar "
                   f"runs (the backend answers 404): keygate / pass-through **{K(s) / P(s):.2f}**.",
                   ""]
+        lines += self.shadow_lines()
         s = "different key each request"
         lines += table(s, ["keygate", "passthrough"])
         lines += [f"1,000 keys in turn with a 1 ms identity-cache lifetime, so every request looks "
@@ -597,6 +665,15 @@ def main():
     args.upload_mib = int(env.get("UPLOAD_MIB", 256 if quick else 1024))
     out = env.get("OUT", "docs/benchmarks.md")
     bench = Bench(args)
+    if env.get("ONLY") == "shadow":
+        try:
+            bench.run_shadow_only()
+        finally:
+            if bench.backend and bench.backend.proc.poll() is None:
+                bench.backend.stop()
+        print("\n".join(bench.shadow_lines()))
+        shutil.rmtree(bench.work, ignore_errors=True)
+        return
     try:
         bench.run()
     finally:
