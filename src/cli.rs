@@ -144,8 +144,10 @@ pub enum KeysCmd {
         workspace: Option<String>,
         #[arg(long)]
         name: String,
-        /// A scope (repeatable): read, write, admin, files:read, files:write, files:delete,
-        /// folders:read, folders:write, search:read, trash:read, trash:write, workspace:admin.
+        /// A scope (repeatable): one the policy schema marks @scope (shipped: read, write,
+        /// admin, files:read, files:write, files:delete, folders:read, folders:write,
+        /// search:read, trash:read, trash:write, workspace:admin, and the permissions
+        /// files.read, storage.write, ...).
         #[arg(long = "scope", required = true)]
         scopes: Vec<String>,
         /// Restrict to a provider and base path, as PROVIDER or PROVIDER:/BASE/PATH

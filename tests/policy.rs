@@ -54,9 +54,16 @@ const ACTIONS: &[(&str, &str, &str, Option<&str>)] = &[
 fn allowed(scope: &str) -> Vec<&'static str> {
     let read = vec!["readFile", "listFolder", "searchFiles", "listTrash"];
     match scope {
-        "read" => read,
-        "write" | "admin" => ACTIONS.iter().map(|a| a.0).collect(),
-        "files:read" => vec!["readFile"],
+        "read" | "storage.read" | "*.read" => read,
+        "write" | "admin" | "storage.write" | "*.write" => ACTIONS.iter().map(|a| a.0).collect(),
+        "files:read" | "files.read" => vec!["readFile"],
+        // files.write holds files:write and files:delete: moves and copies too.
+        "files.write" => vec!["writeFile", "deleteFile", "moveFile", "copyFile"],
+        "folders.read" => vec!["listFolder"],
+        "folders.write" => vec!["createFolder"],
+        "search.read" => vec!["searchFiles"],
+        "trash.read" => vec!["listTrash"],
+        "trash.write" => vec!["restoreTrash", "purgeTrash"],
         // A move deletes its source, and a move or copy without `Overwrite: F` may replace
         // (delete) its destination: both need files:delete too.
         "files:write" => vec!["writeFile"],
@@ -91,10 +98,17 @@ fn request(
 async fn every_scope_against_every_storage_action() {
     let rec = Recorder::start().await;
     let kg = Keygate::start(&[rec.addr], "[keys]\nmax_active_per_user = 50\n");
-    // Every scope keygate knows, from its own list: a new scope is tested as soon as it exists
-    // (and fails here until `allowed` says what it allows).
-    let scopes = keygate::model::SCOPES;
-    for scope in scopes {
+    // Every scope the policy schema declares (@scope): a new scope is tested as soon as it
+    // exists (and fails here until `allowed` says what it allows).
+    let scopes = keygate::policy::PolicyEngine::load(
+        &kg.policies(),
+        std::sync::Arc::new(keygate::telemetry::Metrics::new()),
+    )
+    .unwrap()
+    .scopes();
+    assert!(scopes.len() >= 23, "{scopes:?}");
+    for scope in &scopes {
+        let scope = scope.as_str();
         let key = key_with(
             &kg,
             json!({"name": scope, "scopes": [scope], "owner": "ada@example.com"}),
@@ -1152,4 +1166,149 @@ async fn only_the_policies_let_the_operator_operate_keygate() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
+}
+
+/// Scopes are data: a deployment that adds a scope and an action to its schema, a permit and
+/// a route issues keys with that scope, and keygate checks them and names the scope in 403s,
+/// with no code change; a scope the schema does not declare is refused everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scope_added_in_the_policy_files_is_issued_checked_and_named() {
+    let rec = Recorder::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    for entry in std::fs::read_dir(&shipped).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, policies.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let schema = policies.join("keygate.cedarschema");
+    let text = std::fs::read_to_string(&schema).unwrap();
+    let (head, _) = text.rsplit_once('}').unwrap();
+    std::fs::write(
+        &schema,
+        format!(
+            "{head}\n  @scope\n  action \"read:organize\";\n  action organizeJobs in \
+             [\"read:organize\"]\n    appliesTo {{ principal: [ApiKey, ScopedToken, Login], \
+             resource: [Path, Unmapped], context: {{}} }};\n}}\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        policies.join("organize.cedar"),
+        "@id(\"scope-read-organize\")\npermit (\n  principal,\n  action in \
+         Keygate::Action::\"read:organize\",\n  resource\n)\nwhen { \
+         principal.scopes.contains(\"read:organize\") };\n",
+    )
+    .unwrap();
+    let config = dir.path().join("keygate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\ncontrol_listen = \"127.0.0.1:0\"\n\
+             [upstream]\npeers = [\"{}\"]\n[policies]\ndir = {:?}\nwatch = false\n\
+             [rate_limit]\ndefault = \"1000000/min\"\n\
+             [[rate_limit.rule]]\nname = \"organizers\"\nscope = \"read:organize\"\nlimit = \"100/s\"\n\
+             [[routes.rule]]\nmethods = [\"GET\"]\npath = \"/v1/organize/{{provider}}/{{*path}}\"\n\
+             action = \"organizeJobs\"\n",
+            rec.addr,
+            policies.display().to_string()
+        ),
+    )
+    .unwrap();
+    let db = TestDb::sqlite();
+    fixture(&db.url());
+    let (_proc, data, control) = tokio::task::spawn_blocking({
+        let (config, url, log) = (config.clone(), db.url(), dir.path().join("keygate.log"));
+        move || spawn_serve(&config, &url, &[], log)
+    })
+    .await
+    .unwrap();
+    let operator = |body: Value| {
+        reqwest::Client::new()
+            .post(format!("http://{control}/v1/keys"))
+            .bearer_auth(OPERATOR_TOKEN)
+            .json(&body)
+            .send()
+    };
+    let created = |r: reqwest::Response| async move {
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let body: Value = r.json().await.unwrap();
+        body["data"]["key"].as_str().unwrap().to_owned()
+    };
+    let organizer = created(
+        operator(
+            json!({"name": "organizer", "scopes": ["read:organize"], "owner": "ada@example.com"}),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    let reader = created(
+        operator(json!({"name": "reader", "scopes": ["read"], "owner": "ada@example.com"}))
+            .await
+            .unwrap(),
+    )
+    .await;
+    let url = format!("http://{data}/v1/organize/local/photos");
+    client_with_key(&organizer)
+        .get(&url)
+        .expect(StatusCode::OK)
+        .await;
+    let denied = client_with_key(&reader)
+        .get(&url)
+        .expect(StatusCode::FORBIDDEN)
+        .await;
+    assert_eq!(
+        denied["error"]["details"],
+        json!({"required": "read:organize", "granted": ["read"]})
+    );
+    // A scope no schema declares is refused when a key is made.
+    let r =
+        operator(json!({"name": "typo", "scopes": ["read:organise"], "owner": "ada@example.com"}))
+            .await
+            .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("'read:organise' is not a scope"),
+        "{body}"
+    );
+
+    // The shipped schema does not declare it: the same config is refused, naming the rule's
+    // scope (and the route's action).
+    let out = Command::new(bin("keygate"))
+        .arg("--config")
+        .arg(&config)
+        .arg("check-config")
+        .env("KEYGATE_POLICIES_DIR", &shipped)
+        .env("KEYGATE_KEYS_PEPPER", TEST_PEPPER)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("organizeJobs"), "{err}");
+    // Without the route, the rate-limit rule's scope is what is refused.
+    let text = std::fs::read_to_string(&config).unwrap();
+    let (without_route, _) = text.split_once("[[routes.rule]]").unwrap();
+    std::fs::write(&config, without_route).unwrap();
+    let out = Command::new(bin("keygate"))
+        .arg("--config")
+        .arg(&config)
+        .arg("check-config")
+        .env("KEYGATE_POLICIES_DIR", &shipped)
+        .env("KEYGATE_KEYS_PEPPER", TEST_PEPPER)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("names scopes the policy schema does not declare (@scope): read:organize"),
+        "{err}"
+    );
 }

@@ -19,6 +19,7 @@ pub async fn run(config: &Config, cmd: PolicyCmd, store: Option<&Store>) -> anyh
         PolicyCmd::Validate { dir } => {
             let dir = dir_of(&dir);
             let loaded = load_dir(&dir, 1).map_err(|e| anyhow::anyhow!("{e}"))?;
+            loaded.servable().map_err(anyhow::Error::msg)?;
             println!(
                 "{}: {} file(s) valid in strict mode (hash {})",
                 dir.display(),

@@ -42,11 +42,8 @@ pub(super) fn rate_limit_config(
                 "needs at least one of action, scope, workspace, key (use 'default' for everyone)",
             );
         }
-        if let Some(scope) = &rule.scope {
-            if !crate::model::SCOPES.contains(&scope.as_str()) {
-                problem(problems, &place, format!("'{scope}' is not a scope"));
-            }
-        }
+        // Its scope is checked against the policy schema's once the policies load
+        // (`server::load_policies`).
         match Limit::parse(&rule.limit) {
             Ok(limit) => config.rules.push(Rule {
                 name: rule.name.clone(),

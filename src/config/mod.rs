@@ -604,7 +604,6 @@ allow_sample_rate = 2.0
         for want in [
             "#2 (everyone): needs at least one of",
             "#3 (uploads): rule names must be unique",
-            "'write:everything' is not a scope",
             "'ten/min' is not a limit",
             "[audit] allow_sample_rate",
         ] {

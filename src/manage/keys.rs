@@ -372,7 +372,8 @@ impl KeyManager {
 
     pub async fn create(&self, actor: &Actor, req: CreateKey) -> Result<NewKeyView, ManageError> {
         let name = check_name(&req.name)?;
-        let scopes = model::parse_scopes(&req.scopes).map_err(ManageError::BadRequest)?;
+        let scopes = model::parse_scopes(&req.scopes, &self.policy.scopes())
+            .map_err(ManageError::BadRequest)?;
         let (owner_id, workspace_id) = match actor {
             Actor::Operator => self.operator_target(&req).await?,
             Actor::User(p) => self.user_target(actor, p, &req).await?,
@@ -499,7 +500,7 @@ impl KeyManager {
             scopes: req
                 .scopes
                 .as_deref()
-                .map(model::parse_scopes)
+                .map(|s| model::parse_scopes(s, &self.policy.scopes()))
                 .transpose()
                 .map_err(ManageError::BadRequest)?,
             grants: match &req.providers {

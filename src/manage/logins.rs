@@ -687,23 +687,10 @@ impl Auth {
         if req.permissions.is_empty() {
             return Err(bad_request("a scoped token needs at least one permission"));
         }
-        // A token holds its permissions as minted: keygate's scopes, or the permissions the
-        // policy schema declares (`files.read`, ...), which the policies grant.
-        let permissions = self.keys.policy.permissions();
-        let mut scopes: Vec<String> = Vec::new();
-        for permission in &req.permissions {
-            let p = permission.trim();
-            if !model::SCOPES.contains(&p) && !permissions.iter().any(|known| known == p) {
-                return Err(bad_request(format!(
-                    "'{p}' is not a permission ({}) or a scope ({})",
-                    permissions.join(", "),
-                    model::SCOPES.join(", ")
-                )));
-            }
-            if !scopes.iter().any(|have| have == p) {
-                scopes.push(p.to_owned());
-            }
-        }
+        // A token holds its permissions as minted: any scope the policy schema declares
+        // (`files:read`, `files.read`, ...), which the policies grant.
+        let scopes = model::parse_scopes(&req.permissions, &self.keys.policy.scopes())
+            .map_err(bad_request)?;
         // A token never exceeds its owner's role. The policies say what a role allows (a
         // forbid marked `@restriction("role")`); a scope some of whose actions they would
         // always deny such a token is refused now rather than silently inert later.

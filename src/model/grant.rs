@@ -66,12 +66,13 @@ mod tests {
     #[test]
     fn scopes_and_grants() {
         let s = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let known = s(&["read", "files:delete"]);
         assert_eq!(
-            parse_scopes(&s(&["read", "files:delete", "read"])).unwrap(),
+            parse_scopes(&s(&["read", "files:delete", "read"]), &known).unwrap(),
             ["read", "files:delete"]
         );
-        assert!(parse_scopes(&s(&[])).is_err());
-        assert!(parse_scopes(&s(&["root"])).is_err());
+        assert!(parse_scopes(&s(&[]), &known).is_err());
+        assert!(parse_scopes(&s(&["root"]), &known).is_err());
         let g = |p: &str, b: &str| Grant {
             provider: p.into(),
             base_path: b.into(),

@@ -13,4 +13,4 @@ pub use key::{
     display_prefix, hex, parse_expiry, KeyFormat, KeyStyle, Pepper, EXPIRY_WARNING_MS,
     MIN_PEPPER_LEN,
 };
-pub use scope::{parse_scopes, Role, SCOPES};
+pub use scope::{parse_scopes, Role};

@@ -1,36 +1,22 @@
-//! Scopes and roles: what a key or token may be granted, and the workspace roles (what each
-//! role allows is in the policy files). Pure: no I/O.
+//! Scopes and roles: checking what a key or token is granted against the scopes the policy
+//! schema declares, and the workspace roles (what each role allows is in the policy files).
+//! Pure: no I/O.
 
 use std::str::FromStr;
 
-/// Every scope a key or token can hold: coarse (`read` < `write` < `admin`) and fine-grained.
-pub const SCOPES: &[&str] = &[
-    "read",
-    "write",
-    "admin",
-    "files:read",
-    "files:write",
-    "files:delete",
-    "folders:read",
-    "folders:write",
-    "search:read",
-    "trash:read",
-    "trash:write",
-    "workspace:admin",
-];
-
-/// Checks and de-duplicates a scope list (order kept).
-pub fn parse_scopes(scopes: &[String]) -> Result<Vec<String>, String> {
+/// Checks a scope list against `known` (the policy schema's `@scope` groups) and
+/// de-duplicates it (order kept).
+pub fn parse_scopes(scopes: &[String], known: &[String]) -> Result<Vec<String>, String> {
     if scopes.is_empty() {
         return Err("a key needs at least one scope".to_owned());
     }
     let mut out: Vec<String> = Vec::with_capacity(scopes.len());
     for s in scopes {
         let s = s.trim();
-        if !SCOPES.contains(&s) {
+        if !known.iter().any(|k| k == s) {
             return Err(format!(
-                "'{s}' is not a scope (one of: {})",
-                SCOPES.join(", ")
+                "'{s}' is not a scope (the policy schema's: {})",
+                known.join(", ")
             ));
         }
         if !out.iter().any(|o| o == s) {

@@ -132,6 +132,9 @@ pub struct Loaded {
     /// For each action, per (principal type, resource type) a request may carry, the policies
     /// whose scope can match such a request (see [`index_by_request`]).
     by_request: ByRequest,
+    /// The action groups marked `@scope` in the schema: what a key or token may be granted,
+    /// sorted.
+    scopes: Vec<String>,
     /// The schema's entity and common type declarations (JSON, per namespace): two sets whose
     /// declarations differ cannot be compared under one schema (`policy diff`).
     entity_types: Value,
@@ -408,6 +411,20 @@ impl Indexed {
 }
 
 impl Loaded {
+    /// Problems that keep this set from being served (loading it to compare or lint is fine):
+    /// a schema that marks no action group `@scope` could grant nothing to any key.
+    pub fn servable(&self) -> Result<(), String> {
+        if self.scopes.is_empty() {
+            return Err(
+                "the schema marks no action group @scope, so no key or token could be \
+                        granted anything (policies written for an older keygate: see \
+                        docs/policies.md, \"Upgrading a policy folder\")"
+                    .to_owned(),
+            );
+        }
+        Ok(())
+    }
+
     /// True when `action` is `group` or lies within it (`readFile` within `files:read` and
     /// `read`, `files:read` within `read`, ...).
     fn in_group(&self, action: &str, group: &str) -> bool {
@@ -613,10 +630,24 @@ pub fn load_texts(files: &[(String, String)], epoch: u64) -> Result<Loaded, Poli
     if !problems.is_empty() {
         return Err(PolicyError::Invalid(problems.join("\n")));
     }
+    let fragment = schemas
+        .first()
+        .and_then(|(_, text)| cedar_policy::SchemaFragment::from_cedarschema_str(text).ok())
+        .and_then(|(fragment, _)| fragment.to_json_value().ok());
+    let mut scopes: Vec<String> = fragment
+        .iter()
+        .filter_map(Value::as_object)
+        .flat_map(|namespaces| namespaces.values())
+        .filter_map(|decl| decl.get("actions").and_then(Value::as_object))
+        .flat_map(|actions| actions.iter())
+        .filter(|(_, action)| action.pointer("/annotations/scope").is_some())
+        .map(|(name, _)| name.clone())
+        .collect();
+    scopes.sort();
     let actions = schema
         .action_entities()
         .map_err(|e| PolicyError::Invalid(format!("the schema's actions: {e}")))?;
-    let required = required_scopes(&actions);
+    let required = required_scopes(&actions, &scopes);
     let actions = actions
         .iter()
         .map(|e| {
@@ -632,10 +663,7 @@ pub fn load_texts(files: &[(String, String)], epoch: u64) -> Result<Loaded, Poli
             )
         })
         .collect();
-    let entity_types = schemas
-        .first()
-        .and_then(|(_, text)| cedar_policy::SchemaFragment::from_cedarschema_str(text).ok())
-        .and_then(|(fragment, _)| fragment.to_json_value().ok())
+    let entity_types = fragment
         .map(|json| match json {
             Value::Object(namespaces) => Value::Object(
                 namespaces
@@ -687,6 +715,7 @@ pub fn load_texts(files: &[(String, String)], epoch: u64) -> Result<Loaded, Poli
         shadow,
         requestable,
         by_request,
+        scopes,
         entity_types,
         shadow_only,
         shadow_ids: shadow_origin.into_keys().collect(),
@@ -809,8 +838,8 @@ fn path_literals(set: &PolicySet) -> Result<Vec<(String, String)>, Vec<String>> 
     Ok(out)
 }
 
-/// For each action, the nearest scope group above it (not a `level:` group).
-fn required_scopes(actions: &Entities) -> HashMap<String, String> {
+/// For each action, the nearest `@scope` group above it.
+fn required_scopes(actions: &Entities, scopes: &[String]) -> HashMap<String, String> {
     let mut out = HashMap::new();
     for e in actions.iter() {
         let parents: Vec<String> = actions
@@ -818,7 +847,7 @@ fn required_scopes(actions: &Entities) -> HashMap<String, String> {
             .into_iter()
             .flatten()
             .map(|p| p.id().unescaped().to_owned())
-            .filter(|p| !p.starts_with("level:"))
+            .filter(|p| scopes.contains(p))
             .collect();
         // The nearest scope is the deepest: the one with the most ancestors of its own.
         let nearest = parents.iter().max_by_key(|p| {
@@ -1293,6 +1322,7 @@ impl PolicyEngine {
     /// Loads the folder; an invalid set is an error (keygate refuses to start on one).
     pub fn load(dir: &Path, metrics: Arc<Metrics>) -> Result<PolicyEngine, PolicyError> {
         let loaded = load_dir(dir, 1)?;
+        loaded.servable().map_err(PolicyError::Invalid)?;
         metrics.policy_epoch.set(1);
         Ok(PolicyEngine {
             dir: dir.to_path_buf(),
@@ -1354,6 +1384,7 @@ impl PolicyEngine {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let loaded = load_dir(&self.dir, next_epoch).and_then(|loaded| {
+            loaded.servable().map_err(PolicyError::Invalid)?;
             let missing = loaded.missing_actions(&required);
             if missing.is_empty() {
                 Ok(loaded)
@@ -1664,19 +1695,10 @@ impl PolicyEngine {
             .collect()
     }
 
-    /// The permissions a scoped token may be minted with besides the scopes: the schema's
-    /// action groups named `<thing>.read` or `<thing>.write`, sorted.
-    pub fn permissions(&self) -> Vec<String> {
-        let loaded = self.current.load();
-        let mut names: Vec<String> = loaded
-            .actions
-            .keys()
-            .filter(|name| name.ends_with(".read") || name.ends_with(".write"))
-            .filter(|name| !loaded.requestable.iter().any(|(a, _)| a == *name))
-            .cloned()
-            .collect();
-        names.sort();
-        names
+    /// The scopes a key or token may be granted: the schema's action groups marked `@scope`,
+    /// sorted.
+    pub fn scopes(&self) -> Vec<String> {
+        self.current.load().scopes.clone()
     }
 }
 

@@ -127,7 +127,17 @@ pub struct Report {
     pub failures: Vec<String>,
 }
 
-fn principal_of(def: &PrincipalDef) -> Result<Principal, String> {
+fn principal_of(def: &PrincipalDef, known_scopes: &[String]) -> Result<Principal, String> {
+    if let Some(unknown) = def
+        .scopes
+        .iter()
+        .find(|s| !known_scopes.iter().any(|k| k == *s))
+    {
+        return Err(format!(
+            "principal '{}': '{unknown}' is not a scope of the policy schema (@scope)",
+            def.name
+        ));
+    }
     let kind = match def.kind.as_deref() {
         None | Some("api-key") => PrincipalKind::ApiKey,
         Some("scoped-token") => PrincipalKind::ScopedToken,
@@ -176,6 +186,7 @@ pub fn run(dir: &Path) -> Result<Report, String> {
     let routes = Config::from_toml("", "scenarios", std::iter::empty(), &Overrides::default())
         .map_err(|e| e.to_string())?
         .routes;
+    let known_scopes = engine.scopes();
     let tests = dir.join("tests");
     let mut paths: Vec<_> = std::fs::read_dir(&tests)
         .map_err(|e| format!("cannot read {}: {e}", tests.display()))?
@@ -202,7 +213,7 @@ pub fn run(dir: &Path) -> Result<Report, String> {
         for def in &scenario.principals {
             principals.insert(
                 def.name.clone(),
-                principal_of(def).map_err(|e| format!("{name}: {e}"))?,
+                principal_of(def, &known_scopes).map_err(|e| format!("{name}: {e}"))?,
             );
         }
         for (n, req) in scenario.requests.iter().enumerate() {
