@@ -1265,6 +1265,26 @@ async fn a_scope_added_in_the_policy_files_is_issued_checked_and_named() {
         denied["error"]["details"],
         json!({"required": "read:organize", "granted": ["read"]})
     );
+    // A reload that takes @scope off a scope a rate-limit rule names is refused.
+    let with_scope = std::fs::read_to_string(&schema).unwrap();
+    std::fs::write(
+        &schema,
+        with_scope.replace(
+            "  @scope\n  action \"read:organize\";",
+            "  action \"read:organize\";",
+        ),
+    )
+    .unwrap();
+    let r = reqwest::Client::new()
+        .post(format!("http://{control}/v1/admin/policy/reload"))
+        .bearer_auth(OPERATOR_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body: Value = r.json().await.unwrap();
+    assert!(body.to_string().contains("read:organize"), "{body}");
+    std::fs::write(&schema, with_scope).unwrap();
     // A scope no schema declares is refused when a key is made.
     let r =
         operator(json!({"name": "typo", "scopes": ["read:organise"], "owner": "ada@example.com"}))

@@ -559,6 +559,41 @@ fn changes_the_proof_cannot_cover_count_as_widening() {
     );
     assert_eq!(out.report["widened"], serde_json::json!(["readFile"]));
 
+    // OLD's schema did not let a signed-in user read files (keygate refused such a request);
+    // NEW's does: compared with nothing allowed, a widening.
+    let no_logins = variant("keygate.cedarschema", |t| {
+        t.replace(
+            "action readFile in [\"files:read\"]\n    appliesTo { principal: [ApiKey, ScopedToken, Login],",
+            "action readFile in [\"files:read\"]\n    appliesTo { principal: [ApiKey, ScopedToken],",
+        )
+    });
+    let out = diff(no_logins.path(), &shipped(), &[]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert_eq!(out.report["widened"], serde_json::json!(["readFile"]));
+    assert!(action(&out.report, "readFile")["widening"]["principal"]
+        .as_str()
+        .unwrap()
+        .starts_with("Keygate::Login::"));
+
+    // OLD required a context keygate never sends (so it denied every readFile).
+    let context = variant("keygate.cedarschema", |t| {
+        t.replacen(
+            "resource: [Path, Unmapped], context: {} };",
+            "resource: [Path, Unmapped], context: { mfa: Bool } };",
+            1,
+        )
+    });
+    let out = diff(context.path(), &shipped(), &[]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let changed: Vec<&str> = out.report["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["contextChanged"] == true)
+        .map(|a| a["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(changed.len(), 1, "{}", out.report);
+
     // A change to the entity types is accepted only by hand.
     let retyped = variant("keygate.cedarschema", |t| {
         t.replace("entity Unmapped;", "entity Unmapped = { note: String };")

@@ -139,6 +139,8 @@ async fn diff(
     let review::Diff {
         actions: changes,
         schema_changed,
+        scopes_added,
+        scopes_removed,
     } = review::diff(&mut prover, &old_set, &new_set)
         .await
         .map_err(anyhow::Error::msg)?;
@@ -155,6 +157,8 @@ async fn diff(
             "solver": prover.solver,
             "actions": changes,
             "schemaChanged": schema_changed,
+            "scopesAdded": scopes_added,
+            "scopesRemoved": scopes_removed,
             "widened": widened,
         });
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -165,6 +169,21 @@ async fn diff(
             new.display(),
             prover.solver
         );
+        if !scopes_added.is_empty() || !scopes_removed.is_empty() {
+            println!(
+                "  scopes a key or token may hold (@scope): added {}; removed {}",
+                if scopes_added.is_empty() {
+                    "none".to_owned()
+                } else {
+                    scopes_added.join(", ")
+                },
+                if scopes_removed.is_empty() {
+                    "none".to_owned()
+                } else {
+                    scopes_removed.join(", ")
+                },
+            );
+        }
         if schema_changed {
             println!(
                 "  the schema's entity types changed: this proof covers the entity stores valid \

@@ -135,6 +135,8 @@ pub struct Loaded {
     /// The action groups marked `@scope` in the schema: what a key or token may be granted,
     /// sorted.
     scopes: Vec<String>,
+    /// Each action's context type, as the schema's JSON form has it.
+    contexts: HashMap<String, Value>,
     /// The schema's entity and common type declarations (JSON, per namespace): two sets whose
     /// declarations differ cannot be compared under one schema (`policy diff`).
     entity_types: Value,
@@ -254,6 +256,9 @@ pub struct PolicyEngine {
     /// Actions the route table names: a policy set whose schema lacks one is refused (at
     /// start and on reload), rather than denying those requests at request time.
     required_actions: Mutex<Vec<String>>,
+    /// Scopes the config names (rate-limit rules): a set whose schema does not declare one
+    /// `@scope` is refused likewise.
+    required_scopes: Mutex<Vec<String>>,
     decisions: Cache<DecisionKey, Arc<Verdict>>,
     /// Provider name → id of the workspace that owns it.
     providers: ArcSwap<HashMap<String, String>>,
@@ -328,6 +333,13 @@ fn missing_message(missing: &[String]) -> String {
         "the schema does not declare actions that the route table or keygate's control plane \
          names: {} (a typo in a route, or an action removed from keygate.cedarschema); every \
          request for one would be denied",
+        missing.join(", ")
+    )
+}
+
+fn missing_scopes_message(missing: &[String]) -> String {
+    format!(
+        "[[rate_limit.rule]] names scopes the policy schema does not declare (@scope): {}",
         missing.join(", ")
     )
 }
@@ -433,6 +445,15 @@ impl Loaded {
                 let (_, _, ancestors) = e.clone().into_inner();
                 ancestors.iter().any(|uid| uid.id().unescaped() == group)
             })
+    }
+
+    /// The names among `scopes` that this set's schema does not mark `@scope`.
+    pub fn missing_scopes(&self, scopes: &[String]) -> Vec<String> {
+        scopes
+            .iter()
+            .filter(|s| !self.scopes.contains(s))
+            .cloned()
+            .collect()
     }
 
     /// The names among `actions` that this set's schema does not declare.
@@ -634,16 +655,35 @@ pub fn load_texts(files: &[(String, String)], epoch: u64) -> Result<Loaded, Poli
         .first()
         .and_then(|(_, text)| cedar_policy::SchemaFragment::from_cedarschema_str(text).ok())
         .and_then(|(fragment, _)| fragment.to_json_value().ok());
-    let mut scopes: Vec<String> = fragment
-        .iter()
-        .filter_map(Value::as_object)
-        .flat_map(|namespaces| namespaces.values())
-        .filter_map(|decl| decl.get("actions").and_then(Value::as_object))
+    // keygate's actions are those of the Keygate namespace; a scope is a group (no appliesTo).
+    let keygate_actions = fragment
+        .as_ref()
+        .and_then(|f| f.pointer("/Keygate/actions"))
+        .and_then(Value::as_object);
+    let mut scopes: Vec<String> = keygate_actions
+        .into_iter()
         .flat_map(|actions| actions.iter())
-        .filter(|(_, action)| action.pointer("/annotations/scope").is_some())
+        .filter(|(name, action)| {
+            action.pointer("/annotations/scope").is_some()
+                && !schema
+                    .request_envs()
+                    .any(|env| env.action().id().unescaped() == name.as_str())
+        })
         .map(|(name, _)| name.clone())
         .collect();
     scopes.sort();
+    // What a request of each action may carry as context: `policy diff` compares it.
+    let contexts: HashMap<String, Value> = keygate_actions
+        .into_iter()
+        .flat_map(|actions| actions.iter())
+        .map(|(name, action)| {
+            let context = action
+                .pointer("/appliesTo/context")
+                .cloned()
+                .unwrap_or(Value::Null);
+            (name.clone(), context)
+        })
+        .collect();
     let actions = schema
         .action_entities()
         .map_err(|e| PolicyError::Invalid(format!("the schema's actions: {e}")))?;
@@ -716,6 +756,7 @@ pub fn load_texts(files: &[(String, String)], epoch: u64) -> Result<Loaded, Poli
         requestable,
         by_request,
         scopes,
+        contexts,
         entity_types,
         shadow_only,
         shadow_ids: shadow_origin.into_keys().collect(),
@@ -1330,6 +1371,7 @@ impl PolicyEngine {
             last_error: Mutex::new(None),
             reload_lock: Mutex::new(()),
             required_actions: Mutex::new(Vec::new()),
+            required_scopes: Mutex::new(Vec::new()),
             // Bounded in bytes, not entries: a key holds a client-chosen path (up to 8 KiB).
             decisions: Cache::builder()
                 .weigher(|k: &DecisionKey, v: &Arc<Verdict>| {
@@ -1375,6 +1417,21 @@ impl PolicyEngine {
         }
     }
 
+    /// Requires every scope in `names` (the rate-limit rules') to be `@scope` in this and
+    /// every later policy set; fails, naming the missing ones, when the running set lacks any.
+    pub fn require_scopes(&self, names: Vec<String>) -> Result<(), String> {
+        let missing = self.current.load().missing_scopes(&names);
+        *self
+            .required_scopes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = names;
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(missing_scopes_message(&missing))
+        }
+    }
+
     pub fn reload(&self) -> Result<u64, String> {
         let _guard = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
         let next_epoch = self.current.load().epoch + 1;
@@ -1383,14 +1440,22 @@ impl PolicyEngine {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
+        let required_scopes = self
+            .required_scopes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let loaded = load_dir(&self.dir, next_epoch).and_then(|loaded| {
             loaded.servable().map_err(PolicyError::Invalid)?;
             let missing = loaded.missing_actions(&required);
-            if missing.is_empty() {
-                Ok(loaded)
-            } else {
-                Err(PolicyError::Invalid(missing_message(&missing)))
+            if !missing.is_empty() {
+                return Err(PolicyError::Invalid(missing_message(&missing)));
             }
+            let missing = loaded.missing_scopes(&required_scopes);
+            if !missing.is_empty() {
+                return Err(PolicyError::Invalid(missing_scopes_message(&missing)));
+            }
+            Ok(loaded)
         });
         match loaded {
             Ok(loaded) => {

@@ -77,6 +77,10 @@ pub struct ActionChange {
     /// widening.
     #[serde(rename = "oldErrors", skip_serializing_if = "Option::is_none")]
     pub old_errors: Option<ErroringPolicy>,
+    /// The action's context type differs between the schemas (keygate refuses a request whose
+    /// context does not match the schema): nothing is proved for it, counted as a widening.
+    #[serde(rename = "contextChanged", skip_serializing_if = "std::ops::Not::not")]
+    pub context_changed: bool,
 }
 
 /// Groups an action joined and left between OLD's schema and NEW's.
@@ -97,12 +101,18 @@ impl ActionChange {
     /// True when NEW may allow what keygate with OLD denied: a proved widening, or a change
     /// the proof cannot cover (groups changed, OLD erroring).
     pub fn may_widen(&self) -> bool {
-        self.widening.is_some() || self.groups.is_some() || self.old_errors.is_some()
+        self.widening.is_some()
+            || self.groups.is_some()
+            || self.old_errors.is_some()
+            || self.context_changed
     }
 
     pub fn verdict(&self) -> &'static str {
         if self.groups.is_some() {
             return "unproven: its groups changed in the schema";
+        }
+        if self.context_changed {
+            return "unproven: its context changed in the schema";
         }
         if self.old_errors.is_some() && self.widening.is_none() {
             return "unproven: an OLD policy errors on it";
@@ -125,6 +135,13 @@ pub struct Diff {
     /// stores valid under NEW's schema only.
     #[serde(rename = "schemaChanged")]
     pub schema_changed: bool,
+    /// Groups that became `@scope` (grantable to keys and tokens) in NEW, and those that no
+    /// longer are. Not a change of any decision by itself: what holding one allows is in the
+    /// policies, which the proof covers.
+    #[serde(rename = "scopesAdded")]
+    pub scopes_added: Vec<String>,
+    #[serde(rename = "scopesRemoved")]
+    pub scopes_removed: Vec<String>,
 }
 
 /// One finding of `policy lint`.
@@ -336,7 +353,13 @@ pub async fn diff(prover: &mut Prover, old: &Loaded, new: &Loaded) -> Result<Dif
             })
         };
         let old_groups = groups_of(old, &action);
-        let old_set = if old_groups.is_some() {
+        // keygate with OLD refused a kind of request its schema did not allow (the request's
+        // validation fails, and that is a deny): compare it with nothing allowed.
+        let kind = (
+            action.clone(),
+            (env.principal().to_string(), env.resource().to_string()),
+        );
+        let old_set = if old.requestable.contains(&kind) {
             &old.policies
         } else {
             &nothing
@@ -352,7 +375,11 @@ pub async fn diff(prover: &mut Prover, old: &Loaded, new: &Loaded) -> Result<Dif
                 removed: false,
                 groups: None,
                 old_errors: None,
+                context_changed: false,
             });
+        if old.contexts.get(&action) != new.contexts.get(&action) && old_groups.is_some() {
+            change.context_changed = true;
+        }
         if let (Some(before), Some(after)) = (&old_groups, groups_of(new, &action)) {
             if *before != after {
                 change.groups = Some(GroupChange {
@@ -423,13 +450,26 @@ pub async fn diff(prover: &mut Prover, old: &Loaded, new: &Loaded) -> Result<Dif
                     removed: true,
                     groups: None,
                     old_errors: None,
+                    context_changed: false,
                 },
             );
         }
     }
+    let in_only = |a: &Loaded, b: &Loaded| -> Vec<String> {
+        a.scopes
+            .iter()
+            .filter(|s| !b.scopes.contains(s))
+            .cloned()
+            .collect()
+    };
     Ok(Diff {
         actions: changes.into_values().collect(),
-        schema_changed: old.entity_types != new.entity_types,
+        // A schema whose JSON form could not be read counts as changed.
+        schema_changed: old.entity_types != new.entity_types
+            || old.entity_types.is_null()
+            || new.entity_types.is_null(),
+        scopes_added: in_only(new, old),
+        scopes_removed: in_only(old, new),
     })
 }
 

@@ -157,21 +157,18 @@ pub fn load_policies(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<A
                 .collect(),
         )
         .map_err(|e| anyhow::anyhow!("{}: {e}", config.policy_dir.display()))?;
-    // A rate-limit rule for a scope no key can hold would never match.
-    let scopes = engine.scopes();
-    let unknown: Vec<&str> = config
-        .rate_limit
-        .rules
-        .iter()
-        .filter_map(|r| r.matches.scope.as_deref())
-        .filter(|s| !scopes.iter().any(|k| k == s))
-        .collect();
-    if !unknown.is_empty() {
-        anyhow::bail!(
-            "[[rate_limit.rule]] names scopes the policy schema does not declare (@scope): {}",
-            unknown.join(", ")
-        );
-    }
+    // A rate-limit rule for a scope no key can hold would never match: refused now and on
+    // every reload.
+    engine
+        .require_scopes(
+            config
+                .rate_limit
+                .rules
+                .iter()
+                .filter_map(|r| r.matches.scope.clone())
+                .collect(),
+        )
+        .map_err(|e| anyhow::anyhow!("{}: {e}", config.policy_dir.display()))?;
     Ok(Arc::new(engine))
 }
 
