@@ -1300,33 +1300,26 @@ async fn a_scope_added_in_the_policy_files_is_issued_checked_and_named() {
         "{body}"
     );
 
-    // The shipped schema does not declare it: the same config is refused, naming the rule's
-    // scope (and the route's action).
-    let out = Command::new(bin("keygate"))
-        .arg("--config")
-        .arg(&config)
-        .arg("check-config")
-        .env("KEYGATE_POLICIES_DIR", &shipped)
-        .env("KEYGATE_KEYS_PEPPER", TEST_PEPPER)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    // The shipped schema does not declare it: the same config is refused by check-config,
+    // naming the route's action, and without the route, the rate-limit rule's scope.
+    let refused_with_shipped_policies = || {
+        let out = Command::new(bin("keygate"))
+            .arg("--config")
+            .arg(&config)
+            .arg("check-config")
+            .env("KEYGATE_POLICIES_DIR", &shipped)
+            .env("KEYGATE_KEYS_PEPPER", TEST_PEPPER)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = refused_with_shipped_policies();
     assert!(err.contains("organizeJobs"), "{err}");
-    // Without the route, the rate-limit rule's scope is what is refused.
     let text = std::fs::read_to_string(&config).unwrap();
     let (without_route, _) = text.split_once("[[routes.rule]]").unwrap();
     std::fs::write(&config, without_route).unwrap();
-    let out = Command::new(bin("keygate"))
-        .arg("--config")
-        .arg(&config)
-        .arg("check-config")
-        .env("KEYGATE_POLICIES_DIR", &shipped)
-        .env("KEYGATE_KEYS_PEPPER", TEST_PEPPER)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused_with_shipped_policies();
     assert!(
         err.contains("names scopes the policy schema does not declare (@scope): read:organize"),
         "{err}"
