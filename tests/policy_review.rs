@@ -604,3 +604,23 @@ fn changes_the_proof_cannot_cover_count_as_widening() {
     let out = diff(&shipped(), retyped.path(), &["--allow-schema-change"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
 }
+
+/// A folder written for an older keygate (no `@scope` in its schema) is refused for serving by
+/// `policy validate`, but `policy diff` still loads it, to show what upgrading it changes.
+#[test]
+fn an_older_folder_is_not_servable_but_can_be_compared() {
+    if !cvc5_present() {
+        return;
+    }
+    let older = variant("keygate.cedarschema", |t| t.replace("  @scope\n", ""));
+    let out = Command::new(bin("keygate"))
+        .args(["policy", "validate"])
+        .arg(older.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("marks no action group @scope"));
+    let out = diff(older.path(), &shipped(), &[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.report["scopesAdded"].as_array().unwrap().len() >= 23);
+}

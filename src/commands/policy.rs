@@ -121,18 +121,11 @@ async fn diff(
     use crate::policy::review;
     let old_set = load_for_review(old)?;
     let new_set = load_for_review(new)?;
-    let unknown: Vec<&String> = allowed
-        .iter()
-        .filter(|a| new_set.missing_actions(std::slice::from_ref(*a)).len() == 1)
-        .collect();
+    let unknown = new_set.missing_actions(allowed);
     if !unknown.is_empty() {
         bail!(
             "--allow-widening names actions NEW's schema does not have: {}",
-            unknown
-                .iter()
-                .map(|a| a.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
+            unknown.join(", ")
         );
     }
     let mut prover = review::Prover::start().await.map_err(anyhow::Error::msg)?;
@@ -172,16 +165,8 @@ async fn diff(
         if !scopes_added.is_empty() || !scopes_removed.is_empty() {
             println!(
                 "  scopes a key or token may hold (@scope): added {}; removed {}",
-                if scopes_added.is_empty() {
-                    "none".to_owned()
-                } else {
-                    scopes_added.join(", ")
-                },
-                if scopes_removed.is_empty() {
-                    "none".to_owned()
-                } else {
-                    scopes_removed.join(", ")
-                },
+                list_or_none(&scopes_added),
+                list_or_none(&scopes_removed),
             );
         }
         if schema_changed {
@@ -223,16 +208,8 @@ async fn diff(
                     "\n{}: its groups changed (joined: {}; left: {}). Both sets are compiled \
                      under NEW's schema, so this proves nothing for it: review it by hand.",
                     c.action,
-                    if g.added.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        g.added.join(", ")
-                    },
-                    if g.removed.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        g.removed.join(", ")
-                    },
+                    list_or_none(&g.added),
+                    list_or_none(&g.removed),
                 );
             }
             if let Some(e) = &c.old_errors {
@@ -259,6 +236,14 @@ async fn diff(
         Ok(())
     } else {
         Err(Findings(problems.join("; ")).into())
+    }
+}
+
+fn list_or_none(names: &[String]) -> String {
+    if names.is_empty() {
+        "none".to_owned()
+    } else {
+        names.join(", ")
     }
 }
 

@@ -68,8 +68,3 @@ impl FromRequestParts<ControlState> for Caller {
         Ok(Caller(Actor::User(principal)))
     }
 }
-
-/// The policies must allow `actor` the operating `action` (`readPolicies`, ...).
-pub fn may_operate(st: &ControlState, actor: &Actor, action: &str) -> Result<(), ManageError> {
-    st.keys.authorize_operation(actor, action)
-}

@@ -8,7 +8,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde_json::json;
 
-use super::caller::{may_operate, Caller};
+use super::caller::Caller;
 use super::respond::ok;
 use super::respond::Body;
 use super::ControlState;
@@ -26,7 +26,7 @@ async fn status(
     State(st): State<ControlState>,
     Caller(actor): Caller,
 ) -> Result<Response, ManageError> {
-    may_operate(&st, &actor, "readPolicies")?;
+    st.keys.authorize_operation(&actor, "readPolicies")?;
     Ok(ok(StatusCode::OK, st.policy.status()))
 }
 
@@ -35,7 +35,7 @@ async fn reload(
     State(st): State<ControlState>,
     Caller(actor): Caller,
 ) -> Result<Response, ManageError> {
-    may_operate(&st, &actor, "reloadPolicies")?;
+    st.keys.authorize_operation(&actor, "reloadPolicies")?;
     let engine = st.policy.clone();
     let result = tokio::task::spawn_blocking(move || engine.reload())
         .await

@@ -9,7 +9,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde_json::json;
 
-use super::caller::{may_operate, Caller};
+use super::caller::Caller;
 use super::respond::ok;
 use super::ControlState;
 use crate::manage::ManageError;
@@ -25,7 +25,7 @@ async fn status(
     State(st): State<ControlState>,
     Caller(actor): Caller,
 ) -> Result<Response, ManageError> {
-    may_operate(&st, &actor, "readCertificates")?;
+    st.keys.authorize_operation(&actor, "readCertificates")?;
     let certs = st.certificates.as_ref().ok_or(Refusal::NotFound)?;
     Ok(ok(StatusCode::OK, certs.status()))
 }
@@ -35,7 +35,7 @@ async fn reload(
     State(st): State<ControlState>,
     Caller(actor): Caller,
 ) -> Result<Response, ManageError> {
-    may_operate(&st, &actor, "reloadCertificates")?;
+    st.keys.authorize_operation(&actor, "reloadCertificates")?;
     let certs = st.certificates.clone().ok_or(Refusal::NotFound)?;
     let reloaded = certs.clone();
     let result = tokio::task::spawn_blocking(move || reloaded.reload())

@@ -161,12 +161,11 @@ pub async fn explain(
     let verdicts = engine.decide_uncached(&principal, &route);
     let allowed = !verdicts.is_empty() && verdicts.iter().all(|v| v.allowed);
     let loaded = engine.current();
-    let resources = route
-        .resources
-        .iter()
+    let resources = crate::policy::decided_targets(&route)
+        .into_iter()
         .zip(&verdicts)
-        .map(|(r, v)| ResourceDecision {
-            resource: format!("{}:{}", r.provider, r.path),
+        .map(|(resource, v)| ResourceDecision {
+            resource,
             allowed: v.allowed,
             policies: v
                 .policies

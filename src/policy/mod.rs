@@ -20,7 +20,7 @@
 pub mod review;
 pub mod scenarios;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -440,11 +440,7 @@ impl Loaded {
     /// True when `action` is `group` or lies within it (`readFile` within `files:read` and
     /// `read`, `files:read` within `read`, ...).
     fn in_group(&self, action: &str, group: &str) -> bool {
-        action == group
-            || self.actions.get(action).is_some_and(|e| {
-                let (_, _, ancestors) = e.clone().into_inner();
-                ancestors.iter().any(|uid| uid.id().unescaped() == group)
-            })
+        action == group || action_groups(&self.actions, action).is_some_and(|g| g.contains(group))
     }
 
     /// The names among `scopes` that this set's schema does not mark `@scope`.
@@ -779,7 +775,7 @@ fn scope_can_match(
     policy: &Policy,
     principal_ty: &str,
     action: &str,
-    groups: &HashSet<String>,
+    groups: &BTreeSet<String>,
     resource_ty: &str,
 ) -> bool {
     use cedar_policy::{ActionConstraint, PrincipalConstraint, ResourceConstraint};
@@ -807,6 +803,18 @@ fn scope_can_match(
     principal && action_matches && resource
 }
 
+/// The names of an action's groups (all its ancestors in the schema), or `None` for an action
+/// the schema does not declare.
+fn action_groups(actions: &HashMap<String, Entity>, action: &str) -> Option<BTreeSet<String>> {
+    actions.get(action).map(|e| {
+        let (_, _, ancestors) = e.clone().into_inner();
+        ancestors
+            .iter()
+            .map(|uid| uid.id().unescaped().to_owned())
+            .collect()
+    })
+}
+
 /// The policies each kind of request can match. Cedar never evaluates the condition of a
 /// policy whose scope does not match, so deciding with the subset gives the same decision,
 /// reasons and errors as the whole set, evaluating a handful of policies instead of all.
@@ -817,16 +825,7 @@ fn index_by_request(
 ) -> Result<ByRequest, String> {
     let mut out: ByRequest = HashMap::new();
     for (action, (principal_ty, resource_ty)) in requestable {
-        let groups: HashSet<String> = actions
-            .get(action)
-            .map(|e| {
-                let (_, _, ancestors) = e.clone().into_inner();
-                ancestors
-                    .iter()
-                    .map(|uid| uid.id().unescaped().to_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let groups = action_groups(actions, action).unwrap_or_default();
         let subset = PolicySet::from_policies(
             set.policies()
                 .filter(|p| scope_can_match(p, principal_ty, action, &groups, resource_ty))
@@ -1115,6 +1114,7 @@ impl Loaded {
     }
 }
 
+/// Cedar's determining policies, sorted (Cedar reports them as a set).
 fn sorted_reasons(response: &cedar_policy::Response) -> Vec<String> {
     let mut policies: Vec<String> = response
         .diagnostics()
@@ -1516,16 +1516,13 @@ impl PolicyEngine {
         if route.resources.is_empty() {
             // A route with no storage resource (the default action): the policies decide it
             // as `Keygate::Unmapped` (uncached: the path is the client's, and this is rare).
-            let verdict = Arc::new(loaded.decide(
-                &self.authorizer,
+            let verdict = Arc::new(self.decide_counted(
+                &loaded,
+                &providers,
                 principal,
                 &route.action,
                 Target::Unmapped(unmapped_path(route)),
-                &providers,
             ));
-            if verdict.errored {
-                self.metrics.policy_errors.inc();
-            }
             let refusal = (!verdict.allowed).then(|| Refusal::Forbidden(verdict.details.clone()));
             let shadow = verdict
                 .shadow
@@ -1573,16 +1570,15 @@ impl PolicyEngine {
                         .decision_cache
                         .with_label_values(&["miss"])
                         .inc();
-                    let v = Arc::new(loaded.decide(
-                        &self.authorizer,
+                    let v = Arc::new(self.decide_counted(
+                        &loaded,
+                        &providers,
                         principal,
                         action,
                         Target::Path(resource),
-                        &providers,
                     ));
-                    if v.errored {
-                        self.metrics.policy_errors.inc();
-                    } else {
+                    // An erroring decision is not cached: the next request tries again.
+                    if !v.errored {
                         self.decisions.insert(key, v.clone());
                     }
                     v
@@ -1694,7 +1690,19 @@ impl PolicyEngine {
     pub fn decide_on(&self, principal: &Principal, action: &str, target: Target<'_>) -> Verdict {
         let loaded = self.current.load();
         let providers = self.providers.load();
-        let v = loaded.decide(&self.authorizer, principal, action, target, &providers);
+        self.decide_counted(&loaded, &providers, principal, action, target)
+    }
+
+    /// Decides one target on `loaded`, uncached, counting an evaluation error.
+    fn decide_counted(
+        &self,
+        loaded: &Loaded,
+        providers: &HashMap<String, String>,
+        principal: &Principal,
+        action: &str,
+        target: Target<'_>,
+    ) -> Verdict {
+        let v = loaded.decide(&self.authorizer, principal, action, target, providers);
         if v.errored {
             self.metrics.policy_errors.inc();
         }
@@ -1765,6 +1773,21 @@ impl PolicyEngine {
     pub fn scopes(&self) -> Vec<String> {
         self.current.load().scopes.clone()
     }
+}
+
+/// What each verdict of [`PolicyEngine::decide_uncached`] is about, in the same order:
+/// `provider:/path` for each resource (the route's, then the ones it also needs), or
+/// `unmapped:<path>` for a request no route maps to a storage path.
+pub fn decided_targets(route: &RouteMatch) -> Vec<String> {
+    if route.resources.is_empty() {
+        return vec![format!("unmapped:{}", unmapped_path(route))];
+    }
+    route
+        .resources
+        .iter()
+        .chain(route.also.iter().map(|a| &a.resource))
+        .map(|r| format!("{}:{}", r.provider, r.path))
+        .collect()
 }
 
 /// The canonical path of a request no route maps to a storage path (its query left out).
@@ -1885,6 +1908,78 @@ mod tests {
         }
         assert!(!is_within("/a", ""));
         assert!(is_within("/a/b", "/a") && !is_within("/ab", "/a") && is_within("/x", "/"));
+    }
+
+    /// A decision that fails before Cedar runs (here an action the schema lacks) is a deny for
+    /// the shadow set too: no disagreement is counted.
+    #[test]
+    fn a_decision_that_fails_before_cedar_is_no_shadow_disagreement() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in SHIPPED {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        std::fs::create_dir(dir.path().join(SHADOW_DIR)).unwrap();
+        std::fs::write(
+            dir.path().join(SHADOW_DIR).join("c.cedar"),
+            "@id(\"anything\")\npermit (principal, action, resource);\n",
+        )
+        .unwrap();
+        let engine = PolicyEngine::load(dir.path(), Arc::new(Metrics::new())).unwrap();
+        engine.set_providers(HashMap::from([("local".to_owned(), "w1".to_owned())]));
+        let route = RouteMatch {
+            action: Arc::from("noSuchAction"),
+            resources: vec![Resource {
+                role: crate::route::ResourceRole::Source,
+                provider: "local".into(),
+                path: "/a".to_owned(),
+            }],
+            upstream_target: "/a".to_owned(),
+            upstream_destination: None,
+            upstream_overwrite: None,
+            also: Vec::new(),
+        };
+        let decided = engine.decide(&principal(None, &["admin"]), &route);
+        assert!(decided.refusal.is_some());
+        assert_eq!(decided.shadow, None);
+        // A real disagreement on the same engine is still seen.
+        let route = RouteMatch {
+            action: Arc::from("readFile"),
+            ..route
+        };
+        let decided = engine.decide(&principal(None, &[]), &route);
+        assert!(decided.refusal.is_some());
+        assert_eq!(decided.shadow.map(|s| s.direction), Some("would_allow"));
+    }
+
+    /// A signed-in user holds no scopes: a 403 for want of a permit names the role beside the
+    /// required scope (here with roles.cedar left out, so no role permits anything).
+    #[test]
+    fn a_login_denied_for_want_of_a_permit_is_told_its_role() {
+        let files: Vec<(String, String)> = shipped()
+            .into_iter()
+            .filter(|(name, _)| name != "roles.cedar")
+            .collect();
+        let loaded = load_texts(&files, 1).unwrap_or_else(|e| panic!("{e}"));
+        let mut p = principal(None, &[]);
+        p.kind = PrincipalKind::Login;
+        p.role = Some(crate::model::Role::Viewer);
+        let resource = Resource {
+            role: crate::route::ResourceRole::Source,
+            provider: "local".into(),
+            path: "/a".to_owned(),
+        };
+        let v = loaded.decide(
+            &Authorizer::new(),
+            &p,
+            "readFile",
+            Target::Path(&resource),
+            &HashMap::from([("local".to_owned(), "w1".to_owned())]),
+        );
+        assert!(!v.allowed);
+        assert_eq!(
+            Value::Object(v.details),
+            serde_json::json!({"required": "files:read", "granted": [], "role": "viewer"})
+        );
     }
 
     /// Deciding with the policies indexed by kind of request gives the same verdicts (decision,

@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::str::FromStr;
 
-use cedar_policy::{Authorizer, Decision, Effect, PolicySet, Schema};
+use cedar_policy::{Authorizer, Effect, PolicySet, Schema};
 use cedar_policy_symcc::solver::LocalSolver;
 use cedar_policy_symcc::{CedarSymCompiler, CompiledPolicy, CompiledPolicySet, Env};
 use serde::Serialize;
@@ -98,8 +98,20 @@ pub struct ErroringPolicy {
 }
 
 impl ActionChange {
+    fn new(action: String) -> ActionChange {
+        ActionChange {
+            action,
+            widening: None,
+            narrowing: None,
+            removed: false,
+            groups: None,
+            old_errors: None,
+            context_changed: false,
+        }
+    }
+
     /// True when NEW may allow what keygate with OLD denied: a proved widening, or a change
-    /// the proof cannot cover (groups changed, OLD erroring).
+    /// the proof cannot cover (groups or context changed, OLD erroring).
     pub fn may_widen(&self) -> bool {
         self.widening.is_some()
             || self.groups.is_some()
@@ -210,11 +222,7 @@ impl Prover {
             let owned = CompiledPolicySet::compile(&owned, &env, &schema).map_err(solver_error)?;
             let anyone =
                 CompiledPolicySet::compile(&anyone, &env, &schema).map_err(solver_error)?;
-            let widening = self
-                .compiler
-                .check_implies_with_counterexample_opt(&anyone, &owned)
-                .await
-                .map_err(solver_error)?;
+            let widening = self.allowed_only_by(&anyone, &owned).await?;
             let narrowing = self
                 .compiler
                 .check_implies_opt(&owned, &anyone)
@@ -238,9 +246,7 @@ impl Prover {
             ))
         }
     }
-}
 
-impl Prover {
     /// A request and entity store that `allows` allows and `denies` denies, if there is one.
     async fn allowed_only_by(
         &mut self,
@@ -255,15 +261,8 @@ impl Prover {
 }
 
 /// Cedar's answer on a counterexample: the determining policies.
-fn replay(set: &PolicySet, env: &Env) -> (Decision, Vec<String>) {
-    let response = Authorizer::new().is_authorized(&env.request, set, &env.entities);
-    let mut reasons: Vec<String> = response
-        .diagnostics()
-        .reason()
-        .map(ToString::to_string)
-        .collect();
-    reasons.sort();
-    (response.decision(), reasons)
+fn replay(set: &PolicySet, env: &Env) -> Vec<String> {
+    super::sorted_reasons(&Authorizer::new().is_authorized(&env.request, set, &env.entities))
 }
 
 fn example(env: &Env, allows: &PolicySet, denies: &PolicySet) -> Example {
@@ -303,8 +302,8 @@ fn example(env: &Env, allows: &PolicySet, denies: &PolicySet) -> Example {
         })
         .collect();
     entities.sort();
-    let (_, allowed_by) = replay(allows, env);
-    let (_, denied_by) = replay(denies, env);
+    let allowed_by = replay(allows, env);
+    let denied_by = replay(denies, env);
     Example {
         principal: show(env.request.principal()),
         action: show(env.request.action()),
@@ -321,13 +320,7 @@ fn action_name(uid: &cedar_policy::EntityUid) -> String {
 
 /// The names of an action's groups (its ancestors in the schema).
 fn groups_of(loaded: &Loaded, action: &str) -> Option<BTreeSet<String>> {
-    loaded.actions.get(action).map(|e| {
-        let (_, _, ancestors) = e.clone().into_inner();
-        ancestors
-            .iter()
-            .map(|uid| uid.id().unescaped().to_owned())
-            .collect()
-    })
+    super::action_groups(&loaded.actions, action)
 }
 
 /// Decides, for every action of NEW's schema, whether NEW widens or narrows OLD.
@@ -368,15 +361,7 @@ pub async fn diff(prover: &mut Prover, old: &Loaded, new: &Loaded) -> Result<Dif
         let new_c = compile(&new.policies, "NEW")?;
         let change = changes
             .entry(action.clone())
-            .or_insert_with(|| ActionChange {
-                action: action.clone(),
-                widening: None,
-                narrowing: None,
-                removed: false,
-                groups: None,
-                old_errors: None,
-                context_changed: false,
-            });
+            .or_insert_with(|| ActionChange::new(action.clone()));
         if old.contexts.get(&action) != new.contexts.get(&action) && old_groups.is_some() {
             change.context_changed = true;
         }
@@ -436,23 +421,10 @@ pub async fn diff(prover: &mut Prover, old: &Loaded, new: &Loaded) -> Result<Dif
     for action in remaining {
         // Only actions requests can name (those with appliesTo) were compared; a removed
         // action group is not reported.
-        let requested = old
-            .schema
-            .request_envs()
-            .any(|e| action_name(e.action()) == action);
-        if requested {
-            changes.insert(
-                action.clone(),
-                ActionChange {
-                    action,
-                    widening: None,
-                    narrowing: None,
-                    removed: true,
-                    groups: None,
-                    old_errors: None,
-                    context_changed: false,
-                },
-            );
+        if old.requestable.iter().any(|(a, _)| *a == action) {
+            let mut change = ActionChange::new(action.clone());
+            change.removed = true;
+            changes.insert(action, change);
         }
     }
     let in_only = |a: &Loaded, b: &Loaded| -> Vec<String> {
