@@ -49,6 +49,14 @@ pub enum Refusal {
     NotFound,
     /// The request header is larger, or has more fields, than keygate accepts (431).
     HeadersTooLarge,
+    /// A body keygate reads to decide (a GraphQL document) is over its limit, in bytes (413).
+    PayloadTooLarge { limit: usize },
+    /// A body keygate reads to decide did not arrive in time (408).
+    RequestTimeout,
+    /// A GraphQL request that carries only a persisted-query hash (400): keygate cannot see
+    /// what it would run. The body also carries the GraphQL `errors` that Automatic Persisted
+    /// Queries clients answer by resending with the document.
+    PersistedQueryNotFound,
     /// Over the rate limit (429).
     RateLimited { retry_after_secs: u64 },
     /// The upstream could not be reached (502).
@@ -82,6 +90,9 @@ impl Refusal {
             Refusal::Forbidden(_) => 403,
             Refusal::NotFound => 404,
             Refusal::HeadersTooLarge => 431,
+            Refusal::PayloadTooLarge { .. } => 413,
+            Refusal::RequestTimeout => 408,
+            Refusal::PersistedQueryNotFound => 400,
             Refusal::RateLimited { .. } => 429,
             Refusal::UpstreamUnavailable => 502,
             Refusal::UpstreamTimeout => 504,
@@ -98,6 +109,9 @@ impl Refusal {
             Refusal::Forbidden(_) => "FORBIDDEN",
             Refusal::NotFound => "NOT_FOUND",
             Refusal::HeadersTooLarge => "HEADERS_TOO_LARGE",
+            Refusal::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
+            Refusal::RequestTimeout => "REQUEST_TIMEOUT",
+            Refusal::PersistedQueryNotFound => "PERSISTED_QUERY_NOT_FOUND",
             Refusal::RateLimited { .. } => "RATE_LIMIT_EXCEEDED",
             Refusal::UpstreamUnavailable => "UPSTREAM_UNAVAILABLE",
             Refusal::UpstreamTimeout => "UPSTREAM_TIMEOUT",
@@ -120,6 +134,15 @@ impl Refusal {
             Refusal::Forbidden(_) => "permission denied".into(),
             Refusal::NotFound => "no route matches this request".into(),
             Refusal::HeadersTooLarge => "the request header is too large".into(),
+            Refusal::PayloadTooLarge { limit } => {
+                format!("the request body is larger than {limit} bytes").into()
+            }
+            Refusal::RequestTimeout => "the request body did not arrive in time".into(),
+            Refusal::PersistedQueryNotFound => {
+                "send the GraphQL document with its persisted-query hash: keygate authorizes \
+                 the document"
+                    .into()
+            }
             Refusal::RateLimited { .. } => "too many requests".into(),
             Refusal::UpstreamUnavailable => "the storage backend is unavailable".into(),
             Refusal::UpstreamTimeout => "the storage backend did not answer in time".into(),
@@ -159,6 +182,15 @@ impl Refusal {
         let mut body = error_body(self.code(), &self.message(), request_id, details);
         if let Some(Value::Object(error)) = body.get_mut("error") {
             error.extend(extra);
+        }
+        if let (Refusal::PersistedQueryNotFound, Value::Object(top)) = (self, &mut body) {
+            top.insert(
+                "errors".into(),
+                json!([{
+                    "message": "PersistedQueryNotFound",
+                    "extensions": { "code": "PERSISTED_QUERY_NOT_FOUND" }
+                }]),
+            );
         }
         Rendered {
             status: self.status(),
@@ -210,6 +242,9 @@ mod tests {
             Refusal::RateLimited {
                 retry_after_secs: 7,
             },
+            Refusal::PayloadTooLarge { limit: 65536 },
+            Refusal::RequestTimeout,
+            Refusal::PersistedQueryNotFound,
             Refusal::UpstreamUnavailable,
             Refusal::UpstreamTimeout,
             Refusal::Unavailable("policy set missing".into()),
@@ -218,7 +253,10 @@ mod tests {
             },
         ];
         let statuses: Vec<u16> = all.iter().map(Refusal::status).collect();
-        assert_eq!(statuses, [400, 401, 403, 404, 431, 429, 502, 504, 503, 403]);
+        assert_eq!(
+            statuses,
+            [400, 401, 403, 404, 431, 429, 413, 408, 400, 502, 504, 503, 403]
+        );
         for r in &all {
             let b = body(r);
             assert_eq!(b["success"], false);

@@ -15,6 +15,8 @@ pub struct FileConfig {
     pub upstream: UpstreamSection,
     #[serde(default)]
     pub routes: RoutesSection,
+    /// How `graphql` routes are read and authorized.
+    pub graphql: Option<GraphqlSection>,
     #[serde(default)]
     pub log: LogSection,
     #[serde(default)]
@@ -305,6 +307,43 @@ pub struct RoutesSection {
     /// Extra routes, consulted before the preset's.
     #[serde(default, rename = "rule")]
     pub rules: Vec<RouteRule>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GraphqlSection {
+    /// Largest body read, in bytes (default and most 65536).
+    pub max_body: Option<usize>,
+    /// How long the whole body may take to arrive (default `10s`).
+    pub body_timeout: Option<String>,
+    /// Deepest nesting of selection sets, fragments included (default 15).
+    pub max_depth: Option<usize>,
+    /// Most aliases, counted per use of a fragment (default 30).
+    pub max_aliases: Option<usize>,
+    /// Most root fields, each one decision (default 20).
+    pub max_root_fields: Option<usize>,
+    /// Accept subscriptions (default false).
+    pub subscriptions: Option<bool>,
+    /// Accept requests with a persisted-query hash when they also carry the document (default
+    /// false).
+    pub persisted_queries: Option<bool>,
+    /// The action of a query's (mutation's, subscription's) root field without a rule.
+    pub query: Option<String>,
+    pub mutation: Option<String>,
+    pub subscription: Option<String>,
+    /// Rules by `"<operation type>.<field>"`.
+    #[serde(default)]
+    pub fields: std::collections::BTreeMap<String, GraphqlFieldSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GraphqlFieldSection {
+    pub action: String,
+    /// The argument naming the provider (`providerId`, `input.providerId`).
+    pub provider: Option<String>,
+    /// The argument naming the path the field acts on.
+    pub path: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

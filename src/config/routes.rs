@@ -2,8 +2,11 @@
 
 use std::sync::Arc;
 
-use super::check::{problem, Problem};
-use super::file::{FileConfig, RouteRule};
+use std::collections::HashMap;
+
+use super::check::{problem, secs, Durations, Problem};
+use super::file::{FileConfig, GraphqlSection, RouteRule};
+use crate::route::graphql::{self, ArgumentPath, FieldRule, GraphqlRules, OperationType};
 use crate::route::{Methods, Route, RouteTable, Template};
 
 pub(super) fn check_name(problems: &mut Vec<Problem>, place: &str, what: &str, name: &str) {
@@ -51,7 +54,17 @@ pub(super) fn route_table(file: &FileConfig, problems: &mut Vec<Problem>) -> Rou
                 continue;
             }
         };
-        check_name(problems, &place, "action name", &rule.action);
+        if rule.graphql {
+            if !rule.action.is_empty() || rule.destination || rule.source_action.is_some() {
+                problem(
+                    problems,
+                    &place,
+                    "a graphql route takes its actions from [graphql]: no action, destination or source_action",
+                );
+            }
+        } else {
+            check_name(problems, &place, "action name", &rule.action);
+        }
         for also in [&rule.source_action, &rule.overwrite_action]
             .into_iter()
             .flatten()
@@ -95,16 +108,146 @@ pub(super) fn route_table(file: &FileConfig, problems: &mut Vec<Problem>) -> Rou
         routes.push(Route {
             methods,
             template,
-            action: Arc::from(rule.action.as_str()),
+            // Until its body is read, a GraphQL request is counted under "graphql".
+            action: Arc::from(if rule.graphql {
+                "graphql"
+            } else {
+                rule.action.as_str()
+            }),
             provider: rule.provider.as_deref().map(Arc::from),
             destination: rule.destination,
             source_action: rule.source_action.as_deref().map(Arc::from),
             overwrite_action: rule.overwrite_action.as_deref().map(Arc::from),
+            graphql: rule.graphql,
         });
     }
+    let has_graphql = routes.iter().any(|r| r.graphql);
     let default_action = r.default_action.as_deref().map(|a| {
         check_name(problems, "[routes] default_action", "action name", a);
         Arc::from(a)
     });
-    RouteTable::new(routes, default_action)
+    let table = RouteTable::new(routes, default_action);
+    match (&file.graphql, has_graphql) {
+        (Some(section), _) => table.with_graphql(graphql_rules(section, problems)),
+        (None, true) => {
+            problem(
+                problems,
+                "[graphql]",
+                "a route is marked graphql, so [graphql] must say at least its query and mutation actions",
+            );
+            table
+        }
+        (None, false) => table,
+    }
+}
+
+/// `[graphql]`, checked.
+fn graphql_rules(g: &GraphqlSection, problems: &mut Vec<Problem>) -> GraphqlRules {
+    let mut action = |key: &str, value: &Option<String>| -> Arc<str> {
+        match value {
+            Some(a) => {
+                check_name(problems, &format!("[graphql] {key}"), "action name", a);
+                Arc::from(a.as_str())
+            }
+            None => {
+                problem(
+                    problems,
+                    format!("[graphql] {key}"),
+                    "is required: the action of a root field without a rule of its own",
+                );
+                Arc::from("")
+            }
+        }
+    };
+    let query_action = action("query", &g.query);
+    let mutation_action = action("mutation", &g.mutation);
+    let subscription_action = match &g.subscription {
+        Some(_) => action("subscription", &g.subscription),
+        None => query_action.clone(),
+    };
+    let bounded = |problems: &mut Vec<Problem>, key: &str, v: Option<usize>, default, max| {
+        let v = v.unwrap_or(default);
+        if v == 0 || v > max {
+            problem(
+                problems,
+                format!("[graphql] {key}"),
+                format!("must be between 1 and {max}"),
+            );
+        }
+        v.clamp(1, max)
+    };
+    let max_body = bounded(
+        problems,
+        "max_body",
+        g.max_body,
+        graphql::MAX_BODY,
+        graphql::MAX_BODY,
+    );
+    let max_depth = bounded(problems, "max_depth", g.max_depth, 15, 64);
+    let max_aliases = bounded(problems, "max_aliases", g.max_aliases, 30, 1000);
+    let max_root_fields = bounded(problems, "max_root_fields", g.max_root_fields, 20, 100);
+    let body_timeout =
+        Durations::new(problems, "graphql").read("body_timeout", &g.body_timeout, secs(10));
+    let mut fields = HashMap::new();
+    for (key, f) in &g.fields {
+        let place = format!("[graphql.fields] \"{key}\"");
+        let well_formed = key.split_once('.').is_some_and(|(op, field)| {
+            OperationType::parse(op).is_some()
+                && !field.is_empty()
+                && field
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        });
+        if !well_formed {
+            problem(
+                problems,
+                &place,
+                "must be \"query.<field>\", \"mutation.<field>\" or \"subscription.<field>\"",
+            );
+        }
+        check_name(problems, &place, "action name", &f.action);
+        let mut argument = |which: &str, raw: &Option<String>| {
+            raw.as_ref().and_then(|raw| {
+                let parsed = ArgumentPath::parse(raw);
+                if parsed.is_none() {
+                    problem(
+                        problems,
+                        &place,
+                        format!("{which} '{raw}' is not an argument name (or input.field)"),
+                    );
+                }
+                parsed
+            })
+        };
+        let provider = argument("provider", &f.provider);
+        let path = argument("path", &f.path);
+        if f.provider.is_some() && f.path.is_none() {
+            problem(
+                problems,
+                &place,
+                "names a provider argument but no path argument",
+            );
+        }
+        fields.insert(
+            key.clone(),
+            FieldRule {
+                action: Arc::from(f.action.as_str()),
+                provider,
+                path,
+            },
+        );
+    }
+    GraphqlRules {
+        max_body,
+        body_timeout,
+        max_depth,
+        max_aliases,
+        max_root_fields,
+        subscriptions: g.subscriptions.unwrap_or(false),
+        persisted_queries: g.persisted_queries.unwrap_or(false),
+        query_action,
+        mutation_action,
+        subscription_action,
+        fields,
+    }
 }

@@ -39,7 +39,7 @@ use sha2::{Digest, Sha256};
 
 use crate::principal::{Principal, PrincipalKind};
 use crate::refusal::Refusal;
-use crate::route::{Resource, RouteMatch};
+use crate::route::{Check, Resource, RouteMatch};
 use crate::telemetry::Metrics;
 
 /// The policies keygate ships, compiled in: `keygate demo` writes them out.
@@ -1512,42 +1512,42 @@ impl PolicyEngine {
         let loaded = self.current.load();
         let providers = self.providers.load();
         let directory = self.directory_version.load(Ordering::Relaxed);
-        let mut verdicts = Vec::with_capacity(route.resources.len());
-        if route.resources.is_empty() {
-            // A route with no storage resource (the default action): the policies decide it
-            // as `Keygate::Unmapped` (uncached: the path is the client's, and this is rare).
-            let verdict = Arc::new(self.decide_counted(
-                &loaded,
-                &providers,
-                principal,
-                &route.action,
-                Target::Unmapped(unmapped_path(route)),
-            ));
-            let refusal = (!verdict.allowed).then(|| Refusal::Forbidden(verdict.details.clone()));
-            let shadow = verdict
-                .shadow
-                .clone()
-                .filter(|s| s.allowed != verdict.allowed)
-                .map(|s| self.disagreement(&loaded, s));
-            verdicts.push(verdict);
+        // INVARIANT: a GraphQL route is decided only once its body's operation is applied.
+        if route.graphql.is_some() {
             return Decided {
-                verdicts,
-                refusal,
-                shadow,
+                verdicts: Vec::new(),
+                refusal: Some(Refusal::Unavailable(
+                    "a GraphQL request was decided before its operation was read".into(),
+                )),
+                shadow: None,
             };
         }
-        let checks = route
-            .resources
-            .iter()
-            .map(|r| (&route.action, r))
-            .chain(route.also.iter().map(|a| (&a.action, &a.resource)));
+        let checks = route.checks();
+        let mut verdicts = Vec::with_capacity(checks.len());
         let mut refusal = None;
         // The shadow set's answer over the resources: allowed while every one is.
         let mut shadow = loaded.shadow.as_ref().map(|_| ShadowVerdict {
             allowed: true,
             policies: Vec::new(),
         });
-        for (action, resource) in checks {
+        for check in checks {
+            let (action, resource) = match check {
+                Check::Path(action, resource) => (action, resource),
+                // Named by the client (a path no route maps, a GraphQL field): uncached.
+                Check::Unmapped(action, name) => {
+                    let v = Arc::new(self.decide_counted(
+                        &loaded,
+                        &providers,
+                        principal,
+                        action,
+                        Target::Unmapped(name),
+                    ));
+                    if self.fold(&mut shadow, &mut refusal, &mut verdicts, v) {
+                        break;
+                    }
+                    continue;
+                }
+            };
             let key = DecisionKey {
                 principal: principal.key_id.clone(),
                 generation: principal.generation,
@@ -1584,29 +1584,7 @@ impl PolicyEngine {
                     v
                 }
             };
-            if let Some(total) = &mut shadow {
-                // A verdict without a shadow answer failed before Cedar ran: the shadow set
-                // would have denied it too.
-                let denied = ShadowVerdict {
-                    allowed: false,
-                    policies: Vec::new(),
-                };
-                let this = verdict.shadow.as_ref().unwrap_or(&denied);
-                if total.allowed && !this.allowed {
-                    *total = this.clone();
-                } else if total.allowed {
-                    total.policies.extend(this.policies.iter().cloned());
-                }
-            }
-            if refusal.is_none() {
-                if !verdict.allowed {
-                    refusal = Some(Refusal::Forbidden(verdict.details.clone()));
-                }
-                verdicts.push(verdict);
-            }
-            // The first denied resource ends the stage, unless the shadow set allowed every
-            // resource so far: its answer needs the rest.
-            if refusal.is_some() && shadow.as_ref().is_none_or(|s| !s.allowed) {
+            if self.fold(&mut shadow, &mut refusal, &mut verdicts, verdict) {
                 break;
             }
         }
@@ -1618,6 +1596,39 @@ impl PolicyEngine {
             refusal,
             shadow,
         }
+    }
+
+    /// Adds one verdict to a request's: the first denial is the refusal, and the shadow set's
+    /// answer is allowed while every verdict's is. Returns whether deciding may stop (denied,
+    /// unless the shadow set allowed everything so far: its answer needs the rest).
+    fn fold(
+        &self,
+        shadow: &mut Option<ShadowVerdict>,
+        refusal: &mut Option<Refusal>,
+        verdicts: &mut Vec<Arc<Verdict>>,
+        verdict: Arc<Verdict>,
+    ) -> bool {
+        if let Some(total) = shadow {
+            // A verdict without a shadow answer failed before Cedar ran: the shadow set
+            // would have denied it too.
+            let denied = ShadowVerdict {
+                allowed: false,
+                policies: Vec::new(),
+            };
+            let this = verdict.shadow.as_ref().unwrap_or(&denied);
+            if total.allowed && !this.allowed {
+                *total = this.clone();
+            } else if total.allowed {
+                total.policies.extend(this.policies.iter().cloned());
+            }
+        }
+        if refusal.is_none() {
+            if !verdict.allowed {
+                *refusal = Some(Refusal::Forbidden(verdict.details.clone()));
+            }
+            verdicts.push(verdict);
+        }
+        refusal.is_some() && shadow.as_ref().is_none_or(|s| !s.allowed)
     }
 
     /// Counts a request the shadow set decides differently and names the shadow policy held
@@ -1659,28 +1670,15 @@ impl PolicyEngine {
     pub fn decide_uncached(&self, principal: &Principal, route: &RouteMatch) -> Vec<Verdict> {
         let loaded = self.current.load();
         let providers = self.providers.load();
-        if route.resources.is_empty() {
-            return vec![loaded.decide(
-                &self.authorizer,
-                principal,
-                &route.action,
-                Target::Unmapped(unmapped_path(route)),
-                &providers,
-            )];
-        }
         route
-            .resources
-            .iter()
-            .map(|r| (&route.action, r))
-            .chain(route.also.iter().map(|a| (&a.action, &a.resource)))
-            .map(|(action, r)| {
-                loaded.decide(
-                    &self.authorizer,
-                    principal,
-                    action,
-                    Target::Path(r),
-                    &providers,
-                )
+            .checks()
+            .into_iter()
+            .map(|check| {
+                let (action, target) = match check {
+                    Check::Path(action, r) => (action, Target::Path(r)),
+                    Check::Unmapped(action, name) => (action, Target::Unmapped(name)),
+                };
+                loaded.decide(&self.authorizer, principal, action, target, &providers)
             })
             .collect()
     }
@@ -1779,23 +1777,14 @@ impl PolicyEngine {
 /// `provider:/path` for each resource (the route's, then the ones it also needs), or
 /// `unmapped:<path>` for a request no route maps to a storage path.
 pub fn decided_targets(route: &RouteMatch) -> Vec<String> {
-    if route.resources.is_empty() {
-        return vec![format!("unmapped:{}", unmapped_path(route))];
-    }
     route
-        .resources
-        .iter()
-        .chain(route.also.iter().map(|a| &a.resource))
-        .map(|r| format!("{}:{}", r.provider, r.path))
+        .checks()
+        .into_iter()
+        .map(|check| match check {
+            Check::Path(_, r) => format!("{}:{}", r.provider, r.path),
+            Check::Unmapped(_, name) => format!("unmapped:{name}"),
+        })
         .collect()
-}
-
-/// The canonical path of a request no route maps to a storage path (its query left out).
-fn unmapped_path(route: &RouteMatch) -> &str {
-    route
-        .upstream_target
-        .split_once('?')
-        .map_or(route.upstream_target.as_str(), |(path, _)| path)
 }
 
 #[cfg(test)]
@@ -1937,6 +1926,9 @@ mod tests {
             upstream_destination: None,
             upstream_overwrite: None,
             also: Vec::new(),
+            unmapped: Vec::new(),
+            graphql: None,
+            provider: None,
         };
         let decided = engine.decide(&principal(None, &["admin"]), &route);
         assert!(decided.refusal.is_some());

@@ -24,6 +24,11 @@ pub struct RequestCtx {
     pub client: Option<IpAddr>,
     /// Written by the route stage.
     pub route: Option<RouteMatch>,
+    /// Written by the body stage of a GraphQL route: the bytes decided on, and the only ones
+    /// forwarded.
+    pub body: Option<bytes::Bytes>,
+    /// Set with `body`: the request body is the one keygate read, and nothing else is sent.
+    pub body_read: bool,
     /// Written by the identity stage.
     pub principal: Option<Arc<Principal>>,
     /// Written by the rate-limit stage: becomes the rate-limit headers of the response.
@@ -47,6 +52,8 @@ impl RequestCtx {
             arrived: Instant::now(),
             client: None,
             route: None,
+            body: None,
+            body_read: false,
             principal: None,
             standing: None,
             verdicts: Vec::new(),

@@ -246,6 +246,9 @@ mod tests {
             upstream_destination: None,
             upstream_overwrite: None,
             also: vec![],
+            unmapped: Vec::new(),
+            graphql: None,
+            provider: None,
         };
         let principal = Principal {
             kind: Default::default(),

@@ -2,11 +2,14 @@
 //! module that touches the pingora `Session`.
 //!
 //! ```text
-//!  request_filter ─ admit: framing ─ route ─ authenticate ─ limit ─ decide ─┐
-//!        │ refusal: render once (respond.rs), answer, stop                    │ allowed
-//!        ▼                                                                    ▼
+//!  request_filter ─ admit: framing ─ route ─ authenticate ─ [body] ─ limit ─ decide ─┐
+//!        │ refusal: render once (respond.rs), answer, stop                             │ allowed
+//!        ▼                                                                             ▼
 //!     logging (record.rs) ◀─ response_filter ◀─ upstream ◀─ upstream_request_filter (forward.rs)
 //! ```
+//! Only a GraphQL route has the body stage (`body.rs`): its body is read, bounded, after the
+//! credential is accepted, and its operation decides the actions; exactly the bytes read are
+//! forwarded.
 //! Each stage is a plain function in its own module that takes values and returns a typed
 //! result; the per-request [`RequestCtx`] (`context.rs`) carries what one stage hands to the
 //! next, each field written by exactly one stage. Nothing carries over between requests on one
@@ -16,6 +19,7 @@
 //! `refusal`, `audit`, `telemetry`, `clock`, `config` (upstream settings). Never `manage`,
 //! `control` or `server`.
 
+mod body;
 mod context;
 pub mod forward;
 mod record;
@@ -63,9 +67,21 @@ pub struct Keygate {
 }
 
 impl Keygate {
-    /// The stages up to the decision, in order. `Ok` means forward. (`request_filter` without
-    /// the pingora session; public for the benchmarks.)
+    /// The stages up to the decision, in order, for a request without a body stage. `Ok`
+    /// means forward. (`request_filter` without the pingora session; public for the
+    /// benchmarks.)
     pub async fn admit(
+        &self,
+        req: &RequestHeader,
+        raw_header: Option<&[u8]>,
+        ctx: &mut RequestCtx,
+    ) -> Result<(), Refusal> {
+        self.admit_head(req, raw_header, ctx).await?;
+        self.admit_decide(ctx)
+    }
+
+    /// Framing, route and authentication: what the request header alone decides.
+    async fn admit_head(
         &self,
         req: &RequestHeader,
         raw_header: Option<&[u8]>,
@@ -80,7 +96,18 @@ impl Keygate {
             client: ctx.client,
         };
         let principal = self.identity.authenticate(presented).await?;
-        let principal = ctx.principal.insert(principal);
+        ctx.principal = Some(principal);
+        Ok(())
+    }
+
+    /// Rate limit and decision, once the route's actions are known.
+    fn admit_decide(&self, ctx: &mut RequestCtx) -> Result<(), Refusal> {
+        // INVARIANT: admit_head succeeded, so both are set.
+        let (Some(route), Some(principal)) = (ctx.route.as_ref(), ctx.principal.as_ref()) else {
+            return Err(Refusal::Unavailable(
+                "a request was decided unchecked".into(),
+            ));
+        };
         match self.limits.check(principal, &route.action) {
             Ok(standing) => ctx.standing = standing,
             Err((refusal, standing)) => {
@@ -150,10 +177,14 @@ impl ProxyHttp for Keygate {
             self.trusted_proxies
                 .client(a.ip(), &session.req_header().headers)
         });
-        match self
-            .admit(session.req_header(), raw_header.as_deref(), ctx)
-            .await
-        {
+        let mut admitted = self
+            .admit_head(session.req_header(), raw_header.as_deref(), ctx)
+            .await;
+        let graphql = ctx.route.as_ref().and_then(|r| r.graphql.clone());
+        if let (Ok(()), Some(rules)) = (&admitted, graphql) {
+            admitted = body::read_graphql(session, &rules, ctx).await;
+        }
+        match admitted.and_then(|()| self.admit_decide(ctx)) {
             Ok(()) => Ok(false),
             Err(refusal) => {
                 let written = respond(session, &refusal, ctx, false).await;
@@ -178,6 +209,21 @@ impl ProxyHttp for Keygate {
             .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, "no healthy upstream peer"))
     }
 
+    /// A request whose body keygate read (GraphQL) forwards exactly the bytes it decided on;
+    /// any other body streams through untouched.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if ctx.body_read {
+            *body = ctx.body.take();
+        }
+        Ok(())
+    }
+
     async fn upstream_request_filter(
         &self,
         _session: &mut Session,
@@ -198,6 +244,10 @@ impl ProxyHttp for Keygate {
                 ErrorType::HTTPStatus(401),
                 "credential changed in flight",
             ));
+        }
+        // keygate answered `Expect: 100-continue` itself when it read the body.
+        if ctx.body_read {
+            upstream_request.remove_header(&http::header::EXPECT);
         }
         if forward::prepare_upstream(upstream_request, route, principal, &ctx.request_id).is_err() {
             return Err(Error::explain(

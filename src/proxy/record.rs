@@ -51,11 +51,12 @@ impl Keygate {
                 workspace: p.workspace.clone(),
             }),
             action: ctx.action().to_owned(),
+            // Every target decided (`provider:/path`, or `unmapped:<name>`), once each.
             resources: ctx.route.as_ref().map_or_else(Vec::new, |r| {
-                r.resources
-                    .iter()
-                    .map(|r| format!("{}:{}", r.provider, r.path))
-                    .collect()
+                let mut targets = crate::policy::decided_targets(r);
+                let mut seen = std::collections::HashSet::new();
+                targets.retain(|t| seen.insert(t.clone()));
+                targets
             }),
             decision: if allowed { "allow" } else { "deny" },
             reason: denied_by.map_or("allowed", Refusal::code),

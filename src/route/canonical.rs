@@ -218,6 +218,41 @@ pub fn canonicalize_path(raw: &[u8]) -> Result<CanonicalPath, Refusal> {
     })
 }
 
+/// Checks a path given already decoded (a GraphQL argument): `/` then segments, each checked
+/// like a URL's (no dot segment, NFC, no look-alike separators), with no `\\`, `%`, `;` or
+/// control character, at most [`MAX_PATH_DEPTH`] deep. Returns it joined canonically (a
+/// trailing slash dropped); refuses what a backend could read as another path.
+pub fn check_decoded_path(raw: &str) -> Result<String, Refusal> {
+    let rest = raw
+        .strip_prefix('/')
+        .ok_or_else(|| bad("a path argument must start with '/'"))?;
+    if raw.len() > MAX_TARGET_LEN {
+        return Err(bad("a path argument is too long"));
+    }
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let mut segments = Vec::new();
+    if !rest.is_empty() {
+        for seg in rest.split('/') {
+            if seg.is_empty() {
+                return Err(bad("the path has an empty segment"));
+            }
+            if seg
+                .bytes()
+                .any(|b| matches!(b, b'\\' | b'%' | b';' | 0x00..=0x1f | 0x7f))
+            {
+                return Err(bad(
+                    "a path argument has a '\\', '%', ';' or control character",
+                ));
+            }
+            segments.push(finish_segment(seg.as_bytes().to_vec())?);
+            if segments.len() > MAX_PATH_DEPTH {
+                return Err(bad("the path is deeper than 256 segments"));
+            }
+        }
+    }
+    Ok(join_segments(&segments))
+}
+
 fn finish_segment(bytes: Vec<u8>) -> Result<String, Refusal> {
     let seg = String::from_utf8(bytes).map_err(|_| bad("the path is not valid UTF-8"))?;
     if seg.bytes().all(|b| b == b'.') {

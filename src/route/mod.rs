@@ -4,11 +4,13 @@
 //! form, and that form is both what the policy sees and what goes upstream. Anything that the
 //! proxy and some backend could read differently is refused with 400 instead of being guessed at.
 //! Pure: no I/O, no session, no clock. `canonical.rs` is the canonicalizer, `presets.rs` the
-//! route tables keygate ships.
+//! route tables keygate ships, `graphql.rs` reads the operation of a `graphql` route's body (the
+//! data plane reads the body and hands it over before the decision).
 //!
 //! May import: `refusal`. Imported by `model` (base paths are canonical paths) and above.
 
 mod canonical;
+pub mod graphql;
 pub mod presets;
 
 use std::sync::Arc;
@@ -17,8 +19,10 @@ use crate::refusal::Refusal;
 
 use canonical::{bad, join_segments};
 pub use canonical::{
-    canonicalize, canonicalize_path, CanonicalPath, CanonicalTarget, MAX_PATH_DEPTH, MAX_TARGET_LEN,
+    canonicalize, canonicalize_path, check_decoded_path, CanonicalPath, CanonicalTarget,
+    MAX_PATH_DEPTH, MAX_TARGET_LEN,
 };
+use graphql::{GraphqlRules, Operation};
 
 /// One piece of a route template.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,6 +153,25 @@ pub struct Route {
     pub source_action: Option<Arc<str>>,
     /// Also required on the destination, unless the request says `Overwrite: F`.
     pub overwrite_action: Option<Arc<str>>,
+    /// A GraphQL endpoint: the actions come from the operation in the body (`[graphql]`), and
+    /// `action` is only what the request is counted under until the body is read.
+    pub graphql: bool,
+}
+
+/// A decision a request needs on something that is not a storage path: a request no route
+/// maps to a path (named by its canonical path), or a GraphQL root field without a path
+/// argument (named `<operation type>.<field>`). The policies see it as `Keygate::Unmapped`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unmapped {
+    pub action: Arc<str>,
+    pub name: String,
+}
+
+/// One decision of a request: an action on a storage path or on an [`Unmapped`] name.
+#[derive(Debug, Clone, Copy)]
+pub enum Check<'a> {
+    Path(&'a Arc<str>, &'a Resource),
+    Unmapped(&'a Arc<str>, &'a str),
 }
 
 /// A further action a request needs on one of its resources (a move deletes its source).
@@ -187,9 +210,72 @@ pub struct RouteMatch {
     pub upstream_overwrite: Option<&'static str>,
     /// Actions the request also needs, each on one resource; decided like the main one.
     pub also: Vec<Also>,
+    /// Decisions on things that are not storage paths (GraphQL fields without a path).
+    pub unmapped: Vec<Unmapped>,
+    /// The route is a GraphQL endpoint: the body must be read, and its operation applied
+    /// ([`RouteMatch::apply_graphql`]), before the decision.
+    pub graphql: Option<Arc<GraphqlRules>>,
+    /// The route's fixed provider (for GraphQL fields whose rule names no provider argument).
+    pub provider: Option<Arc<str>>,
 }
 
 impl RouteMatch {
+    /// Every decision the request needs, in order: the route's action on each resource, the
+    /// further actions, then the unmapped ones. A request with none of these (the default
+    /// action) is one decision on its canonical path, unmapped.
+    pub fn checks(&self) -> Vec<Check<'_>> {
+        if self.resources.is_empty() && self.also.is_empty() && self.unmapped.is_empty() {
+            return vec![Check::Unmapped(&self.action, self.unmapped_path())];
+        }
+        let mut out: Vec<Check<'_>> = self
+            .resources
+            .iter()
+            .map(|r| Check::Path(&self.action, r))
+            .collect();
+        out.extend(
+            self.also
+                .iter()
+                .map(|a| Check::Path(&a.action, &a.resource)),
+        );
+        out.extend(
+            self.unmapped
+                .iter()
+                .map(|u| Check::Unmapped(&u.action, &u.name)),
+        );
+        out
+    }
+
+    /// The canonical path of the request (its query left out).
+    pub fn unmapped_path(&self) -> &str {
+        self.upstream_target
+            .split_once('?')
+            .map_or(self.upstream_target.as_str(), |(path, _)| path)
+    }
+
+    /// Replaces the decisions of a GraphQL route with its operation's: one per root field. The
+    /// request is counted (metrics, rate-limit rules) under its first field's action.
+    pub fn apply_graphql(&mut self, op: Operation) {
+        self.graphql = None;
+        self.resources.clear();
+        self.also.clear();
+        self.unmapped.clear();
+        if let Some(first) = op.checks.first() {
+            self.action = first.action.clone();
+        }
+        for check in op.checks {
+            match check.resource {
+                Some(resource) => self.also.push(Also {
+                    action: check.action,
+                    resource,
+                }),
+                None => self.unmapped.push(Unmapped {
+                    action: check.action,
+                    name: check.field,
+                }),
+            }
+        }
+    }
+
     /// The query as received (checked printable ASCII), if any.
     pub fn query(&self) -> Option<&str> {
         self.upstream_target.split_once('?').map(|(_, q)| q)
@@ -201,6 +287,8 @@ impl RouteMatch {
 pub struct RouteTable {
     routes: Vec<Route>,
     default_action: Option<Arc<str>>,
+    /// How GraphQL routes are authorized (`[graphql]`).
+    graphql: Option<Arc<GraphqlRules>>,
 }
 
 /// What the route stage reads from a request.
@@ -219,7 +307,14 @@ impl RouteTable {
         RouteTable {
             routes,
             default_action,
+            graphql: None,
         }
+    }
+
+    /// The table with its GraphQL rules.
+    pub fn with_graphql(mut self, rules: GraphqlRules) -> RouteTable {
+        self.graphql = Some(Arc::new(rules));
+        self
     }
 
     pub fn routes(&self) -> &[Route] {
@@ -231,11 +326,22 @@ impl RouteTable {
     pub fn action_names(&self) -> Vec<String> {
         let mut names: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
         for r in &self.routes {
+            if r.graphql {
+                continue;
+            }
             names.insert(r.action.to_string());
             names.extend(r.source_action.iter().map(|a| a.to_string()));
             names.extend(r.overwrite_action.iter().map(|a| a.to_string()));
         }
         names.extend(self.default_action.iter().map(|a| a.to_string()));
+        if self.routes.iter().any(|r| r.graphql) {
+            names.extend(
+                self.graphql
+                    .iter()
+                    .flat_map(|g| g.action_names())
+                    .map(|a| a.to_string()),
+            );
+        }
         names.into_iter().collect()
     }
 
@@ -297,6 +403,13 @@ impl RouteTable {
                 upstream_destination,
                 upstream_overwrite,
                 also,
+                unmapped: Vec::new(),
+                graphql: if route.graphql {
+                    Some(self.graphql.clone().ok_or(Refusal::NotFound)?)
+                } else {
+                    None
+                },
+                provider: route.provider.clone(),
             });
         }
         match &self.default_action {
@@ -307,6 +420,9 @@ impl RouteTable {
                 upstream_destination: None,
                 upstream_overwrite: None,
                 also: Vec::new(),
+                unmapped: Vec::new(),
+                graphql: None,
+                provider: None,
             }),
             None => Err(Refusal::NotFound),
         }
@@ -383,6 +499,7 @@ mod tests {
             destination,
             source_action: None,
             overwrite_action: None,
+            graphql: false,
         };
         RouteTable::new(
             vec![

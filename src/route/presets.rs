@@ -11,6 +11,8 @@ pub struct RouteRule {
     pub methods: Vec<String>,
     /// Path template: literals, `{provider}`, `{name}` and a final `{*path}`.
     pub path: String,
+    /// The action; none for a `graphql` route, whose actions come from `[graphql]`.
+    #[serde(default)]
     pub action: String,
     /// Fixed provider for templates without `{provider}`.
     pub provider: Option<String>,
@@ -24,6 +26,10 @@ pub struct RouteRule {
     /// (replacing what is there deletes it: `deleteFile`).
     #[serde(default)]
     pub overwrite_action: Option<String>,
+    /// A GraphQL endpoint: each root field of the body's operation is decided as `[graphql]`
+    /// says.
+    #[serde(default)]
+    pub graphql: bool,
 }
 
 fn rule(methods: &[&str], path: &str, action: &str) -> RouteRule {
@@ -35,6 +41,7 @@ fn rule(methods: &[&str], path: &str, action: &str) -> RouteRule {
         destination: false,
         source_action: None,
         overwrite_action: None,
+        graphql: false,
     }
 }
 
