@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-60}"
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
-targets=(canonicalize route credentials key_format jwt_preparse config)
+targets=(canonicalize route credentials key_format jwt_preparse config graphql)
 target_dir="${CARGO_TARGET_DIR:-$PWD/target}/fuzz"
 # One build for all targets (sanitizer off: keygate is safe Rust; coverage guides the search).
 cargo +nightly fuzz build -O -s none --target-dir "$target_dir"

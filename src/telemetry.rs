@@ -43,6 +43,7 @@ pub struct Metrics {
     pub policy_epoch: IntGauge,
     /// 1 while the newest policy files are rejected (the last good set keeps running).
     pub policy_reload_failing: IntGauge,
+    pub inert_scope_credentials: IntGauge,
     /// Decision-cache lookups by result (hit, miss).
     pub decision_cache: IntCounterVec,
     /// Decisions turned into denies because a policy failed to evaluate.
@@ -167,6 +168,11 @@ impl Metrics {
             "1 while the policy files on disk are rejected and the last good set runs.",
         )
         .expect("valid metric");
+        let inert_scope_credentials = IntGauge::new(
+            "inert_scope_credentials",
+            "Live keys and scoped tokens holding a scope the running policies no longer define (it grants nothing).",
+        )
+        .expect("valid metric");
         let decision_cache = IntCounterVec::new(
             Opts::new("decision_cache_total", "Decision-cache lookups, by result."),
             &["result"],
@@ -289,6 +295,7 @@ impl Metrics {
             Box::new(policy_reloads.clone()),
             Box::new(policy_epoch.clone()),
             Box::new(policy_reload_failing.clone()),
+            Box::new(inert_scope_credentials.clone()),
             Box::new(decision_cache.clone()),
             Box::new(policy_errors.clone()),
             Box::new(shadow_disagreements.clone()),
@@ -392,6 +399,7 @@ impl Metrics {
             policy_reloads,
             policy_epoch,
             policy_reload_failing,
+            inert_scope_credentials,
             decision_cache,
             policy_errors,
             shadow_disagreements,

@@ -1325,3 +1325,76 @@ async fn a_scope_added_in_the_policy_files_is_issued_checked_and_named() {
         "{err}"
     );
 }
+
+/// A reload that takes away a scope keys still hold is applied (removing a scope only takes
+/// access away), and the holders are named in its answer, the policy status and a metric.
+#[tokio::test]
+async fn a_scope_removed_while_keys_hold_it_grants_nothing_and_its_holders_are_named() {
+    let rec = Recorder::start().await;
+    let kg = Keygate::start(&[rec.addr], "");
+    let trash = key_with(
+        &kg,
+        json!({"name": "trash reader", "scopes": ["trash:read", "files:read"], "owner": "ada@example.com"}),
+    )
+    .await;
+    let trash_id = kg
+        .operator()
+        .get(kg.control_url("/v1/keys"))
+        .send_json()
+        .await["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "trash reader")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    client_with_key(&trash)
+        .get(kg.url("/v1/trash/local"))
+        .expect(StatusCode::OK)
+        .await;
+    let schema = kg.policies().join("keygate.cedarschema");
+    let shipped = std::fs::read_to_string(&schema).unwrap();
+    std::fs::write(
+        &schema,
+        shipped.replace(
+            "  @scope\n  action \"trash:read\"",
+            "  action \"trash:read\"",
+        ),
+    )
+    .unwrap();
+    let (status, body) = kg.reload_policies().await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"]["inertCredentials"], 1);
+    assert_eq!(
+        body["data"]["inertScopes"],
+        json!([{"credential": "key", "id": trash_id, "scopes": ["trash:read"]}])
+    );
+    // The scope grants nothing now; the key's other scope still works.
+    client_with_key(&trash)
+        .get(kg.url("/v1/trash/local"))
+        .expect(StatusCode::FORBIDDEN)
+        .await;
+    client_with_key(&trash)
+        .get(kg.url("/v1/files/local/a.txt"))
+        .expect(StatusCode::OK)
+        .await;
+    assert_eq!(
+        metric(&kg.metrics().await, "keygate_inert_scope_credentials"),
+        1.0
+    );
+    // Defining it again brings the key back; nothing is inert any more.
+    std::fs::write(&schema, &shipped).unwrap();
+    let (status, body) = kg.reload_policies().await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"]["inertCredentials"], 0);
+    client_with_key(&trash)
+        .get(kg.url("/v1/trash/local"))
+        .expect(StatusCode::OK)
+        .await;
+    assert!(kg
+        .proc
+        .stderr()
+        .contains("1 live credential(s) hold scopes the policies no longer define"));
+}

@@ -40,6 +40,11 @@ async fn reload(
     let result = tokio::task::spawn_blocking(move || engine.reload())
         .await
         .map_err(|_| Refusal::Unavailable("the reload did not finish".into()))?;
+    if result.is_ok() {
+        if let Err(e) = st.keys.check_inert_scopes().await {
+            tracing::warn!(error = %e, "could not look for credentials with undefined scopes");
+        }
+    }
     let status = st.policy.status();
     match result {
         Ok(_) => Ok(ok(StatusCode::OK, status)),

@@ -201,6 +201,47 @@ fn expiry(
 }
 
 impl KeyManager {
+    /// Finds the live keys and scoped tokens that hold scopes the running policies do not
+    /// define, records them in the policy status (and its metric) and warns about them.
+    ///
+    /// A policy change that removes a scope still held is not refused: removing one only ever
+    /// takes access away (the scope grants nothing once no `@scope` group has its name), it may
+    /// be exactly what an incident needs at once, and every instance reading the same files
+    /// must reach the same set whatever its database says. The holders are named instead, so
+    /// they can be reissued or have the scope taken off.
+    pub async fn check_inert_scopes(&self) -> Result<usize, ManageError> {
+        let known = self.policy.scopes();
+        let found = self
+            .store
+            .credentials_with_scopes_outside(&known, now_millis())
+            .await?;
+        let count = found.len();
+        let listed: Vec<crate::policy::InertScopes> = found
+            .into_iter()
+            .take(crate::policy::INERT_LISTED)
+            .map(|(credential, id, scopes)| crate::policy::InertScopes {
+                credential,
+                id,
+                scopes,
+            })
+            .collect();
+        if count > 0 {
+            let names: Vec<String> = listed
+                .iter()
+                .map(|c| format!("{} {} ({})", c.credential, c.id, c.scopes.join(", ")))
+                .collect();
+            tracing::warn!(
+                credentials = count,
+                "{count} live credential(s) hold scopes the policies no longer define; those \
+                 scopes grant nothing until they are defined again: {}{}",
+                names.join("; "),
+                if count > listed.len() { "; ..." } else { "" }
+            );
+        }
+        self.policy.set_inert(listed, count);
+        Ok(count)
+    }
+
     /// Asks the policies whether `actor` may do `action` to a credential.
     pub fn authorize(
         &self,

@@ -246,7 +246,25 @@ pub struct PolicyStatus {
     pub last_error: Option<String>,
     /// Every policy of the running set.
     pub policies: Vec<PolicyInfo>,
+    /// Live keys and scoped tokens holding scopes this set does not define (they grant
+    /// nothing), as last checked; at most [`INERT_LISTED`] are listed.
+    pub inert_scopes: Vec<InertScopes>,
+    /// How many credentials hold such scopes in all.
+    pub inert_credentials: usize,
 }
+
+/// A credential holding scopes the running policies do not define.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InertScopes {
+    /// `key` or `token`.
+    pub credential: &'static str,
+    pub id: String,
+    pub scopes: Vec<String>,
+}
+
+/// Most inert credentials the status lists (and a warning names).
+pub const INERT_LISTED: usize = 20;
 
 pub struct PolicyEngine {
     dir: PathBuf,
@@ -259,6 +277,8 @@ pub struct PolicyEngine {
     /// Scopes the config names (rate-limit rules): a set whose schema does not declare one
     /// `@scope` is refused likewise.
     required_scopes: Mutex<Vec<String>>,
+    /// The last check for credentials with scopes the set does not define: (listed, count).
+    inert: Mutex<(Vec<InertScopes>, usize)>,
     decisions: Cache<DecisionKey, Arc<Verdict>>,
     /// Provider name → id of the workspace that owns it.
     providers: ArcSwap<HashMap<String, String>>,
@@ -945,7 +965,7 @@ impl Loaded {
             }
         };
         let (mut entities, principal_uid, resource_uid) =
-            match build_entities(principal, target, workspace_of, path_literals) {
+            match build_entities(principal, target, workspace_of, path_literals, &self.scopes) {
                 Ok(x) => x,
                 Err(e) => return deny_error(e),
             };
@@ -1011,7 +1031,13 @@ impl Loaded {
                 if let Some(scope) = self.required.get(action) {
                     details.insert("required".to_owned(), Value::from(scope.as_str()));
                 }
-                details.insert("granted".to_owned(), Value::from(principal.scopes.clone()));
+                let granted: Vec<String> = principal
+                    .scopes
+                    .iter()
+                    .filter(|s| self.scopes.binary_search(s).is_ok())
+                    .cloned()
+                    .collect();
+                details.insert("granted".to_owned(), Value::from(granted));
                 // A signed-in user holds no scopes: what it may do follows its role.
                 if principal.kind == PrincipalKind::Login {
                     let role = principal.role.map_or("none", crate::model::Role::as_str);
@@ -1158,11 +1184,16 @@ fn is_within(path: &str, folder: &str) -> bool {
 /// policy (`path_literals`), chained from the shallowest: `resource in X` can only be asked of
 /// those, so the answer is the one the whole folder chain would give, and building the
 /// entities (and Cedar's transitive closure over them) costs the same at depth 3 and depth 200.
+///
+/// The principal's `scopes` are those it holds that the running set defines (`defined`,
+/// sorted): a scope the policy files no longer define grants nothing, whatever policy still
+/// names it.
 fn build_entities(
     principal: &Principal,
     target: Target<'_>,
     workspace_of: &HashMap<String, String>,
     path_literals: &[(String, String)],
+    defined: &[String],
 ) -> Result<(Vec<Entity>, EntityUid, EntityUid), String> {
     let mut entities = Vec::with_capacity(8);
     let workspace = uid("Keygate::Workspace", &principal.workspace_id);
@@ -1210,6 +1241,7 @@ fn build_entities(
                 principal
                     .scopes
                     .iter()
+                    .filter(|s| defined.binary_search(s).is_ok())
                     .map(|s| RestrictedExpression::new_string(s.clone())),
             ),
         ),
@@ -1372,6 +1404,7 @@ impl PolicyEngine {
             reload_lock: Mutex::new(()),
             required_actions: Mutex::new(Vec::new()),
             required_scopes: Mutex::new(Vec::new()),
+            inert: Mutex::new((Vec::new(), 0)),
             // Bounded in bytes, not entries: a key holds a client-chosen path (up to 8 KiB).
             decisions: Cache::builder()
                 .weigher(|k: &DecisionKey, v: &Arc<Verdict>| {
@@ -1492,6 +1525,8 @@ impl PolicyEngine {
 
     pub fn status(&self) -> PolicyStatus {
         let c = self.current.load();
+        let (inert_scopes, inert_credentials) =
+            self.inert.lock().unwrap_or_else(|e| e.into_inner()).clone();
         PolicyStatus {
             epoch: c.epoch,
             hash: c.hash.clone(),
@@ -1499,6 +1534,8 @@ impl PolicyEngine {
             dir: self.dir.display().to_string(),
             loaded_at: crate::clock::format_time(c.loaded_at),
             policies: c.listed.clone(),
+            inert_scopes,
+            inert_credentials,
             last_error: self
                 .last_error
                 .lock()
@@ -1764,6 +1801,12 @@ impl PolicyEngine {
             })
             .filter(|(_, actions)| !actions.is_empty())
             .collect()
+    }
+
+    /// Records the last check for credentials holding scopes the set does not define.
+    pub fn set_inert(&self, listed: Vec<InertScopes>, count: usize) {
+        *self.inert.lock().unwrap_or_else(|e| e.into_inner()) = (listed, count);
+        self.metrics.inert_scope_credentials.set(count as i64);
     }
 
     /// The scopes a key or token may be granted: the schema's action groups marked `@scope`,

@@ -340,10 +340,27 @@ pub async fn start_with_store(
         config.keys.change_poll_interval,
         shutdown_rx.clone(),
     ));
+    // Holders of scopes the running set no longer defines are named at start and after every
+    // reload (KeyManager::check_inert_scopes says why such a reload is not refused).
+    let report_inert = {
+        let keys = keys.clone();
+        let runtime = tokio::runtime::Handle::current();
+        move || {
+            let keys = keys.clone();
+            runtime.spawn(async move {
+                if let Err(e) = keys.check_inert_scopes().await {
+                    tracing::warn!(error = %e, "could not look for credentials with undefined scopes");
+                }
+            });
+        }
+    };
+    report_inert();
     let reload_policy: tasks::Reload = {
         let policy = policy.clone();
         Arc::new(move || {
-            let _ = policy.reload();
+            if policy.reload().is_ok() {
+                report_inert();
+            }
         })
     };
     let mut reloads = vec![reload_policy.clone()];

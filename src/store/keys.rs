@@ -218,6 +218,41 @@ impl Store {
     }
 
     /// Keys, newest first, optionally of one owner and/or one workspace.
+    /// Live API keys and scoped tokens (neither revoked nor expired at `now_ms`) holding a
+    /// scope not in `known`: (`key` or `token`, id, those scopes), in id order.
+    pub async fn credentials_with_scopes_outside(
+        &self,
+        known: &[String],
+        now_ms: i64,
+    ) -> Result<Vec<(&'static str, String, Vec<String>)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT 'key', id, scopes FROM api_keys WHERE revoked_at IS NULL \
+             AND (expires_at IS NULL OR expires_at > $1) \
+             UNION ALL SELECT 'token', id, scopes FROM auth_tokens WHERE kind = 'scoped' \
+             AND revoked_at IS NULL AND expires_at > $1 AND scopes IS NOT NULL \
+             ORDER BY 2",
+        )
+        .bind(now_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::new();
+        for r in &rows {
+            let kind: String = r.get(0);
+            let scopes: String = r.get(2);
+            let scopes: Vec<String> = serde_json::from_str(&scopes)
+                .map_err(|e| StoreError::Invalid(format!("stored scopes are corrupt: {e}")))?;
+            let outside: Vec<String> = scopes.into_iter().filter(|s| !known.contains(s)).collect();
+            if !outside.is_empty() {
+                out.push((
+                    if kind == "key" { "key" } else { "token" },
+                    r.get(1),
+                    outside,
+                ));
+            }
+        }
+        Ok(out)
+    }
+
     pub async fn list_keys(
         &self,
         owner_id: Option<&str>,
