@@ -1398,3 +1398,65 @@ async fn a_scope_removed_while_keys_hold_it_grants_nothing_and_its_holders_are_n
         .stderr()
         .contains("1 live credential(s) hold scopes the policies no longer define"));
 }
+
+/// A deployment spells a scope its own way (`@scope("read:files")` on `files:read`): keys are
+/// made and listed, and 403s name scopes, in that spelling; the policies keep the name.
+#[tokio::test]
+async fn scopes_in_the_deployments_own_spelling() {
+    let rec = Recorder::start().await;
+    let kg = Keygate::start(&[rec.addr], "");
+    let schema = kg.policies().join("keygate.cedarschema");
+    let shipped = std::fs::read_to_string(&schema).unwrap();
+    let spelled = |alias: &str| {
+        shipped.replace(
+            "  @scope\n  action \"files:read\"",
+            &format!("  @scope(\"{alias}\")\n  action \"files:read\""),
+        )
+    };
+    std::fs::write(&schema, spelled("read:files")).unwrap();
+    let (status, body) = kg.reload_policies().await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for given in ["read:files", "files:read"] {
+        let created = kg
+            .operator()
+            .post(kg.control_url("/v1/keys"))
+            .json(&json!({"name": given, "scopes": [given], "owner": "ada@example.com"}))
+            .expect(StatusCode::CREATED)
+            .await;
+        assert_eq!(created["data"]["scopes"], json!(["read:files"]));
+        let key = created["data"]["key"].as_str().unwrap();
+        client_with_key(key)
+            .get(kg.url("/v1/files/local/a.txt"))
+            .expect(StatusCode::OK)
+            .await;
+        let denied = client_with_key(key)
+            .put(kg.url("/v1/files/local/a.txt"))
+            .body("x")
+            .expect(StatusCode::FORBIDDEN)
+            .await;
+        assert_eq!(
+            denied["error"]["details"],
+            json!({"required": "files:write", "granted": ["read:files"]})
+        );
+    }
+    let listed = kg
+        .operator()
+        .get(kg.control_url("/v1/keys"))
+        .send_json()
+        .await;
+    assert!(listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["name"] == "files:read")
+        .all(|k| k["scopes"] == json!(["read:files"])));
+    // A spelling may not be another scope's name.
+    std::fs::write(&schema, spelled("read")).unwrap();
+    let (status, body) = kg.reload_policies().await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        body.to_string()
+            .contains("\\\"read\\\" is the name of another scope"),
+        "{body}"
+    );
+}

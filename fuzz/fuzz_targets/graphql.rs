@@ -19,6 +19,7 @@ fn rules() -> &'static GraphqlRules {
             action: Arc::from(action),
             provider: provider.and_then(ArgumentPath::parse),
             path: ArgumentPath::parse(path),
+            destination: None,
         };
         GraphqlRules {
             max_body: MAX_BODY,

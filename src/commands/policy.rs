@@ -30,7 +30,8 @@ pub async fn run(config: &Config, cmd: PolicyCmd, store: Option<&Store>) -> anyh
         }
         PolicyCmd::Test { dir } => {
             let dir = dir_of(&dir);
-            let report = crate::policy::scenarios::run(&dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let report = crate::policy::scenarios::run(&dir, Some(&config.routes))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             for f in &report.failures {
                 println!("FAIL {f}");
             }

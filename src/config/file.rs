@@ -344,6 +344,8 @@ pub struct GraphqlFieldSection {
     pub provider: Option<String>,
     /// The argument naming the path the field acts on.
     pub path: Option<String>,
+    /// The argument naming a second path (a move's target), decided with the same action.
+    pub destination: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

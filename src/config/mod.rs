@@ -619,6 +619,55 @@ allow_sample_rate = 2.0
     }
 
     #[test]
+    fn graphql_and_query_parameter_routes_are_checked() {
+        let problems = |text: &str| -> String {
+            match load(text, &[]) {
+                Ok(_) => String::new(),
+                Err(e) => e.to_string(),
+            }
+        };
+        let route = "[[routes.rule]]\nmethods = [\"POST\"]\npath = \"/graphql\"\ngraphql = true\n";
+        assert!(problems(route).contains("[graphql]"));
+        let ok = format!("{route}[graphql]\nquery = \"readFile\"\nmutation = \"deleteFile\"\n");
+        assert_eq!(problems(&ok), "");
+        let c = load(&ok, &[]).unwrap();
+        assert!(c.routes.action_names().contains(&"deleteFile".to_owned()));
+        assert!(!c.routes.action_names().contains(&"graphql".to_owned()));
+        for (bad, why) in [
+            ("max_body = 70000", "max_body"),
+            ("max_depth = 0", "max_depth"),
+            (
+                "[graphql.fields]\n\"query\" = { action = \"readFile\" }",
+                "query.<field>",
+            ),
+            (
+                "[graphql.fields]\n\"query.f\" = { action = \"readFile\", provider = \"p\" }",
+                "no path argument",
+            ),
+            (
+                "[graphql.fields]\n\"query.f\" = { action = \"readFile\", path = \"a..b\" }",
+                "not an argument name",
+            ),
+        ] {
+            let text = format!("{ok}{bad}\n");
+            assert!(problems(&text).contains(why), "{bad}: {}", problems(&text));
+        }
+        assert!(problems(&format!(
+            "{route}action = \"x\"\n[graphql]\nquery = \"a\"\nmutation = \"b\"\n"
+        ))
+        .contains("no action"));
+        let param = "[[routes.rule]]\nmethods = [\"GET\"]\npath = \"/dl/{*path}\"\naction = \"readFile\"\npath_param = \"path\"\nprovider = \"s3\"\n";
+        assert!(problems(param).contains("path_param"));
+        let param = param.replace("/dl/{*path}", "/dl");
+        assert_eq!(problems(&param), "");
+        assert!(problems(&param.replace(
+            "provider = \"s3\"",
+            "provider_param = \"p\"\nprovider = \"s3\""
+        ))
+        .contains("provider_param"));
+    }
+
+    #[test]
     fn a_move_or_copy_that_may_overwrite_also_needs_delete() {
         use crate::route::RouteInput;
         let c = load("", &[]).unwrap();

@@ -95,6 +95,28 @@ pub(super) fn route_table(file: &FileConfig, problems: &mut Vec<Problem>) -> Rou
         if rule.methods.is_empty() {
             problem(problems, &place, "needs at least one method");
         }
+        for param in [&rule.provider_param, &rule.path_param]
+            .into_iter()
+            .flatten()
+        {
+            check_name(problems, &place, "query parameter name", param);
+        }
+        if rule.path_param.is_some() && (template.has_path() || rule.destination || rule.graphql) {
+            problem(
+                problems,
+                &place,
+                "path_param names the path: the template has no {*path}, and no destination or graphql",
+            );
+        }
+        if rule.provider_param.is_some()
+            && (rule.path_param.is_none() || template.has_provider() || rule.provider.is_some())
+        {
+            problem(
+                problems,
+                &place,
+                "provider_param needs path_param, and neither {provider} nor provider",
+            );
+        }
         if let Some(p) = &rule.provider {
             check_name(problems, &place, "provider name", p);
             if template.has_provider() {
@@ -119,6 +141,8 @@ pub(super) fn route_table(file: &FileConfig, problems: &mut Vec<Problem>) -> Rou
             source_action: rule.source_action.as_deref().map(Arc::from),
             overwrite_action: rule.overwrite_action.as_deref().map(Arc::from),
             graphql: rule.graphql,
+            provider_param: rule.provider_param.as_deref().map(Arc::from),
+            path_param: rule.path_param.as_deref().map(Arc::from),
         });
     }
     let has_graphql = routes.iter().any(|r| r.graphql);
@@ -221,6 +245,14 @@ fn graphql_rules(g: &GraphqlSection, problems: &mut Vec<Problem>) -> GraphqlRule
         };
         let provider = argument("provider", &f.provider);
         let path = argument("path", &f.path);
+        let destination = argument("destination", &f.destination);
+        if f.destination.is_some() && f.path.is_none() {
+            problem(
+                problems,
+                &place,
+                "names a destination argument but no path argument",
+            );
+        }
         if f.provider.is_some() && f.path.is_none() {
             problem(
                 problems,
@@ -234,6 +266,7 @@ fn graphql_rules(g: &GraphqlSection, problems: &mut Vec<Problem>) -> GraphqlRule
                 action: Arc::from(f.action.as_str()),
                 provider,
                 path,
+                destination,
             },
         );
     }

@@ -140,7 +140,8 @@ fn refusal_message(details: &serde_json::Map<String, serde_json::Value>) -> Stri
     }
 }
 
-fn view(r: &KeyRecord, last_used_override: Option<i64>) -> KeyView {
+/// How a key is shown: its scopes in the deployment's spelling.
+fn view(policy: &PolicyEngine, r: &KeyRecord, last_used_override: Option<i64>) -> KeyView {
     let now = now_millis();
     let expired = r.expires_at.is_some_and(|e| e <= now);
     let status = if r.revoked_at.is_some() {
@@ -160,7 +161,7 @@ fn view(r: &KeyRecord, last_used_override: Option<i64>) -> KeyView {
         display_prefix: r.display_prefix.clone(),
         owner: r.owner_email.clone(),
         workspace: r.workspace.clone(),
-        scopes: r.scopes.clone(),
+        scopes: policy.spell_scopes(&r.scopes),
         providers: r.grants.clone(),
         created_at: format_time(r.created_at),
         expires_at: r.expires_at.map(format_time),
@@ -413,7 +414,9 @@ impl KeyManager {
 
     pub async fn create(&self, actor: &Actor, req: CreateKey) -> Result<NewKeyView, ManageError> {
         let name = check_name(&req.name)?;
-        let scopes = model::parse_scopes(&req.scopes, &self.policy.scopes())
+        let scopes = self
+            .policy
+            .parse_scopes(&req.scopes)
             .map_err(ManageError::BadRequest)?;
         let (owner_id, workspace_id) = match actor {
             Actor::Operator => self.operator_target(&req).await?,
@@ -466,7 +469,7 @@ impl KeyManager {
                 self.announce(&old);
             }
         }
-        let mut view = view(&record, None);
+        let mut view = view(&self.policy, &record, None);
         view.rotated_from = rotated_from;
         Ok(NewKeyView { key: secret, view })
     }
@@ -514,7 +517,7 @@ impl KeyManager {
             .and_then(|u| u.pending(&r.id))
             .map(|(_, last)| last)
             .filter(|l| *l > 0);
-        view(r, pending)
+        view(&self.policy, r, pending)
     }
 
     pub async fn show(&self, actor: &Actor, id: &str) -> Result<KeyView, ManageError> {
@@ -541,7 +544,7 @@ impl KeyManager {
             scopes: req
                 .scopes
                 .as_deref()
-                .map(|s| model::parse_scopes(s, &self.policy.scopes()))
+                .map(|s| self.policy.parse_scopes(s))
                 .transpose()
                 .map_err(ManageError::BadRequest)?,
             grants: match &req.providers {
@@ -552,7 +555,7 @@ impl KeyManager {
         };
         let r = self.store.update_key(id, &changes).await?;
         self.announce(&r);
-        Ok(view(&r, None))
+        Ok(view(&self.policy, &r, None))
     }
 
     pub async fn revoke(&self, actor: &Actor, id: &str) -> Result<KeyView, ManageError> {
@@ -566,7 +569,7 @@ impl KeyManager {
         )?;
         let r = self.store.revoke_key(id).await?;
         self.announce(&r);
-        Ok(view(&r, None))
+        Ok(view(&self.policy, &r, None))
     }
 
     /// Revokes a key keygate found leaked (no actor: keygate itself acts), with the reason its
@@ -574,7 +577,7 @@ impl KeyManager {
     pub async fn revoke_leaked(&self, id: &str, reason: &str) -> Result<KeyView, ManageError> {
         let r = self.store.revoke_key_because(id, Some(reason)).await?;
         self.announce(&r);
-        Ok(view(&r, None))
+        Ok(view(&self.policy, &r, None))
     }
 
     /// A new secret with the same settings; the old key is revoked in the same transaction.

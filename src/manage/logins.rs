@@ -23,7 +23,7 @@ use crate::clock::{format_time, millis as ms, now_millis, parse_time};
 use crate::identity::credentials::csrf_token;
 use crate::identity::jwt::{JwtKind, Tokens};
 use crate::identity::Identity;
-use crate::model::{self, Grant, Pepper, Role};
+use crate::model::{Grant, Pepper, Role};
 use crate::principal::{Principal, PrincipalKind};
 use crate::ratelimit::failures::{address_bucket, text_key, FailureLimiter};
 use crate::refusal::{AuthFailure, Refusal};
@@ -612,7 +612,8 @@ impl Auth {
         Ok(())
     }
 
-    fn view(r: &TokenRecord, current_family: Option<&str>) -> TokenView {
+    /// How a token is shown: its scopes in the deployment's spelling.
+    fn view(&self, r: &TokenRecord, current_family: Option<&str>) -> TokenView {
         TokenView {
             id: r.id.clone(),
             kind: r.kind,
@@ -621,7 +622,10 @@ impl Auth {
             created_at: format_time(r.created_at),
             last_used_at: r.last_used_at.map(format_time),
             expires_at: format_time(r.expires_at),
-            scopes: r.scopes.clone(),
+            scopes: r
+                .scopes
+                .as_deref()
+                .map(|s| self.keys.policy.spell_scopes(s)),
             providers: r.grants.clone(),
             current: current_family == Some(r.family_id.as_str()),
         }
@@ -650,7 +654,7 @@ impl Auth {
                     .authorize(actor, "readKey", &r.id, &r.user_id, &r.workspace_id)
                     .is_ok()
             })
-            .map(|r| Self::view(r, current.as_deref()))
+            .map(|r| self.view(r, current.as_deref()))
             .collect())
     }
 
@@ -671,7 +675,7 @@ impl Auth {
         self.identity.observe_all(&revoked);
         tracing::info!(token = %row.id, owner = %row.user_id, "token revoked");
         let row = self.store.token(id).await?;
-        Ok(Self::view(&row, None))
+        Ok(self.view(&row, None))
     }
 
     /// `POST /v1/auth/tokens`: a scoped token with a permission list and an expiry. It never
@@ -689,7 +693,10 @@ impl Auth {
         }
         // A token holds its permissions as minted: any scope the policy schema declares
         // (`files:read`, `files.read`, ...), which the policies grant.
-        let scopes = model::parse_scopes(&req.permissions, &self.keys.policy.scopes())
+        let scopes = self
+            .keys
+            .policy
+            .parse_scopes(&req.permissions)
             .map_err(bad_request)?;
         // A token never exceeds its owner's role. The policies say what a role allows (a
         // forbid marked `@restriction("role")`); a scope some of whose actions they would
@@ -716,8 +723,9 @@ impl Auth {
             .next()
         {
             return Err(ManageError::Forbidden(format!(
-                "'{scope}' exceeds your role in this workspace ({}): the policies would never let \
+                "'{}' exceeds your role in this workspace ({}): the policies would never let \
                  a token of yours do {}",
+                self.keys.policy.spell_scopes(std::slice::from_ref(&scope))[0],
                 p.role.map_or("none", Role::as_str),
                 beyond.join(", ")
             )));
@@ -771,7 +779,7 @@ impl Auth {
         tracing::info!(user = %row.user_id, token = %row.id, "scoped token minted");
         Ok(Minted {
             token,
-            view: Self::view(&row, None),
+            view: self.view(&row, None),
         })
     }
 }

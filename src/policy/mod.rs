@@ -133,8 +133,13 @@ pub struct Loaded {
     /// whose scope can match such a request (see [`index_by_request`]).
     by_request: ByRequest,
     /// The action groups marked `@scope` in the schema: what a key or token may be granted,
-    /// sorted.
+    /// sorted. Keys, tokens and the policies hold these names.
     scopes: Vec<String>,
+    /// The deployment's spelling of a scope (`@scope("read:files")` on `files:read`), by
+    /// name: what clients send and are shown.
+    spelling: HashMap<String, String>,
+    /// The scope each spelling names.
+    spelled: HashMap<String, String>,
     /// Each action's context type, as the schema's JSON form has it.
     contexts: HashMap<String, Value>,
     /// The schema's entity and common type declarations (JSON, per namespace): two sets whose
@@ -467,9 +472,22 @@ impl Loaded {
     pub fn missing_scopes(&self, scopes: &[String]) -> Vec<String> {
         scopes
             .iter()
-            .filter(|s| !self.scopes.contains(s))
+            .filter(|s| self.scope_named(s).is_none())
             .cloned()
             .collect()
+    }
+
+    /// The scope `s` names, as the scope's name or the deployment's spelling of it.
+    pub fn scope_named(&self, s: &str) -> Option<&str> {
+        match self.scopes.binary_search_by(|k| k.as_str().cmp(s)) {
+            Ok(i) => Some(self.scopes[i].as_str()),
+            Err(_) => self.spelled.get(s).map(String::as_str),
+        }
+    }
+
+    /// How clients see the scope `name`: its `@scope("…")` spelling, or its name.
+    pub fn spell<'a>(&'a self, name: &'a str) -> &'a str {
+        self.spelling.get(name).map_or(name, String::as_str)
     }
 
     /// The names among `actions` that this set's schema does not declare.
@@ -688,6 +706,7 @@ pub fn load_texts(files: &[(String, String)], epoch: u64) -> Result<Loaded, Poli
         .map(|(name, _)| name.clone())
         .collect();
     scopes.sort();
+    let (spelling, spelled) = scope_spellings(keygate_actions, &scopes)?;
     // What a request of each action may carry as context: `policy diff` compares it.
     let contexts: HashMap<String, Value> = keygate_actions
         .into_iter()
@@ -772,6 +791,8 @@ pub fn load_texts(files: &[(String, String)], epoch: u64) -> Result<Loaded, Poli
         requestable,
         by_request,
         scopes,
+        spelling,
+        spelled,
         contexts,
         entity_types,
         shadow_only,
@@ -899,6 +920,52 @@ fn path_literals(set: &PolicySet) -> Result<Vec<(String, String)>, Vec<String>> 
 }
 
 /// For each action, the nearest `@scope` group above it.
+/// The spellings `@scope("…")` gives scopes: (name → spelling, spelling → name). A spelling
+/// must be a valid scope name, and no spelling may be another scope's name or spelling.
+#[allow(clippy::type_complexity)]
+fn scope_spellings(
+    actions: Option<&serde_json::Map<String, Value>>,
+    scopes: &[String],
+) -> Result<(HashMap<String, String>, HashMap<String, String>), PolicyError> {
+    let mut spelling = HashMap::new();
+    let mut spelled: HashMap<String, String> = HashMap::new();
+    let mut problems = Vec::new();
+    for name in scopes {
+        let Some(alias) = actions
+            .and_then(|a| a.get(name))
+            .and_then(|a| a.pointer("/annotations/scope"))
+            .and_then(Value::as_str)
+            .filter(|a| !a.is_empty() && *a != name)
+        else {
+            continue;
+        };
+        let valid = alias.len() <= 64
+            && alias.bytes().all(|b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b':' | b'.' | b'*')
+            });
+        if !valid {
+            problems.push(format!(
+                "@scope(\"{alias}\") on \"{name}\": a scope's spelling is letters, digits and - _ : . *"
+            ));
+        } else if scopes.iter().any(|s| s == alias) {
+            problems.push(format!(
+                "@scope(\"{alias}\") on \"{name}\": \"{alias}\" is the name of another scope"
+            ));
+        } else if let Some(other) = spelled.insert(alias.to_owned(), name.clone()) {
+            problems.push(format!(
+                "@scope(\"{alias}\") spells both \"{other}\" and \"{name}\""
+            ));
+        } else {
+            spelling.insert(name.clone(), alias.to_owned());
+        }
+    }
+    if problems.is_empty() {
+        Ok((spelling, spelled))
+    } else {
+        Err(PolicyError::Invalid(problems.join("\n")))
+    }
+}
+
 fn required_scopes(actions: &Entities, scopes: &[String]) -> HashMap<String, String> {
     let mut out = HashMap::new();
     for e in actions.iter() {
@@ -1029,13 +1096,13 @@ impl Loaded {
             }
             None => {
                 if let Some(scope) = self.required.get(action) {
-                    details.insert("required".to_owned(), Value::from(scope.as_str()));
+                    details.insert("required".to_owned(), Value::from(self.spell(scope)));
                 }
                 let granted: Vec<String> = principal
                     .scopes
                     .iter()
                     .filter(|s| self.scopes.binary_search(s).is_ok())
-                    .cloned()
+                    .map(|s| self.spell(s).to_owned())
                     .collect();
                 details.insert("granted".to_owned(), Value::from(granted));
                 // A signed-in user holds no scopes: what it may do follows its role.
@@ -1813,6 +1880,27 @@ impl PolicyEngine {
     /// sorted.
     pub fn scopes(&self) -> Vec<String> {
         self.current.load().scopes.clone()
+    }
+
+    /// Checks scopes as clients write them (names, or the deployment's spellings) and
+    /// returns their names, without repeats; an unknown one is refused, naming the scopes in
+    /// the deployment's spelling.
+    pub fn parse_scopes(&self, given: &[String]) -> Result<Vec<String>, String> {
+        let loaded = self.current.load();
+        let names: Vec<String> = given
+            .iter()
+            .map(|s| loaded.scope_named(s.trim()).unwrap_or(s.trim()).to_owned())
+            .collect();
+        crate::model::parse_scopes(&names, &loaded.scopes).map_err(|e| {
+            let spelled: Vec<&str> = loaded.scopes.iter().map(|s| loaded.spell(s)).collect();
+            e.replacen(&loaded.scopes.join(", "), &spelled.join(", "), 1)
+        })
+    }
+
+    /// `names` as clients see them: each in the deployment's spelling.
+    pub fn spell_scopes(&self, names: &[String]) -> Vec<String> {
+        let loaded = self.current.load();
+        names.iter().map(|s| loaded.spell(s).to_owned()).collect()
     }
 }
 

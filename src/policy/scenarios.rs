@@ -1,8 +1,9 @@
 //! Policy scenarios: data-driven tests of a policy folder, run by `keygate policy test` and by
 //! the test suite. A scenario file (`<policies>/tests/*.toml`) names providers and principals
 //! in keygate's own terms and requests as a method and a path; each request goes through the
-//! real route table (the storage-backend preset) and entity builder, and its decision and
-//! determining policies are compared with what the file expects.
+//! real route table (the config's: `keygate --config FILE policy test`; the storage-backend
+//! preset without one) and entity builder, and its decision and determining policies are
+//! compared with what the file expects. A request to a GraphQL route carries its `body`.
 //!
 //! ```toml
 //! [[provider]]
@@ -35,7 +36,7 @@ use crate::model::Grant;
 use crate::model::Role;
 use crate::policy::{PolicyEngine, Target};
 use crate::principal::{Principal, PrincipalKind};
-use crate::route::RouteInput;
+use crate::route::{graphql, RouteInput, RouteTable};
 use crate::telemetry::Metrics;
 
 #[derive(Debug, Deserialize)]
@@ -107,6 +108,13 @@ pub struct RequestDef {
     /// The `Overwrite` header of a move or copy (`T`, the default, or `F`).
     #[serde(default)]
     pub overwrite: Option<String>,
+    /// The body of a request to a GraphQL route (`{"query": …}`).
+    #[serde(default)]
+    pub body: Option<String>,
+    /// For a deny by missing scope: the `details.granted` expected (in the deployment's
+    /// spelling).
+    #[serde(default)]
+    pub granted: Option<Vec<String>>,
     /// `allow` or `deny`.
     pub decision: String,
     #[serde(default)]
@@ -127,17 +135,16 @@ pub struct Report {
     pub failures: Vec<String>,
 }
 
-fn principal_of(def: &PrincipalDef, known_scopes: &[String]) -> Result<Principal, String> {
-    if let Some(unknown) = def
-        .scopes
-        .iter()
-        .find(|s| !known_scopes.iter().any(|k| k == *s))
-    {
-        return Err(format!(
-            "principal '{}': '{unknown}' is not a scope of the policy schema (@scope)",
-            def.name
-        ));
-    }
+/// A scenario's principal. Its scopes are written as clients write them (names or the
+/// deployment's `@scope("…")` spellings).
+fn principal_of(def: &PrincipalDef, engine: &PolicyEngine) -> Result<Principal, String> {
+    let scopes = if def.scopes.is_empty() {
+        Vec::new()
+    } else {
+        engine
+            .parse_scopes(&def.scopes)
+            .map_err(|e| format!("principal '{}': {e}", def.name))?
+    };
     let kind = match def.kind.as_deref() {
         None | Some("api-key") => PrincipalKind::ApiKey,
         Some("scoped-token") => PrincipalKind::ScopedToken,
@@ -171,7 +178,7 @@ fn principal_of(def: &PrincipalDef, known_scopes: &[String]) -> Result<Principal
         user_email: format!("{}@example.com", def.name),
         workspace_id: workspace.clone(),
         workspace: workspace.clone(),
-        scopes: def.scopes.clone(),
+        scopes,
         grants,
         role,
         expires_at: None,
@@ -180,13 +187,20 @@ fn principal_of(def: &PrincipalDef, known_scopes: &[String]) -> Result<Principal
     })
 }
 
-/// Runs every scenario file in `<dir>/tests` against the policies in `dir`.
-pub fn run(dir: &Path) -> Result<Report, String> {
+/// Runs every scenario file in `<dir>/tests` against the policies in `dir`, routing requests
+/// with `routes` (the storage-backend preset when `None`).
+pub fn run(dir: &Path, routes: Option<&RouteTable>) -> Result<Report, String> {
     let engine = PolicyEngine::load(dir, Arc::new(Metrics::new())).map_err(|e| e.to_string())?;
-    let routes = Config::from_toml("", "scenarios", std::iter::empty(), &Overrides::default())
-        .map_err(|e| e.to_string())?
-        .routes;
-    let known_scopes = engine.scopes();
+    let preset;
+    let routes = match routes {
+        Some(r) => r,
+        None => {
+            preset = Config::from_toml("", "scenarios", std::iter::empty(), &Overrides::default())
+                .map_err(|e| e.to_string())?
+                .routes;
+            &preset
+        }
+    };
     let tests = dir.join("tests");
     let mut paths: Vec<_> = std::fs::read_dir(&tests)
         .map_err(|e| format!("cannot read {}: {e}", tests.display()))?
@@ -213,7 +227,7 @@ pub fn run(dir: &Path) -> Result<Report, String> {
         for def in &scenario.principals {
             principals.insert(
                 def.name.clone(),
-                principal_of(def, &known_scopes).map_err(|e| format!("{name}: {e}"))?,
+                principal_of(def, &engine).map_err(|e| format!("{name}: {e}"))?,
             );
         }
         for (n, req) in scenario.requests.iter().enumerate() {
@@ -266,13 +280,27 @@ pub fn run(dir: &Path) -> Result<Report, String> {
                     },
                 )]
             } else {
-                let route = match routes.route(RouteInput {
-                    method: &req.method,
-                    raw_target: req.path.as_bytes(),
-                    destination: req.destination.as_deref().map(str::as_bytes),
-                    overwrite: req.overwrite.as_deref().map(str::as_bytes),
-                    host: Some("scenario"),
-                }) {
+                let routed = routes
+                    .route(RouteInput {
+                        method: &req.method,
+                        raw_target: req.path.as_bytes(),
+                        destination: req.destination.as_deref().map(str::as_bytes),
+                        overwrite: req.overwrite.as_deref().map(str::as_bytes),
+                        host: Some("scenario"),
+                    })
+                    .and_then(|mut route| {
+                        if let Some(rules) = route.graphql.clone() {
+                            let body = req.body.as_deref().unwrap_or_default();
+                            let op = graphql::authorize(
+                                &rules,
+                                body.as_bytes(),
+                                route.provider.as_ref(),
+                            )?;
+                            route.apply_graphql(op);
+                        }
+                        Ok(route)
+                    });
+                let route = match routed {
                     Ok(r) => r,
                     Err(e) => {
                         report
@@ -321,6 +349,16 @@ pub fn run(dir: &Path) -> Result<Report, String> {
                     "expected required scope {:?}, got {:?}",
                     req.required,
                     detail("required")
+                ));
+            }
+            let granted: Option<Vec<String>> = decisive
+                .first()
+                .and_then(|v| v.details.get("granted"))
+                .and_then(|g| serde_json::from_value(g.clone()).ok());
+            if req.granted.is_some() && granted != req.granted {
+                problems.push(format!(
+                    "expected granted scopes {:?}, got {granted:?}",
+                    req.granted
                 ));
             }
             if problems.is_empty() {

@@ -79,6 +79,9 @@ pub struct FieldRule {
     pub provider: Option<ArgumentPath>,
     /// The argument naming the path the field acts on.
     pub path: Option<ArgumentPath>,
+    /// The argument naming a second path it acts on, in the same provider (a move's target):
+    /// decided with the same action.
+    pub destination: Option<ArgumentPath>,
 }
 
 /// The `[graphql]` section, checked.
@@ -322,9 +325,10 @@ pub fn authorize(
     };
     let mut checks: Vec<FieldCheck> = Vec::with_capacity(roots.len());
     for field in &roots {
-        let check = check_field(rules, kind, field, &values, provider)?;
-        if !checks.contains(&check) {
-            checks.push(check);
+        for check in check_field(rules, kind, field, &values, provider)? {
+            if !checks.contains(&check) {
+                checks.push(check);
+            }
         }
     }
     if checks.is_empty() {
@@ -601,7 +605,7 @@ fn check_field(
     field: &cst::Field,
     values: &Values<'_>,
     route_provider: Option<&Arc<str>>,
-) -> Result<FieldCheck, Refusal> {
+) -> Result<Vec<FieldCheck>, Refusal> {
     let name = field
         .name()
         .map(|n| n.text().to_string())
@@ -613,18 +617,18 @@ fn check_field(
             OperationType::Mutation => &rules.mutation_action,
             OperationType::Subscription => &rules.subscription_action,
         };
-        return Ok(FieldCheck {
+        return Ok(vec![FieldCheck {
             action: action.clone(),
             resource: None,
             field: key,
-        });
+        }]);
     };
     let Some(path_arg) = &rule.path else {
-        return Ok(FieldCheck {
+        return Ok(vec![FieldCheck {
             action: rule.action.clone(),
             resource: None,
             field: key,
-        });
+        }]);
     };
     let provider: Arc<str> = match &rule.provider {
         Some(arg) => {
@@ -641,26 +645,34 @@ fn check_field(
             .cloned()
             .ok_or_else(|| bad(format!("{key} names no provider")))?,
     };
-    let raw = values.string(field, path_arg).ok_or_else(|| {
-        bad(format!(
-            "{key} needs its argument {} as a string",
-            path_arg.0.join(".")
-        ))
-    })?;
-    let path = check_decoded_path(&raw)?;
-    Ok(FieldCheck {
-        action: rule.action.clone(),
-        resource: Some(Resource {
-            role: ResourceRole::Source,
-            provider,
-            path,
-        }),
-        field: key,
-    })
+    let mut out = Vec::with_capacity(2);
+    for (arg, role) in [
+        (Some(path_arg), ResourceRole::Source),
+        (rule.destination.as_ref(), ResourceRole::Destination),
+    ] {
+        let Some(arg) = arg else { continue };
+        let raw = values.string(field, arg).ok_or_else(|| {
+            bad(format!(
+                "{key} needs its argument {} as a string",
+                arg.0.join(".")
+            ))
+        })?;
+        out.push(FieldCheck {
+            action: rule.action.clone(),
+            resource: Some(Resource {
+                role,
+                provider: provider.clone(),
+                path: check_decoded_path(&raw)?,
+            }),
+            field: key.clone(),
+        });
+    }
+    Ok(out)
 }
 
-/// A provider named in an argument: the same characters as in a URL's provider segment.
-fn check_provider(p: &str) -> Result<(), Refusal> {
+/// A provider named in an argument or a query parameter: the characters a provider name may
+/// have.
+pub(super) fn check_provider(p: &str) -> Result<(), Refusal> {
     let ok = !p.is_empty()
         && p.len() <= 64
         && p.bytes()
@@ -683,6 +695,7 @@ mod tests {
             action: Arc::from(action),
             provider: provider.and_then(ArgumentPath::parse),
             path: path.and_then(ArgumentPath::parse),
+            destination: None,
         };
         GraphqlRules {
             max_body: MAX_BODY,

@@ -97,6 +97,10 @@ impl Template {
         self.pieces.contains(&Piece::Provider)
     }
 
+    pub fn has_path(&self) -> bool {
+        self.pieces.contains(&Piece::Tail)
+    }
+
     pub fn as_str(&self) -> &str {
         &self.source
     }
@@ -156,6 +160,10 @@ pub struct Route {
     /// A GraphQL endpoint: the actions come from the operation in the body (`[graphql]`), and
     /// `action` is only what the request is counted under until the body is read.
     pub graphql: bool,
+    /// The query parameters naming the provider and the path the request acts on, when the
+    /// API carries them there rather than in the path.
+    pub provider_param: Option<Arc<str>>,
+    pub path_param: Option<Arc<str>>,
 }
 
 /// A decision a request needs on something that is not a storage path: a request no route
@@ -358,7 +366,22 @@ impl RouteTable {
                 continue;
             };
             let mut resources = Vec::with_capacity(1 + route.destination as usize);
-            if let Some(provider) = provider_of(route, provider) {
+            let (provider, path) = match &route.path_param {
+                None => (provider.map(Arc::from), path),
+                Some(name) => {
+                    let query = target.query.as_deref();
+                    let provider = match &route.provider_param {
+                        Some(p) => {
+                            let value = query_param(query, p)?;
+                            graphql::check_provider(&value)?;
+                            Some(Arc::from(value))
+                        }
+                        None => provider.map(Arc::from),
+                    };
+                    (provider, check_decoded_path(&query_param(query, name)?)?)
+                }
+            };
+            if let Some(provider) = provider.or_else(|| route.provider.clone()) {
                 resources.push(Resource {
                     role: ResourceRole::Source,
                     provider,
@@ -427,6 +450,40 @@ impl RouteTable {
             None => Err(Refusal::NotFound),
         }
     }
+}
+
+/// The value of the query parameter `name`, decoded once. Refused (400) when it is missing or
+/// given twice (under any spelling of its name), or when backends could read the query
+/// differently: a `+` (a space to form decoders, a plus to others) or a `;` (a separator to
+/// some) anywhere in it.
+fn query_param(query: Option<&str>, name: &str) -> Result<String, Refusal> {
+    let query = query.unwrap_or_default();
+    if query.contains(['+', ';']) {
+        return Err(bad(
+            "a query that names the resource must not contain '+' or ';' (encode them)",
+        ));
+    }
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8()
+            .map(|c| c.into_owned())
+            .map_err(|_| bad("a query parameter is not valid UTF-8"))
+    };
+    let mut found = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if decode(key)? == name {
+            if found.is_some() {
+                return Err(Refusal::bad_request(format!(
+                    "the query names '{name}' more than once"
+                )));
+            }
+            found = Some(decode(value)?);
+        }
+    }
+    found.ok_or_else(|| {
+        Refusal::bad_request(format!("this request needs the query parameter '{name}'"))
+    })
 }
 
 fn provider_of(route: &Route, segment: Option<&str>) -> Option<Arc<str>> {
@@ -500,6 +557,8 @@ mod tests {
             source_action: None,
             overwrite_action: None,
             graphql: false,
+            provider_param: None,
+            path_param: None,
         };
         RouteTable::new(
             vec![
@@ -632,6 +691,29 @@ mod tests {
                     Err(Refusal::BadRequest(_)) | Err(Refusal::NotFound)
                 ),
                 "{dest:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn query_parameters_name_a_resource_only_when_unambiguous() {
+        assert_eq!(
+            query_param(Some("a=1&path=%2Fx%20y"), "path"),
+            Ok("/x y".to_owned())
+        );
+        assert_eq!(query_param(Some("pa%74h=/x"), "path"), Ok("/x".to_owned()));
+        for q in [
+            None,
+            Some("a=1"),
+            Some("path=/x&path=/y"),
+            Some("path=/x&p%61th=/y"),
+            Some("path=/x+y"),
+            Some("path=/x;/y"),
+            Some("path=%FF"),
+        ] {
+            assert!(
+                matches!(query_param(q, "path"), Err(Refusal::BadRequest(_))),
+                "{q:?}"
             );
         }
     }

@@ -30,6 +30,12 @@ pub struct RouteRule {
     /// says.
     #[serde(default)]
     pub graphql: bool,
+    /// The query parameter naming the provider (`/api/download/proxy?providerId=…`).
+    #[serde(default)]
+    pub provider_param: Option<String>,
+    /// The query parameter naming the path the request acts on (`…&path=/backups/a.tar`).
+    #[serde(default)]
+    pub path_param: Option<String>,
 }
 
 fn rule(methods: &[&str], path: &str, action: &str) -> RouteRule {
@@ -42,6 +48,8 @@ fn rule(methods: &[&str], path: &str, action: &str) -> RouteRule {
         source_action: None,
         overwrite_action: None,
         graphql: false,
+        provider_param: None,
+        path_param: None,
     }
 }
 

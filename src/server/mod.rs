@@ -172,6 +172,23 @@ pub fn load_policies(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<A
     Ok(Arc::new(engine))
 }
 
+/// The rate-limit settings with each rule's scope as the policies name it (a rule may use the
+/// deployment's `@scope("…")` spelling; keys hold the names).
+fn scope_names_in(
+    mut settings: crate::ratelimit::RateLimitConfig,
+    policy: &PolicyEngine,
+) -> crate::ratelimit::RateLimitConfig {
+    let loaded = policy.current();
+    for rule in &mut settings.rules {
+        if let Some(scope) = &mut rule.matches.scope {
+            if let Some(name) = loaded.scope_named(scope) {
+                *scope = name.to_owned();
+            }
+        }
+    }
+    settings
+}
+
 /// The key manager for a process that is not serving (the CLI).
 pub fn key_manager(config: &Config, store: Store) -> anyhow::Result<KeyManager> {
     Ok(KeyManager {
@@ -486,7 +503,10 @@ pub async fn start_with_store(
     let keygate = Keygate {
         routes: config.routes.clone(),
         identity,
-        limits: RateLimiter::new(config.rate_limit.clone(), metrics.clone()),
+        limits: RateLimiter::new(
+            scope_names_in(config.rate_limit.clone(), &policy),
+            metrics.clone(),
+        ),
         policy,
         upstream,
         audit: audit.clone(),

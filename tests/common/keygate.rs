@@ -100,6 +100,11 @@ pub fn fixture(db_url: &str) -> String {
     v["key"].as_str().unwrap().to_owned()
 }
 
+/// The policy folder keygate ships.
+pub fn shipped_policies() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")
+}
+
 /// Where the harness's own settings start in a keygate's config file.
 const HARNESS_DEFAULTS: &str = "\n# --- test harness defaults ---\n";
 
@@ -197,7 +202,40 @@ impl Keygate {
 
     pub fn start_with_db(upstream: &[SocketAddr], config: &str, db: TestDb) -> Keygate {
         let key = fixture(&db.url());
-        Keygate::spawn(upstream, config, db, key)
+        Keygate::spawn(upstream, config, db, key, &shipped_policies())
+    }
+
+    /// keygate as a preset of `deploy/presets/<name>` configures it (its config, then `extra`,
+    /// and a copy of its policies), on SQLite, with the fixture and the providers `providers`
+    /// added to workspace `acme`. The fixture's key holds a scope of the shipped policies, so
+    /// it may be inert here: make keys through the control plane.
+    pub fn start_preset(
+        upstream: &[SocketAddr],
+        name: &str,
+        providers: &[&str],
+        extra: &str,
+    ) -> Keygate {
+        let preset = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("deploy/presets")
+            .join(name);
+        let config =
+            std::fs::read_to_string(preset.join("keygate.toml")).expect("the preset's config");
+        let db = TestDb::sqlite();
+        let key = fixture(&db.url());
+        for p in providers {
+            cli_ok(
+                &db.url(),
+                &["providers", "add", p, "--workspace", "acme"],
+                None,
+            );
+        }
+        Keygate::spawn(
+            upstream,
+            &format!("{config}\n{extra}"),
+            db,
+            key,
+            &preset.join("policies"),
+        )
     }
 
     /// Stops gracefully (SIGTERM) and starts again on the same database and config.
@@ -222,16 +260,21 @@ impl Keygate {
         );
         drop(scan);
         drop(dir);
-        Keygate::spawn(upstream, &config, db, key)
+        Keygate::spawn(upstream, &config, db, key, &shipped_policies())
     }
 
-    fn spawn(upstream: &[SocketAddr], config: &str, db: TestDb, key: String) -> Keygate {
+    fn spawn(
+        upstream: &[SocketAddr],
+        config: &str,
+        db: TestDb,
+        key: String,
+        policy_source: &Path,
+    ) -> Keygate {
         let dir = tempfile::tempdir().expect("tempdir");
-        // Each keygate gets its own copy of the shipped policies, so a test may edit them.
+        // Each keygate gets its own copy of its policies, so a test may edit them.
         let policies = dir.path().join("policies");
         std::fs::create_dir(&policies).unwrap();
-        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
-        for entry in std::fs::read_dir(shipped).unwrap() {
+        for entry in std::fs::read_dir(policy_source).unwrap() {
             let path = entry.unwrap().path();
             if path.is_file() {
                 std::fs::copy(&path, policies.join(path.file_name().unwrap())).unwrap();
