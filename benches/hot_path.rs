@@ -55,6 +55,64 @@ fn route_stage(c: &mut Criterion) {
     });
 }
 
+/// A GraphQL route's pre-parse: a typical mutation with variables, and the most work a client
+/// can ask for within the limits (a 64 KiB document of 20 root fields, near the token limit).
+fn graphql_stage(c: &mut Criterion) {
+    use keygate::route::graphql::{authorize, ArgumentPath, FieldRule, GraphqlRules, MAX_BODY};
+    use std::collections::HashMap;
+    let rules = GraphqlRules {
+        max_body: MAX_BODY,
+        body_timeout: std::time::Duration::from_secs(10),
+        max_depth: 15,
+        max_aliases: 30,
+        max_fields: 10_000,
+        max_root_fields: 20,
+        subscriptions: false,
+        persisted_queries: false,
+        query_action: Arc::from("browse"),
+        mutation_action: Arc::from("manageWorkspace"),
+        subscription_action: Arc::from("browse"),
+        fields: HashMap::from([(
+            "mutation.deleteFile".to_owned(),
+            FieldRule {
+                action: Arc::from("deleteFile"),
+                provider: ArgumentPath::parse("providerId"),
+                path: ArgumentPath::parse("path"),
+                destination: None,
+                new_name: None,
+            },
+        )]),
+    };
+    let typical = serde_json::json!({
+        "query": "mutation Del($p: String!) { deleteFile(providerId: \"s3\", path: $p) { ok } }",
+        "variables": {"p": "/backups/2025/db.tar"},
+        "operationName": "Del"
+    })
+    .to_string();
+    c.bench_function("graphql/typical_mutation", |b| {
+        b.iter(|| authorize(&rules, black_box(typical.as_bytes()), None).unwrap())
+    });
+    // 20 root fields, each nested 14 deep, padded with scalar fields up to ~60 KiB and the
+    // most fields `[graphql] max_fields` may allow (10000).
+    let mut doc = String::from("{");
+    for i in 0..20 {
+        doc.push_str(&format!(" f{i}"));
+        for _ in 0..13 {
+            doc.push_str(" { n");
+        }
+        doc.push_str(&" xxxxx".repeat(480));
+        for _ in 0..13 {
+            doc.push_str(" }");
+        }
+    }
+    doc.push_str(" }");
+    let worst = serde_json::json!({ "query": doc }).to_string();
+    assert!(worst.len() <= MAX_BODY, "{}", worst.len());
+    c.bench_function("graphql/largest_document", |b| {
+        b.iter(|| authorize(&rules, black_box(worst.as_bytes()), None).unwrap())
+    });
+}
+
 fn principal(id: &str, grants: Option<Vec<Grant>>) -> Principal {
     Principal {
         kind: PrincipalKind::ApiKey,
@@ -441,5 +499,12 @@ fn jwt(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, route_stage, decide_stage, pipeline, jwt);
+criterion_group!(
+    benches,
+    route_stage,
+    graphql_stage,
+    decide_stage,
+    pipeline,
+    jwt
+);
 criterion_main!(benches);

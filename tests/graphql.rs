@@ -205,6 +205,42 @@ async fn what_cannot_be_authorized_is_refused_and_never_forwarded() {
         .unwrap()
         .contains("application/json"));
 
+    // What a GraphQL server could read differently from keygate: a key given twice (parsers
+    // disagree on which counts), an operation in the URL (some servers read it first), another
+    // charset, two Content-Types.
+    let twice = r#"{"query": "{ file(provider: \"local\", path: \"/a\") { name } }", "query": "mutation { deleteFile(provider: \"local\", path: \"/a\") { ok } }"}"#;
+    for (url, content_types, body) in [
+        ("/graphql", vec!["application/json"], twice.to_owned()),
+        (
+            "/graphql?query=mutation%7BdeleteFile%7D",
+            vec!["application/json"],
+            json!({"query": "{ file(provider: \"local\", path: \"/a\") { name } }"}).to_string(),
+        ),
+        (
+            "/graphql",
+            vec!["application/json; charset=iso-8859-1"],
+            json!({"query": "{ file(provider: \"local\", path: \"/a\") { name } }"}).to_string(),
+        ),
+        (
+            "/graphql",
+            vec!["application/json", "text/plain"],
+            json!({"query": "{ file(provider: \"local\", path: \"/a\") { name } }"}).to_string(),
+        ),
+    ] {
+        let mut req = client_with_key(&key).post(kg.url(url)).body(body);
+        for ct in content_types {
+            req = req.header("content-type", ct);
+        }
+        req.expect(StatusCode::BAD_REQUEST).await;
+    }
+    // UTF-8 said outright is fine.
+    client_with_key(&key)
+        .post(kg.url("/graphql"))
+        .header("content-type", "application/json; charset=UTF-8")
+        .body(json!({"query": "{ file(provider: \"local\", path: \"/a\") { name } }"}).to_string())
+        .expect(StatusCode::OK)
+        .await;
+
     // Over 64 KiB: refused from its Content-Length, before it is read.
     let big = json!({"query": format!("{{ file(provider: \"local\", path: \"/a\") {{ name }} }} # {}", "x".repeat(70_000))});
     let b = post(&kg, &key, &big)
@@ -219,7 +255,8 @@ async fn what_cannot_be_authorized_is_refused_and_never_forwarded() {
         .body(json!({"query": "{ a }"}).to_string())
         .expect(StatusCode::UNAUTHORIZED)
         .await;
-    assert!(rec.requests().is_empty(), "{:?}", rec.requests());
+    // Only the one well-formed request reached the upstream.
+    assert_eq!(rec.requests().len(), 1, "{:?}", rec.requests());
 }
 
 /// Reads one HTTP response (status line, headers, a Content-Length body) from `s`.
@@ -303,4 +340,53 @@ async fn large_chunked_and_slow_bodies() {
         "REQUEST_TIMEOUT"
     );
     assert_eq!(rec.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn rate_limit_rules_hold_for_every_action_an_operation_needs() {
+    let rec = Recorder::start().await;
+    let config = r#"
+[rate_limit]
+default = "1000000/min"
+
+[[rate_limit.rule]]
+name = "deletes"
+action = "deleteFile"
+limit = "2/min"
+
+[[routes.rule]]
+methods = ["POST"]
+path = "/graphql"
+graphql = true
+
+[graphql]
+query = "readFile"
+mutation = "writeFile"
+
+[graphql.fields]
+"mutation.deleteFile" = { action = "deleteFile", provider = "provider", path = "path" }
+"mutation.upload" = { action = "writeFile", provider = "provider", path = "path" }
+"#;
+    let kg = Keygate::start(&[rec.addr], config);
+    // The delete comes second, after a field decided as writeFile: it is still counted.
+    let op = json!({"query": "mutation { upload(provider: \"local\", path: \"/a\") { ok } deleteFile(provider: \"local\", path: \"/b\") { ok } }"});
+    for _ in 0..2 {
+        post(&kg, &kg.key, &op).expect(StatusCode::OK).await;
+    }
+    let limited = post(&kg, &kg.key, &op)
+        .expect(StatusCode::TOO_MANY_REQUESTS)
+        .await;
+    assert_eq!(limited["error"]["code"], "RATE_LIMIT_EXCEEDED");
+    // Without the delete, the operation is within its limits.
+    let upload = json!({"query": "mutation { upload(provider: \"local\", path: \"/a\") { ok } }"});
+    post(&kg, &kg.key, &upload).expect(StatusCode::OK).await;
+    // A compressed body is refused: a server that inflates it would read other bytes.
+    client_with_key(&kg.key)
+        .post(kg.url("/graphql"))
+        .header("content-type", "application/json")
+        .header("content-encoding", "br")
+        .body(upload.to_string())
+        .expect(StatusCode::BAD_REQUEST)
+        .await;
+    assert_eq!(rec.requests().len(), 3);
 }

@@ -1364,6 +1364,24 @@ async fn a_scope_removed_while_keys_hold_it_grants_nothing_and_its_holders_are_n
         ),
     )
     .unwrap();
+    // A policy that still tests for the scope would never see it again (a forbid on it would
+    // be lifted): the policies must change with the schema.
+    let (status, body) = kg.reload_policies().await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(
+        body.to_string()
+            .contains(r#"scope-trash-read names the scope \"trash:read\""#),
+        "{body}"
+    );
+    let scopes = kg.policies().join("scopes.cedar");
+    let shipped_scopes = std::fs::read_to_string(&scopes).unwrap();
+    let start = shipped_scopes.find("@id(\"scope-trash-read\")").unwrap();
+    let end = start + shipped_scopes[start..].find("};").unwrap() + 2;
+    std::fs::write(
+        &scopes,
+        format!("{}{}", &shipped_scopes[..start], &shipped_scopes[end..]),
+    )
+    .unwrap();
     let (status, body) = kg.reload_policies().await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["data"]["inertCredentials"], 1);
@@ -1386,6 +1404,7 @@ async fn a_scope_removed_while_keys_hold_it_grants_nothing_and_its_holders_are_n
     );
     // Defining it again brings the key back; nothing is inert any more.
     std::fs::write(&schema, &shipped).unwrap();
+    std::fs::write(&scopes, &shipped_scopes).unwrap();
     let (status, body) = kg.reload_policies().await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["data"]["inertCredentials"], 0);

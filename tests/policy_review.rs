@@ -478,10 +478,10 @@ fn the_ci_review_fails_an_undeclared_widening_and_passes_a_declared_one() {
         &scopes,
         text + "\n@id(\"trash-<list>-scope\")\npermit (\n  principal,\n  action == \
                 Keygate::Action::\"listTrash\",\n  resource\n)\nwhen { \
-                principal.scopes.contains(\"trash:list\") };\n",
+                principal.scopes.contains(\"files:read\") && resource in Keygate::Path::\"local:/shared\" };\n",
     )
     .unwrap();
-    commit(repo.path(), "a trash:list scope lists the trash");
+    commit(repo.path(), "files:read lists the trash");
     let (code, out, summary) = review(repo.path(), "HEAD~1", None);
     assert_eq!(code, 1, "{out}");
     assert!(summary.contains("### diff: FAILED (exit 1)"), "{summary}");

@@ -249,6 +249,14 @@ async fn drivebase_base_paths_hold_for_the_rest_proxy_and_graphql() {
             .await;
     }
 
+    // A form body could stand in for the query at the backend (Go's FormValue, PHP's
+    // $_REQUEST): refused where the query names the resource.
+    b.post(kg.url(up))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("path=/documents/cv.pdf")
+        .expect(StatusCode::BAD_REQUEST)
+        .await;
+
     // GraphQL: provider and path in arguments (and variables).
     let gql = |client: &reqwest::Client, body: Value| {
         client
@@ -270,6 +278,19 @@ async fn drivebase_base_paths_hold_for_the_rest_proxy_and_graphql() {
     .expect(StatusCode::FORBIDDEN)
     .await;
     assert_eq!(denied["error"]["details"]["restriction"], "base_path");
+    // A rename is decided on the new name too, which stays in the folder.
+    gql(
+        &b,
+        json!({"query": "mutation { renameFile(providerId: \"s3\", path: \"/backups/a.tar\", name: \"b.tar\") { id } }"}),
+    )
+    .expect(StatusCode::OK)
+    .await;
+    gql(
+        &b,
+        json!({"query": "mutation { renameFile(providerId: \"s3\", path: \"/backups/a.tar\", name: \"../documents/a.tar\") { id } }"}),
+    )
+    .expect(StatusCode::BAD_REQUEST)
+    .await;
     // A field that names no path: only for keys not restricted to some providers.
     let me = json!({"query": "{ me { id email } }"});
     let denied = gql(&b, me.clone()).expect(StatusCode::FORBIDDEN).await;

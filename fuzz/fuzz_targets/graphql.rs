@@ -20,12 +20,14 @@ fn rules() -> &'static GraphqlRules {
             provider: provider.and_then(ArgumentPath::parse),
             path: ArgumentPath::parse(path),
             destination: None,
+            new_name: None,
         };
         GraphqlRules {
             max_body: MAX_BODY,
             body_timeout: Duration::from_secs(10),
             max_depth: 15,
             max_aliases: 30,
+            max_fields: 1000,
             max_root_fields: 20,
             subscriptions: true,
             persisted_queries: true,
@@ -35,6 +37,13 @@ fn rules() -> &'static GraphqlRules {
             fields: HashMap::from([
                 ("query.file".to_owned(), field("readFile", Some("provider"), "path")),
                 ("query.folder".to_owned(), field("listFolder", None, "path")),
+                (
+                    "mutation.move".to_owned(),
+                    FieldRule {
+                        destination: ArgumentPath::parse("to"),
+                        ..field("moveFile", Some("provider"), "path")
+                    },
+                ),
                 (
                     "mutation.upload".to_owned(),
                     field("writeFile", Some("input.provider"), "input.path"),

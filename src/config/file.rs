@@ -320,6 +320,8 @@ pub struct GraphqlSection {
     pub max_depth: Option<usize>,
     /// Most aliases, counted per use of a fragment (default 30).
     pub max_aliases: Option<usize>,
+    /// Most fields, counted per use of a fragment (default 1000, at most 10000).
+    pub max_fields: Option<usize>,
     /// Most root fields, each one decision (default 20).
     pub max_root_fields: Option<usize>,
     /// Accept subscriptions (default false).
@@ -346,6 +348,8 @@ pub struct GraphqlFieldSection {
     pub path: Option<String>,
     /// The argument naming a second path (a move's target), decided with the same action.
     pub destination: Option<String>,
+    /// The argument giving a new name in the same folder (a rename), decided likewise.
+    pub new_name: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -55,6 +55,13 @@ pub(super) fn route_table(file: &FileConfig, problems: &mut Vec<Problem>) -> Rou
             }
         };
         if rule.graphql {
+            if rule.methods != ["POST"] {
+                problem(
+                    problems,
+                    &place,
+                    "a graphql route answers POST only: methods = [\"POST\"]",
+                );
+            }
             if !rule.action.is_empty() || rule.destination || rule.source_action.is_some() {
                 problem(
                     problems,
@@ -106,6 +113,17 @@ pub(super) fn route_table(file: &FileConfig, problems: &mut Vec<Problem>) -> Rou
                 problems,
                 &place,
                 "path_param names the path: the template has no {*path}, and no destination or graphql",
+            );
+        }
+        if rule.path_param.is_some()
+            && rule.provider_param.is_none()
+            && !template.has_provider()
+            && rule.provider.is_none()
+        {
+            problem(
+                problems,
+                &place,
+                "path_param needs a provider: provider_param, {provider} or provider",
             );
         }
         if rule.provider_param.is_some()
@@ -209,6 +227,7 @@ fn graphql_rules(g: &GraphqlSection, problems: &mut Vec<Problem>) -> GraphqlRule
     );
     let max_depth = bounded(problems, "max_depth", g.max_depth, 15, 64);
     let max_aliases = bounded(problems, "max_aliases", g.max_aliases, 30, 1000);
+    let max_fields = bounded(problems, "max_fields", g.max_fields, 1000, 10_000);
     let max_root_fields = bounded(problems, "max_root_fields", g.max_root_fields, 20, 100);
     let body_timeout =
         Durations::new(problems, "graphql").read("body_timeout", &g.body_timeout, secs(10));
@@ -246,6 +265,14 @@ fn graphql_rules(g: &GraphqlSection, problems: &mut Vec<Problem>) -> GraphqlRule
         let provider = argument("provider", &f.provider);
         let path = argument("path", &f.path);
         let destination = argument("destination", &f.destination);
+        let new_name = argument("new_name", &f.new_name);
+        if f.new_name.is_some() && f.path.is_none() {
+            problem(
+                problems,
+                &place,
+                "names a new_name argument but no path argument",
+            );
+        }
         if f.destination.is_some() && f.path.is_none() {
             problem(
                 problems,
@@ -267,6 +294,7 @@ fn graphql_rules(g: &GraphqlSection, problems: &mut Vec<Problem>) -> GraphqlRule
                 provider,
                 path,
                 destination,
+                new_name,
             },
         );
     }
@@ -275,6 +303,7 @@ fn graphql_rules(g: &GraphqlSection, problems: &mut Vec<Problem>) -> GraphqlRule
         body_timeout,
         max_depth,
         max_aliases,
+        max_fields,
         max_root_fields,
         subscriptions: g.subscriptions.unwrap_or(false),
         persisted_queries: g.persisted_queries.unwrap_or(false),

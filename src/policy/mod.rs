@@ -459,6 +459,32 @@ impl Loaded {
                     .to_owned(),
             );
         }
+        // A policy that tests for a scope no @scope group defines never sees it held (the
+        // policies see only defined scopes): a forbid on it would be lifted silently, a permit
+        // would be dead. So removing a scope means editing the policies that name it.
+        let mut undefined = Vec::new();
+        for policy in self.policies.policies() {
+            let Ok(est) = policy.to_json() else { continue };
+            let mut named = Vec::new();
+            scope_literals(&est, &mut named);
+            for scope in named {
+                if self.scopes.binary_search(&scope).is_err() {
+                    let id = policy
+                        .annotation("id")
+                        .map_or_else(|| policy.id().to_string(), str::to_owned);
+                    undefined.push(format!("{id} names the scope \"{scope}\""));
+                }
+            }
+        }
+        if !undefined.is_empty() {
+            undefined.sort();
+            undefined.dedup();
+            return Err(format!(
+                "policies test for scopes that no @scope group of the schema defines (a key can \
+                 never hold them): {}",
+                undefined.join("; ")
+            ));
+        }
         Ok(())
     }
 
@@ -920,6 +946,40 @@ fn path_literals(set: &PolicySet) -> Result<Vec<(String, String)>, Vec<String>> 
 }
 
 /// For each action, the nearest `@scope` group above it.
+/// The string literals a policy (as Cedar's JSON form) tests the `scopes` attribute for:
+/// `….scopes.contains("x")`, `containsAny` / `containsAll` of a set literal.
+fn scope_literals(est: &Value, out: &mut Vec<String>) {
+    match est {
+        Value::Object(o) => {
+            for op in ["contains", "containsAny", "containsAll"] {
+                let Some(call) = o.get(op) else { continue };
+                let on_scopes = call
+                    .pointer("/left/./attr")
+                    .and_then(Value::as_str)
+                    .is_some_and(|a| a == "scopes");
+                if !on_scopes {
+                    continue;
+                }
+                let right = call.get("right");
+                let mut values: Vec<&Value> =
+                    right.and_then(|r| r.get("Value")).into_iter().collect();
+                if let Some(Value::Array(set)) = right.and_then(|r| r.get("Set")) {
+                    values.extend(set.iter().filter_map(|v| v.get("Value")));
+                }
+                out.extend(
+                    values
+                        .into_iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_owned),
+                );
+            }
+            o.values().for_each(|v| scope_literals(v, out));
+        }
+        Value::Array(a) => a.iter().for_each(|v| scope_literals(v, out)),
+        _ => {}
+    }
+}
+
 /// The spellings `@scope("…")` gives scopes: (name → spelling, spelling → name). A spelling
 /// must be a valid scope name, and no spelling may be another scope's name or spelling.
 #[allow(clippy::type_complexity)]
@@ -2060,6 +2120,7 @@ mod tests {
             unmapped: Vec::new(),
             graphql: None,
             provider: None,
+            resource_in_query: false,
         };
         let decided = engine.decide(&principal(None, &["admin"]), &route);
         assert!(decided.refusal.is_some());

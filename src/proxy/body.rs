@@ -18,17 +18,36 @@ pub(super) async fn read_graphql(
     rules: &GraphqlRules,
     ctx: &mut RequestCtx,
 ) -> Result<(), Refusal> {
+    // Some GraphQL servers read `query`, `operationName` or `variables` from the URL before the
+    // body: the operation keygate decides must be the only one the request carries.
+    if ctx.route.as_ref().is_some_and(|r| r.query().is_some()) {
+        return Err(Refusal::bad_request(
+            "a GraphQL request carries its operation in the body only, with no query string",
+        ));
+    }
     let headers = &session.req_header().headers;
     // A browser may send a cross-site `text/plain` or form POST with the session cookie;
-    // GraphQL-over-HTTP requests are JSON.
-    let json = headers
-        .get(http::header::CONTENT_TYPE)
+    // GraphQL-over-HTTP requests are JSON, in UTF-8 (another charset could make the server
+    // read other strings than keygate).
+    let mut content_types = headers.get_all(http::header::CONTENT_TYPE).iter();
+    let json = content_types
+        .next()
+        .filter(|_| content_types.next().is_none())
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"));
+        .is_some_and(|v| {
+            let mut parts = v.split(';').map(str::trim);
+            parts
+                .next()
+                .is_some_and(|t| t.eq_ignore_ascii_case("application/json"))
+                && parts.all(|p| {
+                    p.is_empty()
+                        || p.eq_ignore_ascii_case("charset=utf-8")
+                        || p.eq_ignore_ascii_case("charset=\"utf-8\"")
+                })
+        });
     if !json {
         return Err(Refusal::bad_request(
-            "a GraphQL request must be a POST with Content-Type: application/json",
+            "a GraphQL request must be a POST with Content-Type: application/json (UTF-8)",
         ));
     }
     // A declared length over the limit is refused before a byte of it is read.
@@ -40,6 +59,16 @@ pub(super) async fn read_graphql(
         return Err(Refusal::PayloadTooLarge {
             limit: rules.max_body,
         });
+    }
+    // A server that inflates request bodies would read other bytes than keygate decided on.
+    if headers
+        .get_all(http::header::CONTENT_ENCODING)
+        .iter()
+        .any(|v| !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"identity"))
+    {
+        return Err(Refusal::bad_request(
+            "a GraphQL request body must not be compressed (Content-Encoding)",
+        ));
     }
     let expects_continue = headers
         .get(http::header::EXPECT)

@@ -249,6 +249,7 @@ mod tests {
             unmapped: Vec::new(),
             graphql: None,
             provider: None,
+            resource_in_query: false,
         };
         let principal = Principal {
             kind: Default::default(),

@@ -48,7 +48,7 @@ use crate::policy::PolicyEngine;
 use crate::principal::PrincipalKind;
 use crate::ratelimit::RateLimiter;
 use crate::refusal::{AuthFailure, Refusal};
-use crate::route::{RouteInput, RouteTable};
+use crate::route::{Check, RouteInput, RouteTable};
 use crate::telemetry::Metrics;
 
 /// Everything the data plane needs, shared by all requests.
@@ -95,6 +95,24 @@ impl Keygate {
             query: route.query(),
             client: ctx.client,
         };
+        // Go's FormValue and PHP's $_REQUEST read a form body's fields before the URL's.
+        if route.resource_in_query {
+            let form = req
+                .headers
+                .get_all(http::header::CONTENT_TYPE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .any(|v| {
+                    let t = v.split(';').next().unwrap_or_default().trim();
+                    t.eq_ignore_ascii_case("application/x-www-form-urlencoded")
+                        || t.eq_ignore_ascii_case("multipart/form-data")
+                });
+            if form {
+                return Err(Refusal::bad_request(
+                    "a request whose query names the resource must not carry a form body",
+                ));
+            }
+        }
         let principal = self.identity.authenticate(presented).await?;
         ctx.principal = Some(principal);
         Ok(())
@@ -108,11 +126,33 @@ impl Keygate {
                 "a request was decided unchecked".into(),
             ));
         };
-        match self.limits.check(principal, &route.action) {
-            Ok(standing) => ctx.standing = standing,
-            Err((refusal, standing)) => {
-                ctx.standing = standing;
-                return Err(refusal);
+        // A GraphQL operation is charged once for each distinct action its fields need, so a
+        // rate-limit rule on one action cannot be dodged by asking for another field first;
+        // the headers show the tightest standing.
+        let mut actions: Vec<&Arc<str>> = vec![&route.action];
+        if ctx.body_read {
+            for check in route.checks() {
+                let (Check::Path(a, _) | Check::Unmapped(a, _)) = check;
+                if !actions.contains(&a) {
+                    actions.push(a);
+                }
+            }
+        }
+        for action in actions {
+            match self.limits.check(principal, action) {
+                Ok(standing) => {
+                    let tighter = match (&standing, &ctx.standing) {
+                        (Some(new), Some(old)) => new.remaining < old.remaining,
+                        (new, _) => new.is_some(),
+                    };
+                    if tighter {
+                        ctx.standing = standing;
+                    }
+                }
+                Err((refusal, standing)) => {
+                    ctx.standing = standing;
+                    return Err(refusal);
+                }
             }
         }
         let decided = self.policy.decide(principal, route);
@@ -218,8 +258,9 @@ impl ProxyHttp for Keygate {
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if ctx.body_read {
-            *body = ctx.body.take();
+        // pingora sends the bytes it replays once per attempt (a retry sends them again).
+        if ctx.body_read && body.is_some() {
+            *body = ctx.body.clone();
         }
         Ok(())
     }

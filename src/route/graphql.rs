@@ -82,6 +82,9 @@ pub struct FieldRule {
     /// The argument naming a second path it acts on, in the same provider (a move's target):
     /// decided with the same action.
     pub destination: Option<ArgumentPath>,
+    /// The argument giving a new name in the same folder (a rename): the renamed path is
+    /// decided with the same action; a name that is not one segment is refused.
+    pub new_name: Option<ArgumentPath>,
 }
 
 /// The `[graphql]` section, checked.
@@ -92,6 +95,8 @@ pub struct GraphqlRules {
     pub body_timeout: std::time::Duration,
     pub max_depth: usize,
     pub max_aliases: usize,
+    /// Most fields in all, counted per use of a fragment (what the server resolves).
+    pub max_fields: usize,
     pub max_root_fields: usize,
     pub subscriptions: bool,
     pub persisted_queries: bool,
@@ -150,9 +155,71 @@ struct Request {
     hash: Option<String>,
 }
 
+/// JSON as serde_json reads it, except that an object with a key given twice is an error:
+/// JSON parsers disagree on which of the two counts, so keygate and the GraphQL server could
+/// read two different requests from one body.
+struct Strict(Value);
+
+impl<'de> serde::Deserialize<'de> for Strict {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Strict, D::Error> {
+        d.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("JSON")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(Strict(v)) = seq.next_element()? {
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let Strict(value) = map.next_value()?;
+            if out.insert(key, value).is_some() {
+                return Err(serde::de::Error::custom("a key is given twice"));
+            }
+        }
+        Ok(Value::Object(out))
+    }
+}
+
 fn read_request(body: &[u8]) -> Result<Request, Refusal> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|_| bad("a GraphQL request body must be a JSON object"))?;
+    let Strict(value) = serde_json::from_slice(body)
+        .map_err(|_| bad("a GraphQL request body must be a JSON object, each key given once"))?;
     let Value::Object(mut o) = value else {
         return Err(bad(
             "a GraphQL request body must be one JSON object (batches are not accepted)",
@@ -191,6 +258,18 @@ fn read_request(body: &[u8]) -> Result<Request, Refusal> {
         || ["id", "documentId", "queryId"]
             .iter()
             .any(|k| o.contains_key(*k));
+    // Any other key is refused: servers that match keys case-insensitively (Go's encoding/json:
+    // a later "Query" replaces "query") or know other spellings would read another request.
+    o.remove("extensions");
+    for k in ["id", "documentId", "queryId"] {
+        o.remove(k);
+    }
+    if let Some(other) = o.keys().next() {
+        return Err(bad(format!(
+            "a GraphQL request body holds only query, operationName, variables and extensions, not {:?}",
+            other.chars().take(40).collect::<String>()
+        )));
+    }
     Ok(Request {
         query,
         operation_name,
@@ -299,11 +378,12 @@ pub fn authorize(
         .ok_or_else(|| bad("the GraphQL operation has no selections"))?;
     let mut walk = Walk {
         fragments: &fragments,
+        max_depth: rules.max_depth,
         shapes: HashMap::new(),
         visiting: HashSet::new(),
         nesting: 0,
     };
-    let shape = walk.shape(&selections)?;
+    let shape = walk.shape(&selections, 1)?;
     if shape.depth > rules.max_depth {
         return Err(bad(format!(
             "the GraphQL operation is nested deeper than {} levels",
@@ -316,9 +396,15 @@ pub fn authorize(
             rules.max_aliases
         )));
     }
+    if shape.fields > rules.max_fields {
+        return Err(bad(format!(
+            "the GraphQL operation asks for more than {} fields",
+            rules.max_fields
+        )));
+    }
     let mut roots = Vec::new();
     walk.root_fields(&selections, rules.max_root_fields, &mut roots)?;
-    let defaults = variable_defaults(&op);
+    let defaults = variable_defaults(&op)?;
     let values = Values {
         variables: &request.variables,
         defaults: &defaults,
@@ -370,11 +456,13 @@ fn choose_operation(
     }
 }
 
-/// Depth and aliases of a selection set, fragments included.
+/// Depth, aliases and fields of a selection set, fragments included.
 #[derive(Debug, Clone, Copy, Default)]
 struct Shape {
     depth: usize,
     aliases: usize,
+    /// Fields, counted per use of a fragment: what the server will resolve.
+    fields: usize,
 }
 
 /// How deeply fragments may spread fragments (and inline fragments nest): the walk recurses
@@ -383,6 +471,9 @@ const MAX_FRAGMENT_NESTING: usize = 64;
 
 struct Walk<'a> {
     fragments: &'a HashMap<String, cst::SelectionSet>,
+    /// Deepest nesting allowed: the walk stops as soon as it is passed, so its stack is
+    /// bounded by it (and by [`MAX_FRAGMENT_NESTING`]), not by the document.
+    max_depth: usize,
     /// Each fragment's shape, computed once however often it is spread.
     shapes: HashMap<String, Shape>,
     visiting: HashSet<String>,
@@ -419,35 +510,45 @@ impl Walk<'_> {
         Ok((name, set))
     }
 
-    /// The shape of `set`: its depth counts the set itself, aliases are counted per use.
-    fn shape(&mut self, set: &cst::SelectionSet) -> Result<Shape, Refusal> {
+    /// The shape of `set`, found at nesting `level` (the operation's own set is 1): its depth
+    /// counts the set itself; aliases and fields are counted per use.
+    fn shape(&mut self, set: &cst::SelectionSet, level: usize) -> Result<Shape, Refusal> {
+        if level > self.max_depth {
+            return Err(bad(format!(
+                "the GraphQL operation is nested deeper than {} levels",
+                self.max_depth
+            )));
+        }
         let mut total = Shape {
             depth: 1,
             aliases: 0,
+            fields: 0,
         };
         for selection in set.selections() {
             let inner = match selection {
                 cst::Selection::Field(f) => {
                     let mut s = match f.selection_set() {
                         Some(sub) => {
-                            let s = self.shape(&sub)?;
+                            let s = self.shape(&sub, level + 1)?;
                             Shape {
                                 depth: s.depth + 1,
-                                aliases: s.aliases,
+                                ..s
                             }
                         }
                         None => Shape {
                             depth: 1,
                             aliases: 0,
+                            fields: 0,
                         },
                     };
                     s.aliases = s.aliases.saturating_add(usize::from(f.alias().is_some()));
+                    s.fields = s.fields.saturating_add(1);
                     s
                 }
                 cst::Selection::InlineFragment(i) => match i.selection_set() {
                     Some(sub) => {
                         self.enter()?;
-                        let s = self.shape(&sub)?;
+                        let s = self.shape(&sub, level)?;
                         self.nesting -= 1;
                         s
                     }
@@ -456,13 +557,22 @@ impl Walk<'_> {
                 cst::Selection::FragmentSpread(spread) => {
                     let (name, sub) = self.fragment(&spread)?;
                     match self.shapes.get(&name) {
-                        Some(s) => *s,
+                        Some(s) => {
+                            // Computed where first spread; here it may sit deeper.
+                            if level + s.depth - 1 > self.max_depth {
+                                return Err(bad(format!(
+                                    "the GraphQL operation is nested deeper than {} levels",
+                                    self.max_depth
+                                )));
+                            }
+                            *s
+                        }
                         None => {
                             if !self.visiting.insert(name.clone()) {
                                 return Err(bad("the GraphQL document's fragments form a cycle"));
                             }
                             self.enter()?;
-                            let s = self.shape(&sub)?;
+                            let s = self.shape(&sub, level)?;
                             self.nesting -= 1;
                             self.visiting.remove(&name);
                             self.shapes.insert(name, s);
@@ -473,6 +583,7 @@ impl Walk<'_> {
             };
             total.depth = total.depth.max(inner.depth);
             total.aliases = total.aliases.saturating_add(inner.aliases);
+            total.fields = total.fields.saturating_add(inner.fields);
         }
         Ok(total)
     }
@@ -515,22 +626,31 @@ impl Walk<'_> {
 }
 
 /// The default values of the operation's variables, as JSON.
-fn variable_defaults(op: &cst::OperationDefinition) -> HashMap<String, Value> {
+/// The default values of the operation's variables, as JSON; a variable defined twice is
+/// refused.
+fn variable_defaults(op: &cst::OperationDefinition) -> Result<HashMap<String, Value>, Refusal> {
     let mut out = HashMap::new();
+    let mut seen = HashSet::new();
     let Some(defs) = op.variable_definitions() else {
-        return out;
+        return Ok(out);
     };
     for def in defs.variable_definitions() {
-        let (Some(var), Some(default)) = (def.variable(), def.default_value()) else {
+        let Some(name) = def.variable().and_then(|v| v.name()) else {
             continue;
         };
-        if let (Some(name), Some(value)) = (var.name(), default.value()) {
-            if let Some(json) = constant(&value) {
-                out.insert(name.text().to_string(), json);
-            }
+        let name = name.text().to_string();
+        if !seen.insert(name.clone()) {
+            return Err(bad("the GraphQL operation defines a variable twice"));
+        }
+        if let Some(json) = def
+            .default_value()
+            .and_then(|d| d.value())
+            .and_then(|v| constant(&v))
+        {
+            out.insert(name, json);
         }
     }
-    out
+    Ok(out)
 }
 
 /// A constant GraphQL value as JSON: strings and objects of strings are all keygate reads.
@@ -555,28 +675,39 @@ struct Values<'a> {
 }
 
 impl Values<'_> {
+    /// A variable's value: as given, or its default when not given at all. An explicit
+    /// `null` overrides the default (the server receives `null`), so it is no string.
     fn variable(&self, name: &str) -> Option<&Value> {
-        self.variables
-            .get(name)
-            .filter(|v| !v.is_null())
-            .or_else(|| self.defaults.get(name))
+        match self.variables.get(name) {
+            Some(v) => Some(v),
+            None => self.defaults.get(name),
+        }
     }
 
     /// The string at `path` in the field's arguments, through variables and input objects.
     fn string(&self, field: &cst::Field, path: &ArgumentPath) -> Option<String> {
         let (first, rest) = path.0.split_first()?;
-        let argument = field.arguments()?.arguments().find(|a| {
+        // An argument or input field given twice is no string: servers keep the last one.
+        let mut arguments = field.arguments()?.arguments().filter(|a| {
             a.name()
                 .is_some_and(|n| n.text().as_ref() == first.as_str())
-        })?;
+        });
+        let argument = arguments.next()?;
+        if arguments.next().is_some() {
+            return None;
+        }
         let mut value = argument.value()?;
         for (i, part) in rest.iter().enumerate() {
             match value {
                 cst::Value::ObjectValue(o) => {
-                    value = o
+                    let mut fields = o
                         .object_fields()
-                        .find(|f| f.name().is_some_and(|n| n.text().as_ref() == part.as_str()))?
-                        .value()?;
+                        .filter(|f| f.name().is_some_and(|n| n.text().as_ref() == part.as_str()));
+                    let found = fields.next()?;
+                    if fields.next().is_some() {
+                        return None;
+                    }
+                    value = found.value()?;
                 }
                 cst::Value::Variable(v) => {
                     return json_at(self.variable(v.name()?.text().as_ref())?, &rest[i..]);
@@ -667,6 +798,35 @@ fn check_field(
             field: key.clone(),
         });
     }
+    if let Some(arg) = &rule.new_name {
+        let name = values.string(field, arg).ok_or_else(|| {
+            bad(format!(
+                "{key} needs its argument {} as a string",
+                arg.0.join(".")
+            ))
+        })?;
+        let renamed = check_decoded_path(&format!("/{name}"))?;
+        if renamed == "/" || renamed[1..].contains('/') || name.ends_with('/') {
+            return Err(bad(format!(
+                "{key}: a new name is one path segment, without '/'"
+            )));
+        }
+        let source = out[0]
+            .resource
+            .as_ref()
+            .map(|r| r.path.clone())
+            .unwrap_or_default();
+        let parent = source.rsplit_once('/').map_or("", |(p, _)| p);
+        out.push(FieldCheck {
+            action: rule.action.clone(),
+            resource: Some(Resource {
+                role: ResourceRole::Destination,
+                provider: provider.clone(),
+                path: format!("{parent}{renamed}"),
+            }),
+            field: key.clone(),
+        });
+    }
     Ok(out)
 }
 
@@ -696,12 +856,14 @@ mod tests {
             provider: provider.and_then(ArgumentPath::parse),
             path: path.and_then(ArgumentPath::parse),
             destination: None,
+            new_name: None,
         };
         GraphqlRules {
             max_body: MAX_BODY,
             body_timeout: std::time::Duration::from_secs(10),
             max_depth: 6,
             max_aliases: 3,
+            max_fields: 40,
             max_root_fields: 4,
             subscriptions: false,
             persisted_queries: false,
@@ -722,6 +884,13 @@ mod tests {
                     field("listFolder", None, Some("path")),
                 ),
                 ("query.me".to_owned(), field("browse", None, None)),
+                (
+                    "mutation.rename".to_owned(),
+                    FieldRule {
+                        new_name: ArgumentPath::parse("name"),
+                        ..field("moveFile", Some("providerId"), Some("path"))
+                    },
+                ),
             ]),
         }
     }
@@ -870,6 +1039,98 @@ mod tests {
             let message = refused(body.clone());
             assert!(message.contains(why), "{body}: {message}");
         }
+    }
+
+    #[test]
+    fn renames_nulls_and_unknown_keys() {
+        // A rename is decided on the old path and on the new one, in the same folder.
+        let q = serde_json::json!({"query": "mutation { rename(providerId: \"s3\", path: \"/backups/a.tar\", name: \"b.tar\") { id } }"});
+        assert_eq!(
+            checks(q),
+            [
+                ("moveFile".into(), Some("s3:/backups/a.tar".into())),
+                ("moveFile".into(), Some("s3:/backups/b.tar".into())),
+            ]
+        );
+        for name in ["../documents/a", "a/b", "..", "", "a/"] {
+            let q = serde_json::json!({"query": format!("mutation {{ rename(providerId: \"s3\", path: \"/backups/a\", name: {name:?}) {{ id }} }}")});
+            assert!(run(q).is_err(), "{name}");
+        }
+        // An explicit null is what the server receives, not the default.
+        let q = serde_json::json!({
+            "query": "query($p: String = \"/docs\") { listFolder(path: $p) { name } }",
+            "variables": {"p": null}
+        });
+        assert!(refused(q).contains("path"));
+        // Keys a server might read as query, operationName or variables are refused.
+        for key in ["Query", "QUERY", "operationname", "Variables", "doc_id"] {
+            let mut body = serde_json::json!({"query": "{ me { id } }"});
+            body[key] = serde_json::json!(
+                "mutation { deleteFile(providerId: \"s3\", path: \"/a\") { ok } }"
+            );
+            assert!(refused(body).contains("holds only"), "{key}");
+        }
+        // An argument or a variable given twice is refused.
+        assert!(refused(serde_json::json!({"query": "mutation { deleteFile(providerId: \"s3\", path: \"/a\", path: \"/b\") { ok } }"})).contains("path"));
+        assert!(refused(
+            serde_json::json!({"query": "query($p: String, $p: String) { me { id } }"})
+        )
+        .contains("twice"));
+    }
+
+    #[test]
+    fn deep_fragment_chains_stop_at_the_depth_limit_on_a_small_stack() {
+        // 60 fragments, each 5 levels deep, each spreading the next at its bottom: 300 levels
+        // in all. Refused once the limit is passed, on a 256 KiB stack.
+        let mut doc = String::from("{ ...F0 }");
+        for i in 0..60 {
+            let inner = if i + 1 < 60 {
+                format!("...F{}", i + 1)
+            } else {
+                "x".to_owned()
+            };
+            doc.push_str(&format!(
+                " fragment F{i} on Q {{ a {{ a {{ a {{ a {{ a {{ {inner} }} }} }} }} }} }}"
+            ));
+        }
+        let body = serde_json::json!({ "query": doc }).to_string();
+        let verdict = std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                let mut r = rules();
+                r.max_depth = 64;
+                match authorize(&r, body.as_bytes(), None) {
+                    Err(Refusal::BadRequest(m)) => m.into_owned(),
+                    other => format!("{other:?}"),
+                }
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(verdict.contains("deeper than 64"), "{verdict}");
+        // Fields are counted per use of a fragment.
+        let q = serde_json::json!({"query": "{ me { ...A ...A ...A } } fragment A on U { a b c d e f g h i j k l m n }"});
+        assert!(refused(q).contains("fields"));
+    }
+
+    #[test]
+    fn a_key_given_twice_is_refused_anywhere_in_the_body() {
+        let fixed: Arc<str> = Arc::from("dav");
+        for body in [
+            r#"{"query": "{ me { id } }", "query": "mutation { deleteFile(providerId: \"s3\", path: \"/a\") { ok } }"}"#,
+            r#"{"query": "mutation($p: String!) { deleteFile(providerId: \"s3\", path: $p) { ok } }", "variables": {"p": "/a", "p": "/b"}}"#,
+            r#"{"query": "{ me { id } }", "operationName": null, "operationName": "X"}"#,
+        ] {
+            assert!(
+                matches!(
+                    authorize(&rules(), body.as_bytes(), Some(&fixed)),
+                    Err(Refusal::BadRequest(m)) if m.contains("each key given once")
+                ),
+                "{body}"
+            );
+        }
+        // Trailing bytes after the object are no JSON either.
+        assert!(authorize(&rules(), br#"{"query": "{ me { id } }"} x"#, Some(&fixed)).is_err());
     }
 
     #[test]

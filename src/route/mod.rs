@@ -225,6 +225,9 @@ pub struct RouteMatch {
     pub graphql: Option<Arc<GraphqlRules>>,
     /// The route's fixed provider (for GraphQL fields whose rule names no provider argument).
     pub provider: Option<Arc<str>>,
+    /// The resource was read from query parameters (`path_param`): the request must not carry
+    /// a form body, whose fields some servers read in their place.
+    pub resource_in_query: bool,
 }
 
 impl RouteMatch {
@@ -433,6 +436,7 @@ impl RouteTable {
                     None
                 },
                 provider: route.provider.clone(),
+                resource_in_query: route.path_param.is_some(),
             });
         }
         match &self.default_action {
@@ -446,18 +450,30 @@ impl RouteTable {
                 unmapped: Vec::new(),
                 graphql: None,
                 provider: None,
+                resource_in_query: false,
             }),
             None => Err(Refusal::NotFound),
         }
     }
 }
 
+/// Most parameters a query that names a resource may have: some parsers keep only the first
+/// 1000 pairs, so a parameter after those would be read by keygate alone.
+pub const MAX_QUERY_PARAMS: usize = 100;
+
 /// The value of the query parameter `name`, decoded once. Refused (400) when it is missing or
 /// given twice (under any spelling of its name), or when backends could read the query
 /// differently: a `+` (a space to form decoders, a plus to others) or a `;` (a separator to
-/// some) anywhere in it.
+/// some) anywhere in it, a name with `[` or `]` (an array or object to Express's and Rack's
+/// parsers), a name PHP would turn into this one (`.` and space read as `_`), or more than
+/// [`MAX_QUERY_PARAMS`] parameters.
 fn query_param(query: Option<&str>, name: &str) -> Result<String, Refusal> {
     let query = query.unwrap_or_default();
+    if query.split('&').count() > MAX_QUERY_PARAMS {
+        return Err(bad(
+            "a query that names the resource has too many parameters",
+        ));
+    }
     if query.contains(['+', ';']) {
         return Err(bad(
             "a query that names the resource must not contain '+' or ';' (encode them)",
@@ -470,9 +486,21 @@ fn query_param(query: Option<&str>, name: &str) -> Result<String, Refusal> {
             .map_err(|_| bad("a query parameter is not valid UTF-8"))
     };
     let mut found = None;
+    let mangled = |k: &str| k.replace(['.', ' '], "_");
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if decode(key)? == name {
+        let key = decode(key)?;
+        if key.contains(['[', ']']) {
+            return Err(bad(
+                "a query that names the resource must not have '[' or ']' in a name",
+            ));
+        }
+        if key != name && mangled(&key) == mangled(name) {
+            return Err(Refusal::bad_request(format!(
+                "the query has a name some servers read as '{name}'"
+            )));
+        }
+        if key == name {
             if found.is_some() {
                 return Err(Refusal::bad_request(format!(
                     "the query names '{name}' more than once"
@@ -702,6 +730,17 @@ mod tests {
             Ok("/x y".to_owned())
         );
         assert_eq!(query_param(Some("pa%74h=/x"), "path"), Ok("/x".to_owned()));
+        assert!(query_param(Some(&format!("{}path=/x", "a=1&".repeat(100))), "path").is_err());
+        assert_eq!(
+            query_param(Some("provider_id=t"), "provider_id"),
+            Ok("t".to_owned())
+        );
+        for q in [
+            "provider.id=s3&provider_id=t",
+            "provider%20id=s3&provider_id=t",
+        ] {
+            assert!(query_param(Some(q), "provider_id").is_err(), "{q}");
+        }
         for q in [
             None,
             Some("a=1"),
@@ -710,6 +749,8 @@ mod tests {
             Some("path=/x+y"),
             Some("path=/x;/y"),
             Some("path=%FF"),
+            Some("path=/x&path%5B%5D=/y"),
+            Some("path=/x&path[a]=/y"),
         ] {
             assert!(
                 matches!(query_param(q, "path"), Err(Refusal::BadRequest(_))),
