@@ -92,24 +92,34 @@ fn graphql_stage(c: &mut Criterion) {
     c.bench_function("graphql/typical_mutation", |b| {
         b.iter(|| authorize(&rules, black_box(typical.as_bytes()), None).unwrap())
     });
-    // 20 root fields, each nested 14 deep, padded with scalar fields up to ~60 KiB and the
-    // most fields `[graphql] max_fields` may allow (10000).
+    // The most a client can ask for within the default limits: 20 root fields, each nested
+    // 14 deep, with 1000 long-named fields in all (about 60 KiB).
     let mut doc = String::from("{");
     for i in 0..20 {
         doc.push_str(&format!(" f{i}"));
         for _ in 0..13 {
             doc.push_str(" { n");
         }
-        doc.push_str(&" xxxxx".repeat(480));
+        for j in 0..36 {
+            doc.push_str(&format!(" x{j}_{}", "y".repeat(75)));
+        }
         for _ in 0..13 {
             doc.push_str(" }");
         }
     }
     doc.push_str(" }");
-    let worst = serde_json::json!({ "query": doc }).to_string();
-    assert!(worst.len() <= MAX_BODY, "{}", worst.len());
-    c.bench_function("graphql/largest_document", |b| {
-        b.iter(|| authorize(&rules, black_box(worst.as_bytes()), None).unwrap())
+    let largest = serde_json::json!({ "query": doc }).to_string();
+    assert!(largest.len() <= MAX_BODY, "{}", largest.len());
+    let mut defaults = rules.clone();
+    defaults.max_fields = 1000;
+    c.bench_function("graphql/largest_accepted", |b| {
+        b.iter(|| authorize(&defaults, black_box(largest.as_bytes()), None).unwrap())
+    });
+    // 64 KiB of one-letter fields: refused when the parser reaches its token limit.
+    let tokens =
+        serde_json::json!({ "query": format!("{{{} }}", " x".repeat(32_000)) }).to_string();
+    c.bench_function("graphql/refused_at_token_limit", |b| {
+        b.iter(|| authorize(&defaults, black_box(tokens.as_bytes()), None).unwrap_err())
     });
 }
 
