@@ -36,13 +36,10 @@ body_timeout = "1s"
 "#;
 
 async fn key_with(kg: &Keygate, body: Value) -> String {
-    let r = kg
-        .operator()
-        .post(kg.control_url("/v1/keys"))
-        .json(&body)
-        .expect(StatusCode::CREATED)
-        .await;
-    r["data"]["key"].as_str().unwrap().to_owned()
+    kg.create_key(body).await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
 
 fn post(kg: &Keygate, key: &str, body: &Value) -> reqwest::RequestBuilder {

@@ -39,15 +39,6 @@ async fn login(kg: &Keygate, kind: &str) -> Value {
     body["data"].clone()
 }
 
-fn bearer(token: &str) -> reqwest::Client {
-    let mut h = reqwest::header::HeaderMap::new();
-    h.insert("authorization", format!("Bearer {token}").parse().unwrap());
-    reqwest::Client::builder()
-        .default_headers(h)
-        .build()
-        .unwrap()
-}
-
 /// Status and `error.details.reason` of a GET with `token`.
 async fn get_status(kg: &Keygate, token: &str, path: &str) -> (StatusCode, Value) {
     let r = bearer(token).get(kg.url(path)).send().await.unwrap();

@@ -11,13 +11,10 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 async fn key_with(kg: &Keygate, body: Value) -> String {
-    let r = kg
-        .operator()
-        .post(kg.control_url("/v1/keys"))
-        .json(&body)
-        .expect(StatusCode::CREATED)
-        .await;
-    r["data"]["key"].as_str().unwrap().to_owned()
+    kg.create_key(body).await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
 
 /// (action, method, path, destination)

@@ -121,25 +121,8 @@ fn presets_share_keygates_core_policies_unchanged() {
 }
 
 async fn key_with(kg: &Keygate, body: Value) -> (String, Value) {
-    let r = kg
-        .operator()
-        .post(kg.control_url("/v1/keys"))
-        .json(&body)
-        .expect(StatusCode::CREATED)
-        .await;
-    (
-        r["data"]["key"].as_str().unwrap().to_owned(),
-        r["data"].clone(),
-    )
-}
-
-fn bearer(token: &str) -> reqwest::Client {
-    let mut h = reqwest::header::HeaderMap::new();
-    h.insert("authorization", format!("Bearer {token}").parse().unwrap());
-    reqwest::Client::builder()
-        .default_headers(h)
-        .build()
-        .unwrap()
+    let data = kg.create_key(body).await;
+    (data["key"].as_str().unwrap().to_owned(), data)
 }
 
 #[tokio::test]

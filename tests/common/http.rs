@@ -25,6 +25,16 @@ impl SendJson for reqwest::RequestBuilder {
     }
 }
 
+/// A client that sends `token` as `Authorization: Bearer` on every request.
+pub fn bearer(token: &str) -> reqwest::Client {
+    let mut h = reqwest::header::HeaderMap::new();
+    h.insert("authorization", format!("Bearer {token}").parse().unwrap());
+    reqwest::Client::builder()
+        .default_headers(h)
+        .build()
+        .unwrap()
+}
+
 /// A client that sends `key` in `X-API-Key` on every request.
 pub fn client_with_key(key: &str) -> reqwest::Client {
     let mut h = reqwest::header::HeaderMap::new();

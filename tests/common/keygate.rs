@@ -388,6 +388,17 @@ impl Keygate {
         (r.status(), r.json().await.unwrap())
     }
 
+    /// Makes a key through the control plane as the operator (`POST /v1/keys` with `body`);
+    /// returns the answer's `data` (the key is `data.key`).
+    pub async fn create_key(&self, body: serde_json::Value) -> serde_json::Value {
+        self.operator()
+            .post(self.control_url("/v1/keys"))
+            .json(&body)
+            .expect(reqwest::StatusCode::CREATED)
+            .await["data"]
+            .clone()
+    }
+
     pub fn operator(&self) -> reqwest::Client {
         let mut h = reqwest::header::HeaderMap::new();
         h.insert(
