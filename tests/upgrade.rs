@@ -543,10 +543,17 @@ async fn the_systemd_units_reload_command_performs_the_upgrade() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_ne!(new_pid, old_pid, "the pid file names the new keygate");
-    client
+    // On failure, both keygates' logs: what the new one did after taking over.
+    let answer = client
         .get(format!("http://{data}/v1/folders/local"))
-        .expect(StatusCode::OK)
+        .send()
         .await;
+    assert!(
+        answer.as_ref().is_ok_and(|r| r.status() == StatusCode::OK),
+        "the new keygate ({new_pid}, alive: {}) does not serve: {answer:?}\n--- new ---\n{}\n--- old ---\n{old_log}",
+        std::path::Path::new(&format!("/proc/{new_pid}")).exists(),
+        std::fs::read_to_string(&new_log).unwrap_or_default()
+    );
     // The new keygate is not this test's child: stop it by its pid file.
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &new_pid])

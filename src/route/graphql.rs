@@ -1117,6 +1117,41 @@ mod tests {
     }
 
     #[test]
+    fn persisted_queries_when_allowed_carry_their_document() {
+        use sha2::Digest;
+        let mut r = rules();
+        r.persisted_queries = true;
+        let doc = "{ me { id } }";
+        let hash: String = sha2::Sha256::digest(doc.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let apq = |query: Option<&str>, hash: &str| {
+            let mut body = serde_json::json!({
+                "extensions": {"persistedQuery": {"version": 1, "sha256Hash": hash}}
+            });
+            if let Some(q) = query {
+                body["query"] = serde_json::json!(q);
+            }
+            authorize(&r, body.to_string().as_bytes(), None)
+        };
+        // The document with its own hash is authorized like any other.
+        assert_eq!(apq(Some(doc), &hash).unwrap().checks.len(), 1);
+        // Another document under that hash could make the server run what it stored.
+        let other = apq(
+            Some("mutation { deleteFile(providerId: \"s3\", path: \"/a\") { ok } }"),
+            &hash,
+        );
+        assert!(matches!(other, Err(Refusal::BadRequest(m)) if m.contains("SHA-256")));
+        // A hash alone: the client is asked for the document, in the shape APQ clients know.
+        let alone = apq(None, &hash).unwrap_err();
+        assert_eq!(alone, Refusal::PersistedQueryNotFound);
+        let body: serde_json::Value = serde_json::from_slice(&alone.render("r").body).unwrap();
+        assert_eq!(body["errors"][0]["message"], "PersistedQueryNotFound");
+        assert_eq!(body["error"]["code"], "PERSISTED_QUERY_NOT_FOUND");
+    }
+
+    #[test]
     fn a_key_given_twice_is_refused_anywhere_in_the_body() {
         let fixed: Arc<str> = Arc::from("dav");
         for body in [
