@@ -234,9 +234,25 @@ async fn drivebase_base_paths_hold_for_the_rest_proxy_and_graphql() {
 
     // A form body could stand in for the query at the backend (Go's FormValue, PHP's
     // $_REQUEST): refused where the query names the resource.
+    for content_type in [
+        "application/x-www-form-urlencoded",
+        "Application/X-WWW-Form-Urlencoded; charset=utf-8",
+        "application/x-www-form-urlencoded,x",
+        "multipart/form-data; boundary=x",
+    ] {
+        b.post(kg.url(up))
+            .header("content-type", content_type)
+            .body("path=/documents/cv.pdf")
+            .expect(StatusCode::BAD_REQUEST)
+            .await;
+    }
     b.post(kg.url(up))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body("path=/documents/cv.pdf")
+        .header("content-type", "application/octet-stream")
+        .body("dump")
+        .expect(StatusCode::OK)
+        .await;
+    // The GraphQL endpoint answers POST only: a GET never reaches another rule.
+    b.get(kg.url("/graphql?query=%7Bme%7Bid%7D%7D"))
         .expect(StatusCode::BAD_REQUEST)
         .await;
 

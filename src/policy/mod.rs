@@ -463,16 +463,27 @@ impl Loaded {
         // policies see only defined scopes): a forbid on it would be lifted silently, a permit
         // would be dead. So removing a scope means editing the policies that name it.
         let mut undefined = Vec::new();
-        for policy in self.policies.policies() {
-            let Ok(est) = policy.to_json() else { continue };
+        let shadow = self.shadow.as_ref().map(|s| s.whole.policies());
+        for policy in self.policies.policies().chain(shadow.into_iter().flatten()) {
+            let id = policy
+                .annotation("id")
+                .map_or_else(|| policy.id().to_string(), str::to_owned);
             let mut named = Vec::new();
-            scope_literals(&est, &mut named);
+            let readable = policy
+                .to_json()
+                .is_ok_and(|est| scope_literals(&est, &mut named));
+            if !readable {
+                undefined.push(format!(
+                    "{id} tests principal.scopes against something other than string literals"
+                ));
+            }
             for scope in named {
                 if self.scopes.binary_search(&scope).is_err() {
-                    let id = policy
-                        .annotation("id")
-                        .map_or_else(|| policy.id().to_string(), str::to_owned);
-                    undefined.push(format!("{id} names the scope \"{scope}\""));
+                    let hint = match self.spelled.get(&scope) {
+                        Some(name) => format!(" (a spelling: policies use the name \"{name}\")"),
+                        None => String::new(),
+                    };
+                    undefined.push(format!("{id} names the scope \"{scope}\"{hint}"));
                 }
             }
         }
@@ -945,39 +956,58 @@ fn path_literals(set: &PolicySet) -> Result<Vec<(String, String)>, Vec<String>> 
     Ok(out)
 }
 
-/// For each action, the nearest `@scope` group above it.
-/// The string literals a policy (as Cedar's JSON form) tests the `scopes` attribute for:
-/// `….scopes.contains("x")`, `containsAny` / `containsAll` of a set literal.
-fn scope_literals(est: &Value, out: &mut Vec<String>) {
+/// The string literals a policy (as Cedar's JSON form) compares a `scopes` attribute with,
+/// on either side of `contains`, `containsAny`, `containsAll`, `==` or `!=`. False when it
+/// compares `scopes` with anything else (an attribute, a conditional): what such a policy
+/// tests for cannot be checked against the schema.
+fn scope_literals(est: &Value, out: &mut Vec<String>) -> bool {
+    let is_scopes = |side: Option<&Value>| {
+        side.and_then(|s| s.pointer("/./attr"))
+            .and_then(Value::as_str)
+            .is_some_and(|a| a == "scopes")
+    };
+    // The string literals of a literal operand: a string, or a set of strings.
+    let literals = |side: Option<&Value>, out: &mut Vec<String>| -> bool {
+        match side {
+            Some(v) if v.get("Value").is_some_and(Value::is_string) => {
+                out.extend(v["Value"].as_str().map(str::to_owned));
+                true
+            }
+            Some(v) => match v.get("Set") {
+                Some(Value::Array(set)) => set.iter().all(|item| {
+                    let s = item.get("Value").and_then(Value::as_str);
+                    out.extend(s.map(str::to_owned));
+                    s.is_some()
+                }),
+                _ => false,
+            },
+            None => false,
+        }
+    };
+    let mut ok = true;
     match est {
         Value::Object(o) => {
-            for op in ["contains", "containsAny", "containsAll"] {
+            for op in ["contains", "containsAny", "containsAll", "==", "!="] {
                 let Some(call) = o.get(op) else { continue };
-                let on_scopes = call
-                    .pointer("/left/./attr")
-                    .and_then(Value::as_str)
-                    .is_some_and(|a| a == "scopes");
-                if !on_scopes {
-                    continue;
+                let (left, right) = (call.get("left"), call.get("right"));
+                if is_scopes(left) && !is_scopes(right) {
+                    ok &= literals(right, out);
+                } else if is_scopes(right) && !is_scopes(left) {
+                    ok &= literals(left, out);
                 }
-                let right = call.get("right");
-                let mut values: Vec<&Value> =
-                    right.and_then(|r| r.get("Value")).into_iter().collect();
-                if let Some(Value::Array(set)) = right.and_then(|r| r.get("Set")) {
-                    values.extend(set.iter().filter_map(|v| v.get("Value")));
-                }
-                out.extend(
-                    values
-                        .into_iter()
-                        .filter_map(Value::as_str)
-                        .map(str::to_owned),
-                );
             }
-            o.values().for_each(|v| scope_literals(v, out));
+            for v in o.values() {
+                ok &= scope_literals(v, out);
+            }
         }
-        Value::Array(a) => a.iter().for_each(|v| scope_literals(v, out)),
+        Value::Array(a) => {
+            for v in a {
+                ok &= scope_literals(v, out);
+            }
+        }
         _ => {}
     }
+    ok
 }
 
 /// The spellings `@scope("…")` gives scopes: (name → spelling, spelling → name). A spelling
@@ -1026,6 +1056,7 @@ fn scope_spellings(
     }
 }
 
+/// For each action, the nearest `@scope` group above it.
 fn required_scopes(actions: &Entities, scopes: &[String]) -> HashMap<String, String> {
     let mut out = HashMap::new();
     for e in actions.iter() {
@@ -1981,6 +2012,31 @@ pub fn decided_targets(route: &RouteMatch) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn policies_comparing_scopes_are_checked_against_the_schema() {
+        let literals = |policy: &str| {
+            let p: cedar_policy::Policy = policy.parse().unwrap();
+            let mut out = Vec::new();
+            let ok = scope_literals(&p.to_json().unwrap(), &mut out);
+            out.sort();
+            (ok, out)
+        };
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            literals("forbid (principal, action, resource) when { [\"legacy:write\", \"x\"].containsAny(principal.scopes) };"),
+            (true, s(&["legacy:write", "x"]))
+        );
+        assert_eq!(
+            literals("permit (principal, action, resource) when { principal.scopes.containsAll([\"a\"]) || principal.scopes == [\"b\"] || principal.scopes.contains(\"c\") };"),
+            (true, s(&["a", "b", "c"]))
+        );
+        assert!(!literals("permit (principal, action, resource) when { principal.scopes.contains(principal.role) };").0);
+        assert_eq!(
+            literals("permit (principal, action, resource) when { principal.role == \"admin\" };"),
+            (true, s(&[]))
+        );
+    }
 
     fn shipped() -> Vec<(String, String)> {
         SHIPPED

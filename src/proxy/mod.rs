@@ -95,17 +95,20 @@ impl Keygate {
             query: route.query(),
             client: ctx.client,
         };
-        // Go's FormValue and PHP's $_REQUEST read a form body's fields before the URL's.
+        // Go's FormValue and PHP's $_REQUEST read a form body's fields before the URL's, and
+        // servers cut a media type at different characters (`;`, `,`, a space) or read past
+        // bytes keygate cannot: any Content-Type that could name a form is refused.
         if route.resource_in_query {
             let form = req
                 .headers
                 .get_all(http::header::CONTENT_TYPE)
                 .iter()
-                .filter_map(|v| v.to_str().ok())
                 .any(|v| {
-                    let t = v.split(';').next().unwrap_or_default().trim();
-                    t.eq_ignore_ascii_case("application/x-www-form-urlencoded")
-                        || t.eq_ignore_ascii_case("multipart/form-data")
+                    let b = v.as_bytes();
+                    !b.iter()
+                        .all(|c| c.is_ascii_graphic() || *c == b' ' || *c == b'\t')
+                        || b.contains(&b',')
+                        || b.to_ascii_lowercase().windows(4).any(|w| w == b"form")
                 });
             if form {
                 return Err(Refusal::bad_request(
@@ -129,30 +132,20 @@ impl Keygate {
         // A GraphQL operation is charged once for each distinct action its fields need, so a
         // rate-limit rule on one action cannot be dodged by asking for another field first;
         // the headers show the tightest standing.
-        let mut actions: Vec<&Arc<str>> = vec![&route.action];
+        let mut actions: Vec<&str> = vec![&route.action];
         if ctx.body_read {
             for check in route.checks() {
                 let (Check::Path(a, _) | Check::Unmapped(a, _)) = check;
-                if !actions.contains(&a) {
+                if !actions.contains(&&**a) {
                     actions.push(a);
                 }
             }
         }
-        for action in actions {
-            match self.limits.check(principal, action) {
-                Ok(standing) => {
-                    let tighter = match (&standing, &ctx.standing) {
-                        (Some(new), Some(old)) => new.remaining < old.remaining,
-                        (new, _) => new.is_some(),
-                    };
-                    if tighter {
-                        ctx.standing = standing;
-                    }
-                }
-                Err((refusal, standing)) => {
-                    ctx.standing = standing;
-                    return Err(refusal);
-                }
+        match self.limits.check_actions(principal, &actions) {
+            Ok(standing) => ctx.standing = standing,
+            Err((refusal, standing)) => {
+                ctx.standing = standing;
+                return Err(refusal);
             }
         }
         let decided = self.policy.decide(principal, route);

@@ -263,9 +263,45 @@ impl RateLimiter {
         principal: &Principal,
         action: &str,
     ) -> Result<Option<Standing>, (Refusal, Option<Standing>)> {
-        let Some((rule, limit)) = self.rule_for(principal, action) else {
-            return Ok(None);
-        };
+        self.check_actions(principal, &[action])
+    }
+
+    /// Counts one request that needs every one of `actions` (a GraphQL operation's fields):
+    /// once against each distinct rule they fall under, so a rule on one action holds whatever
+    /// else the request asks for, and the default is charged once. The standing returned is
+    /// the tightest; the first rule over its limit refuses.
+    pub fn check_actions(
+        &self,
+        principal: &Principal,
+        actions: &[&str],
+    ) -> Result<Option<Standing>, (Refusal, Option<Standing>)> {
+        let mut rules: Vec<(usize, Limit)> = Vec::with_capacity(1);
+        for action in actions {
+            if let Some(found) = self.rule_for(principal, action) {
+                if !rules.iter().any(|(r, _)| *r == found.0) {
+                    rules.push(found);
+                }
+            }
+        }
+        let mut tightest: Option<Standing> = None;
+        for (rule, limit) in rules {
+            let standing = self.charge(principal, rule, limit)?;
+            if tightest
+                .as_ref()
+                .is_none_or(|t| standing.remaining < t.remaining)
+            {
+                tightest = Some(standing);
+            }
+        }
+        Ok(tightest)
+    }
+
+    fn charge(
+        &self,
+        principal: &Principal,
+        rule: usize,
+        limit: Limit,
+    ) -> Result<Standing, (Refusal, Option<Standing>)> {
         let slots = self
             .windows
             .get_with_by_ref(principal_subject(principal), || {
@@ -293,7 +329,7 @@ impl RateLimiter {
         match result {
             Ok(remaining) => {
                 standing.remaining = remaining.min(u64::from(limit.requests)) as u32;
-                Ok(Some(standing))
+                Ok(standing)
             }
             Err(wait_ms) => {
                 self.metrics
@@ -425,6 +461,49 @@ mod tests {
             generation: 1,
             usage: Arc::default(),
         }
+    }
+
+    #[test]
+    fn a_request_needing_several_actions_is_charged_once_per_rule() {
+        let limit = |n| Limit {
+            requests: n,
+            window: Duration::from_secs(60),
+        };
+        let limiter = RateLimiter::new(
+            RateLimitConfig {
+                default: Some(limit(10)),
+                rules: vec![Rule {
+                    name: "deletes".into(),
+                    matches: RuleMatch {
+                        action: Some("deleteFile".into()),
+                        ..RuleMatch::default()
+                    },
+                    limit: limit(2),
+                }],
+            },
+            Arc::new(Metrics::new()),
+        );
+        let p = principal("k", "acme", &["admin"]);
+        // Three actions under the default: one unit of it.
+        let s = limiter
+            .check_actions(&p, &["readFile", "listFolder", "browse"])
+            .unwrap()
+            .unwrap();
+        assert_eq!((s.limit, s.remaining), (10, 9));
+        // A delete among them is charged to its own rule too, and shows as the tightest.
+        let s = limiter
+            .check_actions(&p, &["readFile", "deleteFile"])
+            .unwrap()
+            .unwrap();
+        assert_eq!((s.limit, s.remaining), (2, 1));
+        limiter
+            .check_actions(&p, &["deleteFile", "readFile"])
+            .unwrap();
+        let (refusal, standing) = limiter
+            .check_actions(&p, &["readFile", "deleteFile"])
+            .unwrap_err();
+        assert!(matches!(refusal, Refusal::RateLimited { .. }));
+        assert_eq!(standing.unwrap().limit, 2);
     }
 
     #[test]

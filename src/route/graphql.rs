@@ -24,9 +24,11 @@ use crate::refusal::Refusal;
 /// forwarded after the decision.
 pub const MAX_BODY: usize = 64 * 1024;
 
-/// Tokens the parser reads at most, beyond four per allowed field (a field, its alias, an
-/// argument's name and value): parsing costs about 0.1 µs a token, so this, not the body's size,
-/// bounds the CPU a document can take before it is refused.
+/// Tokens the parser reads at most per allowed field (apollo-parser counts whitespace and
+/// punctuation too: a field with an argument and a directive takes about 12), and beyond:
+/// parsing costs about 0.1 µs a token, so this, not the body's size, bounds the CPU a
+/// document can take before it is refused.
+const TOKENS_PER_FIELD: usize = 16;
 const TOKENS_BEYOND_FIELDS: usize = 2000;
 
 /// The three operation types.
@@ -260,6 +262,25 @@ fn read_request(body: &[u8]) -> Result<Request, Refusal> {
         || ["id", "documentId", "queryId"]
             .iter()
             .any(|k| o.contains_key(*k));
+    if let Some(Value::Object(e)) = o.get("extensions") {
+        if e.keys()
+            .any(|k| k != "persistedQuery" && k.eq_ignore_ascii_case("persistedQuery"))
+        {
+            return Err(bad(
+                "the GraphQL \"extensions\" spell persistedQuery another way",
+            ));
+        }
+    }
+    // A persisted-document id alone is refused below (keygate cannot read the document);
+    // beside a document, a server preferring the id would run something else.
+    let by_id = ["id", "documentId", "queryId"]
+        .iter()
+        .any(|k| o.contains_key(*k));
+    if by_id && query.is_some() {
+        return Err(bad(
+            "a GraphQL request with its document must not also name a persisted document by id",
+        ));
+    }
     // Any other key is refused: servers that match keys case-insensitively (Go's encoding/json:
     // a later "Query" replaces "query") or know other spellings would read another request.
     o.remove("extensions");
@@ -330,11 +351,11 @@ pub fn authorize(
     }
     let tree = apollo_parser::Parser::new(query)
         .recursion_limit(rules.max_depth.saturating_mul(2) + 8)
-        .token_limit(rules.max_fields.saturating_mul(4) + TOKENS_BEYOND_FIELDS)
+        .token_limit(rules.max_fields.saturating_mul(TOKENS_PER_FIELD) + TOKENS_BEYOND_FIELDS)
         .parse();
     if let Some(e) = tree.errors().next() {
         return Err(bad(if e.message().contains("limit") {
-            "the GraphQL document is nested too deeply or too long"
+            "the GraphQL document is nested too deeply or too long (see [graphql] max_depth and max_fields)"
         } else {
             "the GraphQL document does not parse"
         }));
@@ -663,7 +684,10 @@ fn constant(value: &cst::Value) -> Option<Value> {
             let mut map = serde_json::Map::new();
             for f in o.object_fields() {
                 let name = f.name()?.text().to_string();
-                map.insert(name, constant(&f.value()?)?);
+                // A field given twice: servers keep one or the other.
+                if map.insert(name, constant(&f.value()?)?).is_some() {
+                    return None;
+                }
             }
             Some(Value::Object(map))
         }
@@ -801,6 +825,14 @@ fn check_field(
         });
     }
     if let Some(arg) = &rule.new_name {
+        // The folder of `/a/b/` is `/a/b` to some servers and `/a` to keygate's canonical form.
+        let source = out[0].resource.as_ref().map(|r| r.path.as_str());
+        let raw_source = values.string(field, path_arg).unwrap_or_default();
+        if raw_source.ends_with('/') || source == Some("/") {
+            return Err(bad(format!(
+                "{key}: what is renamed must be named without a trailing '/'"
+            )));
+        }
         let name = values.string(field, arg).ok_or_else(|| {
             bad(format!(
                 "{key} needs its argument {} as a string",
@@ -1071,6 +1103,29 @@ mod tests {
                 "mutation { deleteFile(providerId: \"s3\", path: \"/a\") { ok } }"
             );
             assert!(refused(body).contains("holds only"), "{key}");
+        }
+        // Beside its document, a persisted-document id a server could prefer; persistedQuery
+        // spelled another way; an input field twice in a variable's default.
+        let mut with_pq = rules();
+        with_pq.persisted_queries = true;
+        let fixed: Arc<str> = Arc::from("dav");
+        for body in [
+            serde_json::json!({"query": "{ me { id } }", "documentId": "stored-mutation"}),
+            serde_json::json!({"query": "{ me { id } }", "extensions": {"PersistedQuery": {"sha256Hash": "x"}}}),
+        ] {
+            assert!(
+                matches!(
+                    authorize(&with_pq, body.to_string().as_bytes(), Some(&fixed)),
+                    Err(Refusal::BadRequest(_))
+                ),
+                "{body}"
+            );
+        }
+        assert!(refused(serde_json::json!({"query": "mutation($i: UploadInput = {providerId: \"s3\", path: \"/x\", path: \"/y\"}) { upload(input: $i) { id } }"})).contains("needs its argument"));
+        // A rename of something named with a trailing '/', or of the root, is refused.
+        for path in ["/backups/a.tar/", "/"] {
+            let q = serde_json::json!({"query": format!("mutation {{ rename(providerId: \"s3\", path: {path:?}, name: \"b\") {{ id }} }}")});
+            assert!(refused(q).contains("trailing"), "{path}");
         }
         // An argument or a variable given twice is refused.
         assert!(refused(serde_json::json!({"query": "mutation { deleteFile(providerId: \"s3\", path: \"/a\", path: \"/b\") { ok } }"})).contains("path"));

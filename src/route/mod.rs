@@ -363,6 +363,11 @@ impl RouteTable {
         let segments = target.path.segments();
         for route in &self.routes {
             if !route.methods.allows(input.method) {
+                // A GraphQL endpoint's path never falls through to another rule (or the
+                // default action) for another method: its operation would go undecided.
+                if route.graphql && route.template.matches(segments).is_some() {
+                    return Err(bad("a GraphQL endpoint answers POST only"));
+                }
                 continue;
             }
             let Some((provider, path)) = route.template.matches(segments) else {
@@ -486,7 +491,16 @@ fn query_param(query: Option<&str>, name: &str) -> Result<String, Refusal> {
             .map_err(|_| bad("a query parameter is not valid UTF-8"))
     };
     let mut found = None;
-    let mangled = |k: &str| k.replace(['.', ' '], "_");
+    // PHP drops leading spaces, cuts a name at NUL and reads `.` and space as `_`; ASP.NET
+    // ignores case. A name that any of them reads as this one, but is not it, is refused.
+    let mangled = |k: &str| {
+        k.trim_start_matches(' ')
+            .split('\0')
+            .next()
+            .unwrap_or_default()
+            .replace(['.', ' '], "_")
+            .to_ascii_lowercase()
+    };
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         let key = decode(key)?;
@@ -738,6 +752,9 @@ mod tests {
         for q in [
             "provider.id=s3&provider_id=t",
             "provider%20id=s3&provider_id=t",
+            "provider_id=t&%20provider_id=s3",
+            "provider_id=t&provider_id%00=s3",
+            "provider_id=t&PROVIDER_ID=s3",
         ] {
             assert!(query_param(Some(q), "provider_id").is_err(), "{q}");
         }
@@ -757,6 +774,39 @@ mod tests {
                 "{q:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_graphql_path_never_falls_through_to_another_rule() {
+        let mut graphql = Route {
+            methods: Methods::List(vec!["POST".to_owned()]),
+            template: Template::parse("/graphql").unwrap(),
+            action: Arc::from("graphql"),
+            provider: Some(Arc::from("dav")),
+            destination: false,
+            source_action: None,
+            overwrite_action: None,
+            graphql: true,
+            provider_param: None,
+            path_param: None,
+        };
+        let catch_all = Route {
+            methods: Methods::Any,
+            template: Template::parse("/{*path}").unwrap(),
+            action: Arc::from("readFile"),
+            graphql: false,
+            ..graphql.clone()
+        };
+        graphql.graphql = true;
+        let table = RouteTable::new(vec![graphql, catch_all], Some(Arc::from("readFile")));
+        assert!(matches!(
+            table.route(input("GET", "/graphql?query=%7Bme%7D", None)),
+            Err(Refusal::BadRequest(_))
+        ));
+        assert_eq!(
+            &*table.route(input("GET", "/other", None)).unwrap().action,
+            "readFile"
+        );
     }
 
     #[test]
