@@ -2163,20 +2163,12 @@ mod tests {
         let engine = PolicyEngine::load(dir.path(), Arc::new(Metrics::new())).unwrap();
         engine.set_providers(HashMap::from([("local".to_owned(), "w1".to_owned())]));
         let route = RouteMatch {
-            action: Arc::from("noSuchAction"),
             resources: vec![Resource {
                 role: crate::route::ResourceRole::Source,
                 provider: "local".into(),
                 path: "/a".to_owned(),
             }],
-            upstream_target: "/a".to_owned(),
-            upstream_destination: None,
-            upstream_overwrite: None,
-            also: Vec::new(),
-            unmapped: Vec::new(),
-            graphql: None,
-            provider: None,
-            resource_in_query: false,
+            ..RouteMatch::new(Arc::from("noSuchAction"), "/a".to_owned())
         };
         let decided = engine.decide(&principal(None, &["admin"]), &route);
         assert!(decided.refusal.is_some());

@@ -239,18 +239,7 @@ mod tests {
         ] {
             req.append_header(k, v).unwrap();
         }
-        let route = RouteMatch {
-            action: Arc::from("readFile"),
-            resources: vec![],
-            upstream_target: "/v1/files/local/a.".to_owned(),
-            upstream_destination: None,
-            upstream_overwrite: None,
-            also: vec![],
-            unmapped: Vec::new(),
-            graphql: None,
-            provider: None,
-            resource_in_query: false,
-        };
+        let route = RouteMatch::new(Arc::from("readFile"), "/v1/files/local/a.".to_owned());
         let principal = Principal {
             kind: Default::default(),
             key_id: "key-1".into(),

@@ -787,14 +787,17 @@ fn check_field(
             field: key,
         }]);
     };
+    let argument = |arg: &ArgumentPath| {
+        values.string(field, arg).ok_or_else(|| {
+            bad(format!(
+                "{key} needs its argument {} as a string",
+                arg.0.join(".")
+            ))
+        })
+    };
     let provider: Arc<str> = match &rule.provider {
         Some(arg) => {
-            let p = values.string(field, arg).ok_or_else(|| {
-                bad(format!(
-                    "{key} needs its argument {} as a string",
-                    arg.0.join(".")
-                ))
-            })?;
+            let p = argument(arg)?;
             check_provider(&p)?;
             Arc::from(p)
         }
@@ -802,64 +805,43 @@ fn check_field(
             .cloned()
             .ok_or_else(|| bad(format!("{key} names no provider")))?,
     };
-    let mut out = Vec::with_capacity(2);
-    for (arg, role) in [
-        (Some(path_arg), ResourceRole::Source),
-        (rule.destination.as_ref(), ResourceRole::Destination),
-    ] {
-        let Some(arg) = arg else { continue };
-        let raw = values.string(field, arg).ok_or_else(|| {
-            bad(format!(
-                "{key} needs its argument {} as a string",
-                arg.0.join(".")
-            ))
-        })?;
-        out.push(FieldCheck {
-            action: rule.action.clone(),
-            resource: Some(Resource {
-                role,
-                provider: provider.clone(),
-                path: check_decoded_path(&raw)?,
-            }),
-            field: key.clone(),
-        });
+    let raw_source = argument(path_arg)?;
+    let source = check_decoded_path(&raw_source)?;
+    let check = |path: String, role| FieldCheck {
+        action: rule.action.clone(),
+        resource: Some(Resource {
+            role,
+            provider: provider.clone(),
+            path,
+        }),
+        field: key.clone(),
+    };
+    let mut out = vec![check(source.clone(), ResourceRole::Source)];
+    if let Some(arg) = &rule.destination {
+        out.push(check(
+            check_decoded_path(&argument(arg)?)?,
+            ResourceRole::Destination,
+        ));
     }
     if let Some(arg) = &rule.new_name {
         // The folder of `/a/b/` is `/a/b` to some servers and `/a` to keygate's canonical form.
-        let source = out[0].resource.as_ref().map(|r| r.path.as_str());
-        let raw_source = values.string(field, path_arg).unwrap_or_default();
-        if raw_source.ends_with('/') || source == Some("/") {
+        if raw_source.ends_with('/') || source == "/" {
             return Err(bad(format!(
                 "{key}: what is renamed must be named without a trailing '/'"
             )));
         }
-        let name = values.string(field, arg).ok_or_else(|| {
-            bad(format!(
-                "{key} needs its argument {} as a string",
-                arg.0.join(".")
-            ))
-        })?;
+        let name = argument(arg)?;
         let renamed = check_decoded_path(&format!("/{name}"))?;
         if renamed == "/" || renamed[1..].contains('/') || name.ends_with('/') {
             return Err(bad(format!(
                 "{key}: a new name is one path segment, without '/'"
             )));
         }
-        let source = out[0]
-            .resource
-            .as_ref()
-            .map(|r| r.path.clone())
-            .unwrap_or_default();
         let parent = source.rsplit_once('/').map_or("", |(p, _)| p);
-        out.push(FieldCheck {
-            action: rule.action.clone(),
-            resource: Some(Resource {
-                role: ResourceRole::Destination,
-                provider: provider.clone(),
-                path: format!("{parent}{renamed}"),
-            }),
-            field: key.clone(),
-        });
+        out.push(check(
+            format!("{parent}{renamed}"),
+            ResourceRole::Destination,
+        ));
     }
     Ok(out)
 }

@@ -231,6 +231,23 @@ pub struct RouteMatch {
 }
 
 impl RouteMatch {
+    /// A request decided as `action` on nothing yet (resources and further decisions are
+    /// added by the caller), going upstream as `upstream_target`.
+    pub fn new(action: Arc<str>, upstream_target: String) -> RouteMatch {
+        RouteMatch {
+            action,
+            resources: Vec::new(),
+            upstream_target,
+            upstream_destination: None,
+            upstream_overwrite: None,
+            also: Vec::new(),
+            unmapped: Vec::new(),
+            graphql: None,
+            provider: None,
+            resource_in_query: false,
+        }
+    }
+
     /// Every decision the request needs, in order: the route's action on each resource, the
     /// further actions, then the unmapped ones. A request with none of these (the default
     /// action) is one decision on its canonical path, unmapped.
@@ -445,18 +462,7 @@ impl RouteTable {
             });
         }
         match &self.default_action {
-            Some(action) => Ok(RouteMatch {
-                action: action.clone(),
-                resources: Vec::new(),
-                upstream_target,
-                upstream_destination: None,
-                upstream_overwrite: None,
-                also: Vec::new(),
-                unmapped: Vec::new(),
-                graphql: None,
-                provider: None,
-                resource_in_query: false,
-            }),
+            Some(action) => Ok(RouteMatch::new(action.clone(), upstream_target)),
             None => Err(Refusal::NotFound),
         }
     }
@@ -778,7 +784,7 @@ mod tests {
 
     #[test]
     fn a_graphql_path_never_falls_through_to_another_rule() {
-        let mut graphql = Route {
+        let graphql = Route {
             methods: Methods::List(vec!["POST".to_owned()]),
             template: Template::parse("/graphql").unwrap(),
             action: Arc::from("graphql"),
@@ -797,7 +803,6 @@ mod tests {
             graphql: false,
             ..graphql.clone()
         };
-        graphql.graphql = true;
         let table = RouteTable::new(vec![graphql, catch_all], Some(Arc::from("readFile")));
         assert!(matches!(
             table.route(input("GET", "/graphql?query=%7Bme%7D", None)),
