@@ -38,6 +38,7 @@ fn route_stage(c: &mut Criterion) {
                 raw_target: b"/v1/files/local/backups/2025/db-dump.tar",
                 destination: None,
                 overwrite: None,
+                depth: None,
                 host: Some("localhost"),
             }))
         })
@@ -49,6 +50,7 @@ fn route_stage(c: &mut Criterion) {
                 raw_target: b"/v1/files/local/backups/a.tar",
                 destination: Some(b"/v1/files/local/archive/a.tar"),
                 overwrite: None,
+                depth: None,
                 host: Some("localhost"),
             }))
         })
@@ -201,6 +203,7 @@ fn decide_stage(c: &mut Criterion) {
             raw_target: b"/v1/files/local/backups/2025/db-dump.tar",
             destination: None,
             overwrite: None,
+            depth: None,
             host: None,
         })
         .expect("routes");
@@ -218,6 +221,7 @@ fn decide_stage(c: &mut Criterion) {
                     raw_target: format!("/v1/files/local/backups/2025/f-{i}.tar").as_bytes(),
                     destination: None,
                     overwrite: None,
+                    depth: None,
                     host: None,
                 })
                 .expect("routes")
@@ -247,6 +251,7 @@ fn decide_stage(c: &mut Criterion) {
                 raw_target: target.as_bytes(),
                 destination: None,
                 overwrite: None,
+                depth: None,
                 host: None,
             })
             .expect("routes");
@@ -406,7 +411,8 @@ fn pipeline(c: &mut Criterion) {
 
     c.bench_function("credentials/parse_with_checksum", |b| {
         b.iter(|| {
-            let creds = credentials(black_box(&req.headers), None, &rules).expect("credentials");
+            let creds =
+                credentials(black_box(&req.headers), None, &rules, false).expect("credentials");
             let Credentials::ApiKey(k) = &creds else {
                 panic!("an API key")
             };
@@ -414,7 +420,7 @@ fn pipeline(c: &mut Criterion) {
             creds
         })
     });
-    let creds = credentials(&req.headers, None, &rules).expect("credentials");
+    let creds = credentials(&req.headers, None, &rules, false).expect("credentials");
     rt.block_on(kg.identity.principal_for(&creds))
         .expect("the key is valid");
     c.bench_function("identity/cache_hit", |b| {

@@ -122,4 +122,85 @@ impl Principal {
     pub fn is_expired(&self, now_ms: i64) -> bool {
         self.expires_at.is_some_and(|e| e <= now_ms)
     }
+
+    /// Every folder on the way to a restricted credential's base paths, as (provider, path):
+    /// each provider's root, the folders below it down to the base path, and the base path
+    /// itself. Empty for a credential without base paths. At most 257 per grant.
+    pub fn toward_grants(&self) -> Vec<(&str, String)> {
+        let mut out = Vec::new();
+        for g in self.grants.iter().flatten() {
+            out.push((g.provider.as_str(), "/".to_owned()));
+            let mut folder = String::new();
+            for segment in g.base_path.split('/').filter(|s| !s.is_empty()) {
+                folder.push('/');
+                folder.push_str(segment);
+                out.push((g.provider.as_str(), folder.clone()));
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// True when canonical `path` of `provider` is on the way to one of the credential's base
+    /// paths (one of [`Principal::toward_grants`]), compared segment by segment.
+    pub fn leads_to_grant(&self, provider: &str, path: &str) -> bool {
+        self.grants.iter().flatten().any(|g| {
+            g.provider == provider
+                && (path == "/"
+                    || g.base_path == path
+                    || g.base_path
+                        .strip_prefix(path)
+                        .is_some_and(|rest| rest.starts_with('/')))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_way_to_base_paths_is_every_folder_above_them_and_nothing_beside() {
+        let mut p = Principal::operator();
+        assert!(p.toward_grants().is_empty());
+        assert!(!p.leads_to_grant("nas", "/"));
+        p.grants = Some(vec![
+            Grant {
+                provider: "nas".into(),
+                base_path: "/projects/alpha".into(),
+            },
+            Grant {
+                provider: "s3".into(),
+                base_path: "/".into(),
+            },
+        ]);
+        let way: Vec<String> = p
+            .toward_grants()
+            .into_iter()
+            .map(|(provider, path)| format!("{provider}:{path}"))
+            .collect();
+        assert_eq!(
+            way,
+            ["nas:/", "nas:/projects", "nas:/projects/alpha", "s3:/"]
+        );
+        for (provider, path, on_the_way) in [
+            ("nas", "/", true),
+            ("nas", "/projects", true),
+            ("nas", "/projects/alpha", true),
+            ("nas", "/projects/alpha/x", false),
+            ("nas", "/projects/al", false),
+            ("nas", "/projects/beta", false),
+            ("nas", "/proj", false),
+            ("s3", "/", true),
+            ("s3", "/a", false),
+            ("other", "/", false),
+        ] {
+            assert_eq!(
+                p.leads_to_grant(provider, path),
+                on_the_way,
+                "{provider}:{path}"
+            );
+        }
+    }
 }

@@ -1,5 +1,5 @@
-//! Credential extraction from headers and the query: never a panic, and a query value that
-//! starts like a key is always refused.
+//! Credential extraction from headers and the query: never a panic, a query value that starts
+//! like a key is always refused, and a Basic password is only ever taken as an API key.
 #![no_main]
 
 use keygate::identity::credentials::{credentials, CredentialRules};
@@ -28,7 +28,14 @@ fuzz_target!(|data: &[u8]| {
         allowed_origins: Vec::new(),
     };
     let query = (!query.is_empty()).then_some(query);
-    let result = credentials(&headers, query, &rules);
+    let basic = data.first().is_some_and(|b| b & 1 == 1);
+    let result = credentials(&headers, query, &rules, basic);
+    if let Ok(keygate::identity::credentials::Credentials::Jwt(_)) = &result {
+        let from_basic = headers
+            .get(http::header::AUTHORIZATION)
+            .is_some_and(|v| v.as_bytes().to_ascii_lowercase().starts_with(b"basic "));
+        assert!(!from_basic, "a Basic password was taken as a token");
+    }
     // The documented rule: a query value that starts like a key is refused (a word inside a
     // value counts only when it is a whole key, checksum and all: fuzz/regressions/
     // credentials-272fb813 has `key=kg_efi` inside a value, which is not one).

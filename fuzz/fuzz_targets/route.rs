@@ -29,6 +29,7 @@ fuzz_target!(|data: &[u8]| {
         raw_target: target,
         destination,
         overwrite,
+        depth: Some(b"1"),
         host: Some("fuzz"),
     }) {
         for r in m.resources.iter().chain(m.also.iter().map(|a| &a.resource)) {

@@ -293,6 +293,31 @@ pub struct UpstreamSection {
     /// A client certificate chain and key (PEM) for mutual TLS to the backend.
     pub tls_client_cert_file: Option<String>,
     pub tls_client_key_file: Option<String>,
+    /// What the backend does with `%`, `;`, `\\` and other characters some servers read
+    /// specially: `"posix"`, `"strict"`, or a table saying it per character.
+    pub path_dialect: Option<DialectSpec>,
+}
+
+/// `path_dialect = "posix"`, or `[upstream.path_dialect]` with `base = "strict"` and a value
+/// of `"literal"` or `"refuse"` for some of `percent`, `semicolon`, `backslash`, `lookalikes`,
+/// `controls` and `dots`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum DialectSpec {
+    Named(String),
+    Table(DialectTable),
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DialectTable {
+    pub base: Option<String>,
+    pub percent: Option<String>,
+    pub semicolon: Option<String>,
+    pub backslash: Option<String>,
+    pub lookalikes: Option<String>,
+    pub controls: Option<String>,
+    pub dots: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

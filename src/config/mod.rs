@@ -467,6 +467,53 @@ format = "xml"
     }
 
     #[test]
+    fn the_path_dialect_follows_the_preset_unless_the_upstream_says() {
+        use crate::route::PathDialect;
+        let dialect = |toml: &str| load(toml, &[]).map(|c| c.routes.dialect());
+        assert_eq!(
+            dialect("").unwrap(),
+            PathDialect::POSIX,
+            "the storage-backend"
+        );
+        assert_eq!(
+            dialect("[routes]\npreset = \"webdav\"\n").unwrap(),
+            PathDialect::POSIX
+        );
+        assert_eq!(
+            dialect("[routes]\npreset = \"none\"\ndefault_action = \"readFile\"\n").unwrap(),
+            PathDialect::STRICT
+        );
+        assert_eq!(
+            dialect("[upstream]\npath_dialect = \"strict\"\n").unwrap(),
+            PathDialect::STRICT
+        );
+        let mut iis = PathDialect::POSIX;
+        iis.backslash = false;
+        iis.dots = false;
+        assert_eq!(
+            dialect(
+                "[upstream.path_dialect]\nbase = \"posix\"\nbackslash = \"refuse\"\ndots = \"refuse\"\n"
+            )
+            .unwrap(),
+            iis
+        );
+        for (bad, place) in [
+            (
+                "[upstream]\npath_dialect = \"windows\"\n",
+                "[upstream] path_dialect",
+            ),
+            (
+                "[upstream.path_dialect]\npercent = \"yes\"\n",
+                "[upstream] path_dialect.percent",
+            ),
+        ] {
+            let e = dialect(bad).unwrap_err();
+            assert!(e.0.iter().any(|p| p.place.ends_with(place)), "{bad}: {e}");
+        }
+        assert!(dialect("[upstream.path_dialect]\ncase = \"insensitive\"\n").is_err());
+    }
+
+    #[test]
     fn every_section_can_be_overridden_from_the_environment() {
         // Each section of the file model, by a key it has; a section missing from SECTIONS
         // would be silently ignored.
@@ -677,6 +724,7 @@ allow_sample_rate = 2.0
                 raw_target: b"/v1/files/local/a.txt",
                 destination: Some(b"/v1/files/local/b.txt"),
                 overwrite: overwrite.map(str::as_bytes),
+                depth: None,
                 host: None,
             })
         };

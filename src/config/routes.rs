@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::collections::HashMap;
 
 use super::check::{problem, secs, Durations, Problem};
-use super::file::{FileConfig, GraphqlSection, RouteRule};
+use super::file::{DialectSpec, FileConfig, GraphqlSection, RouteRule};
 use crate::route::graphql::{self, ArgumentPath, FieldRule, GraphqlRules, OperationType};
-use crate::route::{Methods, Route, RouteTable, Template};
+use crate::route::{Methods, PathDialect, Route, RouteTable, Template};
 
 pub(super) fn check_name(problems: &mut Vec<Problem>, place: &str, what: &str, name: &str) {
     let ok = !name.is_empty()
@@ -18,6 +18,51 @@ pub(super) fn check_name(problems: &mut Vec<Problem>, place: &str, what: &str, n
     if !ok {
         problem(problems, place, format!("'{name}' is not a valid {what}"));
     }
+}
+
+/// `[upstream] path_dialect`. Without one: `posix` for the presets of backends known to read
+/// names literally (the bundled storage-backend; WebDAV servers on Linux), `strict` otherwise.
+fn path_dialect(file: &FileConfig, preset: &str, problems: &mut Vec<Problem>) -> PathDialect {
+    const PLACE: &str = "[upstream] path_dialect";
+    let named = |name: &str, problems: &mut Vec<Problem>| match name {
+        "posix" => PathDialect::POSIX,
+        "strict" => PathDialect::STRICT,
+        other => {
+            problem(
+                problems,
+                PLACE,
+                format!("'{other}' is not one of 'posix', 'strict'"),
+            );
+            PathDialect::STRICT
+        }
+    };
+    let table = match &file.upstream.path_dialect {
+        None if matches!(preset, "storage-backend" | "webdav") => return PathDialect::POSIX,
+        None => return PathDialect::STRICT,
+        Some(DialectSpec::Named(name)) => return named(name, problems),
+        Some(DialectSpec::Table(t)) => t,
+    };
+    let mut d = named(table.base.as_deref().unwrap_or("strict"), problems);
+    for (name, value, field) in [
+        ("percent", &table.percent, &mut d.percent),
+        ("semicolon", &table.semicolon, &mut d.semicolon),
+        ("backslash", &table.backslash, &mut d.backslash),
+        ("lookalikes", &table.lookalikes, &mut d.lookalikes),
+        ("controls", &table.controls, &mut d.controls),
+        ("dots", &table.dots, &mut d.dots),
+    ] {
+        match value.as_deref() {
+            None => {}
+            Some("literal") => *field = true,
+            Some("refuse") => *field = false,
+            Some(other) => problem(
+                problems,
+                format!("{PLACE}.{name}"),
+                format!("'{other}' is not one of 'literal', 'refuse'"),
+            ),
+        }
+    }
+    d
 }
 
 pub(super) fn route_table(file: &FileConfig, problems: &mut Vec<Problem>) -> RouteTable {
@@ -72,9 +117,13 @@ pub(super) fn route_table(file: &FileConfig, problems: &mut Vec<Problem>) -> Rou
         } else {
             check_name(problems, &place, "action name", &rule.action);
         }
-        for also in [&rule.source_action, &rule.overwrite_action]
-            .into_iter()
-            .flatten()
+        for also in [
+            &rule.source_action,
+            &rule.overwrite_action,
+            &rule.ancestor_action,
+        ]
+        .into_iter()
+        .flatten()
         {
             check_name(problems, &place, "action name", also);
         }
@@ -161,6 +210,8 @@ pub(super) fn route_table(file: &FileConfig, problems: &mut Vec<Problem>) -> Rou
             graphql: rule.graphql,
             provider_param: rule.provider_param.as_deref().map(Arc::from),
             path_param: rule.path_param.as_deref().map(Arc::from),
+            basic: rule.basic_auth,
+            ancestor_action: rule.ancestor_action.as_deref().map(Arc::from),
         });
     }
     let has_graphql = routes.iter().any(|r| r.graphql);
@@ -168,7 +219,8 @@ pub(super) fn route_table(file: &FileConfig, problems: &mut Vec<Problem>) -> Rou
         check_name(problems, "[routes] default_action", "action name", a);
         Arc::from(a)
     });
-    let table = RouteTable::new(routes, default_action);
+    let table =
+        RouteTable::new(routes, default_action).with_dialect(path_dialect(file, preset, problems));
     match (&file.graphql, has_graphql) {
         (Some(section), _) => table.with_graphql(graphql_rules(section, problems)),
         (None, true) => {

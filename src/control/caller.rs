@@ -63,6 +63,7 @@ impl FromRequestParts<ControlState> for Caller {
             headers: &parts.headers,
             query: None,
             client: client_addr(parts, st),
+            basic: false,
         };
         let principal = st.identity.authenticate(presented).await?;
         Ok(Caller(Actor::User(principal)))

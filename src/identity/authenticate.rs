@@ -24,6 +24,8 @@ pub struct Presented<'a> {
     pub query: Option<&'a str>,
     /// The client's address, for the per-address gate and counts.
     pub client: Option<IpAddr>,
+    /// The route takes an API key as the password of HTTP Basic authentication.
+    pub basic: bool,
 }
 
 impl Identity {
@@ -34,7 +36,8 @@ impl Identity {
     pub async fn authenticate(&self, req: Presented<'_>) -> Result<Arc<Principal>, Refusal> {
         self.gate.check(req.client)?;
         let count = |refusal: &Refusal| self.count(refusal, req.client);
-        let creds = credentials(req.headers, req.query, &self.rules).inspect_err(count)?;
+        let creds =
+            credentials(req.headers, req.query, &self.rules, req.basic).inspect_err(count)?;
         if let Credentials::Session(secret) = &creds {
             check_csrf(req.method, req.headers, secret, &self.rules, &self.pepper)
                 .inspect_err(count)?;
@@ -70,6 +73,10 @@ impl Identity {
         for name in [http::header::AUTHORIZATION.as_str(), "x-api-key"] {
             for value in headers.get_all(name).iter().take(MAX_CANDIDATES) {
                 consider(&String::from_utf8_lossy(value.as_bytes()));
+                // A key sent as a Basic password is in clear all the same.
+                if let Ok(password) = super::credentials::basic_password(value.as_bytes()) {
+                    consider(&password);
+                }
             }
         }
         if let Some(q) = query {

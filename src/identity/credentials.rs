@@ -9,7 +9,8 @@ use crate::refusal::{AuthFailure, Refusal};
 /// What the client presented.
 #[derive(Clone, PartialEq, Eq)]
 pub enum Credentials {
-    /// An API key, from `Authorization: Bearer` or `X-API-Key`.
+    /// An API key, from `Authorization: Bearer`, `X-API-Key`, or (on routes that take it) the
+    /// password of `Authorization: Basic`.
     ApiKey(String),
     /// A JWT (keygate's or an external issuer's), from `Authorization: Bearer`.
     Jwt(String),
@@ -179,11 +180,16 @@ const QUERY_CREDENTIALS: &[&str] = &[
     "sessionid",
 ];
 
-/// Reads the credential of a request.
+/// Longest `Authorization: Basic` value read, in bytes: a user name and a key fit many times.
+pub const MAX_BASIC_LEN: usize = 1024;
+
+/// Reads the credential of a request. `basic`: the route takes an API key as the password of
+/// HTTP Basic authentication (WebDAV clients speak nothing else).
 pub fn credentials(
     headers: &HeaderMap,
     query: Option<&str>,
     rules: &CredentialRules,
+    basic: bool,
 ) -> Result<Credentials, Refusal> {
     let style = &rules.style;
     if let Some(q) = query {
@@ -200,6 +206,15 @@ pub fn credentials(
             return Err(Refusal::bad_request(
                 "the request has more than one Authorization header",
             ))
+        }
+        (Some(v), None) if basic && is_basic(v.as_bytes()) => {
+            let key = basic_password(v.as_bytes())?;
+            if !style.looks_like_key(&key) {
+                // Only keys: a user's password would bring the password hash's cost (and a
+                // guessing target) onto the request path.
+                return Err(Refusal::Unauthorized(AuthFailure::Malformed));
+            }
+            Some(key)
         }
         (Some(v), None) => Some(bearer_token(v.as_bytes())?),
     };
@@ -247,6 +262,30 @@ pub fn credentials(
     } else {
         Err(Refusal::Unauthorized(AuthFailure::Malformed))
     }
+}
+
+fn is_basic(value: &[u8]) -> bool {
+    value.len() > 6 && value[..6].eq_ignore_ascii_case(b"basic ")
+}
+
+/// The password of `Basic <base64(user:password)>` (RFC 7617). The user name is not read: a
+/// key names its owner itself, and clients need some name to send (docs/webdav.md).
+pub fn basic_password(value: &[u8]) -> Result<String, Refusal> {
+    use base64::Engine;
+    let malformed = || Refusal::Unauthorized(AuthFailure::Malformed);
+    if value.len() > MAX_BASIC_LEN || !is_basic(value) {
+        return Err(malformed());
+    }
+    let encoded = value[6..].trim_ascii();
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .map_err(|_| malformed())?;
+    let text = String::from_utf8(decoded).map_err(|_| malformed())?;
+    let (_user, password) = text.split_once(':').ok_or_else(malformed)?;
+    if password.is_empty() || password.contains(char::is_whitespace) {
+        return Err(malformed());
+    }
+    Ok(password.to_owned())
 }
 
 /// `Bearer <token>`, the scheme name in any case.
@@ -309,7 +348,7 @@ mod tests {
             session_cookie: Some("sid".to_owned()),
             allowed_origins: Vec::new(),
         };
-        credentials(&h(pairs), q, &rules)
+        credentials(&h(pairs), q, &rules, false)
     }
 
     const JWT: &str = "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJ1In0.c2lnbmF0dXJl";
@@ -515,6 +554,55 @@ mod tests {
                 &rules
             ),
             Ok(())
+        );
+    }
+
+    #[test]
+    fn basic_carries_a_key_as_its_password_where_the_route_takes_it() {
+        use base64::Engine;
+        let rules = CredentialRules::default();
+        let key = KeyStyle::default().generate();
+        let basic = |user_pass: &str| {
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(user_pass)
+            )
+        };
+        let read = |value: &str, on_route: bool| {
+            credentials(&h(&[("authorization", value)]), None, &rules, on_route)
+        };
+        for user in ["", "ada@example.com", "key", "a:b"] {
+            let value = basic(&format!("{user}:{}", key));
+            if user == "a:b" {
+                // The user name ends at the first colon (RFC 7617); the rest is no key.
+                assert!(read(&value, true).is_err());
+                continue;
+            }
+            assert_eq!(
+                read(&value, true),
+                Ok(Credentials::ApiKey(key.clone())),
+                "{user}"
+            );
+            assert_eq!(
+                read(&value, false),
+                Err(Refusal::Unauthorized(AuthFailure::Malformed)),
+                "only where the route takes Basic"
+            );
+        }
+        let malformed = Err(Refusal::Unauthorized(AuthFailure::Malformed));
+        // A password that is not key-shaped is never tried as a user's password.
+        assert_eq!(read(&basic("ada@example.com:hunter22"), true), malformed);
+        assert_eq!(read(&basic(&format!("u:{JWT}")), true), malformed);
+        assert_eq!(read(&basic("no-colon"), true), malformed);
+        assert_eq!(read(&basic("u:"), true), malformed);
+        assert_eq!(read("Basic !!!", true), malformed);
+        assert_eq!(read("Basic ", true), malformed);
+        let long = basic(&format!("{}:{}", "u".repeat(MAX_BASIC_LEN), key));
+        assert_eq!(read(&long, true), malformed);
+        // Bearer still works on such routes.
+        assert_eq!(
+            read(&format!("Bearer {}", key), true),
+            Ok(Credentials::ApiKey(key.clone()))
         );
     }
 

@@ -98,6 +98,7 @@ pub async fn explain(
             raw_target: q.path.as_bytes(),
             destination: q.destination.as_deref().map(str::as_bytes),
             overwrite: None,
+            depth: None,
             host: None,
         })
         .map_err(|r| {

@@ -1413,6 +1413,17 @@ fn build_entities(
         ),
         ("grants".to_owned(), RestrictedExpression::new_set(grants)),
         (
+            "towardGrants".to_owned(),
+            RestrictedExpression::new_set(principal.toward_grants().into_iter().map(
+                |(provider, path)| {
+                    RestrictedExpression::new_entity_uid(uid(
+                        "Keygate::Path",
+                        &path_id(provider, &path),
+                    ))
+                },
+            )),
+        ),
+        (
             "credential".to_owned(),
             RestrictedExpression::new_entity_uid(uid("Keygate::Credential", &principal.key_id)),
         ),

@@ -103,11 +103,18 @@ pub struct RequestDef {
     /// `keygate`: the action is an operating one, on keygate itself (`readPolicies`, ...).
     #[serde(default)]
     pub target: Option<String>,
+    /// `provider:/path`: the action is decided on that storage path (an action no route of
+    /// the table maps to, such as `traverse`).
+    #[serde(default)]
+    pub on: Option<String>,
     #[serde(default)]
     pub destination: Option<String>,
     /// The `Overwrite` header of a move or copy (`T`, the default, or `F`).
     #[serde(default)]
     pub overwrite: Option<String>,
+    /// The `Depth` header of a WebDAV request (`0`, `1`, `infinity`).
+    #[serde(default)]
+    pub depth: Option<String>,
     /// The body of a request to a GraphQL route (`{"query": …}`).
     #[serde(default)]
     pub body: Option<String>,
@@ -232,6 +239,9 @@ pub fn run(dir: &Path, routes: Option<&RouteTable>) -> Result<Report, String> {
         }
         for (n, req) in scenario.requests.iter().enumerate() {
             let what = match &req.action {
+                Some(a) if req.on.is_some() => {
+                    format!("{a} on {}", req.on.as_deref().unwrap_or(""))
+                }
                 Some(a) => format!(
                     "{a} on a key of {}",
                     req.owner.as_deref().unwrap_or(&req.principal)
@@ -245,7 +255,21 @@ pub fn run(dir: &Path, routes: Option<&RouteTable>) -> Result<Report, String> {
                     .push(format!("{label}: no principal named '{}'", req.principal));
                 continue;
             };
-            let verdicts = if let (Some(action), Some(target)) = (&req.action, &req.target) {
+            let verdicts = if let (Some(action), Some(on)) = (&req.action, &req.on) {
+                let Some((provider, path)) = on.split_once(':').filter(|(_, p)| p.starts_with('/'))
+                else {
+                    report
+                        .failures
+                        .push(format!("{label}: 'on' must be provider:/path, not '{on}'"));
+                    continue;
+                };
+                let resource = crate::route::Resource {
+                    role: crate::route::ResourceRole::Source,
+                    provider: provider.into(),
+                    path: path.to_owned(),
+                };
+                vec![engine.decide_on(principal, action, Target::Path(&resource))]
+            } else if let (Some(action), Some(target)) = (&req.action, &req.target) {
                 if target != "keygate" {
                     report.failures.push(format!(
                         "{label}: unknown target '{target}' (the one target is 'keygate')"
@@ -286,6 +310,7 @@ pub fn run(dir: &Path, routes: Option<&RouteTable>) -> Result<Report, String> {
                         raw_target: req.path.as_bytes(),
                         destination: req.destination.as_deref().map(str::as_bytes),
                         overwrite: req.overwrite.as_deref().map(str::as_bytes),
+                        depth: req.depth.as_deref().map(str::as_bytes),
                         host: Some("scenario"),
                     })
                     .and_then(|mut route| {
@@ -309,7 +334,20 @@ pub fn run(dir: &Path, routes: Option<&RouteTable>) -> Result<Report, String> {
                         continue;
                     }
                 };
-                engine.decide_uncached(principal, &route)
+                let verdicts = engine.decide_uncached(principal, &route);
+                // As the data plane does: denied, the request is decided as its route's
+                // ancestor action instead, if it has one.
+                match route.on_the_way() {
+                    Some(way) if !verdicts.iter().all(|v| v.allowed) => {
+                        let again = engine.decide_uncached(principal, &way);
+                        if again.iter().all(|v| v.allowed) {
+                            again
+                        } else {
+                            verdicts
+                        }
+                    }
+                    _ => verdicts,
+                }
             };
             let allowed = !verdicts.is_empty() && verdicts.iter().all(|v| v.allowed);
             let decisive: Vec<_> = if allowed {

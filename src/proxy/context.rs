@@ -43,6 +43,10 @@ pub struct RequestCtx {
     pub sent_upstream: Option<Instant>,
     /// `Strict-Transport-Security` for every response, on an HTTPS listener.
     pub hsts: Option<http::HeaderValue>,
+    /// Decided as its route's ancestor action: on the way to the credential's base paths.
+    pub on_the_way: bool,
+    /// A WebDAV listing decided on the way: its answer is filtered entry by entry.
+    pub listing: Option<super::multistatus::Multistatus>,
 }
 
 impl RequestCtx {
@@ -58,6 +62,8 @@ impl RequestCtx {
             standing: None,
             verdicts: Vec::new(),
             shadow: None,
+            on_the_way: false,
+            listing: None,
             refusal: None,
             sent_upstream: None,
             hsts: None,

@@ -54,6 +54,15 @@ pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 ///
 /// `raw_header` is the request header as received: pingora drops `Content-Length` when
 /// `Transfer-Encoding` is also present, so that conflict is only visible in the raw bytes.
+/// The target of an HTTP/1 request line (`GET /a#b HTTP/1.1` → `/a#b`), as sent.
+pub fn request_line_target(raw_header: &[u8]) -> Option<&[u8]> {
+    let line = raw_header.split(|&b| b == b'\n').next()?;
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let mut parts = line.split(|&b| b == b' ');
+    let (_method, target, _version) = (parts.next()?, parts.next()?, parts.next()?);
+    (parts.next().is_none() && !target.is_empty()).then_some(target)
+}
+
 pub fn check_framing(headers: &HeaderMap, raw_header: Option<&[u8]>) -> Result<(), Refusal> {
     // pingora reads up to 1 MiB and 256 fields; keygate accepts far less.
     if headers.len() > MAX_HEADER_FIELDS || raw_header.is_some_and(|h| h.len() > MAX_HEADER_BYTES) {
@@ -188,6 +197,18 @@ pub fn clean_response(resp: &mut ResponseHeader, request_id: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_request_line_target_keeps_what_parsing_drops() {
+        let target = request_line_target;
+        assert_eq!(
+            target(b"DELETE /frag/#ment HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Some(&b"/frag/#ment"[..])
+        );
+        assert_eq!(target(b"GET /a?b HTTP/1.1\r\n\r\n"), Some(&b"/a?b"[..]));
+        assert_eq!(target(b"GET /a b HTTP/1.1\r\n\r\n"), None);
+        assert_eq!(target(b"GET  HTTP/1.1\r\n\r\n"), None);
+    }
     use crate::route::RouteMatch;
     use crate::testing::headers;
     use std::sync::Arc;

@@ -22,6 +22,7 @@
 mod body;
 mod context;
 pub mod forward;
+pub mod multistatus;
 mod record;
 mod respond;
 pub mod upstream;
@@ -45,7 +46,7 @@ use crate::identity::client::TrustedProxies;
 use crate::identity::{Identity, Presented};
 use crate::model::EXPIRY_WARNING_MS;
 use crate::policy::PolicyEngine;
-use crate::principal::PrincipalKind;
+use crate::principal::{Principal, PrincipalKind};
 use crate::ratelimit::RateLimiter;
 use crate::refusal::{AuthFailure, Refusal};
 use crate::route::{Check, RouteInput, RouteTable};
@@ -88,12 +89,24 @@ impl Keygate {
         ctx: &mut RequestCtx,
     ) -> Result<(), Refusal> {
         forward::check_framing(&req.headers, raw_header)?;
-        let route = ctx.route.insert(self.routes.route(route_input(req))?);
+        // Headers that say what a request acts on are read once: two would be read one way
+        // here and perhaps another way upstream.
+        for name in ["depth", "destination", "overwrite", "if"] {
+            if req.headers.get_all(name).iter().nth(1).is_some() {
+                return Err(Refusal::bad_request(format!(
+                    "the request has more than one {name} header"
+                )));
+            }
+        }
+        let route = ctx
+            .route
+            .insert(self.routes.route(route_input(req, raw_header))?);
         let presented = Presented {
             method: &req.method,
             headers: &req.headers,
             query: route.query(),
             client: ctx.client,
+            basic: route.basic,
         };
         // Go's FormValue and PHP's $_REQUEST read a form body's fields before the URL's, and
         // servers cut a media type at different characters (`;`, `,`, a space) or read past
@@ -148,7 +161,20 @@ impl Keygate {
                 return Err(refusal);
             }
         }
-        let decided = self.policy.decide(principal, route);
+        let mut decided = self.policy.decide(principal, route);
+        // Denied, a request on the way to the credential's base paths (a WebDAV client
+        // opening the root, creating parents) is decided as its route's ancestor action, and
+        // a listing's answer is then filtered to the entries on the way.
+        if decided.refusal.is_some() {
+            if let Some(way) = route.on_the_way() {
+                let again = self.policy.decide(principal, &way);
+                if again.refusal.is_none() {
+                    decided = again;
+                    ctx.route = Some(way);
+                    ctx.on_the_way = true;
+                }
+            }
+        }
         ctx.verdicts = decided.verdicts;
         ctx.shadow = decided.shadow;
         match decided.refusal {
@@ -161,13 +187,56 @@ impl Keygate {
     }
 }
 
-/// What the route stage reads from the request header.
-fn route_input(req: &RequestHeader) -> RouteInput<'_> {
+impl Keygate {
+    /// Whether an entry of a listing decided on the way (its `href`, as the server wrote it)
+    /// is itself on the way to the credential's base paths and allowed there: routed like a
+    /// request for it, then decided as its route's ancestor action. Anything that does not
+    /// route, or is not on the way, is not shown; the policies decide the rest (at most one
+    /// decision per folder on the way, each cached).
+    fn on_the_way(&self, principal: &Principal, href: &str) -> bool {
+        let path = match href
+            .strip_prefix("http://")
+            .or_else(|| href.strip_prefix("https://"))
+        {
+            Some(rest) => match rest.find('/') {
+                Some(slash) => &rest[slash..],
+                None => return false,
+            },
+            None => href,
+        };
+        let Ok(entry) = self.routes.route(RouteInput {
+            method: "PROPFIND",
+            raw_target: path.as_bytes(),
+            destination: None,
+            overwrite: None,
+            depth: Some(b"0"),
+            host: None,
+        }) else {
+            return false;
+        };
+        let Some(way) = entry.on_the_way() else {
+            return false;
+        };
+        let on_the_way = way
+            .resources
+            .first()
+            .is_some_and(|r| principal.leads_to_grant(&r.provider, &r.path));
+        on_the_way && self.policy.decide(principal, &way).refusal.is_none()
+    }
+}
+
+/// What the route stage reads from the request header. The target is the request line's, as
+/// sent: pingora's parsed one has lost a fragment (`DELETE /frag/#ment` would be read, and
+/// forwarded, as `DELETE /frag/`).
+fn route_input<'a>(req: &'a RequestHeader, raw_header: Option<&'a [u8]>) -> RouteInput<'a> {
     RouteInput {
         method: req.method.as_str(),
-        raw_target: req.raw_path(),
+        raw_target: raw_header
+            .and_then(forward::request_line_target)
+            .unwrap_or_else(|| req.raw_path()),
         destination: req.headers.get("destination").map(|v| v.as_bytes()),
         overwrite: req.headers.get("overwrite").map(|v| v.as_bytes()),
+        depth: req.headers.get("depth").map(|v| v.as_bytes()),
         host: req
             .headers
             .get(http::header::HOST)
@@ -283,6 +352,10 @@ impl ProxyHttp for Keygate {
         if ctx.body_read {
             upstream_request.remove_header(&http::header::EXPECT);
         }
+        // A listing keygate filters must come uncompressed.
+        if ctx.on_the_way && upstream_request.method.as_str() == "PROPFIND" {
+            upstream_request.remove_header(&http::header::ACCEPT_ENCODING);
+        }
         if forward::prepare_upstream(upstream_request, route, principal, &ctx.request_id).is_err() {
             return Err(Error::explain(
                 ErrorType::InternalError,
@@ -300,11 +373,29 @@ impl ProxyHttp for Keygate {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         forward::clean_response(upstream_response, &ctx.request_id);
+        // A listing decided on the way to the credential's base paths shows only the entries
+        // on the way: its body is filtered, so its length is no longer known.
+        let propfind = session.req_header().method.as_str() == "PROPFIND";
+        if ctx.on_the_way && propfind && upstream_response.status.as_u16() == 207 {
+            let encoded = upstream_response
+                .headers
+                .get(http::header::CONTENT_ENCODING)
+                .is_some_and(|e| !e.as_bytes().eq_ignore_ascii_case(b"identity"));
+            ctx.listing = Some(if encoded {
+                multistatus::Multistatus::unreadable()
+            } else {
+                multistatus::Multistatus::new()
+            });
+            upstream_response.remove_header(&http::header::CONTENT_LENGTH);
+            upstream_response.remove_header(&http::header::CONTENT_ENCODING);
+            upstream_response.remove_header(&http::header::ETAG);
+            upstream_response.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+        }
         if let Some(hsts) = &ctx.hsts {
             upstream_response.insert_header(http::header::STRICT_TRANSPORT_SECURITY, hsts)?;
         }
@@ -326,6 +417,36 @@ impl ProxyHttp for Keygate {
             }
         }
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        let (Some(listing), Some(principal)) = (ctx.listing.as_mut(), ctx.principal.as_ref())
+        else {
+            return Ok(None);
+        };
+        let mut keep = |href: &str| self.on_the_way(principal, href);
+        let mut out = match body.take() {
+            Some(chunk) => listing.push(&chunk, &mut keep),
+            None => Vec::new(),
+        };
+        if end_of_stream && !listing.is_closed() {
+            out.extend(listing.finish(&mut keep));
+            tracing::debug!(
+                request_id = %ctx.request_id,
+                kept = listing.kept,
+                dropped = listing.dropped,
+                "filtered a listing on the way to the credential's base paths"
+            );
+        }
+        // An empty chunk would read as the end of a chunked body: nothing is sent instead.
+        *body = (!out.is_empty()).then(|| bytes::Bytes::from(out));
+        Ok(None)
     }
 
     async fn fail_to_proxy(

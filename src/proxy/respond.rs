@@ -25,6 +25,15 @@ pub(super) async fn respond(
     for (name, value) in &rendered.headers {
         resp.insert_header(*name, value.as_str())?;
     }
+    // WebDAV clients prompt for a password, or send their configured one, only when asked
+    // for Basic; the Bearer challenge stays for the others.
+    if matches!(refusal, Refusal::Unauthorized(_)) && ctx.route.as_ref().is_some_and(|r| r.basic) {
+        resp.insert_header(
+            http::header::WWW_AUTHENTICATE,
+            "Basic realm=\"keygate\", charset=\"UTF-8\"",
+        )?;
+        resp.append_header(http::header::WWW_AUTHENTICATE, "Bearer")?;
+    }
     if let Some(standing) = &ctx.standing {
         for (name, value) in standing.headers() {
             resp.insert_header(name, value)?;

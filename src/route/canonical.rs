@@ -1,7 +1,7 @@
 //! The canonicalizer: a raw request target → one canonical form, or 400. The target is read
 //! from the raw bytes on the wire and decoded exactly once; that form is both what the policy
-//! sees and what goes upstream. Anything the proxy and some backend could read differently is
-//! refused rather than guessed at. Pure.
+//! sees and what goes upstream. Anything the proxy and the backend could read differently is
+//! refused rather than guessed at; what that is depends on the backend's [`PathDialect`]. Pure.
 
 use std::borrow::Cow;
 
@@ -15,6 +15,61 @@ pub const MAX_TARGET_LEN: usize = 8 * 1024;
 /// Most segments a path may have (folders and the name). Deeper paths are refused with 400:
 /// no file system people use nests this deep, and every stage after this one is linear in it.
 pub const MAX_PATH_DEPTH: usize = 256;
+
+/// What the backend behind keygate does with the characters some servers read specially. For
+/// each, `true` means the backend reads it literally, as a character of a name; `false` means
+/// it may read it otherwise, so keygate refuses it (400). A literal character is authorized as
+/// the exact name and forwarded percent-encoded, so `backups;` is always a folder other than
+/// `backups`. Whatever the dialect: `/` and NUL are never name characters, `.` and `..` are
+/// never names, the path must be UTF-8, and a name in decomposed Unicode (NFD, as macOS
+/// clients send it) is authorized and forwarded in composed form (NFC), so both spellings are
+/// one name to the policies and the backend stores the one keygate forwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PathDialect {
+    /// `%` (a backend that decodes twice would read `%252e` as `.`).
+    pub percent: bool,
+    /// `;` (path parameters to Tomcat, Jetty and Spring: `/a;x/b` is `/a/b` there).
+    pub semicolon: bool,
+    /// `\` (a separator on Windows servers and some normalizers).
+    pub backslash: bool,
+    /// Characters that look like or fold (NFKC) to `.`, `/`, `\`, `%` or `;`.
+    pub lookalikes: bool,
+    /// Control characters other than NUL (U+0001–U+001F, U+007F), which POSIX names may hold.
+    pub controls: bool,
+    /// Names made only of three or more dots (`...`; Windows drops trailing dots).
+    pub dots: bool,
+}
+
+impl PathDialect {
+    /// Refuses everything any backend could read specially: for backends keygate knows
+    /// nothing about.
+    pub const STRICT: PathDialect = PathDialect {
+        percent: false,
+        semicolon: false,
+        backslash: false,
+        lookalikes: false,
+        controls: false,
+        dots: false,
+    };
+
+    /// A server that decodes the target once and stores names as bytes on a POSIX file
+    /// system: the bundled storage-backend, nginx's and Apache's WebDAV on Linux, `rclone serve
+    /// webdav`. Every name such a file system accepts (all but `/`, NUL, `.` and `..`) passes.
+    pub const POSIX: PathDialect = PathDialect {
+        percent: true,
+        semicolon: true,
+        backslash: true,
+        lookalikes: true,
+        controls: true,
+        dots: true,
+    };
+}
+
+impl Default for PathDialect {
+    fn default() -> PathDialect {
+        PathDialect::STRICT
+    }
+}
 
 /// A request target in canonical form.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,8 +188,13 @@ pub(super) fn bad(message: &'static str) -> Refusal {
     Refusal::BadRequest(Cow::Borrowed(message))
 }
 
-/// Canonicalizes a raw request target (origin-form only).
+/// Canonicalizes a raw request target (origin-form only) in the strict dialect.
 pub fn canonicalize(raw: &[u8]) -> Result<CanonicalTarget, Refusal> {
+    canonicalize_in(raw, PathDialect::STRICT)
+}
+
+/// Canonicalizes a raw request target (origin-form only) for a backend of `dialect`.
+pub fn canonicalize_in(raw: &[u8], dialect: PathDialect) -> Result<CanonicalTarget, Refusal> {
     if raw.len() > MAX_TARGET_LEN {
         return Err(bad("the request target is too long"));
     }
@@ -145,7 +205,7 @@ pub fn canonicalize(raw: &[u8]) -> Result<CanonicalTarget, Refusal> {
         Some(i) => (&raw[..i], Some(&raw[i + 1..])),
         None => (raw, None),
     };
-    let path = canonicalize_path(path)?;
+    let path = canonicalize_path_in(path, dialect)?;
     let query = match query {
         Some(q) => Some(check_query(q)?),
         None => None,
@@ -159,8 +219,13 @@ pub fn canonicalize(raw: &[u8]) -> Result<CanonicalTarget, Refusal> {
     Ok(CanonicalTarget { path, query })
 }
 
-/// Canonicalizes the path part of a target (starting with `/`, no query).
+/// Canonicalizes the path part of a target (starting with `/`, no query), strictly.
 pub fn canonicalize_path(raw: &[u8]) -> Result<CanonicalPath, Refusal> {
+    canonicalize_path_in(raw, PathDialect::STRICT)
+}
+
+/// Canonicalizes the path part of a target (starting with `/`, no query) for `dialect`.
+pub fn canonicalize_path_in(raw: &[u8], dialect: PathDialect) -> Result<CanonicalPath, Refusal> {
     debug_assert_eq!(raw.first(), Some(&b'/'));
     let mut segments = Vec::new();
     let mut current: Vec<u8> = Vec::new();
@@ -173,7 +238,7 @@ pub fn canonicalize_path(raw: &[u8]) -> Result<CanonicalPath, Refusal> {
                 if current.is_empty() {
                     return Err(bad("the path has an empty segment"));
                 }
-                segments.push(finish_segment(std::mem::take(&mut current))?);
+                segments.push(finish_segment(std::mem::take(&mut current), dialect)?);
                 if segments.len() > MAX_PATH_DEPTH {
                     return Err(bad("the path is deeper than 256 segments"));
                 }
@@ -191,14 +256,19 @@ pub fn canonicalize_path(raw: &[u8]) -> Result<CanonicalPath, Refusal> {
                 let d = (h << 4) | l;
                 match d {
                     b'/' => return Err(bad("the path has an encoded '/'")),
-                    b'\\' => return Err(bad("the path has an encoded '\\'")),
-                    b'%' => return Err(bad("the path has an encoded '%'")),
-                    b';' => return Err(bad("the path has an encoded ';'")),
-                    0x00..=0x1f | 0x7f => return Err(bad("the path has an encoded control byte")),
+                    0x00 => return Err(bad("the path has an encoded NUL")),
+                    b'\\' if !dialect.backslash => return Err(bad("the path has an encoded '\\'")),
+                    b'%' if !dialect.percent => return Err(bad("the path has an encoded '%'")),
+                    b';' if !dialect.semicolon => return Err(bad("the path has an encoded ';'")),
+                    0x01..=0x1f | 0x7f if !dialect.controls => {
+                        return Err(bad("the path has an encoded control byte"))
+                    }
                     _ => current.push(d),
                 }
                 i += 2;
             }
+            b'\\' if dialect.backslash => current.push(b),
+            b';' if dialect.semicolon => current.push(b),
             b'\\' => return Err(bad("the path has a '\\'")),
             b';' => return Err(bad("the path has a ';' parameter")),
             _ if is_plain_path_byte(b) => current.push(b),
@@ -207,7 +277,7 @@ pub fn canonicalize_path(raw: &[u8]) -> Result<CanonicalPath, Refusal> {
         i += 1;
     }
     if !current.is_empty() {
-        segments.push(finish_segment(current)?);
+        segments.push(finish_segment(current, dialect)?);
     }
     if segments.len() > MAX_PATH_DEPTH {
         return Err(bad("the path is deeper than 256 segments"));
@@ -244,7 +314,17 @@ pub fn check_decoded_path(raw: &str) -> Result<String, Refusal> {
                     "a path argument has a '\\', '%', ';' or control character",
                 ));
             }
-            segments.push(finish_segment(seg.as_bytes().to_vec())?);
+            // The argument goes upstream as it came, so a decomposed name is refused here
+            // rather than authorized in a form the backend never sees.
+            if !unicode_normalization::is_nfc(seg) {
+                return Err(bad(
+                    "a path argument is not in Unicode normalization form C",
+                ));
+            }
+            segments.push(finish_segment(
+                seg.as_bytes().to_vec(),
+                PathDialect::STRICT,
+            )?);
             if segments.len() > MAX_PATH_DEPTH {
                 return Err(bad("the path is deeper than 256 segments"));
             }
@@ -253,20 +333,21 @@ pub fn check_decoded_path(raw: &str) -> Result<String, Refusal> {
     Ok(join_segments(&segments))
 }
 
-fn finish_segment(bytes: Vec<u8>) -> Result<String, Refusal> {
-    let seg = String::from_utf8(bytes).map_err(|_| bad("the path is not valid UTF-8"))?;
-    if seg.bytes().all(|b| b == b'.') {
+fn finish_segment(bytes: Vec<u8>, dialect: PathDialect) -> Result<String, Refusal> {
+    let mut seg = String::from_utf8(bytes).map_err(|_| bad("the path is not valid UTF-8"))?;
+    if !seg.is_ascii() && !unicode_normalization::is_nfc(&seg) {
+        seg = seg.nfc().collect();
+    }
+    if matches!(seg.as_str(), "." | "..") {
         return Err(bad("the path has a dot segment"));
     }
-    if !seg.is_ascii() {
-        if seg.chars().any(is_lookalike) {
-            return Err(bad(
-                "the path has a character that looks like '.', '/' or '\\'",
-            ));
-        }
-        if !unicode_normalization::is_nfc(&seg) {
-            return Err(bad("the path is not in Unicode normalization form C"));
-        }
+    if !dialect.dots && seg.bytes().all(|b| b == b'.') {
+        return Err(bad("the path has a name made only of dots"));
+    }
+    if !dialect.lookalikes && !seg.is_ascii() && seg.chars().any(is_lookalike) {
+        return Err(bad(
+            "the path has a character that looks like '.', '/' or '\\'",
+        ));
     }
     Ok(seg)
 }
@@ -502,9 +583,162 @@ mod tests {
     }
 
     #[test]
-    fn non_nfc_is_refused() {
-        refused("/cafe\u{301}".as_bytes()); // e + combining acute
-        refused(b"/cafe%CC%81");
+    fn decomposed_names_are_authorized_and_forwarded_composed() {
+        for dialect in [PathDialect::STRICT, PathDialect::POSIX] {
+            for raw in ["/cafe\u{301}", "/cafe%CC%81", "/caf%C3%A9"] {
+                let t = canonicalize_in(raw.as_bytes(), dialect).unwrap();
+                assert_eq!(t.path.decoded(), "/café", "{raw}");
+                assert_eq!(t.upstream_target(), "/caf%C3%A9", "{raw}");
+            }
+        }
+        // A path argument goes upstream as it came, so it is refused instead.
+        assert!(check_decoded_path("/cafe\u{301}").is_err());
+    }
+
+    /// Reads a forwarded target as a backend of the POSIX dialect does: percent-decoded once,
+    /// split at `/`.
+    fn as_posix_backend_reads(forwarded: &str) -> Vec<String> {
+        forwarded
+            .trim_start_matches('/')
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                percent_encoding::percent_decode_str(s)
+                    .decode_utf8()
+                    .unwrap()
+                    .into_owned()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_posix_dialect_reads_names_literally() {
+        let posix = |raw: &str| {
+            canonicalize_in(raw.as_bytes(), PathDialect::POSIX)
+                .unwrap_or_else(|e| panic!("{raw:?} refused: {e:?}"))
+        };
+        for (raw, decoded, forwarded) in [
+            ("/50%25%20off.pdf", "/50% off.pdf", "/50%25%20off.pdf"),
+            ("/backups;", "/backups;", "/backups%3B"),
+            (
+                "/a;jsessionid=1/b",
+                "/a;jsessionid=1/b",
+                "/a%3Bjsessionid%3D1/b",
+            ),
+            ("/a/..;/b", "/a/..;/b", "/a/..%3B/b"),
+            ("/a%3bb", "/a;b", "/a%3Bb"),
+            ("/a\\b", "/a\\b", "/a%5Cb"),
+            ("/a%5Cb", "/a\\b", "/a%5Cb"),
+            ("/a%252e%252e/b", "/a%2e%2e/b", "/a%252e%252e/b"),
+            ("/a/...", "/a/...", "/a/..."),
+            ("/line%0Abreak", "/line\nbreak", "/line%0Abreak"),
+            ("/a%EF%BC%8Fb", "/a\u{FF0F}b", "/a%EF%BC%8Fb"),
+            ("/it's%20%22q%22", "/it's \"q\"", "/it%27s%20%22q%22"),
+        ] {
+            let t = posix(raw);
+            assert_eq!(t.path.decoded(), decoded, "{raw}");
+            assert_eq!(t.upstream_target(), forwarded, "{raw}");
+            assert_eq!(
+                as_posix_backend_reads(forwarded),
+                t.path.segments(),
+                "{raw}"
+            );
+            assert_eq!(
+                posix(forwarded),
+                t,
+                "{raw}: the forwarded form is a fixed point"
+            );
+        }
+        assert_ne!(posix("/backups;").path, posix("/backups").path);
+        assert_ne!(posix("/a%5Cb").path.segments().len(), 2);
+        // Whatever the dialect: no `/` inside a name, no NUL, no `.` or `..`, UTF-8 only.
+        for raw in [
+            &b"/a%2fb"[..],
+            b"/a%00b",
+            b"/a/../b",
+            b"/a/%2e%2e/b",
+            b"/a/%2E",
+            b"/a%ff",
+            b"/a%c0%af",
+            b"//a",
+            b"/a b",
+            b"/a\x01b",
+            b"/a#b",
+            b"http://evil/a",
+        ] {
+            assert!(
+                canonicalize_in(raw, PathDialect::POSIX).is_err(),
+                "{:?} must be refused in the POSIX dialect too",
+                String::from_utf8_lossy(raw)
+            );
+        }
+    }
+
+    /// Every attack-corpus target, in every dialect, is either refused or authorized as
+    /// exactly the names the backend will read from what keygate forwards.
+    #[test]
+    fn the_attack_corpus_holds_in_every_dialect() {
+        let corpus: &[&[u8]] = &[
+            b"/a/../b",
+            b"/a/%2e%2e/b",
+            b"/a/.%2e/b",
+            b"/a%2fb",
+            b"/a%5cb",
+            b"/a%25b",
+            b"/a%252e%252e/b",
+            b"/a%3bb",
+            b"/a\\b",
+            b"/a\\..\\b",
+            b"/a;jsessionid=1/b",
+            b"/a/..;/b",
+            b"/a;/b",
+            b"/a%00b",
+            b"/a%0d%0ab",
+            b"/a%c0%ae%c0%ae/b",
+            b"/a%e0%80%afb",
+            b"/a/%E2%80%A4%E2%80%A4/b",
+            b"/a%EF%BC%8Fb",
+            b"/a%E2%88%95b",
+            b"/cafe%CC%81",
+            b"/a/...",
+            b"/backups;",
+            b"/%2e",
+            b"/a//b",
+        ];
+        let mut dialects = vec![PathDialect::STRICT, PathDialect::POSIX];
+        for bit in 0..6 {
+            let mut d = PathDialect::STRICT;
+            *[
+                &mut d.percent,
+                &mut d.semicolon,
+                &mut d.backslash,
+                &mut d.lookalikes,
+                &mut d.controls,
+                &mut d.dots,
+            ][bit] = true;
+            dialects.push(d);
+        }
+        for dialect in dialects {
+            for raw in corpus {
+                let Ok(t) = canonicalize_in(raw, dialect) else {
+                    continue;
+                };
+                let forwarded = t.upstream_target();
+                assert_eq!(
+                    as_posix_backend_reads(&forwarded),
+                    t.path.segments(),
+                    "{dialect:?} {:?}",
+                    String::from_utf8_lossy(raw)
+                );
+                for seg in t.path.segments() {
+                    assert!(seg != "." && seg != ".." && !seg.contains(['/', '\0']));
+                    assert!(dialect.semicolon || !seg.contains(';'));
+                    assert!(dialect.backslash || !seg.contains('\\'));
+                    assert!(dialect.percent || !seg.contains('%'));
+                }
+            }
+        }
+        assert!(canonicalize_in(b"/a;b", PathDialect::STRICT).is_err());
     }
 
     #[test]

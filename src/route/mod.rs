@@ -19,8 +19,8 @@ use crate::refusal::Refusal;
 
 use canonical::{bad, join_segments};
 pub use canonical::{
-    canonicalize, canonicalize_path, check_decoded_path, CanonicalPath, CanonicalTarget,
-    MAX_PATH_DEPTH, MAX_TARGET_LEN,
+    canonicalize, canonicalize_in, canonicalize_path, canonicalize_path_in, check_decoded_path,
+    CanonicalPath, CanonicalTarget, PathDialect, MAX_PATH_DEPTH, MAX_TARGET_LEN,
 };
 use graphql::{GraphqlRules, Operation};
 
@@ -164,6 +164,10 @@ pub struct Route {
     /// API carries them there rather than in the path.
     pub provider_param: Option<Arc<str>>,
     pub path_param: Option<Arc<str>>,
+    /// An API key is also taken as the password of HTTP Basic authentication.
+    pub basic: bool,
+    /// Decided instead of `action` when that is denied (on the way to a base path).
+    pub ancestor_action: Option<Arc<str>>,
 }
 
 /// A decision a request needs on something that is not a storage path: a request no route
@@ -228,6 +232,10 @@ pub struct RouteMatch {
     /// The resource was read from query parameters (`path_param`): the request must not carry
     /// a form body, whose fields some servers read in their place.
     pub resource_in_query: bool,
+    /// The route takes an API key as a Basic password, and its 401s ask for one.
+    pub basic: bool,
+    /// Decided instead of `action` when that is denied ([`RouteMatch::on_the_way`]).
+    pub ancestor_action: Option<Arc<str>>,
 }
 
 impl RouteMatch {
@@ -245,7 +253,22 @@ impl RouteMatch {
             graphql: None,
             provider: None,
             resource_in_query: false,
+            basic: false,
+            ancestor_action: None,
         }
+    }
+
+    /// The request decided as its route's ancestor action instead (a folder on the way to a
+    /// restricted credential's base paths), when it has one: a request on one path only.
+    pub fn on_the_way(&self) -> Option<RouteMatch> {
+        let action = self.ancestor_action.clone()?;
+        if self.resources.len() != 1 || !self.also.is_empty() || !self.unmapped.is_empty() {
+            return None;
+        }
+        let mut m = self.clone();
+        m.action = action;
+        m.ancestor_action = None;
+        Some(m)
     }
 
     /// Every decision the request needs, in order: the route's action on each resource, the
@@ -317,6 +340,8 @@ pub struct RouteTable {
     default_action: Option<Arc<str>>,
     /// How GraphQL routes are authorized (`[graphql]`).
     graphql: Option<Arc<GraphqlRules>>,
+    /// What the backend does with characters some servers read specially.
+    dialect: PathDialect,
 }
 
 /// What the route stage reads from a request.
@@ -327,6 +352,8 @@ pub struct RouteInput<'a> {
     pub destination: Option<&'a [u8]>,
     /// The `Overwrite` header (move, copy): `T` (the default) or `F`.
     pub overwrite: Option<&'a [u8]>,
+    /// The `Depth` header (WebDAV).
+    pub depth: Option<&'a [u8]>,
     pub host: Option<&'a str>,
 }
 
@@ -336,7 +363,18 @@ impl RouteTable {
             routes,
             default_action,
             graphql: None,
+            dialect: PathDialect::STRICT,
         }
+    }
+
+    /// The table for a backend of `dialect` (the default is [`PathDialect::STRICT`]).
+    pub fn with_dialect(mut self, dialect: PathDialect) -> RouteTable {
+        self.dialect = dialect;
+        self
+    }
+
+    pub fn dialect(&self) -> PathDialect {
+        self.dialect
     }
 
     /// The table with its GraphQL rules.
@@ -360,6 +398,7 @@ impl RouteTable {
             names.insert(r.action.to_string());
             names.extend(r.source_action.iter().map(|a| a.to_string()));
             names.extend(r.overwrite_action.iter().map(|a| a.to_string()));
+            names.extend(r.ancestor_action.iter().map(|a| a.to_string()));
         }
         names.extend(self.default_action.iter().map(|a| a.to_string()));
         if self.routes.iter().any(|r| r.graphql) {
@@ -375,7 +414,7 @@ impl RouteTable {
 
     /// The route stage.
     pub fn route(&self, input: RouteInput<'_>) -> Result<RouteMatch, Refusal> {
-        let target = canonicalize(input.raw_target)?;
+        let target = canonicalize_in(input.raw_target, self.dialect)?;
         let upstream_target = target.upstream_target();
         let segments = target.path.segments();
         for route in &self.routes {
@@ -417,7 +456,7 @@ impl RouteTable {
             let mut upstream_overwrite = None;
             let mut also = Vec::new();
             if route.destination {
-                let (resource, header) = destination(route, input)?;
+                let (resource, header) = destination(route, input, self.dialect)?;
                 // Without `Overwrite: F`, a move or copy may replace the destination, and
                 // replacing deletes what was there (RFC 4918: absent means T).
                 let overwrite = match input.overwrite.map(<[u8]>::trim_ascii) {
@@ -459,6 +498,13 @@ impl RouteTable {
                 },
                 provider: route.provider.clone(),
                 resource_in_query: route.path_param.is_some(),
+                basic: route.basic,
+                // A listing falls back only at depth 0 or 1 (RFC 4918: absent is infinity):
+                // its answer is then filtered entry by entry.
+                ancestor_action: route.ancestor_action.clone().filter(|_| {
+                    input.method != "PROPFIND"
+                        || matches!(input.depth.map(<[u8]>::trim_ascii), Some(b"0" | b"1"))
+                }),
             });
         }
         match &self.default_action {
@@ -546,12 +592,13 @@ fn provider_of(route: &Route, segment: Option<&str>) -> Option<Arc<str>> {
 fn destination(
     route: &Route,
     input: RouteInput<'_>,
+    dialect: PathDialect,
 ) -> Result<(Option<Resource>, String), Refusal> {
     let raw = input
         .destination
         .ok_or_else(|| bad("this request needs a Destination header"))?;
     let (origin, path) = split_destination(raw, input.host)?;
-    let target = canonicalize(path)?;
+    let target = canonicalize_in(path, dialect)?;
     if target.query.is_some() {
         return Err(bad("the Destination header must not carry a query"));
     }
@@ -607,6 +654,8 @@ mod tests {
             graphql: false,
             provider_param: None,
             path_param: None,
+            basic: false,
+            ancestor_action: None,
         };
         RouteTable::new(
             vec![
@@ -640,6 +689,7 @@ mod tests {
             raw_target: target.as_bytes(),
             destination: dest.map(str::as_bytes),
             overwrite: None,
+            depth: None,
             host: Some("proxy.example:8080"),
         }
     }
@@ -795,6 +845,8 @@ mod tests {
             graphql: true,
             provider_param: None,
             path_param: None,
+            basic: false,
+            ancestor_action: None,
         };
         let catch_all = Route {
             methods: Methods::Any,

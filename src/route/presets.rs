@@ -36,6 +36,16 @@ pub struct RouteRule {
     /// The query parameter naming the path the request acts on (`…&path=/backups/a.tar`).
     #[serde(default)]
     pub path_param: Option<String>,
+    /// An API key is also taken as the password of HTTP Basic authentication, and a 401 asks
+    /// for it (`WWW-Authenticate: Basic`): what WebDAV clients speak.
+    #[serde(default)]
+    pub basic_auth: bool,
+    /// Decided instead of `action` when that is denied: what a credential may do on the
+    /// folders on the way to its base paths (`traverse`: a PROPFIND at depth 0 or 1, answered
+    /// with only the entries on the way; `createAncestor`: a MKCOL). The shipped policies
+    /// allow these only there.
+    #[serde(default)]
+    pub ancestor_action: Option<String>,
 }
 
 fn rule(methods: &[&str], path: &str, action: &str) -> RouteRule {
@@ -50,6 +60,8 @@ fn rule(methods: &[&str], path: &str, action: &str) -> RouteRule {
         graphql: false,
         provider_param: None,
         path_param: None,
+        basic_auth: false,
+        ancestor_action: None,
     }
 }
 
@@ -112,18 +124,33 @@ pub fn webdav(provider: &str) -> Vec<RouteRule> {
     const ALL: &str = "/{*path}";
     let fixed = |mut r: RouteRule| {
         r.provider = Some(provider.to_owned());
+        r.basic_auth = true;
+        r
+    };
+    // Clients open the root first (OPTIONS, PROPFIND) and create parents first (MKCOL): on
+    // the way to a restricted credential's base paths, these are decided as the ancestor
+    // actions.
+    let on_the_way = |mut r: RouteRule, action: &str| {
+        r.ancestor_action = Some(action.to_owned());
         r
     };
     vec![
-        fixed(rule(&["GET", "HEAD", "OPTIONS"], ALL, "readFile")),
-        fixed(rule(&["PROPFIND"], ALL, "listFolder")),
+        fixed(rule(&["GET", "HEAD"], ALL, "readFile")),
+        fixed(on_the_way(rule(&["OPTIONS"], ALL, "readFile"), "traverse")),
+        fixed(on_the_way(
+            rule(&["PROPFIND"], ALL, "listFolder"),
+            "traverse",
+        )),
         fixed(rule(
             &["PUT", "PROPPATCH", "LOCK", "UNLOCK"],
             ALL,
             "writeFile",
         )),
         fixed(rule(&["DELETE"], ALL, "deleteFile")),
-        fixed(rule(&["MKCOL"], ALL, "createFolder")),
+        fixed(on_the_way(
+            rule(&["MKCOL"], ALL, "createFolder"),
+            "createAncestor",
+        )),
         fixed(move_(ALL)),
         fixed(copy(ALL)),
     ]

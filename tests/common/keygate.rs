@@ -238,6 +238,21 @@ impl Keygate {
         )
     }
 
+    /// keygate with `config` (its whole text) and the shipped policies, on SQLite, with the
+    /// fixture and the providers `providers` added to workspace `acme`.
+    pub fn start_config(upstream: &[SocketAddr], config: &str, providers: &[&str]) -> Keygate {
+        let db = TestDb::sqlite();
+        let key = fixture(&db.url());
+        for p in providers {
+            cli_ok(
+                &db.url(),
+                &["providers", "add", p, "--workspace", "acme"],
+                None,
+            );
+        }
+        Keygate::spawn(upstream, config, db, key, &shipped_policies())
+    }
+
     /// Stops gracefully (SIGTERM) and starts again on the same database and config.
     pub fn restart(self, upstream: &[SocketAddr]) -> Keygate {
         let Keygate {

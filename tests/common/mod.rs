@@ -12,9 +12,12 @@ mod upstream;
 mod raw;
 mod values;
 mod tls;
+mod dav;
 
 #[allow(unused_imports)] // each test binary uses part of the harness
 pub use database::*;
+#[allow(unused_imports)] // each test binary uses part of the harness
+pub use dav::*;
 #[allow(unused_imports)] // each test binary uses part of the harness
 pub use http::*;
 #[allow(unused_imports)] // each test binary uses part of the harness
