@@ -39,6 +39,7 @@ fn route_stage(c: &mut Criterion) {
                 destination: None,
                 overwrite: None,
                 depth: None,
+                if_header: None,
                 host: Some("localhost"),
             }))
         })
@@ -51,6 +52,7 @@ fn route_stage(c: &mut Criterion) {
                 destination: Some(b"/v1/files/local/archive/a.tar"),
                 overwrite: None,
                 depth: None,
+                if_header: None,
                 host: Some("localhost"),
             }))
         })
@@ -204,6 +206,7 @@ fn decide_stage(c: &mut Criterion) {
             destination: None,
             overwrite: None,
             depth: None,
+            if_header: None,
             host: None,
         })
         .expect("routes");
@@ -222,6 +225,7 @@ fn decide_stage(c: &mut Criterion) {
                     destination: None,
                     overwrite: None,
                     depth: None,
+                    if_header: None,
                     host: None,
                 })
                 .expect("routes")
@@ -252,6 +256,7 @@ fn decide_stage(c: &mut Criterion) {
                 destination: None,
                 overwrite: None,
                 depth: None,
+                if_header: None,
                 host: None,
             })
             .expect("routes");
@@ -292,7 +297,7 @@ async fn keygate(dir: &std::path::Path) -> (Keygate, String) {
     use keygate::identity::jwt::Tokens;
     use keygate::identity::{Identity, IdentityConfig};
     use keygate::manage::{Actor, CreateKey};
-    use keygate::proxy::upstream::Upstream;
+    use keygate::proxy::upstream::Upstreams;
     use keygate::ratelimit::{Limit, RateLimitConfig, RateLimiter};
     use keygate::store::Store;
     use keygate::usage::UsageRecorder;
@@ -371,7 +376,7 @@ async fn keygate(dir: &std::path::Path) -> (Keygate, String) {
         identity,
         limits: RateLimiter::new(limits, metrics.clone()),
         policy,
-        upstream: Arc::new(Upstream::new(&config.upstream).expect("upstream")),
+        upstream: Arc::new(Upstreams::new(&config.upstream, &config.upstreams).expect("upstream")),
         audit: Arc::new(
             AuditLog::start(
                 &AuditConfig {

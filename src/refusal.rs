@@ -120,7 +120,7 @@ impl Refusal {
         }
     }
 
-    fn message(&self) -> Cow<'static, str> {
+    pub fn message(&self) -> Cow<'static, str> {
         match self {
             Refusal::BadRequest(m) | Refusal::Unavailable(m) => m.clone(),
             Refusal::Unauthorized(f) => match f {

@@ -33,6 +33,35 @@ fn every_shipped_config_is_valid() {
     assert!(checked >= 2, "expected the shipped configs in deploy/");
 }
 
+/// Every config shown in docs/webdav.md is a whole config `keygate check-config` accepts.
+#[test]
+fn the_webdav_docs_configs_are_valid() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(root.join("docs/webdav.md")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut checked = 0;
+    for (i, block) in doc.split("```toml\n").skip(1).enumerate() {
+        let toml = block.split("```").next().unwrap();
+        let path = dir.path().join(format!("webdav-{i}.toml"));
+        std::fs::write(&path, toml).unwrap();
+        let out = Command::new(bin("keygate"))
+            .arg("--config")
+            .arg(&path)
+            .arg("check-config")
+            .env_remove("KEYGATE_DATABASE_URL")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "docs/webdav.md, config #{}:\n{toml}\n{}",
+            i + 1,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        checked += 1;
+    }
+    assert!(checked >= 3, "the configs of docs/webdav.md");
+}
+
 #[test]
 fn check_config_lists_every_problem() {
     let dir = tempfile::tempdir().unwrap();

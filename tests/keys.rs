@@ -391,7 +391,7 @@ async fn management_flow(kg: &Keygate) {
         ),
         (
             json!({"name": "x", "scopes": ["read"], "owner": "ada@example.com", "providers": [{"provider": "local", "basePath": "/a/../b"}]}),
-            "not a canonical path",
+            "dot segment",
         ),
         (
             json!({"name": "x", "scopes": ["read"], "owner": "ada@example.com", "expiresIn": "2d"}),

@@ -327,6 +327,26 @@ async fn a_key_sent_in_clear_is_revoked_when_configured_and_its_owner_sees_why()
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     assert_eq!(unknown(&metrics(&kg, &ca).await) - before, 4.0);
 
+    // A key sent as a Basic password (what WebDAV clients do) is in clear all the same.
+    let dav_key = client
+        .post(kg.control_url("/v1/keys"))
+        .bearer_auth(OPERATOR_TOKEN)
+        .json(&serde_json::json!({"name": "dav", "owner": "ada@example.com", "scopes": ["read"]}))
+        .expect(StatusCode::CREATED)
+        .await["data"]["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = reqwest::Client::new()
+        .get(format!("{plain}/v1/folders/local"))
+        .basic_auth("ada@example.com", Some(&dav_key))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["details"]["credentialRevoked"], true);
+
     // The real key, in clear, in the query of a request that is malformed besides (two
     // different credentials, a credential in the query): revoked at once all the same.
     let r = reqwest::Client::new()
@@ -358,17 +378,16 @@ async fn a_key_sent_in_clear_is_revoked_when_configured_and_its_owner_sees_why()
         .await;
     let listed = keys["data"].as_array().expect("a list of keys");
     let revoked: Vec<&Value> = listed.iter().filter(|k| k["status"] == "revoked").collect();
-    assert_eq!(revoked.len(), 1, "{keys}");
+    assert_eq!(revoked.len(), 2, "{keys}");
     assert!(
-        revoked[0]["revokedReason"]
-            .as_str()
-            .unwrap()
-            .contains("plain HTTP"),
+        revoked
+            .iter()
+            .all(|k| k["revokedReason"].as_str().unwrap().contains("plain HTTP")),
         "{keys}"
     );
     let m = metrics(&kg, &ca).await;
     assert!(
-        m.contains("keygate_plain_http_requests_total{outcome=\"revoked\"} 1"),
+        m.contains("keygate_plain_http_requests_total{outcome=\"revoked\"} 2"),
         "{m}"
     );
 }

@@ -638,3 +638,167 @@ fn restricted_keys_find_their_way_on_nginx() {
 fn restricted_keys_find_their_way_on_rclone() {
     restricted_keys_find_their_way(DavKind::Rclone);
 }
+
+/// Two servers under one keygate, each under `/dav/<provider>/` as `deploy/webdav-mounts.toml`
+/// says: paths, `Destination`, `If` and the answers' `href`s are rewritten both ways.
+#[test]
+fn several_servers_are_mounted_under_dav() {
+    let (Some(nginx), Some(rc)) = (DavServer::nginx(), DavServer::rclone()) else {
+        return;
+    };
+    std::fs::create_dir(rc.root().join("library")).unwrap();
+    std::fs::write(rc.root().join("outside.txt"), b"not photos'").unwrap();
+    let config = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/webdav-mounts.toml"),
+    )
+    .unwrap()
+    .replace("127.0.0.1:8081", &nginx.addr.to_string())
+    .replace("127.0.0.1:8082", &rc.addr.to_string());
+    let kg = Keygate::start_config(&[nginx.addr], &config, &["nas", "photos"]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let admin = bearer(&kg.key);
+    let send = |r: reqwest::RequestBuilder| {
+        rt.block_on(async {
+            let r = r.send().await.unwrap();
+            let status = r.status();
+            let headers = r.headers().clone();
+            (status, headers, r.text().await.unwrap())
+        })
+    };
+    let (status, _, _) = send(admin.put(kg.url("/dav/nas/a%20b.txt")).body("on nginx"));
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(
+        std::fs::read(nginx.root().join("a b.txt")).unwrap(),
+        b"on nginx"
+    );
+    let (status, _, _) = send(admin.put(kg.url("/dav/photos/p;1.jpg")).body("on rclone"));
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(
+        std::fs::read(rc.root().join("library/p;1.jpg")).unwrap(),
+        b"on rclone"
+    );
+
+    let listing = |path: &str| {
+        send(
+            admin
+                .request(method("PROPFIND"), kg.url(path))
+                .header("depth", "1"),
+        )
+    };
+    let (status, _, body) = listing("/dav/nas/");
+    assert_eq!(status, StatusCode::MULTI_STATUS);
+    assert_eq!(hrefs(&body), ["/dav/nas", "/dav/nas/a%20b.txt"], "{body}");
+    let (status, _, body) = listing("/dav/photos/");
+    assert_eq!(status, StatusCode::MULTI_STATUS);
+    assert_eq!(
+        hrefs(&body),
+        ["/dav/photos", "/dav/photos/p%3B1.jpg"],
+        "{body}"
+    );
+    assert!(!body.contains("outside"), "{body}");
+
+    // A move within a server; a copy to another server is refused.
+    let dest = |p: &str| format!("http://{}{p}", kg.data);
+    let (status, _, _) = send(
+        admin
+            .request(method("MOVE"), kg.url("/dav/nas/a%20b.txt"))
+            .header("destination", dest("/dav/nas/moved%3B.txt")),
+    );
+    assert!(status.is_success(), "{status}");
+    assert!(nginx.root().join("moved;.txt").exists() && !nginx.root().join("a b.txt").exists());
+    let (status, _, _) = send(
+        admin
+            .request(method("COPY"), kg.url("/dav/nas/moved%3B.txt"))
+            .header("destination", dest("/dav/photos/x.txt")),
+    );
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(!rc.root().join("library/x.txt").exists());
+
+    // A lock taken through the mount is honoured through the mount: the If header names the
+    // resource as the client knows it, and rclone's server as it knows it.
+    let lockinfo = "<?xml version=\"1.0\" encoding=\"utf-8\"?>\
+        <D:lockinfo xmlns:D=\"DAV:\"><D:lockscope><D:exclusive/></D:lockscope>\
+        <D:locktype><D:write/></D:locktype><D:owner>test</D:owner></D:lockinfo>";
+    let (status, headers, body) = send(
+        admin
+            .request(method("LOCK"), kg.url("/dav/photos/p;1.jpg"))
+            .header("timeout", "Second-60")
+            .body(lockinfo),
+    );
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let token = headers["lock-token"].to_str().unwrap().to_owned();
+    let (status, _, _) = send(admin.put(kg.url("/dav/photos/p;1.jpg")).body("no token"));
+    assert_eq!(status, StatusCode::LOCKED);
+    let tagged = format!("<{}> ({token})", dest("/dav/photos/p%3B1.jpg"));
+    let (status, _, body) = send(
+        admin
+            .put(kg.url("/dav/photos/p;1.jpg"))
+            .header("if", &tagged)
+            .body("with the token"),
+    );
+    assert!(status.is_success(), "{status}: {body}");
+    assert_eq!(
+        std::fs::read(rc.root().join("library/p;1.jpg")).unwrap(),
+        b"with the token"
+    );
+    let (status, _, _) = send(
+        admin
+            .put(kg.url("/dav/photos/p;1.jpg"))
+            .header(
+                "if",
+                format!("<{}> ({token})", dest("/dav/nas/moved%3B.txt")),
+            )
+            .body("x"),
+    );
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "an If naming another server"
+    );
+    let (status, _, _) = send(
+        admin
+            .request(method("UNLOCK"), kg.url("/dav/photos/p;1.jpg"))
+            .header("lock-token", &token),
+    );
+    assert!(status.is_success(), "{status}");
+
+    // rclone against a mounted server: its listings must name what it asked for.
+    let local = tempfile::tempdir().unwrap();
+    std::fs::create_dir(local.path().join("2026 trip")).unwrap();
+    for name in ["beach; 1.jpg", "50% sun.jpg", "café.jpg"] {
+        std::fs::write(local.path().join("2026 trip").join(name), name.as_bytes()).unwrap();
+    }
+    let env = [("RCLONE_WEBDAV_BEARER_TOKEN", kg.key.as_str())];
+    let url = kg.url("/dav/photos/");
+    let src = local.path().to_str().unwrap();
+    let (ok, out) = rclone(&url, &env, &["copy", src, ":webdav:albums"]);
+    assert!(ok, "{out}");
+    let (ok, out) = rclone(&url, &env, &["check", src, ":webdav:albums", "--download"]);
+    assert!(ok, "{out}");
+    assert_eq!(
+        std::fs::read(rc.root().join("library/albums/2026 trip/50% sun.jpg")).unwrap(),
+        b"50% sun.jpg"
+    );
+
+    // A restricted key finds its way under the mount too.
+    let key = rt.block_on(kg.create_key(json!({
+        "name": "albums",
+        "owner": "ada@example.com",
+        "scopes": ["read"],
+        "providers": [{"provider": "photos", "basePath": "/albums/2026 trip"}],
+    })))["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, _, body) = send(
+        bearer(&key)
+            .request(method("PROPFIND"), kg.url("/dav/photos/albums/"))
+            .header("depth", "1"),
+    );
+    assert_eq!(status, StatusCode::MULTI_STATUS, "{body}");
+    assert_eq!(
+        hrefs(&body),
+        ["/dav/photos/albums", "/dav/photos/albums/2026%20trip"],
+        "{body}"
+    );
+}

@@ -30,6 +30,7 @@ fuzz_target!(|data: &[u8]| {
         destination,
         overwrite,
         depth: Some(b"1"),
+        if_header: None,
         host: Some("fuzz"),
     }) {
         for r in m.resources.iter().chain(m.also.iter().map(|a| &a.resource)) {

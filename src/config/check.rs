@@ -98,11 +98,11 @@ pub(super) const fn secs(n: u64) -> Duration {
 /// Reads the durations of one section: `[section] key`, a default when left out.
 pub(super) struct Durations<'a> {
     problems: &'a mut Vec<Problem>,
-    section: &'static str,
+    section: &'a str,
 }
 
 impl<'a> Durations<'a> {
-    pub(super) fn new(problems: &'a mut Vec<Problem>, section: &'static str) -> Durations<'a> {
+    pub(super) fn new(problems: &'a mut Vec<Problem>, section: &'a str) -> Durations<'a> {
         Durations { problems, section }
     }
 

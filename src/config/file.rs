@@ -13,6 +13,9 @@ pub struct FileConfig {
     pub database: DatabaseSection,
     #[serde(default)]
     pub upstream: UpstreamSection,
+    /// A provider's own upstream (`[upstreams.photos]`), with the keys of `[upstream]`.
+    #[serde(default)]
+    pub upstreams: std::collections::BTreeMap<String, UpstreamSection>,
     #[serde(default)]
     pub routes: RoutesSection,
     /// How `graphql` routes are read and authorized.
@@ -296,6 +299,9 @@ pub struct UpstreamSection {
     /// What the backend does with `%`, `;`, `\\` and other characters some servers read
     /// specially: `"posix"`, `"strict"`, or a table saying it per character.
     pub path_dialect: Option<DialectSpec>,
+    /// The folder on the server a mounted provider's tree lives in (`/remote.php/dav/files/
+    /// alice`): what a route that forwards only its `{*path}` puts before it. Default `/`.
+    pub prefix: Option<String>,
 }
 
 /// `path_dialect = "posix"`, or `[upstream.path_dialect]` with `base = "strict"` and a value
@@ -327,6 +333,9 @@ pub struct RoutesSection {
     pub preset: Option<String>,
     /// The provider a WebDAV mount maps to (preset `webdav`).
     pub webdav_provider: Option<String>,
+    /// Serve every provider's WebDAV server under `<mount>/<provider>/` (preset `webdav`)
+    /// instead of one provider at `/`.
+    pub webdav_mount: Option<String>,
     /// Action for requests no route matches; unset means 404.
     pub default_action: Option<String>,
     /// Extra routes, consulted before the preset's.

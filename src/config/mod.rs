@@ -55,6 +55,8 @@ pub struct Config {
     pub server: ServerConfig,
     pub database: DatabaseConfig,
     pub upstream: UpstreamConfig,
+    /// Providers with a server of their own (`[upstreams.<provider>]`).
+    pub upstreams: Vec<(String, UpstreamConfig)>,
     pub routes: RouteTable,
     pub log: LogConfig,
     pub keys: KeysConfig,
@@ -263,6 +265,7 @@ fn validate(file: FileConfig, overrides: &Overrides, problems: &mut Vec<Problem>
     let server = server::listeners(&file, overrides, problems);
     let database = server::database(&file, overrides, problems);
     let upstream = server::upstream(&file, overrides, problems);
+    let upstreams = server::provider_upstreams(&file, problems);
     let log = server::log(&file, problems);
     let routes = routes::route_table(&file, problems);
     let keys = keys::keys_config(&file, &database.url, problems);
@@ -292,6 +295,7 @@ fn validate(file: FileConfig, overrides: &Overrides, problems: &mut Vec<Problem>
         server,
         database,
         upstream,
+        upstreams,
         routes,
         log,
         tls: tls::tls_config(&file, problems),
@@ -514,6 +518,42 @@ format = "xml"
     }
 
     #[test]
+    fn providers_may_have_servers_of_their_own_under_a_mount() {
+        let c = load(
+            "[routes]\npreset = \"webdav\"\nwebdav_mount = \"/dav\"\n\
+             [upstreams.photos]\npeers = [\"127.0.0.1:8082\"]\nprefix = \"/library\"\npath_dialect = \"strict\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.upstreams.len(), 1);
+        assert_eq!(c.upstreams[0].0, "photos");
+        assert!(c.routes.routes().iter().all(|r| r.forward_tail));
+        for (bad, place) in [
+            ("[upstreams.Photos]\npeers = [\"127.0.0.1:1\"]\n", "[upstreams.Photos]"),
+            ("[upstreams.photos]\n", "[upstreams.photos] peers"),
+            (
+                "[upstreams.photos]\npeers = [\"127.0.0.1:1\"]\ntls_ca_file = \"ca.pem\"\n",
+                "[upstreams.photos] tls_ca_file",
+            ),
+            (
+                "[upstreams.photos]\npeers = [\"127.0.0.1:1\"]\nprefix = \"library\"\n",
+                "[upstreams.photos] prefix",
+            ),
+            (
+                "[routes]\nwebdav_mount = \"/dav\"\nwebdav_provider = \"nas\"\npreset = \"webdav\"\n",
+                "[routes] webdav_provider",
+            ),
+            (
+                "[[routes.rule]]\nmethods = [\"GET\"]\npath = \"/x/{name}/{*path}\"\naction = \"readFile\"\nforward_tail = true\n",
+                "[[routes.rule]] #1",
+            ),
+        ] {
+            let e = load(bad, &[]).unwrap_err();
+            assert!(e.0.iter().any(|p| p.place.ends_with(place)), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn every_section_can_be_overridden_from_the_environment() {
         // Each section of the file model, by a key it has; a section missing from SECTIONS
         // would be silently ignored.
@@ -725,6 +765,7 @@ allow_sample_rate = 2.0
                 destination: Some(b"/v1/files/local/b.txt"),
                 overwrite: overwrite.map(str::as_bytes),
                 depth: None,
+                if_header: None,
                 host: None,
             })
         };

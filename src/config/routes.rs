@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use super::check::{problem, secs, Durations, Problem};
 use super::file::{DialectSpec, FileConfig, GraphqlSection, RouteRule};
 use crate::route::graphql::{self, ArgumentPath, FieldRule, GraphqlRules, OperationType};
-use crate::route::{Methods, PathDialect, Route, RouteTable, Template};
+use crate::route::{Methods, Mount, PathDialect, Route, RouteTable, Template};
 
 pub(super) fn check_name(problems: &mut Vec<Problem>, place: &str, what: &str, name: &str) {
     let ok = !name.is_empty()
@@ -22,21 +22,26 @@ pub(super) fn check_name(problems: &mut Vec<Problem>, place: &str, what: &str, n
 
 /// `[upstream] path_dialect`. Without one: `posix` for the presets of backends known to read
 /// names literally (the bundled storage-backend; WebDAV servers on Linux), `strict` otherwise.
-fn path_dialect(file: &FileConfig, preset: &str, problems: &mut Vec<Problem>) -> PathDialect {
-    const PLACE: &str = "[upstream] path_dialect";
+fn path_dialect(
+    spec: Option<&DialectSpec>,
+    place: &str,
+    preset: &str,
+    problems: &mut Vec<Problem>,
+) -> PathDialect {
+    let place = format!("{place} path_dialect");
     let named = |name: &str, problems: &mut Vec<Problem>| match name {
         "posix" => PathDialect::POSIX,
         "strict" => PathDialect::STRICT,
         other => {
             problem(
                 problems,
-                PLACE,
+                &place,
                 format!("'{other}' is not one of 'posix', 'strict'"),
             );
             PathDialect::STRICT
         }
     };
-    let table = match &file.upstream.path_dialect {
+    let table = match spec {
         None if matches!(preset, "storage-backend" | "webdav") => return PathDialect::POSIX,
         None => return PathDialect::STRICT,
         Some(DialectSpec::Named(name)) => return named(name, problems),
@@ -57,7 +62,7 @@ fn path_dialect(file: &FileConfig, preset: &str, problems: &mut Vec<Problem>) ->
             Some("refuse") => *field = false,
             Some(other) => problem(
                 problems,
-                format!("{PLACE}.{name}"),
+                format!("{place}.{name}"),
                 format!("'{other}' is not one of 'literal', 'refuse'"),
             ),
         }
@@ -78,7 +83,20 @@ pub(super) fn route_table(file: &FileConfig, problems: &mut Vec<Problem>) -> Rou
         .webdav_provider
         .clone()
         .unwrap_or_else(|| "dav".to_owned());
-    match crate::route::presets::rules(preset, &dav_provider) {
+    let mount = r.webdav_mount.as_deref();
+    if let Some(m) = mount {
+        if !m.starts_with('/') {
+            problem(problems, "[routes] webdav_mount", "must start with '/'");
+        }
+        if r.webdav_provider.is_some() {
+            problem(
+                problems,
+                "[routes] webdav_provider",
+                "a webdav_mount serves every provider under it; webdav_provider is for one at '/'",
+            );
+        }
+    }
+    match crate::route::presets::rules(preset, &dav_provider, mount) {
         Some(preset_rules) => rules.extend(
             preset_rules
                 .into_iter()
@@ -184,6 +202,13 @@ pub(super) fn route_table(file: &FileConfig, problems: &mut Vec<Problem>) -> Rou
                 "provider_param needs path_param, and neither {provider} nor provider",
             );
         }
+        if rule.forward_tail && !template.is_mount() {
+            problem(
+                problems,
+                &place,
+                "forward_tail needs a path of literals and {provider} ending in {*path}",
+            );
+        }
         if let Some(p) = &rule.provider {
             check_name(problems, &place, "provider name", p);
             if template.has_provider() {
@@ -212,6 +237,7 @@ pub(super) fn route_table(file: &FileConfig, problems: &mut Vec<Problem>) -> Rou
             path_param: rule.path_param.as_deref().map(Arc::from),
             basic: rule.basic_auth,
             ancestor_action: rule.ancestor_action.as_deref().map(Arc::from),
+            forward_tail: rule.forward_tail,
         });
     }
     let has_graphql = routes.iter().any(|r| r.graphql);
@@ -219,8 +245,44 @@ pub(super) fn route_table(file: &FileConfig, problems: &mut Vec<Problem>) -> Rou
         check_name(problems, "[routes] default_action", "action name", a);
         Arc::from(a)
     });
-    let table =
-        RouteTable::new(routes, default_action).with_dialect(path_dialect(file, preset, problems));
+    let mount =
+        |section: &super::file::UpstreamSection, place: &str, problems: &mut Vec<Problem>| {
+            let dialect = path_dialect(section.path_dialect.as_ref(), place, preset, problems);
+            let prefix = match section.prefix.as_deref().unwrap_or("/") {
+                p if p.starts_with('/') => {
+                    match crate::route::canonicalize_path_in(p.as_bytes(), dialect) {
+                        Ok(c) => c.segments().to_vec(),
+                        Err(_) => {
+                            problem(
+                                problems,
+                                format!("{place} prefix"),
+                                "is not a canonical path",
+                            );
+                            Vec::new()
+                        }
+                    }
+                }
+                _ => {
+                    problem(problems, format!("{place} prefix"), "must start with '/'");
+                    Vec::new()
+                }
+            };
+            Mount { dialect, prefix }
+        };
+    let default_mount = mount(&file.upstream, "[upstream]", problems);
+    let mut mounts = HashMap::new();
+    for (provider, section) in &file.upstreams {
+        let place = format!("[upstreams.{provider}]");
+        if crate::model::check_provider_name(provider).is_err() {
+            problem(
+                problems,
+                &place,
+                format!("'{provider}' is not a valid provider name"),
+            );
+        }
+        mounts.insert(provider.clone(), mount(section, &place, problems));
+    }
+    let table = RouteTable::new(routes, default_action).with_mounts(default_mount, mounts);
     match (&file.graphql, has_graphql) {
         (Some(section), _) => table.with_graphql(graphql_rules(section, problems)),
         (None, true) => {

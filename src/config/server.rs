@@ -145,21 +145,60 @@ pub(super) fn upstream(
     overrides: &Overrides,
     problems: &mut Vec<Problem>,
 ) -> UpstreamConfig {
-    let u = &file.upstream;
-    let raw_peers: Vec<String> = if !overrides.peers.is_empty() {
-        overrides.peers.clone()
-    } else {
-        u.peers
+    let peers = if overrides.peers.is_empty() {
+        file.upstream
+            .peers
             .clone()
             .unwrap_or_else(|| vec!["127.0.0.1:7070".to_owned()])
+    } else {
+        overrides.peers.clone()
     };
+    upstream_section(&file.upstream, "upstream", peers, problems)
+}
+
+/// `[upstreams.<provider>]`: the servers of providers with their own, each like `[upstream]`
+/// (whose CA bundle they share: pingora's connector has one).
+pub(super) fn provider_upstreams(
+    file: &FileConfig,
+    problems: &mut Vec<Problem>,
+) -> Vec<(String, UpstreamConfig)> {
+    file.upstreams
+        .iter()
+        .map(|(provider, u)| {
+            let section = format!("upstreams.{provider}");
+            if u.tls_ca_file.is_some() {
+                problem(
+                    problems,
+                    format!("[{section}] tls_ca_file"),
+                    "every upstream is verified against [upstream] tls_ca_file: set it there",
+                );
+            }
+            let peers = u.peers.clone().unwrap_or_default();
+            (
+                provider.clone(),
+                upstream_section(u, &section, peers, problems),
+            )
+        })
+        .collect()
+}
+
+fn upstream_section(
+    u: &super::file::UpstreamSection,
+    section: &str,
+    raw_peers: Vec<String>,
+    problems: &mut Vec<Problem>,
+) -> UpstreamConfig {
     if raw_peers.is_empty() {
-        problem(problems, "[upstream] peers", "needs at least one host:port");
+        problem(
+            problems,
+            format!("[{section}] peers"),
+            "needs at least one host:port",
+        );
     }
     let mut peers = Vec::new();
     let mut tls_names = Vec::new();
     for (i, raw) in raw_peers.iter().enumerate() {
-        let place = format!("[upstream] peers[{i}]");
+        let place = format!("[{section}] peers[{i}]");
         let (tls, host_port) = match raw.split_once("://") {
             None => (false, raw.as_str()),
             Some(("http", rest)) => (false, rest),
@@ -188,14 +227,18 @@ pub(super) fn upstream(
         .as_deref()
         .is_some_and(|n| n.trim().is_empty())
     {
-        problem(problems, "[upstream] tls_server_name", "must not be empty");
+        problem(
+            problems,
+            format!("[{section}] tls_server_name"),
+            "must not be empty",
+        );
     }
     let mut seen = std::collections::HashSet::new();
     for (i, addr) in peers.iter().enumerate() {
         if !seen.insert(*addr) {
             problem(
                 problems,
-                format!("[upstream] peers[{i}]"),
+                format!("[{section}] peers[{i}]"),
                 format!("{addr} is listed twice (names resolve to addresses)"),
             );
         }
@@ -206,7 +249,7 @@ pub(super) fn upstream(
         _ => {
             problem(
                 problems,
-                "[upstream] tls_client_cert_file",
+                format!("[{section}] tls_client_cert_file"),
                 "needs tls_client_key_file too (and the reverse)",
             );
             None
@@ -216,7 +259,7 @@ pub(super) fn upstream(
         ca_file: u.tls_ca_file.as_ref().map(Into::into),
         client_cert,
     };
-    let mut d = Durations::new(problems, "upstream");
+    let mut d = Durations::new(problems, section);
     UpstreamConfig {
         peers,
         tls_names,

@@ -99,6 +99,7 @@ pub async fn explain(
             destination: q.destination.as_deref().map(str::as_bytes),
             overwrite: None,
             depth: None,
+            if_header: None,
             host: None,
         })
         .map_err(|r| {

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::route::canonicalize_path;
+use crate::route::check_name_path;
 
 /// One provider a restricted key may use, and the folder it is confined to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,9 +27,9 @@ pub fn parse_grants(grants: &[Grant]) -> Result<Vec<Grant>, String> {
         if !raw.starts_with('/') {
             return Err(format!("base path '{raw}' must start with '/'"));
         }
-        let canonical = canonicalize_path(raw.as_bytes())
-            .map_err(|_| format!("base path '{raw}' is not a canonical path"))?
-            .decoded();
+        // Written as names, as the policies see paths (`/albums/2026 trip`), not as a URL.
+        let canonical =
+            check_name_path(raw).map_err(|e| format!("base path '{raw}': {}", e.message()))?;
         if out.iter().any(|o| o.provider == g.provider) {
             return Err(format!("provider '{}' is listed twice", g.provider));
         }
@@ -77,9 +77,10 @@ mod tests {
             provider: p.into(),
             base_path: b.into(),
         };
+        // Written as names, as the policies see them: `%` is a character of a name.
         assert_eq!(
-            parse_grants(&[g("local", "/backups/%32025")]).unwrap()[0].base_path,
-            "/backups/2025"
+            parse_grants(&[g("local", "/backups/50% off 2025")]).unwrap()[0].base_path,
+            "/backups/50% off 2025"
         );
         assert_eq!(parse_grants(&[g("local", "")]).unwrap()[0].base_path, "/");
         assert_eq!(

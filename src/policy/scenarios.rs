@@ -311,6 +311,7 @@ pub fn run(dir: &Path, routes: Option<&RouteTable>) -> Result<Report, String> {
                         destination: req.destination.as_deref().map(str::as_bytes),
                         overwrite: req.overwrite.as_deref().map(str::as_bytes),
                         depth: req.depth.as_deref().map(str::as_bytes),
+                        if_header: None,
                         host: Some("scenario"),
                     })
                     .and_then(|mut route| {

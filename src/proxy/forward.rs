@@ -171,6 +171,14 @@ pub fn prepare_upstream(
     if let Some(overwrite) = route.upstream_overwrite {
         let _ = req.insert_header("overwrite", overwrite);
     }
+    // A mounted server reads the `If` header's resources in its own paths.
+    if route.forward.is_some() {
+        req.remove_header("if");
+    }
+    if let Some(value) = &route.upstream_if {
+        req.insert_header("if", value.as_str())
+            .map_err(|_| Refusal::bad_request("the If header cannot be forwarded"))?;
+    }
     let _ = req.insert_header(REQUEST_ID, request_id);
     for (name, value) in [
         (USER, principal.user_email.as_str()),

@@ -38,7 +38,7 @@ use pingora::ErrorType;
 
 pub use context::{HeaderArrived, RequestCtx};
 use respond::respond;
-use upstream::Upstream;
+use upstream::Upstreams;
 
 use crate::audit::AuditLog;
 use crate::clock::{format_time, now_millis};
@@ -58,7 +58,7 @@ pub struct Keygate {
     pub identity: Arc<Identity>,
     pub limits: RateLimiter,
     pub policy: Arc<PolicyEngine>,
-    pub upstream: Arc<Upstream>,
+    pub upstream: Arc<Upstreams>,
     pub audit: Arc<AuditLog>,
     pub metrics: Arc<Metrics>,
     /// Peers whose forwarding headers name the client (`[server] trusted_proxies`).
@@ -210,6 +210,7 @@ impl Keygate {
             destination: None,
             overwrite: None,
             depth: Some(b"0"),
+            if_header: None,
             host: None,
         }) else {
             return false;
@@ -237,6 +238,7 @@ fn route_input<'a>(req: &'a RequestHeader, raw_header: Option<&'a [u8]>) -> Rout
         destination: req.headers.get("destination").map(|v| v.as_bytes()),
         overwrite: req.headers.get("overwrite").map(|v| v.as_bytes()),
         depth: req.headers.get("depth").map(|v| v.as_bytes()),
+        if_header: req.headers.get("if").map(|v| v.as_bytes()),
         host: req
             .headers
             .get(http::header::HOST)
@@ -304,10 +306,11 @@ impl ProxyHttp for Keygate {
     async fn upstream_peer(
         &self,
         _session: &mut Session,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
+        let provider = ctx.route.as_ref().and_then(|r| r.provider_name());
         self.upstream
-            .select()
+            .select(provider)
             .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, "no healthy upstream peer"))
     }
 
@@ -352,8 +355,10 @@ impl ProxyHttp for Keygate {
         if ctx.body_read {
             upstream_request.remove_header(&http::header::EXPECT);
         }
-        // A listing keygate filters must come uncompressed.
-        if ctx.on_the_way && upstream_request.method.as_str() == "PROPFIND" {
+        // An answer keygate rewrites must come uncompressed.
+        if route.forward.is_some()
+            || (ctx.on_the_way && upstream_request.method.as_str() == "PROPFIND")
+        {
             upstream_request.remove_header(&http::header::ACCEPT_ENCODING);
         }
         if forward::prepare_upstream(upstream_request, route, principal, &ctx.request_id).is_err() {
@@ -381,7 +386,27 @@ impl ProxyHttp for Keygate {
         // A listing decided on the way to the credential's base paths shows only the entries
         // on the way: its body is filtered, so its length is no longer known.
         let propfind = session.req_header().method.as_str() == "PROPFIND";
-        if ctx.on_the_way && propfind && upstream_response.status.as_u16() == 207 {
+        let forward = ctx.route.as_ref().and_then(|r| r.forward.clone());
+        // A server mounted under keygate's path names its resources in its own: where it
+        // says where something is, that is said again under the mount (or not at all).
+        if let Some(f) = &forward {
+            let location = upstream_response
+                .headers
+                .get(http::header::LOCATION)
+                .map(|l| l.to_str().ok().and_then(|l| f.client_href(l)));
+            match location {
+                Some(Some(moved)) => {
+                    upstream_response.insert_header(http::header::LOCATION, moved)?;
+                }
+                Some(None) => {
+                    upstream_response.remove_header(&http::header::LOCATION);
+                }
+                None => {}
+            }
+            upstream_response.remove_header(&http::header::CONTENT_LOCATION);
+        }
+        let rewrite = forward.is_some() || (ctx.on_the_way && propfind);
+        if rewrite && upstream_response.status.as_u16() == 207 {
             let encoded = upstream_response
                 .headers
                 .get(http::header::CONTENT_ENCODING)
@@ -430,7 +455,15 @@ impl ProxyHttp for Keygate {
         else {
             return Ok(None);
         };
-        let mut keep = |href: &str| self.on_the_way(principal, href);
+        let forward = ctx.route.as_ref().and_then(|r| r.forward.as_deref());
+        let on_the_way = ctx.on_the_way;
+        let mut keep = |href: &str| {
+            let href = match forward {
+                Some(f) => f.client_href(href)?,
+                None => href.to_owned(),
+            };
+            (!on_the_way || self.on_the_way(principal, &href)).then_some(href)
+        };
         let mut out = match body.take() {
             Some(chunk) => listing.push(&chunk, &mut keep),
             None => Vec::new(),

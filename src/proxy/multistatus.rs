@@ -1,6 +1,8 @@
 //! Filtering a WebDAV `207 Multi-Status` answer as it streams: each `<response>` element is
-//! kept or dropped whole by what its `<href>` names, so a listing decided on the way to a
-//! credential's base paths shows only the entries on the way and never their siblings' names.
+//! kept (its `<href>` perhaps rewritten) or dropped whole by what its `<href>` names, so a
+//! listing decided on the way to a credential's base paths shows only the entries on the way
+//! and never their siblings' names, and a server mounted under keygate's path names its
+//! entries under that path.
 //!
 //! Fails closed: what cannot be read as a multistatus (another root, a `<response>` larger than
 //! [`MAX_ENTRY`], content after the responses) is dropped, and the document is closed with the
@@ -69,8 +71,9 @@ impl Multistatus {
     }
 
     /// Takes the next chunk of the body; returns what may be sent on. `keep` is asked about
-    /// each entry's `href` (its text, XML entities decoded).
-    pub fn push(&mut self, chunk: &[u8], keep: &mut dyn FnMut(&str) -> bool) -> Vec<u8> {
+    /// each entry's `href` (its text, XML entities decoded): `None` drops the entry, `Some`
+    /// keeps it with that `href`.
+    pub fn push(&mut self, chunk: &[u8], keep: &mut Keep<'_>) -> Vec<u8> {
         if self.state == State::Done || self.unreadable {
             return Vec::new();
         }
@@ -142,13 +145,17 @@ impl Multistatus {
                     };
                     self.searched = 0;
                     let element = &self.buf[..end];
-                    let keep_it = href(element, &self.prefix).is_some_and(|h| keep(&h));
-                    if keep_it {
-                        out.extend_from_slice(element);
-                        out.push(b'\n');
-                        self.kept += 1;
-                    } else {
-                        self.dropped += 1;
+                    let kept = href(element, &self.prefix)
+                        .and_then(|(span, text)| Some((span, keep(&text)?)));
+                    match kept {
+                        Some(((from, to), new)) => {
+                            out.extend_from_slice(&element[..from]);
+                            escape_into(&mut out, &new);
+                            out.extend_from_slice(&element[to..]);
+                            out.push(b'\n');
+                            self.kept += 1;
+                        }
+                        None => self.dropped += 1,
                     }
                     self.buf.drain(..end);
                 }
@@ -158,7 +165,7 @@ impl Multistatus {
     }
 
     /// The end of the body: closes the document if the answer did not.
-    pub fn finish(&mut self, keep: &mut dyn FnMut(&str) -> bool) -> Vec<u8> {
+    pub fn finish(&mut self, keep: &mut Keep<'_>) -> Vec<u8> {
         let out = self.push(&[], keep);
         self.fail(out)
     }
@@ -185,6 +192,21 @@ impl Multistatus {
         self.state = State::Done;
         self.buf = Vec::new();
         out
+    }
+}
+
+/// What decides an entry: its `href` in, `None` to drop it or the `href` to show.
+pub type Keep<'a> = dyn FnMut(&str) -> Option<String> + 'a;
+
+/// `text` as XML character data.
+fn escape_into(out: &mut Vec<u8>, text: &str) {
+    for b in text.bytes() {
+        match b {
+            b'&' => out.extend_from_slice(b"&amp;"),
+            b'<' => out.extend_from_slice(b"&lt;"),
+            b'>' => out.extend_from_slice(b"&gt;"),
+            _ => out.push(b),
+        }
     }
 }
 
@@ -248,8 +270,9 @@ fn multistatus_start(buf: &[u8]) -> Option<(usize, Vec<u8>)> {
     }
 }
 
-/// The text of an entry's `<href>`, entities decoded; `None` when it has not exactly one.
-fn href(element: &[u8], prefix: &[u8]) -> Option<String> {
+/// Where an entry's `<href>` text is and what it says, entities decoded; `None` when the
+/// entry has not exactly one.
+fn href(element: &[u8], prefix: &[u8]) -> Option<((usize, usize), String)> {
     let open = tag(b"<", prefix, b"href>");
     let close = tag(b"</", prefix, b"href>");
     let start = find(element, &open)? + open.len();
@@ -258,7 +281,7 @@ fn href(element: &[u8], prefix: &[u8]) -> Option<String> {
         return None;
     }
     let text = std::str::from_utf8(&element[start..start + len]).ok()?;
-    decode_entities(text.trim())
+    Some(((start, start + len), decode_entities(text.trim())?))
 }
 
 /// XML's five named entities and character references; `None` for anything else.
@@ -313,7 +336,7 @@ mod tests {
         let mut seen = Vec::new();
         let mut keep = |h: &str| {
             seen.push(h.to_owned());
-            keep_way(h)
+            keep_way(h).then(|| h.to_owned())
         };
         let mut m = Multistatus::new();
         let mut out = Vec::new();
@@ -396,6 +419,26 @@ mod tests {
             !out.contains("<D:response>") && out.len() < 200,
             "{}",
             out.len()
+        );
+    }
+
+    #[test]
+    fn hrefs_are_rewritten_in_place() {
+        let mut keep = |h: &str| Some(format!("/dav/nas{h}?&<"));
+        let mut m = Multistatus::new();
+        let mut out = m.push(NGINX.as_bytes(), &mut keep);
+        out.extend(m.finish(&mut keep));
+        let out = String::from_utf8(out).unwrap();
+        assert!(
+            out.contains("<D:href>/dav/nas/projects/alpha/?&amp;&lt;</D:href>"),
+            "{out}"
+        );
+        assert!(out.contains("<D:href>/dav/nas/projects/a&amp;b.txt?&amp;&lt;</D:href>"));
+        assert_eq!(out.matches("<D:response>").count(), 4);
+        assert_eq!(
+            out.matches("<D:propstat>").count(),
+            4,
+            "the rest is kept as it was"
         );
     }
 

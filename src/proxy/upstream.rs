@@ -16,6 +16,46 @@ use pingora::utils::tls::CertKey;
 
 use crate::config::UpstreamConfig;
 
+/// `[upstream]`'s peers, and those of providers with a server of their own.
+pub struct Upstreams {
+    default: Upstream,
+    by_provider: HashMap<String, Upstream>,
+}
+
+impl Upstreams {
+    pub fn new(
+        default: &UpstreamConfig,
+        own: &[(String, UpstreamConfig)],
+    ) -> anyhow::Result<Upstreams> {
+        let mut by_provider = HashMap::new();
+        for (provider, config) in own {
+            let upstream =
+                Upstream::new(config).with_context(|| format!("[upstreams.{provider}]"))?;
+            by_provider.insert(provider.clone(), upstream);
+        }
+        Ok(Upstreams {
+            default: Upstream::new(default)?,
+            by_provider,
+        })
+    }
+
+    /// The next healthy peer of `provider`'s server (its own, or `[upstream]`'s).
+    pub fn select(&self, provider: Option<&str>) -> Option<Box<HttpPeer>> {
+        provider
+            .and_then(|p| self.by_provider.get(p))
+            .unwrap_or(&self.default)
+            .select()
+    }
+
+    /// The load balancers with health checks to run in the background.
+    pub fn balancers(&self) -> Vec<Arc<LoadBalancer<RoundRobin>>> {
+        std::iter::once(&self.default)
+            .chain(self.by_provider.values())
+            .filter_map(Upstream::balancer)
+            .collect()
+    }
+}
+
 pub struct Upstream {
     balancer: Arc<LoadBalancer<RoundRobin>>,
     /// The SNI (and verified) name of each `https://` peer.

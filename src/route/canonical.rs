@@ -123,27 +123,42 @@ impl CanonicalPath {
         bytes + usize::from(bytes == 0 || self.trailing_slash)
     }
 
+    /// `prefix` then the segments from `start` on, encoded as [`CanonicalPath::encoded`] does
+    /// (a mounted server's path for a request under keygate's mount).
+    pub fn encoded_under(&self, prefix: &[String], start: usize) -> String {
+        let rest = self.segments.get(start..).unwrap_or_default();
+        encode_segments(prefix.iter().chain(rest), self.trailing_slash)
+    }
+
     /// The path percent-encoded in one fixed way: every byte outside RFC 3986's unreserved set
     /// is escaped. A trailing slash the client sent is kept.
     pub fn encoded(&self) -> String {
-        let mut out = String::with_capacity(self.segments.iter().map(|s| s.len() + 1).sum());
-        for seg in &self.segments {
-            out.push('/');
-            for &b in seg.as_bytes() {
-                if is_unreserved(b) {
-                    out.push(b as char);
-                } else {
-                    out.push('%');
-                    out.push(HEX[(b >> 4) as usize] as char);
-                    out.push(HEX[(b & 15) as usize] as char);
-                }
+        encode_segments(self.segments.iter(), self.trailing_slash)
+    }
+}
+
+/// Segments percent-encoded in one fixed way, joined with `/`; `/` for none.
+pub(super) fn encode_segments<'a>(
+    segments: impl Iterator<Item = &'a String>,
+    trailing_slash: bool,
+) -> String {
+    let mut out = String::new();
+    for seg in segments {
+        out.push('/');
+        for &b in seg.as_bytes() {
+            if is_unreserved(b) {
+                out.push(b as char);
+            } else {
+                out.push('%');
+                out.push(HEX[(b >> 4) as usize] as char);
+                out.push(HEX[(b & 15) as usize] as char);
             }
         }
-        if out.is_empty() || self.trailing_slash {
-            out.push('/');
-        }
-        out
     }
+    if out.is_empty() || trailing_slash {
+        out.push('/');
+    }
+    out
 }
 
 const HEX: &[u8; 16] = b"0123456789ABCDEF";
@@ -325,6 +340,36 @@ pub fn check_decoded_path(raw: &str) -> Result<String, Refusal> {
                 seg.as_bytes().to_vec(),
                 PathDialect::STRICT,
             )?);
+            if segments.len() > MAX_PATH_DEPTH {
+                return Err(bad("the path is deeper than 256 segments"));
+            }
+        }
+    }
+    Ok(join_segments(&segments))
+}
+
+/// A path written as names (`/albums/2026 trip`), as an operator writes a base path: `/` then
+/// names separated by `/`, each neither empty, `.` nor `..`, without NUL, at most
+/// [`MAX_PATH_DEPTH`] deep and [`MAX_TARGET_LEN`] long; decomposed Unicode is composed (NFC).
+/// Returns it joined canonically (a trailing slash dropped), as the policies see paths.
+pub fn check_name_path(raw: &str) -> Result<String, Refusal> {
+    let rest = raw
+        .strip_prefix('/')
+        .ok_or_else(|| bad("a path must start with '/'"))?;
+    if raw.len() > MAX_TARGET_LEN {
+        return Err(bad("the path is too long"));
+    }
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let mut segments = Vec::new();
+    if !rest.is_empty() {
+        for seg in rest.split('/') {
+            if seg.is_empty() {
+                return Err(bad("the path has an empty segment"));
+            }
+            if seg.contains('\0') {
+                return Err(bad("the path has a NUL"));
+            }
+            segments.push(finish_segment(seg.as_bytes().to_vec(), PathDialect::POSIX)?);
             if segments.len() > MAX_PATH_DEPTH {
                 return Err(bad("the path is deeper than 256 segments"));
             }
@@ -579,6 +624,20 @@ mod tests {
             "/a/\u{2025}",             // TWO DOT LEADER, raw
         ] {
             refused(raw.as_bytes());
+        }
+    }
+
+    #[test]
+    fn paths_written_as_names() {
+        assert_eq!(
+            check_name_path("/albums/2026 trip/").unwrap(),
+            "/albums/2026 trip"
+        );
+        assert_eq!(check_name_path("/50% off;x\\y").unwrap(), "/50% off;x\\y");
+        assert_eq!(check_name_path("/cafe\u{301}").unwrap(), "/café");
+        assert_eq!(check_name_path("/").unwrap(), "/");
+        for bad in ["", "a", "/a//b", "/a/../b", "/.", "/a\0b"] {
+            assert!(check_name_path(bad).is_err(), "{bad:?}");
         }
     }
 

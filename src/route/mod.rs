@@ -11,6 +11,7 @@
 
 mod canonical;
 pub mod graphql;
+mod mount;
 pub mod presets;
 
 use std::sync::Arc;
@@ -20,9 +21,10 @@ use crate::refusal::Refusal;
 use canonical::{bad, join_segments};
 pub use canonical::{
     canonicalize, canonicalize_in, canonicalize_path, canonicalize_path_in, check_decoded_path,
-    CanonicalPath, CanonicalTarget, PathDialect, MAX_PATH_DEPTH, MAX_TARGET_LEN,
+    check_name_path, CanonicalPath, CanonicalTarget, PathDialect, MAX_PATH_DEPTH, MAX_TARGET_LEN,
 };
 use graphql::{GraphqlRules, Operation};
+pub use mount::{Forward, Mount};
 
 /// One piece of a route template.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,6 +103,23 @@ impl Template {
         self.pieces.contains(&Piece::Tail)
     }
 
+    /// Whether only literals and `{provider}` come before a final `{*path}`: a template a
+    /// server can be mounted under (`forward_tail`).
+    pub fn is_mount(&self) -> bool {
+        self.pieces.last() == Some(&Piece::Tail)
+            && self.pieces[..self.pieces.len() - 1]
+                .iter()
+                .all(|p| matches!(p, Piece::Literal(_) | Piece::Provider))
+    }
+
+    /// How many segments come before `{*path}`.
+    fn tail_start(&self) -> usize {
+        self.pieces
+            .iter()
+            .position(|p| *p == Piece::Tail)
+            .unwrap_or(self.pieces.len())
+    }
+
     pub fn as_str(&self) -> &str {
         &self.source
     }
@@ -168,6 +187,8 @@ pub struct Route {
     pub basic: bool,
     /// Decided instead of `action` when that is denied (on the way to a base path).
     pub ancestor_action: Option<Arc<str>>,
+    /// Forward only the `{*path}` part, under the provider's folder on its server.
+    pub forward_tail: bool,
 }
 
 /// A decision a request needs on something that is not a storage path: a request no route
@@ -236,6 +257,10 @@ pub struct RouteMatch {
     pub basic: bool,
     /// Decided instead of `action` when that is denied ([`RouteMatch::on_the_way`]).
     pub ancestor_action: Option<Arc<str>>,
+    /// A provider's server mounted under keygate's path: how its answers' URLs come back.
+    pub forward: Option<Arc<Forward>>,
+    /// The `If` header as the mounted server must read it.
+    pub upstream_if: Option<String>,
 }
 
 impl RouteMatch {
@@ -255,7 +280,17 @@ impl RouteMatch {
             resource_in_query: false,
             basic: false,
             ancestor_action: None,
+            forward: None,
+            upstream_if: None,
         }
+    }
+
+    /// The provider the request is for: its first resource's, or the route's fixed one.
+    pub fn provider_name(&self) -> Option<&str> {
+        self.resources
+            .first()
+            .map(|r| &*r.provider)
+            .or(self.provider.as_deref())
     }
 
     /// The request decided as its route's ancestor action instead (a folder on the way to a
@@ -340,8 +375,13 @@ pub struct RouteTable {
     default_action: Option<Arc<str>>,
     /// How GraphQL routes are authorized (`[graphql]`).
     graphql: Option<Arc<GraphqlRules>>,
-    /// What the backend does with characters some servers read specially.
+    /// The dialect a target is first read in: every character some provider's server reads
+    /// literally. A provider's own is checked once the route names it.
     dialect: PathDialect,
+    /// `[upstream]`'s server.
+    default_mount: Mount,
+    /// Providers with a server of their own (`[upstreams.<provider>]`).
+    mounts: std::collections::HashMap<String, Mount>,
 }
 
 /// What the route stage reads from a request.
@@ -354,6 +394,8 @@ pub struct RouteInput<'a> {
     pub overwrite: Option<&'a [u8]>,
     /// The `Depth` header (WebDAV).
     pub depth: Option<&'a [u8]>,
+    /// The `If` header (WebDAV), rewritten for a mounted server.
+    pub if_header: Option<&'a [u8]>,
     pub host: Option<&'a str>,
 }
 
@@ -364,17 +406,50 @@ impl RouteTable {
             default_action,
             graphql: None,
             dialect: PathDialect::STRICT,
+            default_mount: Mount::default(),
+            mounts: Default::default(),
         }
     }
 
     /// The table for a backend of `dialect` (the default is [`PathDialect::STRICT`]).
     pub fn with_dialect(mut self, dialect: PathDialect) -> RouteTable {
+        self.default_mount.dialect = dialect;
         self.dialect = dialect;
         self
     }
 
+    /// The table with `[upstream]`'s server and the providers' own.
+    pub fn with_mounts(
+        mut self,
+        default: Mount,
+        mounts: std::collections::HashMap<String, Mount>,
+    ) -> RouteTable {
+        let mut union = default.dialect;
+        for m in mounts.values() {
+            let d = m.dialect;
+            union.percent |= d.percent;
+            union.semicolon |= d.semicolon;
+            union.backslash |= d.backslash;
+            union.lookalikes |= d.lookalikes;
+            union.controls |= d.controls;
+            union.dots |= d.dots;
+        }
+        self.dialect = union;
+        self.default_mount = default;
+        self.mounts = mounts;
+        self
+    }
+
+    /// `[upstream]`'s dialect.
     pub fn dialect(&self) -> PathDialect {
-        self.dialect
+        self.default_mount.dialect
+    }
+
+    /// The server of `provider`: its own, or `[upstream]`'s.
+    fn mount_of(&self, provider: Option<&str>) -> &Mount {
+        provider
+            .and_then(|p| self.mounts.get(p))
+            .unwrap_or(&self.default_mount)
     }
 
     /// The table with its GraphQL rules.
@@ -445,7 +520,32 @@ impl RouteTable {
                     (provider, check_decoded_path(&query_param(query, name)?)?)
                 }
             };
-            if let Some(provider) = provider.or_else(|| route.provider.clone()) {
+            let provider = provider.or_else(|| route.provider.clone());
+            // The provider's server may read fewer characters literally than the most
+            // permissive server's dialect the target was first read in.
+            let mount = self.mount_of(provider.as_deref());
+            if mount.dialect != self.dialect {
+                canonicalize_in(input.raw_target, mount.dialect)?;
+            }
+            let mut upstream_target = upstream_target;
+            let mut forward = None;
+            let mut upstream_if = None;
+            if route.forward_tail {
+                let start = route.template.tail_start();
+                upstream_target = target.path.encoded_under(&mount.prefix, start);
+                if let Some(q) = &target.query {
+                    upstream_target.push('?');
+                    upstream_target.push_str(q);
+                }
+                let f = Forward {
+                    client: segments[..start.min(segments.len())].to_vec(),
+                    upstream: mount.prefix.clone(),
+                    dialect: mount.dialect,
+                };
+                upstream_if = input.if_header.map(|v| f.upstream_if(v)).transpose()?;
+                forward = Some(Arc::new(f));
+            }
+            if let Some(provider) = provider {
                 resources.push(Resource {
                     role: ResourceRole::Source,
                     provider,
@@ -456,7 +556,21 @@ impl RouteTable {
             let mut upstream_overwrite = None;
             let mut also = Vec::new();
             if route.destination {
-                let (resource, header) = destination(route, input, self.dialect)?;
+                let (resource, origin, dest) = destination(route, input, mount.dialect)?;
+                // A move or copy stays on one server.
+                let dest_provider = resource.as_ref().map(|r| &*r.provider);
+                if !std::ptr::eq(self.mount_of(dest_provider), mount) {
+                    return Err(bad(
+                        "the Destination header names a location on another server",
+                    ));
+                }
+                let header = match &forward {
+                    Some(_) => {
+                        let start = route.template.tail_start();
+                        format!("{origin}{}", dest.encoded_under(&mount.prefix, start))
+                    }
+                    None => format!("{origin}{}", dest.encoded()),
+                };
                 // Without `Overwrite: F`, a move or copy may replace the destination, and
                 // replacing deletes what was there (RFC 4918: absent means T).
                 let overwrite = match input.overwrite.map(<[u8]>::trim_ascii) {
@@ -505,6 +619,8 @@ impl RouteTable {
                     input.method != "PROPFIND"
                         || matches!(input.depth.map(<[u8]>::trim_ascii), Some(b"0" | b"1"))
                 }),
+                forward,
+                upstream_if,
             });
         }
         match &self.default_action {
@@ -589,11 +705,11 @@ fn provider_of(route: &Route, segment: Option<&str>) -> Option<Arc<str>> {
 
 /// Reads the `Destination` header: an absolute path, or an absolute URI whose authority is the
 /// request's own `Host`. It must match the same route template as the request.
-fn destination(
+fn destination<'a>(
     route: &Route,
-    input: RouteInput<'_>,
+    input: RouteInput<'a>,
     dialect: PathDialect,
-) -> Result<(Option<Resource>, String), Refusal> {
+) -> Result<(Option<Resource>, &'a str, CanonicalPath), Refusal> {
     let raw = input
         .destination
         .ok_or_else(|| bad("this request needs a Destination header"))?;
@@ -611,7 +727,7 @@ fn destination(
         provider,
         path: dest_path,
     });
-    Ok((resource, format!("{origin}{}", target.path.encoded())))
+    Ok((resource, origin, target.path))
 }
 
 fn split_destination<'a>(
@@ -656,6 +772,7 @@ mod tests {
             path_param: None,
             basic: false,
             ancestor_action: None,
+            forward_tail: false,
         };
         RouteTable::new(
             vec![
@@ -690,6 +807,7 @@ mod tests {
             destination: dest.map(str::as_bytes),
             overwrite: None,
             depth: None,
+            if_header: None,
             host: Some("proxy.example:8080"),
         }
     }
@@ -847,6 +965,7 @@ mod tests {
             path_param: None,
             basic: false,
             ancestor_action: None,
+            forward_tail: false,
         };
         let catch_all = Route {
             methods: Methods::Any,

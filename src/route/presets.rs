@@ -46,6 +46,11 @@ pub struct RouteRule {
     /// allow these only there.
     #[serde(default)]
     pub ancestor_action: Option<String>,
+    /// Forward only the `{*path}` part, under the provider's upstream `prefix`: a server
+    /// mounted under a path of keygate's (`/dav/{provider}/{*path}`). `Destination`, `If` and
+    /// the `href`s of 207 answers are rewritten both ways.
+    #[serde(default)]
+    pub forward_tail: bool,
 }
 
 fn rule(methods: &[&str], path: &str, action: &str) -> RouteRule {
@@ -62,6 +67,7 @@ fn rule(methods: &[&str], path: &str, action: &str) -> RouteRule {
         path_param: None,
         basic_auth: false,
         ancestor_action: None,
+        forward_tail: false,
     }
 }
 
@@ -82,12 +88,13 @@ fn move_(path: &str) -> RouteRule {
     r
 }
 
-/// The rules of a preset, or `None` for an unknown preset name.
-pub fn rules(preset: &str, webdav_provider: &str) -> Option<Vec<RouteRule>> {
+/// The rules of a preset, or `None` for an unknown preset name. A WebDAV `mount` serves every
+/// provider's server under `<mount>/<provider>/`; without one, `webdav_provider` is at `/`.
+pub fn rules(preset: &str, webdav_provider: &str, mount: Option<&str>) -> Option<Vec<RouteRule>> {
     match preset {
         "none" => Some(Vec::new()),
         "storage-backend" => Some(storage_backend()),
-        "webdav" => Some(webdav(webdav_provider)),
+        "webdav" => Some(webdav(webdav_provider, mount)),
         _ => None,
     }
 }
@@ -119,12 +126,20 @@ pub fn storage_backend() -> Vec<RouteRule> {
     ]
 }
 
-/// A WebDAV server (RFC 4918) mounted at `/`, all of it one provider.
-pub fn webdav(provider: &str) -> Vec<RouteRule> {
-    const ALL: &str = "/{*path}";
+/// A WebDAV server (RFC 4918) mounted at `/`, all of it one provider; or, with a `mount`, each
+/// provider's server under `<mount>/<provider>/`.
+pub fn webdav(provider: &str, mount: Option<&str>) -> Vec<RouteRule> {
+    let all = match mount {
+        None => "/{*path}".to_owned(),
+        Some(m) => format!("{}/{{provider}}/{{*path}}", m.trim_end_matches('/')),
+    };
+    let all = all.as_str();
     let fixed = |mut r: RouteRule| {
-        r.provider = Some(provider.to_owned());
         r.basic_auth = true;
+        match mount {
+            None => r.provider = Some(provider.to_owned()),
+            Some(_) => r.forward_tail = true,
+        }
         r
     };
     // Clients open the root first (OPTIONS, PROPFIND) and create parents first (MKCOL): on
@@ -135,23 +150,23 @@ pub fn webdav(provider: &str) -> Vec<RouteRule> {
         r
     };
     vec![
-        fixed(rule(&["GET", "HEAD"], ALL, "readFile")),
-        fixed(on_the_way(rule(&["OPTIONS"], ALL, "readFile"), "traverse")),
+        fixed(rule(&["GET", "HEAD"], all, "readFile")),
+        fixed(on_the_way(rule(&["OPTIONS"], all, "readFile"), "traverse")),
         fixed(on_the_way(
-            rule(&["PROPFIND"], ALL, "listFolder"),
+            rule(&["PROPFIND"], all, "listFolder"),
             "traverse",
         )),
         fixed(rule(
             &["PUT", "PROPPATCH", "LOCK", "UNLOCK"],
-            ALL,
+            all,
             "writeFile",
         )),
-        fixed(rule(&["DELETE"], ALL, "deleteFile")),
+        fixed(rule(&["DELETE"], all, "deleteFile")),
         fixed(on_the_way(
-            rule(&["MKCOL"], ALL, "createFolder"),
+            rule(&["MKCOL"], all, "createFolder"),
             "createAncestor",
         )),
-        fixed(move_(ALL)),
-        fixed(copy(ALL)),
+        fixed(move_(all)),
+        fixed(copy(all)),
     ]
 }

@@ -38,7 +38,7 @@ use crate::manage::logins::Auth;
 use crate::manage::KeyManager;
 use crate::model::Pepper;
 use crate::policy::PolicyEngine;
-use crate::proxy::upstream::Upstream;
+use crate::proxy::upstream::Upstreams;
 use crate::proxy::Keygate;
 use crate::ratelimit::RateLimiter;
 use crate::store::Store;
@@ -272,7 +272,9 @@ pub async fn start_with_store(
         }
         None => None,
     };
-    let upstream = Arc::new(Upstream::new(&config.upstream).context("invalid upstream peers")?);
+    let upstream = Arc::new(
+        Upstreams::new(&config.upstream, &config.upstreams).context("invalid upstream peers")?,
+    );
     let audit = Arc::new(
         AuditLog::start(&config.audit, metrics.clone()).context("cannot open the audit log")?,
     );
@@ -341,7 +343,7 @@ pub async fn start_with_store(
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
 
-    if let Some(balancer) = upstream.balancer() {
+    for balancer in upstream.balancers() {
         let rx = shutdown_rx.clone();
         tasks.spawn(async move { balancer.start(rx).await });
     }
