@@ -678,6 +678,11 @@ fn several_servers_are_mounted_under_dav() {
         b"on rclone"
     );
 
+    // A provider of the workspace without a server of its own is not served under the mount
+    // (`[upstream]`'s server holds nas's tree, not local's).
+    let (status, _, _) = send(admin.get(kg.url("/dav/local/a%20b.txt")));
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
     let listing = |path: &str| {
         send(
             admin
@@ -685,9 +690,16 @@ fn several_servers_are_mounted_under_dav() {
                 .header("depth", "1"),
         )
     };
+    // nginx writes `[` and `]` unescaped in its hrefs: still listed.
+    let (status, _, _) = send(admin.put(kg.url("/dav/nas/%5Bdraft%5D")).body("x"));
+    assert_eq!(status, StatusCode::CREATED);
     let (status, _, body) = listing("/dav/nas/");
     assert_eq!(status, StatusCode::MULTI_STATUS);
-    assert_eq!(hrefs(&body), ["/dav/nas", "/dav/nas/a%20b.txt"], "{body}");
+    assert_eq!(
+        hrefs(&body),
+        ["/dav/nas", "/dav/nas/%5Bdraft%5D", "/dav/nas/a%20b.txt"],
+        "{body}"
+    );
     let (status, _, body) = listing("/dav/photos/");
     assert_eq!(status, StatusCode::MULTI_STATUS);
     assert_eq!(
@@ -801,4 +813,122 @@ fn several_servers_are_mounted_under_dav() {
         ["/dav/photos/albums", "/dav/photos/albums/2026%20trip"],
         "{body}"
     );
+}
+
+/// A server that wants credentials of its own (Nextcloud's WebDAV endpoint) is sent its service
+/// account's, from `authorization_file`, under its folder; never the client's key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_with_credentials_of_its_own_gets_its_service_accounts() {
+    let rec = Recorder::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let auth = dir.path().join("nextcloud.auth");
+    // "Basic " + base64("keygate:app-password")
+    std::fs::write(&auth, "Basic a2V5Z2F0ZTphcHAtcGFzc3dvcmQ=\n").unwrap();
+    let config = format!(
+        "[routes]\npreset = \"webdav\"\nwebdav_mount = \"/dav\"\n\
+         [upstreams.nc]\npeers = [\"{}\"]\nprefix = \"/remote.php/dav/files/keygate\"\n\
+         authorization_file = {:?}\n",
+        rec.addr,
+        auth.display().to_string()
+    );
+    let kg = Keygate::start_config(&[rec.addr], &config, &["nc"]);
+    let r = reqwest::Client::new()
+        .get(kg.url("/dav/nc/Photos/a%20b.jpg"))
+        .basic_auth("ada@example.com", Some(&kg.key))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let seen = rec.requests();
+    let last = seen.last().unwrap();
+    assert_eq!(
+        last.target,
+        "/remote.php/dav/files/keygate/Photos/a%20b.jpg"
+    );
+    assert_eq!(
+        last.header("authorization"),
+        Some("Basic a2V5Z2F0ZTphcHAtcGFzc3dvcmQ=")
+    );
+    assert!(
+        last.headers.iter().all(|(_, v)| !v.contains(&kg.key)),
+        "the client's key reached the server: {:?}",
+        last.headers
+    );
+    // The service account's credential is no secret of keygate's logs either.
+    let log = kg.proc.stderr();
+    assert!(!log.contains("a2V5Z2F0ZTphcHAtcGFzc3dvcmQ"), "{log}");
+}
+
+/// Locks never widen what a key may do: a key that may only read can neither lock nor write
+/// with somebody's lock token.
+#[test]
+fn a_lock_token_never_widens_a_key() {
+    let Some(dav) = DavServer::rclone() else {
+        return;
+    };
+    let kg = keygate_for(&dav);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let admin = bearer(&kg.key);
+    let lockinfo = "<?xml version=\"1.0\" encoding=\"utf-8\"?>\
+        <D:lockinfo xmlns:D=\"DAV:\"><D:lockscope><D:exclusive/></D:lockscope>\
+        <D:locktype><D:write/></D:locktype></D:lockinfo>";
+    let (token, reader) = rt.block_on(async {
+        let r = admin
+            .put(kg.url("/doc.txt"))
+            .body("v1")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let r = admin
+            .request(method("LOCK"), kg.url("/doc.txt"))
+            .body(lockinfo)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let token = r.headers()["lock-token"].to_str().unwrap().to_owned();
+        let reader = kg
+            .create_key(json!({"name": "reader", "owner": "ada@example.com", "scopes": ["read"]}))
+            .await["key"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        (token, reader)
+    });
+    let reader = bearer(&reader);
+    rt.block_on(async {
+        let r = reader
+            .request(method("LOCK"), kg.url("/doc.txt"))
+            .body(lockinfo)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        let r = reader
+            .put(kg.url("/doc.txt"))
+            .header("if", format!("({token})"))
+            .body("v2")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        let r = reader
+            .request(method("UNLOCK"), kg.url("/doc.txt"))
+            .header("lock-token", &token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        // The lock holder writes with it.
+        let r = admin
+            .put(kg.url("/doc.txt"))
+            .header("if", format!("({token})"))
+            .body("v2")
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.status());
+    });
+    assert_eq!(std::fs::read(dav.root().join("doc.txt")).unwrap(), b"v2");
 }

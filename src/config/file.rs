@@ -302,6 +302,9 @@ pub struct UpstreamSection {
     /// The folder on the server a mounted provider's tree lives in (`/remote.php/dav/files/
     /// alice`): what a route that forwards only its `{*path}` puts before it. Default `/`.
     pub prefix: Option<String>,
+    /// A file holding the `Authorization` value keygate sends this server (`Basic …` of a
+    /// service account): for servers that want credentials of their own, such as Nextcloud.
+    pub authorization_file: Option<String>,
 }
 
 /// `path_dialect = "posix"`, or `[upstream.path_dialect]` with `base = "strict"` and a value

@@ -147,6 +147,8 @@ pub struct UpstreamConfig {
     /// For each peer (same order): the name to send as SNI and verify, when it is `https://`.
     pub tls_names: Vec<Option<String>>,
     pub tls: UpstreamTls,
+    /// The file holding the `Authorization` value to send the server, if it wants one.
+    pub authorization_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -547,6 +549,11 @@ format = "xml"
                 "[[routes.rule]]\nmethods = [\"GET\"]\npath = \"/x/{name}/{*path}\"\naction = \"readFile\"\nforward_tail = true\n",
                 "[[routes.rule]] #1",
             ),
+            (
+                "[[routes.rule]]\nmethods = [\"GET\"]\npath = \"/x/{*path}\"\naction = \"listFolder\"\nancestor_action = \"traverse\"\n",
+                "[[routes.rule]] #1",
+            ),
+            ("[upstream]\nprefix = \"/srv\"\n", "[upstream] prefix"),
         ] {
             let e = load(bad, &[]).unwrap_err();
             assert!(e.0.iter().any(|p| p.place.ends_with(place)), "{bad}: {e}");

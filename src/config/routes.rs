@@ -145,6 +145,20 @@ pub(super) fn route_table(file: &FileConfig, problems: &mut Vec<Problem>) -> Rou
         {
             check_name(problems, &place, "action name", also);
         }
+        // Decided on the way, a request must not return what lies beside the way: only a
+        // PROPFIND's answer is filtered, and OPTIONS and MKCOL return no listing.
+        if rule.ancestor_action.is_some()
+            && !rule
+                .methods
+                .iter()
+                .all(|m| matches!(m.as_str(), "PROPFIND" | "OPTIONS" | "MKCOL"))
+        {
+            problem(
+                problems,
+                &place,
+                "ancestor_action is for PROPFIND (whose answer keygate filters), OPTIONS and MKCOL only",
+            );
+        }
         if !rule.destination && rule.overwrite_action.is_some() {
             problem(
                 problems,
@@ -269,6 +283,13 @@ pub(super) fn route_table(file: &FileConfig, problems: &mut Vec<Problem>) -> Rou
             };
             Mount { dialect, prefix }
         };
+    if file.upstream.prefix.is_some() {
+        problem(
+            problems,
+            "[upstream] prefix",
+            "a folder on the server is for a provider mounted with a server of its own: [upstreams.<provider>] prefix",
+        );
+    }
     let default_mount = mount(&file.upstream, "[upstream]", problems);
     let mut mounts = HashMap::new();
     for (provider, section) in &file.upstreams {

@@ -261,6 +261,7 @@ fn upstream_section(
     };
     let mut d = Durations::new(problems, section);
     UpstreamConfig {
+        authorization_file: u.authorization_file.as_ref().map(Into::into),
         peers,
         tls_names,
         tls,

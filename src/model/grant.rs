@@ -14,6 +14,13 @@ pub struct Grant {
     pub base_path: String,
 }
 
+/// Deepest base path, in segments: the folders on the way to it are entities of every decision
+/// of a restricted credential.
+pub const MAX_BASE_PATH_DEPTH: usize = 32;
+
+/// Longest base path, in bytes.
+pub const MAX_BASE_PATH_LEN: usize = 1024;
+
 /// Checks a grant list: known shape of provider names, canonical base paths, no duplicates.
 pub fn parse_grants(grants: &[Grant]) -> Result<Vec<Grant>, String> {
     let mut out: Vec<Grant> = Vec::with_capacity(grants.len());
@@ -30,6 +37,14 @@ pub fn parse_grants(grants: &[Grant]) -> Result<Vec<Grant>, String> {
         // Written as names, as the policies see paths (`/albums/2026 trip`), not as a URL.
         let canonical =
             check_name_path(raw).map_err(|e| format!("base path '{raw}': {}", e.message()))?;
+        if canonical.len() > MAX_BASE_PATH_LEN
+            || canonical.matches('/').count() > MAX_BASE_PATH_DEPTH
+        {
+            return Err(format!(
+                "base path '{raw}' is longer than {MAX_BASE_PATH_LEN} bytes or deeper than \
+                 {MAX_BASE_PATH_DEPTH} folders"
+            ));
+        }
         if out.iter().any(|o| o.provider == g.provider) {
             return Err(format!("provider '{}' is listed twice", g.provider));
         }
@@ -86,6 +101,12 @@ mod tests {
         assert_eq!(
             parse_grants(&[g("local", "/a/")]).unwrap()[0].base_path,
             "/a"
+        );
+        let deep = "/a".repeat(MAX_BASE_PATH_DEPTH);
+        assert!(parse_grants(&[g("local", &deep)]).is_ok());
+        assert!(parse_grants(&[g("local", &format!("{deep}/a"))]).is_err());
+        assert!(
+            parse_grants(&[g("local", &format!("/{}", "x".repeat(MAX_BASE_PATH_LEN)))]).is_err()
         );
         for bad in [
             g("local", "backups"),

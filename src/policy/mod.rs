@@ -935,8 +935,7 @@ fn path_literals(set: &PolicySet) -> Result<Vec<(String, String)>, Vec<String>> 
             let canonical = id.split_once(':').filter(|(provider, path)| {
                 crate::model::check_provider_name(provider).is_ok()
                     && path.starts_with('/')
-                    && crate::route::canonicalize_path(path.as_bytes())
-                        .is_ok_and(|c| c.decoded() == *path)
+                    && crate::route::check_name_path(path).is_ok_and(|c| c == *path)
             });
             match canonical {
                 Some((provider, path)) => out.push((provider.to_owned(), path.to_owned())),

@@ -54,10 +54,13 @@ pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 ///
 /// `raw_header` is the request header as received: pingora drops `Content-Length` when
 /// `Transfer-Encoding` is also present, so that conflict is only visible in the raw bytes.
-/// The target of an HTTP/1 request line (`GET /a#b HTTP/1.1` → `/a#b`), as sent.
+/// The target of an HTTP/1 request line (`GET /a#b HTTP/1.1` → `/a#b`), as sent. Empty lines
+/// before it are skipped, as the parser skips them (RFC 9112 §2.2).
 pub fn request_line_target(raw_header: &[u8]) -> Option<&[u8]> {
-    let line = raw_header.split(|&b| b == b'\n').next()?;
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let line = raw_header
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .find(|l| !l.is_empty())?;
     let mut parts = line.split(|&b| b == b' ');
     let (_method, target, _version) = (parts.next()?, parts.next()?, parts.next()?);
     (parts.next().is_none() && !target.is_empty()).then_some(target)
@@ -214,6 +217,11 @@ mod tests {
             Some(&b"/frag/#ment"[..])
         );
         assert_eq!(target(b"GET /a?b HTTP/1.1\r\n\r\n"), Some(&b"/a?b"[..]));
+        assert_eq!(
+            target(b"\r\n\nDELETE /frag/#ment HTTP/1.1\r\n\r\n"),
+            Some(&b"/frag/#ment"[..]),
+            "empty lines before the request line"
+        );
         assert_eq!(target(b"GET /a b HTTP/1.1\r\n\r\n"), None);
         assert_eq!(target(b"GET  HTTP/1.1\r\n\r\n"), None);
     }

@@ -204,6 +204,7 @@ impl Keygate {
             },
             None => href,
         };
+        let path = crate::route::escape_server_path(path);
         let Ok(entry) = self.routes.route(RouteInput {
             method: "PROPFIND",
             raw_target: path.as_bytes(),
@@ -366,6 +367,11 @@ impl ProxyHttp for Keygate {
                 ErrorType::InternalError,
                 "cannot build the upstream request",
             ));
+        }
+        // A server that wants credentials of its own gets its service account's, never the
+        // client's (prepare_upstream removed those).
+        if let Some(value) = self.upstream.authorization(route.provider_name()) {
+            upstream_request.insert_header(http::header::AUTHORIZATION, value.clone())?;
         }
         let now = Instant::now();
         self.metrics

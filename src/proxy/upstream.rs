@@ -39,12 +39,20 @@ impl Upstreams {
         })
     }
 
-    /// The next healthy peer of `provider`'s server (its own, or `[upstream]`'s).
-    pub fn select(&self, provider: Option<&str>) -> Option<Box<HttpPeer>> {
+    fn of(&self, provider: Option<&str>) -> &Upstream {
         provider
             .and_then(|p| self.by_provider.get(p))
             .unwrap_or(&self.default)
-            .select()
+    }
+
+    /// The next healthy peer of `provider`'s server (its own, or `[upstream]`'s).
+    pub fn select(&self, provider: Option<&str>) -> Option<Box<HttpPeer>> {
+        self.of(provider).select()
+    }
+
+    /// The `Authorization` value `provider`'s server is sent, if it wants one.
+    pub fn authorization(&self, provider: Option<&str>) -> Option<&http::HeaderValue> {
+        self.of(provider).authorization.as_ref()
     }
 
     /// The load balancers with health checks to run in the background.
@@ -65,6 +73,8 @@ pub struct Upstream {
     read_timeout: Duration,
     write_timeout: Duration,
     health_checked: bool,
+    /// Sent as `Authorization` to this server (marked sensitive: never logged).
+    authorization: Option<http::HeaderValue>,
 }
 
 impl Upstream {
@@ -90,7 +100,27 @@ impl Upstream {
             balancer.set_health_check(check);
             balancer.health_check_frequency = Some(config.health_check_interval);
         }
+        let authorization = match &config.authorization_file {
+            None => None,
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| {
+                    format!("cannot read authorization_file {}", path.display())
+                })?;
+                let mut value = http::HeaderValue::from_str(text.trim()).map_err(|_| {
+                    anyhow::anyhow!(
+                        "authorization_file {} does not hold one header value",
+                        path.display()
+                    )
+                })?;
+                if value.is_empty() {
+                    anyhow::bail!("authorization_file {} is empty", path.display());
+                }
+                value.set_sensitive(true);
+                Some(value)
+            }
+        };
         Ok(Upstream {
+            authorization,
             balancer: Arc::new(balancer),
             tls_names,
             client_cert,

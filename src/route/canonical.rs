@@ -36,7 +36,8 @@ pub struct PathDialect {
     pub lookalikes: bool,
     /// Control characters other than NUL (U+0001–U+001F, U+007F), which POSIX names may hold.
     pub controls: bool,
-    /// Names made only of three or more dots (`...`; Windows drops trailing dots).
+    /// Names made only of three or more dots (`...`), or ending in a dot or a space (Windows
+    /// drops trailing dots and spaces: `hr.` and `hr ` are `hr` there).
     pub dots: bool,
 }
 
@@ -308,44 +309,24 @@ pub fn canonicalize_path_in(raw: &[u8], dialect: PathDialect) -> Result<Canonica
 /// control character, at most [`MAX_PATH_DEPTH`] deep. Returns it joined canonically (a
 /// trailing slash dropped); refuses what a backend could read as another path.
 pub fn check_decoded_path(raw: &str) -> Result<String, Refusal> {
-    let rest = raw
-        .strip_prefix('/')
-        .ok_or_else(|| bad("a path argument must start with '/'"))?;
-    if raw.len() > MAX_TARGET_LEN {
-        return Err(bad("a path argument is too long"));
-    }
-    let rest = rest.strip_suffix('/').unwrap_or(rest);
-    let mut segments = Vec::new();
-    if !rest.is_empty() {
-        for seg in rest.split('/') {
-            if seg.is_empty() {
-                return Err(bad("the path has an empty segment"));
-            }
-            if seg
-                .bytes()
-                .any(|b| matches!(b, b'\\' | b'%' | b';' | 0x00..=0x1f | 0x7f))
-            {
-                return Err(bad(
-                    "a path argument has a '\\', '%', ';' or control character",
-                ));
-            }
-            // The argument goes upstream as it came, so a decomposed name is refused here
-            // rather than authorized in a form the backend never sees.
-            if !unicode_normalization::is_nfc(seg) {
-                return Err(bad(
-                    "a path argument is not in Unicode normalization form C",
-                ));
-            }
-            segments.push(finish_segment(
-                seg.as_bytes().to_vec(),
-                PathDialect::STRICT,
-            )?);
-            if segments.len() > MAX_PATH_DEPTH {
-                return Err(bad("the path is deeper than 256 segments"));
-            }
+    decoded_path(raw, PathDialect::STRICT, |seg| {
+        if seg
+            .bytes()
+            .any(|b| matches!(b, b'\\' | b'%' | b';' | 0x00..=0x1f | 0x7f))
+        {
+            return Err(bad(
+                "a path argument has a '\\', '%', ';' or control character",
+            ));
         }
-    }
-    Ok(join_segments(&segments))
+        // The argument goes upstream as it came, so a decomposed name is refused here rather
+        // than authorized in a form the backend never sees.
+        if !unicode_normalization::is_nfc(seg) {
+            return Err(bad(
+                "a path argument is not in Unicode normalization form C",
+            ));
+        }
+        Ok(())
+    })
 }
 
 /// A path written as names (`/albums/2026 trip`), as an operator writes a base path: `/` then
@@ -353,6 +334,21 @@ pub fn check_decoded_path(raw: &str) -> Result<String, Refusal> {
 /// [`MAX_PATH_DEPTH`] deep and [`MAX_TARGET_LEN`] long; decomposed Unicode is composed (NFC).
 /// Returns it joined canonically (a trailing slash dropped), as the policies see paths.
 pub fn check_name_path(raw: &str) -> Result<String, Refusal> {
+    decoded_path(raw, PathDialect::POSIX, |seg| {
+        if seg.contains('\0') {
+            return Err(bad("the path has a NUL"));
+        }
+        Ok(())
+    })
+}
+
+/// A decoded path: `/`, then names separated by `/` (a trailing one dropped), each passing
+/// `check` and then read as a name of `dialect`. Joined canonically.
+fn decoded_path(
+    raw: &str,
+    dialect: PathDialect,
+    check: impl Fn(&str) -> Result<(), Refusal>,
+) -> Result<String, Refusal> {
     let rest = raw
         .strip_prefix('/')
         .ok_or_else(|| bad("a path must start with '/'"))?;
@@ -366,10 +362,8 @@ pub fn check_name_path(raw: &str) -> Result<String, Refusal> {
             if seg.is_empty() {
                 return Err(bad("the path has an empty segment"));
             }
-            if seg.contains('\0') {
-                return Err(bad("the path has a NUL"));
-            }
-            segments.push(finish_segment(seg.as_bytes().to_vec(), PathDialect::POSIX)?);
+            check(seg)?;
+            segments.push(finish_segment(seg.as_bytes().to_vec(), dialect)?);
             if segments.len() > MAX_PATH_DEPTH {
                 return Err(bad("the path is deeper than 256 segments"));
             }
@@ -382,12 +376,30 @@ fn finish_segment(bytes: Vec<u8>, dialect: PathDialect) -> Result<String, Refusa
     let mut seg = String::from_utf8(bytes).map_err(|_| bad("the path is not valid UTF-8"))?;
     if !seg.is_ascii() && !unicode_normalization::is_nfc(&seg) {
         seg = seg.nfc().collect();
+        // Composing can yield a character the dialect refuses: U+037E GREEK QUESTION MARK is
+        // `;` in NFC (found by fuzz/fuzz_targets/canonicalize.rs).
+        let refused = |c: char| match c {
+            '/' | '\0' => true,
+            ';' => !dialect.semicolon,
+            '\\' => !dialect.backslash,
+            '%' => !dialect.percent,
+            c if c.is_ascii_control() => !dialect.controls,
+            _ => false,
+        };
+        if seg.chars().any(refused) {
+            return Err(bad(
+                "the path has a name whose composed form (NFC) holds a character this server reads otherwise",
+            ));
+        }
     }
     if matches!(seg.as_str(), "." | "..") {
         return Err(bad("the path has a dot segment"));
     }
     if !dialect.dots && seg.bytes().all(|b| b == b'.') {
         return Err(bad("the path has a name made only of dots"));
+    }
+    if !dialect.dots && seg.ends_with(['.', ' ']) {
+        return Err(bad("the path has a name ending in a dot or a space"));
     }
     if !dialect.lookalikes && !seg.is_ascii() && seg.chars().any(is_lookalike) {
         return Err(bad(
@@ -642,6 +654,18 @@ mod tests {
     }
 
     #[test]
+    fn composing_never_makes_a_character_the_dialect_refuses() {
+        // fuzz/regressions/canonicalize-cf534ec9: U+037E GREEK QUESTION MARK composes to `;`.
+        let artifact = include_bytes!("../../fuzz/regressions/canonicalize-cf534ec9");
+        refused(artifact);
+        refused("/a\u{37E}b".as_bytes());
+        refused(b"/a%CD%BEb");
+        let posix = canonicalize_in(b"/a%CD%BEb", PathDialect::POSIX).unwrap();
+        assert_eq!(posix.path.decoded(), "/a;b");
+        assert_eq!(posix.upstream_target(), "/a%3Bb");
+    }
+
+    #[test]
     fn decomposed_names_are_authorized_and_forwarded_composed() {
         for dialect in [PathDialect::STRICT, PathDialect::POSIX] {
             for raw in ["/cafe\u{301}", "/cafe%CC%81", "/caf%C3%A9"] {
@@ -731,6 +755,21 @@ mod tests {
                 String::from_utf8_lossy(raw)
             );
         }
+    }
+
+    #[test]
+    fn trailing_dots_and_spaces_are_names_only_where_the_server_keeps_them() {
+        for raw in ["/hr.", "/hr%20", "/hr.%20", "/a/b./c"] {
+            assert!(
+                canonicalize_in(raw.as_bytes(), PathDialect::STRICT).is_err(),
+                "{raw}"
+            );
+            assert!(
+                canonicalize_in(raw.as_bytes(), PathDialect::POSIX).is_ok(),
+                "{raw}"
+            );
+        }
+        assert!(canonicalize(b"/a..b/.hidden/x.y").is_ok());
     }
 
     /// Every attack-corpus target, in every dialect, is either refused or authorized as

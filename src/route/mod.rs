@@ -24,7 +24,7 @@ pub use canonical::{
     check_name_path, CanonicalPath, CanonicalTarget, PathDialect, MAX_PATH_DEPTH, MAX_TARGET_LEN,
 };
 use graphql::{GraphqlRules, Operation};
-pub use mount::{Forward, Mount};
+pub use mount::{escape_server_path, Forward, Mount};
 
 /// One piece of a route template.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -521,9 +521,18 @@ impl RouteTable {
                 }
             };
             let provider = provider.or_else(|| route.provider.clone());
+            // Under a mount, a provider is served only by a server of its own: `[upstream]`'s
+            // root is no provider's tree. And a server whose tree lives in a folder (`prefix`)
+            // is reached only through routes that put it there.
+            let own = provider.as_deref().and_then(|p| self.mounts.get(p));
+            let mount = own.unwrap_or(&self.default_mount);
+            if (route.forward_tail && own.is_none())
+                || (!route.forward_tail && !mount.prefix.is_empty())
+            {
+                return Err(Refusal::NotFound);
+            }
             // The provider's server may read fewer characters literally than the most
             // permissive server's dialect the target was first read in.
-            let mount = self.mount_of(provider.as_deref());
             if mount.dialect != self.dialect {
                 canonicalize_in(input.raw_target, mount.dialect)?;
             }
@@ -624,7 +633,13 @@ impl RouteTable {
             });
         }
         match &self.default_action {
-            Some(action) => Ok(RouteMatch::new(action.clone(), upstream_target)),
+            Some(action) => {
+                // Forwarded to `[upstream]`'s server: read as it reads paths.
+                if self.default_mount.dialect != self.dialect {
+                    canonicalize_in(input.raw_target, self.default_mount.dialect)?;
+                }
+                Ok(RouteMatch::new(action.clone(), upstream_target))
+            }
             None => Err(Refusal::NotFound),
         }
     }
@@ -810,6 +825,81 @@ mod tests {
             if_header: None,
             host: Some("proxy.example:8080"),
         }
+    }
+
+    /// `/dav/{provider}/{*path}` over `nas` (a server of its own, POSIX) and `photos` (its tree
+    /// in `/library`), `[upstream]` strict, and `/v1/files/{provider}/{*path}` besides.
+    fn mounted() -> RouteTable {
+        let rule = |path: &str, forward_tail: bool| {
+            let mut r = crate::route::presets::webdav("unused", None).remove(0);
+            r.path = path.to_owned();
+            r.provider = None;
+            r.forward_tail = forward_tail;
+            r
+        };
+        let route = |r: crate::route::presets::RouteRule| Route {
+            methods: Methods::List(r.methods.clone()),
+            template: Template::parse(&r.path).unwrap(),
+            action: Arc::from(r.action.as_str()),
+            provider: None,
+            destination: false,
+            source_action: None,
+            overwrite_action: None,
+            graphql: false,
+            provider_param: None,
+            path_param: None,
+            basic: true,
+            ancestor_action: None,
+            forward_tail: r.forward_tail,
+        };
+        let mounts = std::collections::HashMap::from([
+            (
+                "nas".to_owned(),
+                Mount {
+                    dialect: PathDialect::POSIX,
+                    prefix: Vec::new(),
+                },
+            ),
+            (
+                "photos".to_owned(),
+                Mount {
+                    dialect: PathDialect::POSIX,
+                    prefix: vec!["library".to_owned()],
+                },
+            ),
+        ]);
+        RouteTable::new(
+            vec![
+                route(rule("/dav/{provider}/{*path}", true)),
+                route(rule("/v1/files/{provider}/{*path}", false)),
+            ],
+            Some(Arc::from("readFile")),
+        )
+        .with_mounts(Mount::default(), mounts)
+    }
+
+    #[test]
+    fn mounted_servers_serve_their_own_providers_only() {
+        let t = mounted();
+        let get = |target: &str| t.route(input("GET", target, None));
+        let m = get("/dav/photos/a%3Bb/").unwrap();
+        assert_eq!(m.upstream_target, "/library/a%3Bb/");
+        assert_eq!(m.resources[0].path, "/a;b");
+        assert_eq!(get("/dav/nas/x?y=1").unwrap().upstream_target, "/x?y=1");
+        // A provider without a server of its own is not served under the mount: `[upstream]`'s
+        // root is nobody's tree.
+        assert_eq!(get("/dav/local/x"), Err(Refusal::NotFound));
+        // A server whose tree lives in a folder is reached only through the mount.
+        assert_eq!(get("/v1/files/photos/x"), Err(Refusal::NotFound));
+        assert!(get("/v1/files/nas/x").is_ok());
+        // Each server reads paths in its own dialect; the default action in `[upstream]`'s.
+        assert!(get("/dav/nas/a;b").is_ok());
+        assert!(get("/v1/files/local/a;b").is_err(), "[upstream] is strict");
+        assert!(
+            get("/elsewhere/a%252e%252e").is_err(),
+            "the default action too"
+        );
+        assert!(get("/elsewhere/a").is_ok());
     }
 
     #[test]

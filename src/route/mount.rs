@@ -42,13 +42,32 @@ fn split_origin(url: &str) -> Option<(&str, &str)> {
     Some((&url[..at], &url[at..]))
 }
 
+/// A path as a server wrote it in an `href`, with the bytes some servers leave unescaped there
+/// that cannot be delimiters (`[`, `]`, a space, `{`, …: nginx writes `/[b]%20x`) escaped, so
+/// that it is read as the names the server meant rather than refused.
+pub fn escape_server_path(path: &str) -> Cow<'_, str> {
+    const LOOSE: &[u8] = b" \"<>[]^`{|}";
+    if !path.bytes().any(|b| LOOSE.contains(&b)) {
+        return Cow::Borrowed(path);
+    }
+    let mut out = String::with_capacity(path.len() + 8);
+    for c in path.chars() {
+        if c.is_ascii() && LOOSE.contains(&(c as u8)) {
+            out.push_str(&format!("%{:02X}", c as u8));
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
 impl Forward {
     /// The client's URL (`/dav/nas/a%20b`) for one a server wrote (`/a%20b`,
     /// `http://10.0.0.5/a%20b`): `None` when it is not under the provider's folder there, or
     /// not a path the dialect accepts (the entry is then not shown).
     pub fn client_href(&self, href: &str) -> Option<String> {
         let (_, path) = split_origin(href)?;
-        let target = canonicalize_in(path.as_bytes(), self.dialect).ok()?;
+        let target = canonicalize_in(escape_server_path(path).as_bytes(), self.dialect).ok()?;
         if target.query.is_some() {
             return None;
         }
@@ -160,7 +179,12 @@ mod tests {
         let f = nas();
         assert_eq!(f.client_href("/").as_deref(), Some("/dav/nas/"));
         assert_eq!(f.client_href("/a%20b/").as_deref(), Some("/dav/nas/a%20b/"));
-        assert_eq!(f.client_href("/50%25 off").as_deref(), None, "a raw space");
+        // nginx leaves `[`, `]` and the like unescaped in its hrefs.
+        assert_eq!(
+            f.client_href("/[b] x").as_deref(),
+            Some("/dav/nas/%5Bb%5D%20x")
+        );
+        assert_eq!(f.client_href("/a#b"), None, "a fragment is no name");
         assert_eq!(
             f.client_href("/50%25%20off").as_deref(),
             Some("/dav/nas/50%25%20off")

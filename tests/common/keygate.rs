@@ -220,20 +220,10 @@ impl Keygate {
             .join(name);
         let config =
             std::fs::read_to_string(preset.join("keygate.toml")).expect("the preset's config");
-        let db = TestDb::sqlite();
-        let key = fixture(&db.url());
-        for p in providers {
-            cli_ok(
-                &db.url(),
-                &["providers", "add", p, "--workspace", "acme"],
-                None,
-            );
-        }
-        Keygate::spawn(
+        Keygate::start_with_providers(
             upstream,
             &format!("{config}\n{extra}"),
-            db,
-            key,
+            providers,
             &preset.join("policies"),
         )
     }
@@ -241,6 +231,15 @@ impl Keygate {
     /// keygate with `config` (its whole text) and the shipped policies, on SQLite, with the
     /// fixture and the providers `providers` added to workspace `acme`.
     pub fn start_config(upstream: &[SocketAddr], config: &str, providers: &[&str]) -> Keygate {
+        Keygate::start_with_providers(upstream, config, providers, &shipped_policies())
+    }
+
+    fn start_with_providers(
+        upstream: &[SocketAddr],
+        config: &str,
+        providers: &[&str],
+        policies: &Path,
+    ) -> Keygate {
         let db = TestDb::sqlite();
         let key = fixture(&db.url());
         for p in providers {
@@ -250,7 +249,7 @@ impl Keygate {
                 None,
             );
         }
-        Keygate::spawn(upstream, config, db, key, &shipped_policies())
+        Keygate::spawn(upstream, config, db, key, policies)
     }
 
     /// Stops gracefully (SIGTERM) and starts again on the same database and config.
