@@ -123,7 +123,7 @@ fn shapes() -> Vec<(&'static str, String, Expect)> {
         ("lower-case method", "get {P} HTTP/1.1\r\nHost: t\r\nX-API-Key: {K}\r\nConnection: close\r\n\r\n".to_owned(), Refused(&[400, 404])),
         ("unknown method", "BREW {P} HTTP/1.1\r\nHost: t\r\nX-API-Key: {K}\r\nConnection: close\r\n\r\n".to_owned(), Refused(&[404])),
         ("connect", "CONNECT t:443 HTTP/1.1\r\nHost: t\r\nX-API-Key: {K}\r\nConnection: close\r\n\r\n".to_owned(), Refused(&[400, 404, 405])),
-        ("trace", "TRACE {P} HTTP/1.1\r\nHost: t\r\nX-API-Key: {K}\r\nConnection: close\r\n\r\n".to_owned(), Refused(&[404])),
+        ("trace", "TRACE {P} HTTP/1.1\r\nHost: t\r\nX-API-Key: {K}\r\nConnection: close\r\n\r\n".to_owned(), Refused(&[400])),
         ("target over 8 KiB", format!("GET /v1/files/local/{} HTTP/1.1\r\nHost: t\r\nX-API-Key: {{K}}\r\nConnection: close\r\n\r\n", "a".repeat(9000)), Refused(&[400])),
         // Hosts.
         ("two host headers", "GET {P} HTTP/1.1\r\nHost: a\r\nHost: b\r\nX-API-Key: {K}\r\nConnection: close\r\n\r\n".to_owned(), Refused(&[400])),

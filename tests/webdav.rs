@@ -819,7 +819,30 @@ fn several_servers_are_mounted_under_dav() {
 /// account's, from `authorization_file`, under its folder; never the client's key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_with_credentials_of_its_own_gets_its_service_accounts() {
-    let rec = Recorder::start().await;
+    // Nextcloud-like: records what it was sent, and opens a session for whoever signs in.
+    let seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>> = Default::default();
+    let log = seen.clone();
+    let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+        let log = log.clone();
+        async move {
+            let auth = req
+                .headers()
+                .get("authorization")
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default();
+            log.lock().unwrap().push((req.uri().to_string(), auth));
+            (
+                [
+                    ("set-cookie", "oc123=session-of-the-service-account; path=/"),
+                    ("set-cookie", "oc_sessionPassphrase=secret; path=/"),
+                ],
+                "ok",
+            )
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
     let dir = tempfile::tempdir().unwrap();
     let auth = dir.path().join("nextcloud.auth");
     // "Basic " + base64("keygate:app-password")
@@ -828,10 +851,10 @@ async fn a_server_with_credentials_of_its_own_gets_its_service_accounts() {
         "[routes]\npreset = \"webdav\"\nwebdav_mount = \"/dav\"\n\
          [upstreams.nc]\npeers = [\"{}\"]\nprefix = \"/remote.php/dav/files/keygate\"\n\
          authorization_file = {:?}\n",
-        rec.addr,
+        addr,
         auth.display().to_string()
     );
-    let kg = Keygate::start_config(&[rec.addr], &config, &["nc"]);
+    let kg = Keygate::start_config(&[addr], &config, &["nc"]);
     let r = reqwest::Client::new()
         .get(kg.url("/dav/nc/Photos/a%20b.jpg"))
         .basic_auth("ada@example.com", Some(&kg.key))
@@ -839,21 +862,26 @@ async fn a_server_with_credentials_of_its_own_gets_its_service_accounts() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    let seen = rec.requests();
-    let last = seen.last().unwrap();
-    assert_eq!(
-        last.target,
-        "/remote.php/dav/files/keygate/Photos/a%20b.jpg"
-    );
-    assert_eq!(
-        last.header("authorization"),
-        Some("Basic a2V5Z2F0ZTphcHAtcGFzc3dvcmQ=")
-    );
     assert!(
-        last.headers.iter().all(|(_, v)| !v.contains(&kg.key)),
-        "the client's key reached the server: {:?}",
-        last.headers
+        r.headers().get("set-cookie").is_none(),
+        "the service account's session reached the client: {:?}",
+        r.headers()
     );
+    let (target, auth) = seen.lock().unwrap().last().unwrap().clone();
+    assert_eq!(target, "/remote.php/dav/files/keygate/Photos/a%20b.jpg");
+    assert_eq!(
+        auth, "Basic a2V5Z2F0ZTphcHAtcGFzc3dvcmQ=",
+        "not the client's key"
+    );
+    // TRACE would echo the credential back.
+    let r = reqwest::Client::new()
+        .request(method("TRACE"), kg.url("/dav/nc/x"))
+        .basic_auth("ada@example.com", Some(&kg.key))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(seen.lock().unwrap().len(), 1);
     // The service account's credential is no secret of keygate's logs either.
     let log = kg.proc.stderr();
     assert!(!log.contains("a2V5Z2F0ZTphcHAtcGFzc3dvcmQ"), "{log}");

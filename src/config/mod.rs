@@ -554,6 +554,14 @@ format = "xml"
                 "[[routes.rule]] #1",
             ),
             ("[upstream]\nprefix = \"/srv\"\n", "[upstream] prefix"),
+            (
+                "[routes]\npreset = \"webdav\"\nwebdav_mount = \"/dav\"\ndefault_action = \"readFile\"\n",
+                "[routes] default_action",
+            ),
+            (
+                "[[routes.rule]]\nmethods = [\"POST\"]\npath = \"/gql/{provider}\"\ngraphql = true\n[graphql]\nquery = \"readFile\"\nmutation = \"writeFile\"\n",
+                "[[routes.rule]] #1",
+            ),
         ] {
             let e = load(bad, &[]).unwrap_err();
             assert!(e.0.iter().any(|p| p.place.ends_with(place)), "{bad}: {e}");

@@ -118,6 +118,15 @@ pub(super) fn route_table(file: &FileConfig, problems: &mut Vec<Problem>) -> Rou
             }
         };
         if rule.graphql {
+            // Its fields name their providers; the path's would choose a server the
+            // operation's resources may not live on.
+            if template.has_provider() {
+                problem(
+                    problems,
+                    &place,
+                    "a graphql route has no {provider} in its path: its fields name theirs",
+                );
+            }
             if rule.methods != ["POST"] {
                 problem(
                     problems,
@@ -255,6 +264,13 @@ pub(super) fn route_table(file: &FileConfig, problems: &mut Vec<Problem>) -> Rou
         });
     }
     let has_graphql = routes.iter().any(|r| r.graphql);
+    if r.webdav_mount.is_some() && r.default_action.is_some() {
+        problem(
+            problems,
+            "[routes] default_action",
+            "under a webdav_mount every request names its provider's server; a default action would send the rest to [upstream]",
+        );
+    }
     let default_action = r.default_action.as_deref().map(|a| {
         check_name(problems, "[routes] default_action", "action name", a);
         Arc::from(a)

@@ -89,6 +89,10 @@ impl Keygate {
         ctx: &mut RequestCtx,
     ) -> Result<(), Refusal> {
         forward::check_framing(&req.headers, raw_header)?;
+        // TRACE echoes the request, headers keygate adds (a server's credential) included.
+        if req.method == http::Method::TRACE {
+            return Err(Refusal::bad_request("TRACE is not forwarded"));
+        }
         // Headers that say what a request acts on are read once: two would be read one way
         // here and perhaps another way upstream.
         for name in ["depth", "destination", "overwrite", "if"] {
@@ -204,7 +208,9 @@ impl Keygate {
             },
             None => href,
         };
-        let path = crate::route::escape_server_path(path);
+        let Some(path) = crate::route::server_path(path) else {
+            return false;
+        };
         let Ok(entry) = self.routes.route(RouteInput {
             method: "PROPFIND",
             raw_target: path.as_bytes(),
@@ -392,6 +398,12 @@ impl ProxyHttp for Keygate {
         // A listing decided on the way to the credential's base paths shows only the entries
         // on the way: its body is filtered, so its length is no longer known.
         let propfind = session.req_header().method.as_str() == "PROPFIND";
+        let provider = ctx.route.as_ref().and_then(|r| r.provider_name());
+        // A server keygate signs in to as a service account may open a session for it: its
+        // cookie would let any client act as that account, around keygate.
+        if self.upstream.authorization(provider).is_some() {
+            upstream_response.remove_header(&http::header::SET_COOKIE);
+        }
         let forward = ctx.route.as_ref().and_then(|r| r.forward.clone());
         // A server mounted under keygate's path names its resources in its own: where it
         // says where something is, that is said again under the mount (or not at all).

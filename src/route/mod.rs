@@ -24,7 +24,7 @@ pub use canonical::{
     check_name_path, CanonicalPath, CanonicalTarget, PathDialect, MAX_PATH_DEPTH, MAX_TARGET_LEN,
 };
 use graphql::{GraphqlRules, Operation};
-pub use mount::{escape_server_path, Forward, Mount};
+pub use mount::{server_path, Forward, Mount};
 
 /// One piece of a route template.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -526,8 +526,13 @@ impl RouteTable {
             // is reached only through routes that put it there.
             let own = provider.as_deref().and_then(|p| self.mounts.get(p));
             let mount = own.unwrap_or(&self.default_mount);
+            // And where servers are mounted, a provider's server is named one way only: a
+            // route forwarding the whole path would reach `/files/nas/x` on it, which the mount
+            // calls `nas:/files/nas/x`.
+            let mounted = self.routes.iter().any(|r| r.forward_tail);
             if (route.forward_tail && own.is_none())
                 || (!route.forward_tail && !mount.prefix.is_empty())
+                || (!route.forward_tail && own.is_some() && mounted)
             {
                 return Err(Refusal::NotFound);
             }
@@ -891,7 +896,9 @@ mod tests {
         assert_eq!(get("/dav/local/x"), Err(Refusal::NotFound));
         // A server whose tree lives in a folder is reached only through the mount.
         assert_eq!(get("/v1/files/photos/x"), Err(Refusal::NotFound));
-        assert!(get("/v1/files/nas/x").is_ok());
+        // Nor is any server mounted: `/v1/files/nas/x` there is `nas:/v1/files/nas/x`.
+        assert_eq!(get("/v1/files/nas/x"), Err(Refusal::NotFound));
+        assert!(get("/v1/files/local/x").is_ok());
         // Each server reads paths in its own dialect; the default action in `[upstream]`'s.
         assert!(get("/dav/nas/a;b").is_ok());
         assert!(get("/v1/files/local/a;b").is_err(), "[upstream] is strict");

@@ -44,11 +44,19 @@ fn split_origin(url: &str) -> Option<(&str, &str)> {
 
 /// A path as a server wrote it in an `href`, with the bytes some servers leave unescaped there
 /// that cannot be delimiters (`[`, `]`, a space, `{`, …: nginx writes `/[b]%20x`) escaped, so
-/// that it is read as the names the server meant rather than refused.
-pub fn escape_server_path(path: &str) -> Cow<'_, str> {
+/// that it is read as the names the server meant rather than refused. `None` for a name the
+/// server stores decomposed (NFD): keygate reads that spelling as its composed twin, a name
+/// of its own on such a server, so the entry would be shown as another.
+pub fn server_path(path: &str) -> Option<Cow<'_, str>> {
     const LOOSE: &[u8] = b" \"<>[]^`{|}";
+    let decoded = percent_encoding::percent_decode_str(path)
+        .decode_utf8()
+        .ok()?;
+    if !unicode_normalization::is_nfc(&decoded) {
+        return None;
+    }
     if !path.bytes().any(|b| LOOSE.contains(&b)) {
-        return Cow::Borrowed(path);
+        return Some(Cow::Borrowed(path));
     }
     let mut out = String::with_capacity(path.len() + 8);
     for c in path.chars() {
@@ -58,7 +66,7 @@ pub fn escape_server_path(path: &str) -> Cow<'_, str> {
             out.push(c);
         }
     }
-    Cow::Owned(out)
+    Some(Cow::Owned(out))
 }
 
 impl Forward {
@@ -67,7 +75,7 @@ impl Forward {
     /// not a path the dialect accepts (the entry is then not shown).
     pub fn client_href(&self, href: &str) -> Option<String> {
         let (_, path) = split_origin(href)?;
-        let target = canonicalize_in(escape_server_path(path).as_bytes(), self.dialect).ok()?;
+        let target = canonicalize_in(server_path(path)?.as_bytes(), self.dialect).ok()?;
         if target.query.is_some() {
             return None;
         }
@@ -185,6 +193,12 @@ mod tests {
             Some("/dav/nas/%5Bb%5D%20x")
         );
         assert_eq!(f.client_href("/a#b"), None, "a fragment is no name");
+        // A name the server keeps decomposed is not its composed twin.
+        assert_eq!(f.client_href("/cafe%CC%81"), None);
+        assert_eq!(
+            f.client_href("/caf%C3%A9").as_deref(),
+            Some("/dav/nas/caf%C3%A9")
+        );
         assert_eq!(
             f.client_href("/50%25%20off").as_deref(),
             Some("/dav/nas/50%25%20off")
