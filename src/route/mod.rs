@@ -382,6 +382,8 @@ pub struct RouteTable {
     default_mount: Mount,
     /// Providers with a server of their own (`[upstreams.<provider>]`).
     mounts: std::collections::HashMap<String, Mount>,
+    /// Some route forwards only its `{*path}` (servers are mounted).
+    mounted: bool,
 }
 
 /// What the route stage reads from a request.
@@ -402,6 +404,7 @@ pub struct RouteInput<'a> {
 impl RouteTable {
     pub fn new(routes: Vec<Route>, default_action: Option<Arc<str>>) -> RouteTable {
         RouteTable {
+            mounted: routes.iter().any(|r| r.forward_tail),
             routes,
             default_action,
             graphql: None,
@@ -529,10 +532,9 @@ impl RouteTable {
             // And where servers are mounted, a provider's server is named one way only: a
             // route forwarding the whole path would reach `/files/nas/x` on it, which the mount
             // calls `nas:/files/nas/x`.
-            let mounted = self.routes.iter().any(|r| r.forward_tail);
             if (route.forward_tail && own.is_none())
                 || (!route.forward_tail && !mount.prefix.is_empty())
-                || (!route.forward_tail && own.is_some() && mounted)
+                || (!route.forward_tail && own.is_some() && self.mounted)
             {
                 return Err(Refusal::NotFound);
             }
