@@ -432,21 +432,9 @@ async fn ambiguous_targets_are_refused_and_never_forwarded() {
         ),
         (b"/v1/files/local/...", "/v1/files/local/..."),
         (b"/v1/files/local/cafe%CC%81", "/v1/files/local/caf%C3%A9"),
-    ] {
-        let (status, text) = raw_get(kg.data, target, &kg.key);
-        assert_eq!(
-            status,
-            200,
-            "{:?} → {text}",
-            String::from_utf8_lossy(target)
-        );
-        assert_eq!(rec.requests().last().unwrap().target, upstream);
-    }
-
-    // Forms that must pass, and arrive upstream in the one canonical spelling.
-    for (target, upstream) in [
+        // Forms that pass in every dialect, and arrive upstream in the one canonical spelling.
         (
-            &b"/v1/files/local/backups/.hidden"[..],
+            b"/v1/files/local/backups/.hidden",
             "/v1/files/local/backups/.hidden",
         ),
         (

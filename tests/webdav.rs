@@ -835,6 +835,14 @@ async fn a_server_with_credentials_of_its_own_gets_its_service_accounts() {
                 [
                     ("set-cookie", "oc123=session-of-the-service-account; path=/"),
                     ("set-cookie", "oc_sessionPassphrase=secret; path=/"),
+                    (
+                        "location",
+                        "/remote.php/dav/files/keygate/Photos/new%20one.jpg",
+                    ),
+                    (
+                        "content-location",
+                        "/remote.php/dav/files/keygate/Photos/x.jpg",
+                    ),
                 ],
                 "ok",
             )
@@ -867,6 +875,9 @@ async fn a_server_with_credentials_of_its_own_gets_its_service_accounts() {
         "the service account's session reached the client: {:?}",
         r.headers()
     );
+    // Where the server says something is, that is said under the mount.
+    assert_eq!(r.headers()["location"], "/dav/nc/Photos/new%20one.jpg");
+    assert!(r.headers().get("content-location").is_none());
     let (target, auth) = seen.lock().unwrap().last().unwrap().clone();
     assert_eq!(target, "/remote.php/dav/files/keygate/Photos/a%20b.jpg");
     assert_eq!(

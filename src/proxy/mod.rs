@@ -189,26 +189,14 @@ impl Keygate {
             }
         }
     }
-}
 
-impl Keygate {
     /// Whether an entry of a listing decided on the way (its `href`, as the server wrote it)
     /// is itself on the way to the credential's base paths and allowed there: routed like a
     /// request for it, then decided as its route's ancestor action. Anything that does not
     /// route, or is not on the way, is not shown; the policies decide the rest (at most one
     /// decision per folder on the way, each cached).
     fn on_the_way(&self, principal: &Principal, href: &str) -> bool {
-        let path = match href
-            .strip_prefix("http://")
-            .or_else(|| href.strip_prefix("https://"))
-        {
-            Some(rest) => match rest.find('/') {
-                Some(slash) => &rest[slash..],
-                None => return false,
-            },
-            None => href,
-        };
-        let Some(path) = crate::route::server_path(path) else {
+        let Some(path) = crate::route::server_href_path(href) else {
             return false;
         };
         let Ok(entry) = self.routes.route(RouteInput {

@@ -24,7 +24,7 @@ pub use canonical::{
     check_name_path, CanonicalPath, CanonicalTarget, PathDialect, MAX_PATH_DEPTH, MAX_TARGET_LEN,
 };
 use graphql::{GraphqlRules, Operation};
-pub use mount::{server_path, Forward, Mount};
+pub use mount::{server_href_path, Forward, Mount};
 
 /// One piece of a route template.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -42,12 +42,18 @@ fn split_origin(url: &str) -> Option<(&str, &str)> {
     Some((&url[..at], &url[at..]))
 }
 
+/// The path of an `href` a server wrote (its origin, if any, left out), read as
+/// [`server_path`] reads it; `None` when it is neither a path nor an `http[s]` URL.
+pub fn server_href_path(href: &str) -> Option<Cow<'_, str>> {
+    server_path(split_origin(href)?.1)
+}
+
 /// A path as a server wrote it in an `href`, with the bytes some servers leave unescaped there
 /// that cannot be delimiters (`[`, `]`, a space, `{`, …: nginx writes `/[b]%20x`) escaped, so
 /// that it is read as the names the server meant rather than refused. `None` for a name the
 /// server stores decomposed (NFD): keygate reads that spelling as its composed twin, a name
 /// of its own on such a server, so the entry would be shown as another.
-pub fn server_path(path: &str) -> Option<Cow<'_, str>> {
+fn server_path(path: &str) -> Option<Cow<'_, str>> {
     const LOOSE: &[u8] = b" \"<>[]^`{|}";
     let decoded = percent_encoding::percent_decode_str(path)
         .decode_utf8()
@@ -74,8 +80,8 @@ impl Forward {
     /// `http://10.0.0.5/a%20b`): `None` when it is not under the provider's folder there, or
     /// not a path the dialect accepts (the entry is then not shown).
     pub fn client_href(&self, href: &str) -> Option<String> {
-        let (_, path) = split_origin(href)?;
-        let target = canonicalize_in(server_path(path)?.as_bytes(), self.dialect).ok()?;
+        let path = server_href_path(href)?;
+        let target = canonicalize_in(path.as_bytes(), self.dialect).ok()?;
         if target.query.is_some() {
             return None;
         }
