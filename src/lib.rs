@@ -27,6 +27,7 @@ pub mod config;
 pub mod tls;
 pub mod policy;
 pub mod manage;
+pub mod cluster;
 
 // The two planes, the process, the command line.
 pub mod proxy;

@@ -82,6 +82,14 @@ pub struct Metrics {
     /// Requests to the plain-HTTP listener of HTTPS-only mode, by outcome (`redirected`,
     /// `refused`, `revoked`).
     pub plain_http_requests: IntCounterVec,
+    /// Seconds from a change of a credential being written to this instance applying it, by
+    /// how it learned of it (`notice` or `poll`).
+    pub change_lag: HistogramVec,
+    /// 1 while this instance listens for PostgreSQL's change notices, by mechanism (`notify`
+    /// on PostgreSQL; `poll` on SQLite, always 0).
+    pub change_feed_listening: IntGaugeVec,
+    /// When the newest change this instance applied was written (unix seconds).
+    pub change_newest_applied: prometheus::Gauge,
 }
 
 impl Metrics {
@@ -281,6 +289,32 @@ impl Metrics {
         )
         .expect("valid metric");
         build_info.set(1);
+        let change_lag = HistogramVec::new(
+            HistogramOpts::new(
+                "change_lag_seconds",
+                "Time from a change of a key or token being written (the writer's clock) to this \
+                 instance applying it, by how it learned of it (notice or poll).",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            &["via"],
+        )
+        .expect("valid metric");
+        let change_feed_listening = IntGaugeVec::new(
+            Opts::new(
+                "change_feed_listening",
+                "1 while this instance listens for the database's change notices, by mechanism \
+                 (notify: PostgreSQL; poll: SQLite, which has none).",
+            ),
+            &["mechanism"],
+        )
+        .expect("valid metric");
+        let change_newest_applied = prometheus::Gauge::new(
+            "change_newest_applied_timestamp_seconds",
+            "When the newest change this instance applied was written (unix seconds).",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
@@ -311,6 +345,9 @@ impl Metrics {
             Box::new(tls_certificate_expiry.clone()),
             Box::new(tls_handshake_failures.clone()),
             Box::new(plain_http_requests.clone()),
+            Box::new(change_lag.clone()),
+            Box::new(change_feed_listening.clone()),
+            Box::new(change_newest_applied.clone()),
             Box::new(build_info),
         ] {
             registry
@@ -375,7 +412,13 @@ impl Metrics {
         for outcome in ["redirected", "refused", "revoked"] {
             plain_http_requests.with_label_values(&[outcome]);
         }
+        for via in ["notice", "poll"] {
+            change_lag.with_label_values(&[via]);
+        }
         Metrics {
+            change_lag,
+            change_feed_listening,
+            change_newest_applied,
             tls_reloads,
             tls_certificate_expiry,
             tls_handshake_failures,

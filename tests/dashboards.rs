@@ -188,6 +188,20 @@ limit = "1/min"
             .as_str()
             .unwrap(),
     );
+    // A key revoked by another process (the CLI): the change feed applies it.
+    let made: Value = serde_json::from_str(&kg.cli(&[
+        "keys",
+        "create",
+        "--owner",
+        "ada@example.com",
+        "--name",
+        "short-lived",
+        "--scope",
+        "read",
+        "--json",
+    ]))
+    .unwrap();
+    kg.cli(&["keys", "revoke", made["id"].as_str().unwrap()]);
     // A shadow policy that would deny deletes by API keys: every delete below disagrees.
     std::fs::create_dir_all(kg.policies().join("shadow")).unwrap();
     std::fs::write(

@@ -5,77 +5,20 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-
-/// A TCP forwarder the test can cut: while cut, open connections are closed and new ones
-/// dropped at once.
-struct Cuttable {
-    addr: SocketAddr,
-    cut: Arc<AtomicBool>,
-    open: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
-}
-
-impl Cuttable {
-    async fn start(target: SocketAddr) -> Cuttable {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let cut = Arc::new(AtomicBool::new(false));
-        let open: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
-        let (c, o) = (cut.clone(), open.clone());
-        tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                if c.load(Ordering::SeqCst) {
-                    continue;
-                }
-                let task = tokio::spawn(async move {
-                    if let Ok(mut server) = TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                    }
-                });
-                o.lock().unwrap().push(task);
-            }
-        });
-        Cuttable { addr, cut, open }
-    }
-
-    fn cut(&self) {
-        self.cut.store(true, Ordering::SeqCst);
-        for task in self.open.lock().unwrap().drain(..) {
-            task.abort();
-        }
-    }
-
-    fn restore(&self) {
-        self.cut.store(false, Ordering::SeqCst);
-    }
-}
+use tokio::net::TcpListener;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_database_gone_cached_credentials_work_and_new_ones_get_503() {
     let Some(db) = TestDb::postgres().await else {
         return;
     };
-    let pg: SocketAddr = {
-        let url = db.url();
-        let host = url
-            .split('@')
-            .nth(1)
-            .unwrap_or(&url)
-            .split('/')
-            .next()
-            .unwrap()
-            .to_owned();
-        tokio::net::lookup_host(host).await.unwrap().next().unwrap()
-    };
-    let proxy = Cuttable::start(pg).await;
+    let proxy = Cuttable::start(db.server_addr().await).await;
     let db = db.through(&proxy.addr.to_string());
     let rec = Recorder::start().await;
     let kg = tokio::task::spawn_blocking(move || Keygate::start_with_db(&[rec.addr], "", db))

@@ -1,12 +1,14 @@
 //! The control plane (axum, in the same process): health, readiness, metrics, logins and
-//! tokens (`logins.rs`), the key-management API (`keys.rs`), policy status (`policy.rs`). The
+//! tokens (`logins.rs`), the key-management API (`keys.rs`), policy status (`policy.rs`), this
+//! instance among several (`cluster.rs`). The
 //! handlers are thin: [`caller::Caller`] authenticates, `manage/` applies the rules, and
 //! `respond.rs` is the one place results become JSON (the data plane's error shape).
 //!
-//! May import: `manage`, `identity`, `policy`, `store`, `refusal`, `telemetry`, `clock`,
-//! `model`. Never `proxy` or `server`.
+//! May import: `cluster`, `manage`, `identity`, `policy`, `store`, `refusal`, `telemetry`,
+//! `clock`, `model`. Never `proxy` or `server`.
 
 pub mod caller;
+mod cluster;
 mod keys;
 mod logins;
 mod policy;
@@ -50,6 +52,8 @@ pub struct ControlState {
     pub certificates: Option<Arc<crate::tls::Certificates>>,
     /// The route table, to explain decisions as the data plane makes them.
     pub routes: crate::route::RouteTable,
+    /// This instance's follower of changes made elsewhere.
+    pub changes: Arc<crate::cluster::ChangeFeed>,
 }
 
 /// Who may read `/metrics` on the control plane.
@@ -79,6 +83,7 @@ pub fn app(state: ControlState) -> Router {
         .merge(logins::routes())
         .merge(policy::routes())
         .merge(tls::routes())
+        .merge(cluster::routes())
         .fallback(not_found)
         .with_state(state)
 }

@@ -39,7 +39,6 @@ pub use authenticate::Presented;
 use credentials::{CredentialRules, Credentials};
 use jwt::{Tokens, Verified};
 
-use crate::background::{Shutdown, Ticker};
 use crate::clock::now_millis;
 use crate::model::{hex, KeyStyle, Pepper};
 use crate::principal::Principal;
@@ -389,29 +388,10 @@ impl Identity {
         }
     }
 
-    /// Follows key and token changes made by other processes (the CLI, other instances) by
-    /// polling, every `interval`, until shutdown.
-    pub async fn follow_changes(self: Arc<Self>, interval: Duration, shutdown: Shutdown) {
-        // Re-read a window before the newest change seen: a transaction that committed late
-        // with an earlier timestamp is still picked up. Applying a generation twice is harmless.
-        const OVERLAP_MS: i64 = 5_000;
-        let mut since = now_millis() - OVERLAP_MS;
-        let mut ticker = Ticker::new(interval, shutdown);
-        while ticker.tick().await {
-            match self
-                .store
-                .credentials_changed_since(since - OVERLAP_MS)
-                .await
-            {
-                Ok((changed, newest)) => {
-                    self.observe_all(&changed);
-                    since = since.max(newest);
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot poll credential changes"),
-            }
-            if let Some(tokens) = &self.tokens {
-                tokens.refresh().await;
-            }
-        }
+    /// Applies a change made elsewhere (another instance, the CLI): cached copies of older
+    /// generations are used no more. True when it was news to this instance.
+    pub fn apply_change(&self, key_id: &str, generation: i64) -> bool {
+        let before = self.generations.get(key_id);
+        self.observe(key_id, generation) > before.unwrap_or(i64::MIN)
     }
 }

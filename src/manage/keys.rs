@@ -267,7 +267,7 @@ impl KeyManager {
 
     /// Asks the policies whether `actor` may operate keygate: `action` is one of the
     /// `operate` group (`readPolicies`, `reloadPolicies`, `readCertificates`,
-    /// `reloadCertificates`) on `Keygate::Service::"keygate"`.
+    /// `reloadCertificates`, `readCluster`) on `Keygate::Service::"keygate"`.
     pub fn authorize_operation(&self, actor: &Actor, action: &str) -> Result<(), ManageError> {
         if self.decide_as(actor, action, Target::Service).allowed {
             Ok(())

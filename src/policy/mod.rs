@@ -383,6 +383,7 @@ pub const BUILT_IN_ACTIONS: &[&str] = &[
     "reloadPolicies",
     "readCertificates",
     "reloadCertificates",
+    "readCluster",
 ];
 
 /// For each action, per (principal type, resource type), the policies such a request can

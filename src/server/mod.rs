@@ -24,12 +24,10 @@ use tokio::task::JoinSet;
 
 use accept::{accept_loop, ConnLimits, ConnSettings};
 
-use tasks::{
-    count_expiring_keys, flush_usage, follow_providers, purge_tokens, reload_on_change,
-    reload_on_signal,
-};
+use tasks::{count_expiring_keys, flush_usage, purge_tokens, reload_on_change, reload_on_signal};
 
 use crate::audit::AuditLog;
+use crate::cluster::ChangeFeed;
 use crate::config::Config;
 use crate::control::{self, ControlState, MetricsAccess};
 use crate::identity::jwt::Tokens;
@@ -246,7 +244,7 @@ pub async fn start_with_store(
     let auth = Arc::new(Auth::new(
         store.clone(),
         pepper,
-        tokens,
+        tokens.clone(),
         identity.clone(),
         keys.clone(),
         metrics.clone(),
@@ -348,17 +346,15 @@ pub async fn start_with_store(
         tasks.spawn(async move { balancer.start(rx).await });
     }
 
-    tasks.spawn(
-        identity
-            .clone()
-            .follow_changes(config.keys.change_poll_interval, shutdown_rx.clone()),
-    );
-    tasks.spawn(follow_providers(
-        policy.clone(),
+    let changes = Arc::new(ChangeFeed::new(
         store.clone(),
+        identity.clone(),
+        policy.clone(),
+        tokens.clone(),
+        metrics.clone(),
         config.keys.change_poll_interval,
-        shutdown_rx.clone(),
     ));
+    tasks.spawn(changes.clone().run(shutdown_rx.clone()));
     // Holders of scopes the running set no longer defines are named at start and after every
     // reload (KeyManager::check_inert_scopes says why such a reload is not refused).
     let report_inert = {
@@ -435,6 +431,7 @@ pub async fn start_with_store(
         certificates: certificates.clone(),
         routes: config.routes.clone(),
         policy: policy.clone(),
+        changes: changes.clone(),
         metrics_access: match (
             config.server.metrics_listen,
             config.server.metrics_operator_only,

@@ -1,6 +1,6 @@
-//! The background tasks of a running keygate: following changes made elsewhere (providers),
-//! reloading policies (SIGHUP, file changes), flushing usage, purging old tokens. Each stops on
-//! the shutdown signal.
+//! The background tasks of a running keygate: reloading policies (SIGHUP, file changes),
+//! flushing usage, purging old tokens (following changes made elsewhere is
+//! `cluster::ChangeFeed`). Each stops on the shutdown signal.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +8,6 @@ use std::time::Duration;
 use crate::background::{Shutdown, Ticker};
 use crate::clock::now_millis;
 use crate::model::EXPIRY_WARNING_MS;
-use crate::policy::PolicyEngine;
 use crate::store::Store;
 use crate::telemetry::Metrics;
 use crate::usage::UsageRecorder;
@@ -25,22 +24,6 @@ pub async fn purge_tokens(store: Store, shutdown: Shutdown) {
         }
         if !ticker.tick().await {
             return;
-        }
-    }
-}
-
-/// Keeps the provider → workspace directory of the policy stage current.
-pub async fn follow_providers(
-    policy: Arc<PolicyEngine>,
-    store: Store,
-    interval: Duration,
-    shutdown: Shutdown,
-) {
-    let mut ticker = Ticker::new(interval, shutdown);
-    while ticker.tick().await {
-        match store.provider_directory().await {
-            Ok(d) => policy.set_providers(d),
-            Err(e) => tracing::warn!(error = %e, "cannot read the providers"),
         }
     }
 }

@@ -1,17 +1,20 @@
 //! The database: a sqlx pool over SQLite (default) or PostgreSQL, the migrations, and every
 //! query. The only module that touches the database: `directory.rs` (workspaces, users,
 //! memberships, providers), `keys.rs` (API keys and their usage), `tokens.rs` (logins, tokens,
-//! signing keys). Queries use `$n` placeholders, which run on both databases.
+//! signing keys), `changes.rs` (the change feed several instances follow). Queries use `$n`
+//! placeholders, which run on both databases.
 //!
 //! May import: `model`, `clock`. Never anything that decides or serves.
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
+mod changes;
 mod directory;
 mod keys;
 mod tokens;
 
+pub use changes::{ChangeListener, CredentialChange, Notice};
 pub use directory::{Member, Provider, User, Workspace};
 pub use keys::{KeyChanges, KeyRecord, NewKey, UsageDay};
 pub use tokens::{Exchange, NewToken, SigningKeyRow, TokenKind, TokenRecord};
@@ -41,9 +44,21 @@ pub enum Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// The URL connected to, for the change listener's own connection (PostgreSQL).
+    url: std::sync::Arc<str>,
 }
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+/// The schema both databases share. Each set ignores the other's migrations in the table of
+/// applied ones (they share it on PostgreSQL).
+static PORTABLE: sqlx::migrate::Migrator = sqlx::migrate::Migrator {
+    ignore_missing: true,
+    ..sqlx::migrate!("./migrations")
+};
+/// PostgreSQL's own additions (the change feed's triggers), applied after the portable set.
+static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate::Migrator {
+    ignore_missing: true,
+    ..sqlx::migrate!("./migrations/postgres")
+};
 
 pub(crate) fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
@@ -101,7 +116,11 @@ impl Store {
             })
             .connect(&url)
             .await?;
-        Ok(Store { pool, backend })
+        Ok(Store {
+            pool,
+            backend,
+            url: url.into(),
+        })
     }
 
     /// Connects and brings the schema up to date.
@@ -116,7 +135,10 @@ impl Store {
     }
 
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        MIGRATOR.run(&self.pool).await?;
+        PORTABLE.run(&self.pool).await?;
+        if self.backend == Backend::Postgres {
+            POSTGRES.run(&self.pool).await?;
+        }
         Ok(())
     }
 
@@ -156,27 +178,6 @@ impl Store {
             .as_ref()
             .map(decode)
             .transpose()
-    }
-
-    /// (id, generation) of every key and token changed after `since_ms`, and the newest change
-    /// time seen. One query over both tables: they share the generation scheme.
-    pub async fn credentials_changed_since(
-        &self,
-        since_ms: i64,
-    ) -> Result<(Vec<(String, i64)>, i64), StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, generation, updated_at FROM api_keys WHERE updated_at > $1 \
-             UNION ALL SELECT id, generation, updated_at FROM auth_tokens WHERE updated_at > $1",
-        )
-        .bind(since_ms)
-        .fetch_all(&self.pool)
-        .await?;
-        let newest = rows
-            .iter()
-            .map(|r| r.get::<i64, _>(2))
-            .max()
-            .unwrap_or(since_ms);
-        Ok((rows.iter().map(|r| (r.get(0), r.get(1))).collect(), newest))
     }
 }
 

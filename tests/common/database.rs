@@ -17,6 +17,10 @@ pub enum TestDb {
         inner: Box<TestDb>,
         url: String,
     },
+    /// Another instance's database (several keygates on one): dropped with that one.
+    Shared {
+        url: String,
+    },
 }
 
 impl TestDb {
@@ -65,9 +69,28 @@ impl TestDb {
         }
     }
 
+    /// The same database, for another keygate (PostgreSQL).
+    pub fn share(&self) -> TestDb {
+        TestDb::Shared { url: self.url() }
+    }
+
+    /// The address of the PostgreSQL server this database is on.
+    pub async fn server_addr(&self) -> std::net::SocketAddr {
+        let url = self.url();
+        let host = url
+            .split('@')
+            .nth(1)
+            .unwrap_or(&url)
+            .split('/')
+            .next()
+            .unwrap()
+            .to_owned();
+        tokio::net::lookup_host(host).await.unwrap().next().unwrap()
+    }
+
     pub fn url(&self) -> String {
         match self {
-            TestDb::Through { url, .. } => url.clone(),
+            TestDb::Through { url, .. } | TestDb::Shared { url } => url.clone(),
             TestDb::Sqlite { dir } => {
                 format!("sqlite://{}", dir.path().join("keygate.db").display())
             }

@@ -252,6 +252,12 @@ impl Keygate {
         Keygate::spawn(upstream, config, db, key, policies)
     }
 
+    /// Another keygate on this one's database (PostgreSQL: several instances on one), with the
+    /// same fixture key, reaching the database at `db` (this one's, or through a relay).
+    pub fn another(&self, upstream: &[SocketAddr], config: &str, db: TestDb) -> Keygate {
+        Keygate::spawn(upstream, config, db, self.key.clone(), &shipped_policies())
+    }
+
     /// Stops gracefully (SIGTERM) and starts again on the same database and config.
     pub fn restart(self, upstream: &[SocketAddr]) -> Keygate {
         let Keygate {

@@ -13,6 +13,7 @@ mod raw;
 mod values;
 mod tls;
 mod dav;
+mod relay;
 
 #[allow(unused_imports)] // each test binary uses part of the harness
 pub use database::*;
@@ -26,6 +27,8 @@ pub use keygate::*;
 pub use process::*;
 #[allow(unused_imports)] // each test binary uses part of the harness
 pub use raw::*;
+#[allow(unused_imports)] // each test binary uses part of the harness
+pub use relay::*;
 #[allow(unused_imports)] // each test binary uses part of the harness
 pub use tls::*;
 #[allow(unused_imports)] // each test binary uses part of the harness

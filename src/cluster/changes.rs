@@ -1,0 +1,326 @@
+//! Following the changes other instances (and the CLI) make to keys, tokens, providers and
+//! signing keys, so that a revocation made anywhere refuses the credential everywhere.
+//!
+//! On PostgreSQL two loops run side by side. The *listener* applies each notice as its
+//! transaction commits (milliseconds). The *reader* reads every change above its horizon
+//! (`store/changes.rs`) once per poll interval, and at once whenever the listener has just
+//! (re)connected: so a notice lost while the connection was down is never lost, whatever the
+//! clocks or the order in which transactions committed. On SQLite the reader alone runs.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::background::Shutdown;
+use crate::clock::now_millis;
+use crate::identity::jwt::Tokens;
+use crate::identity::Identity;
+use crate::policy::PolicyEngine;
+use crate::store::{Backend, CredentialChange, Notice, Store};
+use crate::telemetry::Metrics;
+
+/// How far back the SQLite reader re-reads before the newest change it saw: a writer that
+/// stamped its change and then waited for SQLite's write lock (at most its 5-second busy
+/// timeout) commits with an older stamp.
+const SQLITE_OVERLAP_MS: i64 = 6_000;
+
+/// Where this instance stands on the changes it follows (`GET /v1/admin/cluster`).
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FeedStatus {
+    /// `notify` (PostgreSQL: notices, and polling as the safety net) or `poll` (SQLite).
+    pub mechanism: &'static str,
+    /// Listening for notices right now.
+    pub listening: bool,
+    /// PostgreSQL: the oldest transaction that may still hold changes this instance has not
+    /// read; SQLite: the newest change time read.
+    pub horizon: Option<i64>,
+    /// When the newest change this instance applied was written (unix ms, the writer's clock).
+    pub newest_change_at: Option<i64>,
+    /// When this instance applied it (unix ms).
+    pub newest_applied_at: Option<i64>,
+    /// Changes that were news to this instance, since it started.
+    pub changes_applied: u64,
+    pub notices: u64,
+    pub last_notice_at: Option<i64>,
+    /// The last successful read of the changes (poll or catch-up).
+    pub last_read_at: Option<i64>,
+    /// Times the listener lost its connection and made it again.
+    pub reconnects: u64,
+    /// The last error reading or listening, until the next success.
+    pub last_error: Option<String>,
+}
+
+/// The change follower of one instance.
+pub struct ChangeFeed {
+    store: Store,
+    identity: Arc<Identity>,
+    policy: Arc<PolicyEngine>,
+    tokens: Arc<Tokens>,
+    metrics: Arc<Metrics>,
+    interval: Duration,
+    started_at: i64,
+    status: Mutex<FeedStatus>,
+    /// Wakes the reader for a catch-up (the listener has just connected).
+    catch_up: tokio::sync::Notify,
+}
+
+impl ChangeFeed {
+    pub fn new(
+        store: Store,
+        identity: Arc<Identity>,
+        policy: Arc<PolicyEngine>,
+        tokens: Arc<Tokens>,
+        metrics: Arc<Metrics>,
+        interval: Duration,
+    ) -> ChangeFeed {
+        let mechanism = match store.backend() {
+            Backend::Postgres => "notify",
+            Backend::Sqlite => "poll",
+        };
+        metrics
+            .change_feed_listening
+            .with_label_values(&[mechanism])
+            .set(0);
+        ChangeFeed {
+            store,
+            identity,
+            policy,
+            tokens,
+            metrics,
+            interval,
+            started_at: now_millis(),
+            status: Mutex::new(FeedStatus {
+                mechanism,
+                ..FeedStatus::default()
+            }),
+            catch_up: tokio::sync::Notify::new(),
+        }
+    }
+
+    pub fn status(&self) -> FeedStatus {
+        self.lock().clone()
+    }
+
+    /// The poll interval (the safety net's period).
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, FeedStatus> {
+        self.status.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Follows changes until shutdown.
+    pub async fn run(self: Arc<Self>, shutdown: Shutdown) {
+        match self.store.backend() {
+            Backend::Postgres => {
+                tokio::join!(
+                    self.clone().listen(shutdown.clone()),
+                    self.clone().read_by_horizon(shutdown)
+                );
+            }
+            Backend::Sqlite => self.read_by_time(shutdown).await,
+        }
+    }
+
+    /// Applies changes; counts and times those that were news here.
+    fn apply(&self, changes: &[CredentialChange], via: &'static str) {
+        let now = now_millis();
+        let mut news = 0;
+        let mut newest = None;
+        for c in changes {
+            if !self.identity.apply_change(&c.id, c.generation) {
+                continue;
+            }
+            news += 1;
+            newest = newest.max(Some(c.changed_at));
+            // Changes written before this instance started were never cached here: their age
+            // is no lag.
+            if c.changed_at >= self.started_at {
+                let lag = (now - c.changed_at).max(0) as f64 / 1000.0;
+                self.metrics
+                    .change_lag
+                    .with_label_values(&[via])
+                    .observe(lag);
+            }
+        }
+        if news == 0 {
+            return;
+        }
+        let mut status = self.lock();
+        status.changes_applied += news;
+        if newest > status.newest_change_at {
+            status.newest_change_at = newest;
+            status.newest_applied_at = Some(now);
+            if let Some(at) = newest {
+                self.metrics.change_newest_applied.set(at as f64 / 1000.0);
+            }
+        }
+    }
+
+    async fn reload_providers(&self) {
+        match self.store.provider_directory().await {
+            Ok(d) => self.policy.set_providers(d),
+            Err(e) => tracing::warn!(error = %e, "cannot read the providers"),
+        }
+    }
+
+    /// What every poll does besides credentials: the providers (a small table), the signing
+    /// keys and external issuers' key sets when due.
+    async fn refresh_the_rest(&self) {
+        self.reload_providers().await;
+        self.tokens.refresh().await;
+    }
+
+    fn read_ok(&self, horizon: i64) {
+        let mut status = self.lock();
+        status.horizon = Some(horizon);
+        status.last_read_at = Some(now_millis());
+        status.last_error = None;
+    }
+
+    fn read_failed(&self, e: &dyn std::fmt::Display) {
+        tracing::warn!(error = %e, "cannot read the changes made by other instances");
+        self.lock().last_error = Some(format!("reading changes: {e}"));
+    }
+
+    /// PostgreSQL's reader: every poll interval, and at once on a catch-up.
+    async fn read_by_horizon(self: Arc<Self>, mut shutdown: Shutdown) {
+        let mut horizon = loop {
+            match self.store.change_horizon().await {
+                Ok(h) => break h,
+                Err(e) => self.read_failed(&e),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.interval) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+        };
+        self.read_ok(horizon);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(self.interval) => {}
+                _ = self.catch_up.notified() => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+            match self.store.credentials_changed_after(horizon).await {
+                Ok((changes, next)) => {
+                    self.apply(&changes, "poll");
+                    horizon = next;
+                    self.read_ok(horizon);
+                }
+                Err(e) => self.read_failed(&e),
+            }
+            self.refresh_the_rest().await;
+        }
+    }
+
+    /// SQLite's reader: by change time, every poll interval.
+    async fn read_by_time(self: Arc<Self>, mut shutdown: Shutdown) {
+        let mut since = now_millis() - SQLITE_OVERLAP_MS;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(self.interval) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+            match self
+                .store
+                .credentials_changed_since(since - SQLITE_OVERLAP_MS)
+                .await
+            {
+                Ok((changes, newest)) => {
+                    self.apply(&changes, "poll");
+                    since = since.max(newest);
+                    self.read_ok(since);
+                }
+                Err(e) => self.read_failed(&e),
+            }
+            self.refresh_the_rest().await;
+        }
+    }
+
+    fn set_listening(&self, listening: bool) {
+        let mut status = self.lock();
+        status.listening = listening;
+        self.metrics
+            .change_feed_listening
+            .with_label_values(&[status.mechanism])
+            .set(i64::from(listening));
+    }
+
+    /// PostgreSQL's listener: applies notices as they come; connects again after a loss (waiting
+    /// up to 5 s between attempts), and has the reader catch up each time it has connected.
+    async fn listen(self: Arc<Self>, mut shutdown: Shutdown) {
+        let mut backoff = Duration::from_millis(100);
+        let mut connected_before = false;
+        loop {
+            let listener = tokio::select! {
+                l = self.store.listen() => l,
+                _ = shutdown.wait_for(|s| *s) => return,
+            };
+            match listener {
+                Ok(None) => return,
+                Ok(Some(mut listener)) => {
+                    backoff = Duration::from_millis(100);
+                    if connected_before {
+                        self.lock().reconnects += 1;
+                    }
+                    connected_before = true;
+                    self.set_listening(true);
+                    tracing::info!("listening for changes made by other instances");
+                    self.catch_up.notify_one();
+                    loop {
+                        let next = tokio::select! {
+                            n = listener.next() => n,
+                            _ = shutdown.wait_for(|s| *s) => return,
+                        };
+                        match next {
+                            Ok(notice) => self.on_notice(notice).await,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "lost the change notices; polling until they are back");
+                                self.lock().last_error = Some(format!("listening: {e}"));
+                                break;
+                            }
+                        }
+                    }
+                    self.set_listening(false);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for changes; polling meanwhile");
+                    self.lock().last_error = Some(format!("listening: {e}"));
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    async fn on_notice(&self, notice: Notice) {
+        if notice != Notice::Reconnected {
+            let mut status = self.lock();
+            status.notices += 1;
+            status.last_notice_at = Some(now_millis());
+        }
+        match notice {
+            Notice::Credential(change) => self.apply(&[change], "notice"),
+            Notice::Providers => self.reload_providers().await,
+            Notice::SigningKeys => {
+                if let Err(e) = self.tokens.reload_keys().await {
+                    tracing::warn!(error = %e, "cannot reload the signing keys");
+                }
+            }
+            Notice::Reconnected => {
+                self.lock().reconnects += 1;
+                tracing::info!("listening for changes again; catching up");
+                self.catch_up.notify_one();
+            }
+            // A newer keygate's notice: reading the changes covers whatever it meant.
+            Notice::Other(_) => self.catch_up.notify_one(),
+        }
+    }
+}

@@ -1,0 +1,366 @@
+//! Several keygate instances on one PostgreSQL database: a change made on one reaches the others
+//! within milliseconds (PostgreSQL's notices), and one that was cut off from the database
+//! catches up on everything it missed when it is back, whatever the writers' clocks said and in
+//! whatever order their transactions committed. Skipped when `KEYGATE_TEST_POSTGRES_URL` is
+//! unset (CI always sets it).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+const PATH: &str = "/v1/files/local/a.txt";
+
+/// Many keys per owner, and no throttle on the 401s and 403s the tests wait for.
+const CONFIG: &str = "[keys]\nmax_active_per_user = 1000\n\
+                      [auth]\nfailures_per_minute = 1000000\nforbidden_per_minute = 1000000\n";
+
+/// Milliseconds until `client` is answered `refused` by `kg` for `req`, asking in a tight loop
+/// (at most `limit`); every answer before that must be `allowed`.
+async fn until_refused(
+    kg: &Keygate,
+    key: &str,
+    method: reqwest::Method,
+    allowed: StatusCode,
+    refused: StatusCode,
+    limit: Duration,
+) -> f64 {
+    let client = client_with_key(key);
+    let start = Instant::now();
+    loop {
+        let status = client
+            .request(method.clone(), kg.url(PATH))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if status == refused {
+            return start.elapsed().as_secs_f64() * 1000.0;
+        }
+        assert_eq!(status, allowed, "only {allowed} before the change arrives");
+        assert!(
+            start.elapsed() < limit,
+            "still {allowed} after {limit:?} on {}",
+            kg.data
+        );
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+fn summary(name: &str, lags: &mut [f64]) -> (f64, f64, f64) {
+    lags.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let (p50, p99, max) = (
+        percentile(lags, 0.5),
+        percentile(lags, 0.99),
+        *lags.last().unwrap(),
+    );
+    eprintln!(
+        "{name}: {} samples, p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms",
+        lags.len()
+    );
+    (p50, p99, max)
+}
+
+async fn cluster_status(kg: &Keygate) -> Value {
+    kg.operator()
+        .get(kg.control_url("/v1/admin/cluster"))
+        .expect(StatusCode::OK)
+        .await["data"]
+        .clone()
+}
+
+/// Three instances on one database; the first holds the fixture.
+async fn three(rec: &Recorder) -> Option<(Keygate, Keygate, Keygate)> {
+    let db = TestDb::postgres().await?;
+    let upstream = [rec.addr];
+    Some(
+        tokio::task::spawn_blocking(move || {
+            let a = Keygate::start_with_db(&upstream, CONFIG, db);
+            let b = a.another(&upstream, CONFIG, a.db.share());
+            let c = a.another(&upstream, CONFIG, a.db.share());
+            (a, b, c)
+        })
+        .await
+        .unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocations_on_one_instance_refuse_the_key_on_the_others_within_100_ms() {
+    let rec = Recorder::start().await;
+    let Some((a, b, c)) = three(&rec).await else {
+        return;
+    };
+    const N: usize = 200;
+    let mut keys = Vec::new();
+    for i in 0..N {
+        let made = a
+            .create_key(
+                json!({"name": format!("k{i}"), "scopes": ["read"], "owner": "ada@example.com"}),
+            )
+            .await;
+        let key = made["key"].as_str().unwrap().to_owned();
+        // Each key is used on every instance first, so each holds it in its cache.
+        for kg in [&a, &b, &c] {
+            client_with_key(&key)
+                .get(kg.url(PATH))
+                .expect(StatusCode::OK)
+                .await;
+        }
+        keys.push((made["id"].as_str().unwrap().to_owned(), key));
+    }
+    let mut lags = Vec::new();
+    for (id, key) in &keys {
+        a.operator()
+            .delete(a.control_url(&format!("/v1/keys/{id}")))
+            .expect(StatusCode::OK)
+            .await;
+        let get = reqwest::Method::GET;
+        let limit = Duration::from_secs(5);
+        let (lb, lc) = tokio::join!(
+            until_refused(
+                &b,
+                key,
+                get.clone(),
+                StatusCode::OK,
+                StatusCode::UNAUTHORIZED,
+                limit
+            ),
+            until_refused(
+                &c,
+                key,
+                get,
+                StatusCode::OK,
+                StatusCode::UNAUTHORIZED,
+                limit
+            ),
+        );
+        lags.push(lb);
+        lags.push(lc);
+    }
+    let (_, p99, _) = summary("revocation lag (2 instances x 200 revocations)", &mut lags);
+    assert!(p99 <= 100.0, "p99 {p99:.1} ms");
+
+    // Each instance says what it applied, and how: notices, not the poll.
+    for kg in [&b, &c] {
+        let status = cluster_status(kg).await;
+        assert_eq!(status["database"], "postgres");
+        assert_eq!(status["changes"]["mechanism"], "notify");
+        assert_eq!(status["changes"]["listening"], true);
+        assert!(status["changes"]["changesApplied"].as_u64().unwrap() >= N as u64);
+        assert!(status["changes"]["newestChangeAt"].as_i64().unwrap() > 0);
+        let metrics = kg.metrics().await;
+        assert_eq!(
+            metric(
+                &metrics,
+                "keygate_change_feed_listening{mechanism=\"notify\"}"
+            ),
+            1.0
+        );
+        assert!(
+            metric(&metrics, "keygate_change_lag_seconds_count{via=\"notice\"}") >= N as f64,
+            "{metrics}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_downgrade_on_one_instance_holds_on_every_instance_within_100_ms() {
+    let rec = Recorder::start().await;
+    let Some((a, b, c)) = three(&rec).await else {
+        return;
+    };
+    let url = a.db.url();
+    cli_ok(
+        &url,
+        &["users", "add", "bob@example.com", "--password-stdin"],
+        Some("bob's long password\n"),
+    );
+    let role = |role: &str| {
+        cli_ok(
+            &url,
+            &[
+                "members",
+                "add",
+                "--workspace",
+                "acme",
+                "--user",
+                "bob@example.com",
+                "--role",
+                role,
+            ],
+            None,
+        );
+    };
+    role("editor");
+    let made = a
+        .create_key(json!({"name": "bob's", "scopes": ["write"], "owner": "bob@example.com"}))
+        .await;
+    let key = made["key"].as_str().unwrap().to_owned();
+    let put = reqwest::Method::PUT;
+    let mut lags = Vec::new();
+    for _ in 0..10 {
+        for kg in [&b, &c] {
+            client_with_key(&key)
+                .put(kg.url(PATH))
+                .body("x")
+                .expect(StatusCode::OK)
+                .await;
+        }
+        // The CLI is another process writing to the database, as an admin's tool would.
+        role("viewer");
+        let limit = Duration::from_secs(5);
+        let (lb, lc) = tokio::join!(
+            until_refused(
+                &b,
+                &key,
+                put.clone(),
+                StatusCode::OK,
+                StatusCode::FORBIDDEN,
+                limit
+            ),
+            until_refused(
+                &c,
+                &key,
+                put.clone(),
+                StatusCode::OK,
+                StatusCode::FORBIDDEN,
+                limit
+            ),
+        );
+        lags.extend([lb, lc]);
+        role("editor");
+        // Back to editor: writes work again everywhere (and warm the caches for the next round).
+        for kg in [&b, &c] {
+            until_refused(
+                kg,
+                &key,
+                put.clone(),
+                StatusCode::FORBIDDEN,
+                StatusCode::OK,
+                limit,
+            )
+            .await;
+        }
+    }
+    let (p50, _, max) = summary("role downgrade lag (2 instances x 10)", &mut lags);
+    assert!(
+        p50 <= 100.0 && max <= 500.0,
+        "p50 {p50:.1} ms, max {max:.1} ms"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_cut_off_from_the_database_catches_up_on_what_it_missed() {
+    let rec = Recorder::start().await;
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let relay = Cuttable::start(db.server_addr().await).await;
+    let upstream = [rec.addr];
+    let relay_addr = relay.addr.to_string();
+    let (a, b) = tokio::task::spawn_blocking(move || {
+        let a = Keygate::start_with_db(&upstream, CONFIG, db);
+        // b reaches the database only through the relay.
+        let b = a.another(&upstream, CONFIG, a.db.share().through(&relay_addr));
+        (a, b)
+    })
+    .await
+    .unwrap();
+    let mut made = Vec::new();
+    for name in ["late", "skewed", "plain"] {
+        let k = a
+            .create_key(json!({"name": name, "scopes": ["read"], "owner": "ada@example.com"}))
+            .await;
+        client_with_key(k["key"].as_str().unwrap())
+            .get(b.url(PATH))
+            .expect(StatusCode::OK)
+            .await;
+        made.push((
+            k["id"].as_str().unwrap().to_owned(),
+            k["key"].as_str().unwrap().to_owned(),
+        ));
+    }
+    // A writer whose transaction stays open across several of b's polls, and whose clock is an
+    // hour behind: it revokes "late" and "skewed" with a change time an hour old.
+    use sqlx::Connection;
+    let mut writer = sqlx::PgConnection::connect(&a.db.url()).await.unwrap();
+    let mut tx = writer.begin().await.unwrap();
+    let an_hour_ago = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        - 3_600_000;
+    for (id, _) in &made[..2] {
+        sqlx::query(
+            "UPDATE api_keys SET revoked_at = $1, generation = generation + 1, updated_at = $1 \
+             WHERE id = $2",
+        )
+        .bind(an_hour_ago)
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // b is cut off; the open transaction commits (b misses its notices), and "plain" is revoked
+    // through a (b misses that notice too).
+    relay.cut();
+    tx.commit().await.unwrap();
+    a.operator()
+        .delete(a.control_url(&format!("/v1/keys/{}", made[2].0)))
+        .expect(StatusCode::OK)
+        .await;
+    // While cut off, b answers cached keys from its cache (it cannot know better): no change.
+    client_with_key(&made[2].1)
+        .get(b.url(PATH))
+        .expect(StatusCode::OK)
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    relay.restore();
+    // Back: it reconnects (within its 5-second backoff) and refuses all three, and never allows
+    // them again.
+    for (_, key) in &made {
+        let lag = until_refused(
+            &b,
+            key,
+            reqwest::Method::GET,
+            StatusCode::OK,
+            StatusCode::UNAUTHORIZED,
+            Duration::from_secs(10),
+        )
+        .await;
+        eprintln!("refused {lag:.0} ms after the database came back");
+    }
+    for _ in 0..20 {
+        for (_, key) in &made {
+            client_with_key(key)
+                .get(b.url(PATH))
+                .expect(StatusCode::UNAUTHORIZED)
+                .await;
+        }
+    }
+    // The listener is back too (it retries with a backoff of at most 5 seconds).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        let status = cluster_status(&b).await;
+        if status["changes"]["listening"] == true || Instant::now() > deadline {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status["changes"]["listening"], true, "{status}");
+    assert!(
+        status["changes"]["reconnects"].as_u64().unwrap() >= 1,
+        "{status}"
+    );
+    assert_eq!(status["changes"]["lastError"], Value::Null, "{status}");
+}
