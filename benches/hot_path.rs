@@ -356,6 +356,7 @@ async fn keygate(dir: &std::path::Path) -> (Keygate, String) {
             failures_per_minute: 20,
             forbidden_per_minute: 300,
             limiter_capacity: 100_000,
+            shared_limits: None,
         },
         Some(tokens),
         Arc::new(UsageRecorder::default()),
@@ -370,6 +371,7 @@ async fn keygate(dir: &std::path::Path) -> (Keygate, String) {
             window: std::time::Duration::from_secs(60),
         }),
         rules: Vec::new(),
+        shared: None,
     };
     let kg = Keygate {
         routes: config.routes.clone(),

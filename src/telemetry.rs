@@ -90,6 +90,11 @@ pub struct Metrics {
     pub change_feed_listening: IntGaugeVec,
     /// When the newest change this instance applied was written (unix seconds).
     pub change_newest_applied: prometheus::Gauge,
+    /// 1 while limits are shared through Redis; 0 while this instance limits on its own.
+    /// (Only with `backend = "redis"`, labelled so: no series without it.)
+    pub rate_limit_backend_up: IntGaugeVec,
+    /// Calls to Redis that failed or timed out.
+    pub rate_limit_backend_errors: prometheus::IntCounter,
 }
 
 impl Metrics {
@@ -310,6 +315,20 @@ impl Metrics {
             &["mechanism"],
         )
         .expect("valid metric");
+        let rate_limit_backend_up = IntGaugeVec::new(
+            Opts::new(
+                "rate_limit_backend_up",
+                "With [rate_limit] backend = \"redis\": 1 while the limits are shared through \
+                 Redis, 0 while this instance limits on its own (Redis unreachable).",
+            ),
+            &["backend"],
+        )
+        .expect("valid metric");
+        let rate_limit_backend_errors = prometheus::IntCounter::new(
+            "rate_limit_backend_errors_total",
+            "Calls to Redis that failed or took over 250 ms.",
+        )
+        .expect("valid metric");
         let change_newest_applied = prometheus::Gauge::new(
             "change_newest_applied_timestamp_seconds",
             "When the newest change this instance applied was written (unix seconds).",
@@ -348,6 +367,8 @@ impl Metrics {
             Box::new(change_lag.clone()),
             Box::new(change_feed_listening.clone()),
             Box::new(change_newest_applied.clone()),
+            Box::new(rate_limit_backend_up.clone()),
+            Box::new(rate_limit_backend_errors.clone()),
             Box::new(build_info),
         ] {
             registry
@@ -419,6 +440,8 @@ impl Metrics {
             change_lag,
             change_feed_listening,
             change_newest_applied,
+            rate_limit_backend_up,
+            rate_limit_backend_errors,
             tls_reloads,
             tls_certificate_expiry,
             tls_handshake_failures,

@@ -1,8 +1,10 @@
 //! Several keygate instances on one PostgreSQL database: a change made on one reaches the others
 //! within milliseconds (PostgreSQL's notices), and one that was cut off from the database
 //! catches up on everything it missed when it is back, whatever the writers' clocks said and in
-//! whatever order their transactions committed. Skipped when `KEYGATE_TEST_POSTGRES_URL` is
-//! unset (CI always sets it).
+//! whatever order their transactions committed. With a shared Redis, a limit holds across the
+//! instances however the load is spread, and while Redis is away each instance keeps its share.
+//! Skipped when `KEYGATE_TEST_POSTGRES_URL` (and for the limits `KEYGATE_TEST_REDIS_URL`) is
+//! unset; CI always sets both.
 
 mod common;
 
@@ -77,20 +79,25 @@ async fn cluster_status(kg: &Keygate) -> Value {
         .clone()
 }
 
-/// Three instances on one database; the first holds the fixture.
-async fn three(rec: &Recorder) -> Option<(Keygate, Keygate, Keygate)> {
+/// Three instances on one database, with `config`; the first holds the fixture.
+async fn three_with(rec: &Recorder, config: &str) -> Option<(Keygate, Keygate, Keygate)> {
     let db = TestDb::postgres().await?;
     let upstream = [rec.addr];
+    let config = config.to_owned();
     Some(
         tokio::task::spawn_blocking(move || {
-            let a = Keygate::start_with_db(&upstream, CONFIG, db);
-            let b = a.another(&upstream, CONFIG, a.db.share());
-            let c = a.another(&upstream, CONFIG, a.db.share());
+            let a = Keygate::start_with_db(&upstream, &config, db);
+            let b = a.another(&upstream, &config, a.db.share());
+            let c = a.another(&upstream, &config, a.db.share());
             (a, b, c)
         })
         .await
         .unwrap(),
     )
+}
+
+async fn three(rec: &Recorder) -> Option<(Keygate, Keygate, Keygate)> {
+    three_with(rec, CONFIG).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -363,4 +370,237 @@ async fn an_instance_cut_off_from_the_database_catches_up_on_what_it_missed() {
         "{status}"
     );
     assert_eq!(status["changes"]["lastError"], Value::Null, "{status}");
+}
+
+/// Three instances sharing their limits through Redis: `limit` by default, and `extra`.
+fn shared_limits(redis_url: &str, prefix: &str, limit: &str, extra: &str) -> String {
+    format!(
+        "[keys]\nmax_active_per_user = 1000\n\
+         [rate_limit]\ndefault = \"{limit}\"\nbackend = \"redis\"\nredis_url = \"{redis_url}\"\n\
+         redis_prefix = \"{prefix}\"\ninstances = 3\n{extra}"
+    )
+}
+
+const WINDOW_MS: u64 = 5_000;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Requests with `key` for one whole window (from just after it starts to just before it ends),
+/// by 8 clients in a loop, sent to the instances in proportion to `weights`: how many each
+/// instance admitted. Anything but 200 and 429 fails the test.
+async fn one_window(instances: &[&Keygate], weights: &[usize], key: &str) -> Vec<u64> {
+    let until_next = WINDOW_MS - now_ms() % WINDOW_MS;
+    tokio::time::sleep(Duration::from_millis(until_next + 150)).await;
+    let end = now_ms() - now_ms() % WINDOW_MS + WINDOW_MS - 250;
+    let schedule: Vec<usize> = weights
+        .iter()
+        .enumerate()
+        .flat_map(|(i, w)| std::iter::repeat_n(i, *w))
+        .collect();
+    let urls: Vec<String> = instances.iter().map(|kg| kg.url(PATH)).collect();
+    let mut workers = Vec::new();
+    for w in 0..8 {
+        let (schedule, urls, client) = (schedule.clone(), urls.clone(), client_with_key(key));
+        workers.push(tokio::spawn(async move {
+            let mut admitted = vec![0u64; urls.len()];
+            let mut n = w;
+            while now_ms() < end {
+                let i = schedule[n % schedule.len()];
+                n += 1;
+                let status = client.get(&urls[i]).send().await.unwrap().status();
+                match status {
+                    StatusCode::OK => admitted[i] += 1,
+                    StatusCode::TOO_MANY_REQUESTS => {}
+                    other => panic!("unexpected {other}"),
+                }
+            }
+            admitted
+        }));
+    }
+    let mut total = vec![0u64; instances.len()];
+    for w in workers {
+        for (t, a) in total.iter_mut().zip(w.await.unwrap()) {
+            *t += a;
+        }
+    }
+    total
+}
+
+async fn fresh_key(kg: &Keygate, name: &str) -> String {
+    kg.create_key(json!({"name": name, "scopes": ["read"], "owner": "ada@example.com"}))
+        .await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limit_shared_through_redis_holds_across_three_instances_however_the_load_is_spread() {
+    let Some((redis, prefix)) = test_redis() else {
+        return;
+    };
+    let rec = Recorder::start().await;
+    const L: u64 = 300;
+    let config = shared_limits(&redis, &prefix, "300/5s", "");
+    let Some((a, b, c)) = three_with(&rec, &config).await else {
+        return;
+    };
+    for (spread, weights) in [("even", [1, 1, 1]), ("uneven", [16, 3, 1])] {
+        let key = fresh_key(&a, spread).await;
+        let admitted = one_window(&[&a, &b, &c], &weights, &key).await;
+        let total: u64 = admitted.iter().sum();
+        eprintln!("{spread}: admitted {admitted:?} = {total} of a limit of {L}");
+        assert!(
+            (L..=L * 105 / 100).contains(&total),
+            "{spread}: {total} admitted ({admitted:?}), limit {L}"
+        );
+        assert!(admitted.iter().all(|n| *n > 0), "{admitted:?}");
+    }
+    for kg in [&a, &b, &c] {
+        assert_eq!(
+            metric(
+                &kg.metrics().await,
+                "keygate_rate_limit_backend_up{backend=\"redis\"}"
+            ),
+            1.0
+        );
+    }
+}
+
+async fn wait_for_metric(kg: &Keygate, series: &str, value: f64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&kg.metrics().await, series) != value {
+        assert!(Instant::now() < deadline, "{series} never became {value}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn rate_limits_ready(kg: &Keygate) -> Value {
+    let r = reqwest::get(kg.control_url("/readyz")).await.unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::OK,
+        "Redis away never makes keygate unready"
+    );
+    r.json::<Value>().await.unwrap()["checks"]["rateLimits"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_away_each_instance_keeps_its_share_and_sharing_resumes_when_it_is_back() {
+    let Some((redis, prefix)) = test_redis() else {
+        return;
+    };
+    let host = redis
+        .trim_start_matches("redis://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let addr = tokio::net::lookup_host(host).await.unwrap().next().unwrap();
+    let relay = Cuttable::start(addr).await;
+    let rec = Recorder::start().await;
+    const L: u64 = 300;
+    let config = shared_limits(&format!("redis://{}", relay.addr), &prefix, "300/5s", "");
+    let Some((a, b, c)) = three_with(&rec, &config).await else {
+        return;
+    };
+    for kg in [&a, &b, &c] {
+        wait_for_metric(kg, "keygate_rate_limit_backend_up{backend=\"redis\"}", 1.0).await;
+        assert_eq!(rate_limits_ready(kg).await["state"], "ok");
+    }
+
+    relay.cut();
+    for kg in [&a, &b, &c] {
+        wait_for_metric(kg, "keygate_rate_limit_backend_up{backend=\"redis\"}", 0.0).await;
+        let state = rate_limits_ready(kg).await;
+        assert_eq!(state["state"], "fallback", "{state}");
+        assert!(
+            metric(
+                &kg.metrics().await,
+                "keygate_rate_limit_backend_errors_total"
+            ) > 0.0
+        );
+    }
+    // Each instance allows its third of the limit; spread evenly, the cluster still holds it.
+    let key = fresh_key(&a, "while-away").await;
+    let admitted = one_window(&[&a, &b, &c], &[1, 1, 1], &key).await;
+    eprintln!("Redis away: admitted {admitted:?}");
+    assert_eq!(admitted, vec![L / 3; 3]);
+
+    relay.restore();
+    for kg in [&a, &b, &c] {
+        wait_for_metric(kg, "keygate_rate_limit_backend_up{backend=\"redis\"}", 1.0).await;
+        assert_eq!(rate_limits_ready(kg).await["state"], "ok");
+    }
+    // Shared again: one instance alone may use the whole limit, and no more.
+    let key = fresh_key(&a, "back").await;
+    let admitted = one_window(&[&a, &b, &c], &[1, 0, 0], &key).await;
+    eprintln!("Redis back: admitted {admitted:?}");
+    assert!((L..=L * 105 / 100).contains(&admitted[0]), "{admitted:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failure_throttles_shared_through_redis_count_every_instance() {
+    let Some((redis, prefix)) = test_redis() else {
+        return;
+    };
+    let rec = Recorder::start().await;
+    let config = shared_limits(
+        &redis,
+        &prefix,
+        "1000000/min",
+        "[auth]\nfailures_per_minute = 30\nforbidden_per_minute = 1000000\n",
+    );
+    let Some((a, b, c)) = three_with(&rec, &config).await else {
+        return;
+    };
+    let all = [&a, &b, &c];
+    // Unknown keys from one address, round robin: the address is blocked after 30 failures in
+    // all, not 30 on each instance.
+    let mut unauthorized = 0;
+    for i in 0..120 {
+        let status = client_with_key(&unissued_key())
+            .get(all[i % 3].url(PATH))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        match status {
+            StatusCode::UNAUTHORIZED => unauthorized += 1,
+            StatusCode::TOO_MANY_REQUESTS => {}
+            other => panic!("unexpected {other}"),
+        }
+    }
+    eprintln!("401s before the address was blocked everywhere: {unauthorized}");
+    assert!((30..=36).contains(&unauthorized), "{unauthorized} 401s");
+    for kg in all {
+        client_with_key(&kg.key)
+            .get(kg.url(PATH))
+            .expect(StatusCode::TOO_MANY_REQUESTS)
+            .await;
+    }
+    // A password guessed on one instance after another: the account's 5 failures are counted
+    // together, and the sixth attempt is refused wherever it lands.
+    let login = |kg: &Keygate| {
+        reqwest::Client::new()
+            .post(kg.control_url("/v1/auth/login"))
+            .json(&json!({"email": "ada@example.com", "password": "not ada's password"}))
+            .send()
+    };
+    for i in 0..5 {
+        assert_eq!(
+            login(all[i % 3]).await.unwrap().status(),
+            StatusCode::UNAUTHORIZED,
+            "attempt {i}"
+        );
+    }
+    assert_eq!(
+        login(all[5 % 3]).await.unwrap().status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
 }

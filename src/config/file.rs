@@ -116,6 +116,17 @@ pub struct RateLimitSection {
     /// Rules that override the default; the first that matches a request applies.
     #[serde(default, rename = "rule")]
     pub rules: Vec<RateLimitRule>,
+    /// `local` (the default: each instance counts on its own) or `redis` (every instance shares
+    /// the limits and the failure throttles through `redis_url`).
+    pub backend: Option<String>,
+    /// `redis://[:PASSWORD@]HOST[:PORT][/DB]` or `rediss://…`, with `backend = "redis"`.
+    pub redis_url: Option<String>,
+    /// How many instances share the limits, with `backend = "redis"`: while Redis is
+    /// unreachable each instance allows this share of every limit.
+    pub instances: Option<u32>,
+    /// Begins every Redis key keygate writes (default `keygate`): several clusters may share
+    /// one Redis with prefixes of their own.
+    pub redis_prefix: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -11,6 +11,69 @@ pub(super) fn rate_limit_config(
     use crate::ratelimit::{Limit, RateLimitConfig, Rule, RuleMatch};
     let r = &file.rate_limit;
     let mut config = RateLimitConfig::default();
+    match (r.backend.as_deref(), &r.redis_url, r.instances) {
+        (None | Some("local"), None, None) if r.redis_prefix.is_none() => {}
+        (None | Some("local"), ..) => problem(
+            problems,
+            "[rate_limit] redis_url",
+            "redis_url and instances go with backend = \"redis\"",
+        ),
+        (Some("redis"), Some(url), Some(instances)) => {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                // The URL may hold a password: it is never repeated.
+                problem(
+                    problems,
+                    "[rate_limit] redis_url",
+                    "must start with redis:// or rediss://",
+                );
+            } else if redis::Client::open(url.as_str()).is_err() {
+                problem(
+                    problems,
+                    "[rate_limit] redis_url",
+                    "is not a valid Redis URL",
+                );
+            }
+            if !(1..=1000).contains(&instances) {
+                problem(
+                    problems,
+                    "[rate_limit] instances",
+                    "must be between 1 and 1000",
+                );
+            }
+            let prefix = r
+                .redis_prefix
+                .clone()
+                .unwrap_or_else(|| "keygate".to_owned());
+            if prefix.is_empty()
+                || prefix.len() > 64
+                || !prefix
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+            {
+                problem(
+                    problems,
+                    "[rate_limit] redis_prefix",
+                    "1 to 64 letters, digits, '_', '.' or '-'",
+                );
+            }
+            config.shared = Some(crate::ratelimit::shared::SharedConfig {
+                url: url.clone(),
+                instances,
+                prefix,
+            });
+        }
+        (Some("redis"), ..) => problem(
+            problems,
+            "[rate_limit] backend",
+            "\"redis\" needs redis_url (or KEYGATE_RATE_LIMIT_REDIS_URL) and instances (how many \
+             instances share the limits)",
+        ),
+        (Some(other), ..) => problem(
+            problems,
+            "[rate_limit] backend",
+            format!("'{other}' is neither \"local\" nor \"redis\""),
+        ),
+    }
     match r.default.as_deref() {
         None => {}
         Some("off") => config.default = None,

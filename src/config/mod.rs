@@ -425,6 +425,43 @@ format = "xml"
     }
 
     #[test]
+    fn shared_rate_limits_need_a_redis_url_and_the_instance_count() {
+        let c = load(
+            "[rate_limit]\nbackend = \"redis\"\ninstances = 3\n",
+            &[(
+                "KEYGATE_RATE_LIMIT_REDIS_URL",
+                "redis://:s3cret@cache:6379/2",
+            )],
+        )
+        .unwrap();
+        let shared = c.rate_limit.shared.clone().unwrap();
+        assert_eq!((shared.instances, shared.prefix.as_str()), (3, "keygate"));
+        // The URL may hold a password: the config's Debug output never shows it.
+        assert!(!format!("{c:?}").contains("s3cret"));
+        for (bad, says) in [
+            ("backend = \"redis\"\ninstances = 3", "needs redis_url"),
+            ("backend = \"redis\"\nredis_url = \"redis://c\"", "needs redis_url"),
+            ("backend = \"memcached\"", "neither"),
+            ("redis_url = \"redis://c\"", "go with backend"),
+            (
+                "backend = \"redis\"\nredis_url = \"http://c\"\ninstances = 3",
+                "redis://",
+            ),
+            (
+                "backend = \"redis\"\nredis_url = \"redis://c\"\ninstances = 0",
+                "between 1",
+            ),
+            (
+                "backend = \"redis\"\nredis_url = \"redis://c\"\ninstances = 2\nredis_prefix = \"a b\"",
+                "letters",
+            ),
+        ] {
+            let e = load(&format!("[rate_limit]\n{bad}\n"), &[]).unwrap_err();
+            assert!(e.to_string().contains(says), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn tls_and_https_peers_are_read_and_checked() {
         let c = load(
             "[tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\nplain_listen = \"127.0.0.1:0\"\n\

@@ -4,8 +4,8 @@
 //! handlers are thin: [`caller::Caller`] authenticates, `manage/` applies the rules, and
 //! `respond.rs` is the one place results become JSON (the data plane's error shape).
 //!
-//! May import: `cluster`, `manage`, `identity`, `policy`, `store`, `refusal`, `telemetry`,
-//! `clock`, `model`. Never `proxy` or `server`.
+//! May import: `cluster`, `manage`, `identity`, `policy`, `ratelimit`, `store`, `refusal`,
+//! `telemetry`, `clock`, `model`. Never `proxy` or `server`.
 
 pub mod caller;
 mod cluster;
@@ -54,6 +54,8 @@ pub struct ControlState {
     pub routes: crate::route::RouteTable,
     /// This instance's follower of changes made elsewhere.
     pub changes: Arc<crate::cluster::ChangeFeed>,
+    /// Redis, when the rate limits are shared by every instance.
+    pub shared_limits: Option<Arc<crate::ratelimit::shared::Shared>>,
 }
 
 /// Who may read `/metrics` on the control plane.
@@ -133,10 +135,18 @@ async fn readyz(State(st): State<ControlState>) -> Response {
     // The policy set is always loaded: keygate refuses to start without a valid one, and a
     // failed reload keeps the last good set.
     let epoch = st.policy.current().epoch;
+    // Redis down does not make an instance unready: it limits on its own meanwhile.
+    let rate_limits = match &st.shared_limits {
+        None => json!({"backend": "local", "state": "ok"}),
+        Some(s) if s.is_up() => json!({"backend": "redis", "state": "ok"}),
+        Some(s) => json!({"backend": "redis", "state": "fallback",
+            "detail": format!("Redis is unreachable: this instance allows 1/{} of each limit", s.instances)}),
+    };
     (
         status,
         Json(json!({"status": if ready { "ready" } else { "not ready" },
-            "checks": {"database": db_state, "policies": {"state": "ok", "epoch": epoch}}})),
+            "checks": {"database": db_state, "policies": {"state": "ok", "epoch": epoch},
+                "rateLimits": rate_limits}})),
     )
         .into_response()
 }

@@ -71,6 +71,8 @@ pub struct IdentityConfig {
     pub forbidden_per_minute: u32,
     /// Addresses the failure limiters track at most.
     pub limiter_capacity: u64,
+    /// Redis, when the failure limiters are shared by every instance.
+    pub shared_limits: Option<Arc<crate::ratelimit::shared::Shared>>,
 }
 
 pub struct Identity {
@@ -83,6 +85,7 @@ pub struct Identity {
     unknown: Cache<[u8; 32], ()>,
     generations: Cache<String, i64>,
     gate: AddressGate,
+    shared_limits: Option<Arc<crate::ratelimit::shared::Shared>>,
     usage: Arc<UsageRecorder>,
     metrics: Arc<Metrics>,
 }
@@ -118,8 +121,10 @@ impl Identity {
                 config.failures_per_minute,
                 config.forbidden_per_minute,
                 config.limiter_capacity,
+                config.shared_limits.clone(),
                 metrics.clone(),
             ),
+            shared_limits: config.shared_limits.clone(),
             usage,
             metrics,
         }
@@ -145,6 +150,11 @@ impl Identity {
     /// The per-address gate both planes pass before any credential is looked at.
     pub fn gate(&self) -> &AddressGate {
         &self.gate
+    }
+
+    /// Redis, when the limits are shared by every instance.
+    pub fn shared_limits(&self) -> Option<Arc<crate::ratelimit::shared::Shared>> {
+        self.shared_limits.clone()
     }
 
     /// The principal behind a credential, from the cache or the database. Counts nothing:

@@ -282,8 +282,16 @@ impl Auth {
         };
         Auth {
             passwords: PasswordWorkers::start(s.password_workers, s.password_queue),
-            per_account: FailureLimiter::new(per_account, s.limiter_capacity),
-            per_address: FailureLimiter::new(per_address, s.limiter_capacity),
+            per_account: FailureLimiter::with_shared(
+                per_account,
+                s.limiter_capacity,
+                identity.shared_limits().map(|l| ("login-account", l)),
+            ),
+            per_address: FailureLimiter::with_shared(
+                per_address,
+                s.limiter_capacity,
+                identity.shared_limits().map(|l| ("login-address", l)),
+            ),
             in_flight: Arc::default(),
             store,
             pepper,
@@ -304,16 +312,18 @@ impl Auth {
         })
     }
 
-    fn login_failed(&self, addr: Option<IpAddr>, account: &[u8; 16]) -> Refusal {
+    /// Counts a failed login; shared through Redis, waits for the count, so that the next
+    /// attempt on this account (one at a time) is checked against it.
+    async fn login_failed(&self, addr: Option<IpAddr>, account: &[u8; 16]) -> Refusal {
         self.metrics
             .auth_failures
             .with_label_values(&[AuthFailure::Unknown.as_str()])
             .inc();
         self.metrics.logins.with_label_values(&["failed"]).inc();
         if let Some(a) = addr {
-            self.per_address.fail(&address_bucket(a));
+            self.per_address.fail_now(&address_bucket(a)).await;
         }
-        self.per_account.fail(account);
+        self.per_account.fail_now(account).await;
         Refusal::Unauthorized(AuthFailure::Unknown)
     }
 
@@ -371,7 +381,7 @@ impl Auth {
         };
         let verified = self.verify_password(hash, req.password).await?;
         let Some(user) = user.filter(|_| verified) else {
-            return Err(self.login_failed(addr, &account_key).into());
+            return Err(self.login_failed(addr, &account_key).await.into());
         };
         let memberships = self.store.memberships(&user.id).await?;
         let (workspace_id, workspace, role) = choose_workspace(

@@ -78,7 +78,7 @@ impl Keygate {
         ctx: &mut RequestCtx,
     ) -> Result<(), Refusal> {
         self.admit_head(req, raw_header, ctx).await?;
-        self.admit_decide(ctx)
+        self.admit_decide(ctx).await
     }
 
     /// Framing, route and authentication: what the request header alone decides.
@@ -139,7 +139,7 @@ impl Keygate {
     }
 
     /// Rate limit and decision, once the route's actions are known.
-    fn admit_decide(&self, ctx: &mut RequestCtx) -> Result<(), Refusal> {
+    async fn admit_decide(&self, ctx: &mut RequestCtx) -> Result<(), Refusal> {
         // INVARIANT: admit_head succeeded, so both are set.
         let (Some(route), Some(principal)) = (ctx.route.as_ref(), ctx.principal.as_ref()) else {
             return Err(Refusal::Unavailable(
@@ -158,7 +158,7 @@ impl Keygate {
                 }
             }
         }
-        match self.limits.check_actions(principal, &actions) {
+        match self.limits.check_actions(principal, &actions).await {
             Ok(standing) => ctx.standing = standing,
             Err((refusal, standing)) => {
                 ctx.standing = standing;
@@ -283,7 +283,10 @@ impl ProxyHttp for Keygate {
         if let (Ok(()), Some(rules)) = (&admitted, graphql) {
             admitted = body::read_graphql(session, &rules, ctx).await;
         }
-        match admitted.and_then(|()| self.admit_decide(ctx)) {
+        if admitted.is_ok() {
+            admitted = self.admit_decide(ctx).await;
+        }
+        match admitted {
             Ok(()) => Ok(false),
             Err(refusal) => {
                 let written = respond(session, &refusal, ctx, false).await;

@@ -2,7 +2,10 @@
 //! authentications and for requests refused 403 (the [`AddressGate`] both planes pass first),
 //! per account and per address for failed logins.
 //!
-//! May import: `refusal`, `telemetry`, `model`. Never `identity` or `policy`.
+//! Shared by several instances through Redis when `[rate_limit] backend = "redis"`
+//! (`shared.rs`).
+//!
+//! May import: `refusal`, `telemetry`, `model`, `clock`. Never `identity` or `policy`.
 
 use std::hash::Hash;
 use std::net::IpAddr;
@@ -14,8 +17,49 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
 
+use super::shared::Shared;
 use crate::refusal::{AuthFailure, Refusal};
 use crate::telemetry::Metrics;
+
+/// A key of a failure limiter as Redis and the published blocks spell it.
+pub trait LimiterKey: Hash + Eq + Clone + Send + Sync + 'static {
+    fn text(&self) -> String;
+    fn parse(text: &str) -> Option<Self>;
+}
+
+impl LimiterKey for IpAddr {
+    fn text(&self) -> String {
+        self.to_string()
+    }
+    fn parse(text: &str) -> Option<IpAddr> {
+        text.parse().ok()
+    }
+}
+
+impl LimiterKey for [u8; 16] {
+    fn text(&self) -> String {
+        crate::model::hex(self)
+    }
+    fn parse(text: &str) -> Option<[u8; 16]> {
+        let mut out = [0u8; 16];
+        if text.len() != 32 {
+            return None;
+        }
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(out)
+    }
+}
+
+impl LimiterKey for String {
+    fn text(&self) -> String {
+        self.clone()
+    }
+    fn parse(text: &str) -> Option<String> {
+        Some(text.to_owned())
+    }
+}
 
 /// Counts failures per key; a key over its quota is answered 429 until the quota refills.
 ///
@@ -26,49 +70,51 @@ use crate::telemetry::Metrics;
 /// partly used count (each of those failures costs its sender a password verification or a
 /// lookup, throttled per address). Keys must be of bounded size (an address, or a hash of
 /// client-chosen text).
-pub struct FailureLimiter<K: Hash + Eq + Clone + Send + Sync + 'static> {
+///
+/// Shared through Redis (`shared.rs`), failures are counted there against the whole quota and
+/// blocks are applied by every instance; the local counters then hold this instance's share of
+/// the quota, used while Redis is unreachable.
+pub struct FailureLimiter<K: LimiterKey> {
+    local: Local<K>,
+    shared: Option<SharedFailures>,
+}
+
+/// The counters and blocks of this instance.
+struct Local<K: LimiterKey> {
     quota: Quota,
     counters: Cache<K, Arc<DefaultDirectRateLimiter>>,
     blocked: Cache<K, Instant>,
 }
 
-impl<K: Hash + Eq + Clone + Send + Sync + 'static> FailureLimiter<K> {
-    pub fn new(quota: Quota, capacity: u64) -> FailureLimiter<K> {
-        let refill = quota.replenish_interval() * quota.burst_size().get();
-        FailureLimiter {
-            quota,
-            // LRU, not moka's default TinyLFU: once full, TinyLFU may refuse to admit a new
-            // key, and a key that is never stored is never counted (an attacker would fill
-            // the table first, then guess freely). LRU always admits the newest key.
-            counters: Cache::builder()
-                .max_capacity(capacity)
-                .eviction_policy(EvictionPolicy::lru())
-                .time_to_idle(refill.max(Duration::from_secs(1)))
-                .build(),
-            blocked: Cache::builder()
-                .max_capacity(capacity)
-                .eviction_policy(EvictionPolicy::lru())
-                .time_to_live(Duration::from_secs(3600))
-                .build(),
+impl<K: LimiterKey> Clone for Local<K> {
+    fn clone(&self) -> Local<K> {
+        Local {
+            quota: self.quota,
+            counters: self.counters.clone(),
+            blocked: self.blocked.clone(),
         }
     }
+}
 
-    /// 429 while `key` is blocked.
-    pub fn check(&self, key: &K) -> Result<(), Refusal> {
-        match self.blocked.get(key) {
-            Some(until) if until > Instant::now() => Err(Refusal::RateLimited {
-                retry_after_secs: (until - Instant::now()).as_secs().max(1),
-            }),
-            Some(_) => {
-                self.blocked.invalidate(key);
-                Ok(())
-            }
-            None => Ok(()),
-        }
+struct SharedFailures {
+    name: &'static str,
+    shared: Arc<Shared>,
+    interval_ms: u64,
+    burst: u32,
+    /// Failures being counted in Redis at once, at most; more are counted locally.
+    in_flight: Arc<tokio::sync::Semaphore>,
+}
+
+/// Failures counted in Redis at once, per limiter.
+const MAX_SHARED_IN_FLIGHT: usize = 1024;
+
+impl<K: LimiterKey> Local<K> {
+    fn block(&self, key: K, wait: Duration) {
+        self.blocked
+            .insert(key, Instant::now() + wait.max(Duration::from_secs(1)));
     }
 
-    /// Counts a failure; returns true when `key` is now blocked.
-    pub fn fail(&self, key: &K) -> bool {
+    fn fail(&self, key: &K) -> bool {
         let counter = self
             .counters
             .get_with(key.clone(), || Arc::new(RateLimiter::direct(self.quota)));
@@ -78,20 +124,148 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> FailureLimiter<K> {
                 let wait = not_until.wait_time_from(governor::clock::Clock::now(
                     &governor::clock::DefaultClock::default(),
                 ));
-                self.blocked.insert(
-                    key.clone(),
-                    Instant::now() + wait.max(Duration::from_secs(1)),
-                );
+                self.block(key.clone(), wait);
                 true
             }
         }
     }
+}
+
+impl<K: LimiterKey> FailureLimiter<K> {
+    pub fn new(quota: Quota, capacity: u64) -> FailureLimiter<K> {
+        FailureLimiter::with_shared(quota, capacity, None)
+    }
+
+    /// A limiter whose failures count across instances through `shared` (under `name`, which
+    /// names it in Redis keys and published blocks), when given.
+    pub fn with_shared(
+        quota: Quota,
+        capacity: u64,
+        shared: Option<(&'static str, Arc<Shared>)>,
+    ) -> FailureLimiter<K> {
+        // This instance's share while Redis is unreachable.
+        let local_quota = match &shared {
+            Some((_, s)) if s.instances > 1 => {
+                let burst = (quota.burst_size().get() / s.instances).max(1);
+                Quota::with_period(quota.replenish_interval() * s.instances)
+                    .unwrap_or(quota)
+                    .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN))
+            }
+            _ => quota,
+        };
+        let refill = quota.replenish_interval() * quota.burst_size().get();
+        let local = Local {
+            quota: local_quota,
+            // LRU, not moka's default TinyLFU: once full, TinyLFU may refuse to admit a new
+            // key, and a key that is never stored is never counted (an attacker would fill
+            // the table first, then guess freely). LRU always admits the newest key.
+            counters: Cache::builder()
+                .max_capacity(capacity)
+                .eviction_policy(EvictionPolicy::lru())
+                .time_to_idle(
+                    (local_quota.replenish_interval() * local_quota.burst_size().get())
+                        .max(refill)
+                        .max(Duration::from_secs(1)),
+                )
+                .build(),
+            blocked: Cache::builder()
+                .max_capacity(capacity)
+                .eviction_policy(EvictionPolicy::lru())
+                .time_to_live(Duration::from_secs(3600))
+                .build(),
+        };
+        let shared = shared.map(|(name, shared)| {
+            let blocks = local.clone();
+            shared.register(
+                name,
+                Arc::new(move |text: &str, until_ms: u64| {
+                    if let Some(key) = K::parse(text) {
+                        let now = u64::try_from(crate::clock::now_millis()).unwrap_or(0);
+                        blocks.block(key, Duration::from_millis(until_ms.saturating_sub(now)));
+                    }
+                }),
+            );
+            SharedFailures {
+                name,
+                shared,
+                interval_ms: u64::try_from(quota.replenish_interval().as_millis())
+                    .unwrap_or(u64::MAX)
+                    .max(1),
+                burst: quota.burst_size().get(),
+                in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_SHARED_IN_FLIGHT)),
+            }
+        });
+        FailureLimiter { local, shared }
+    }
+
+    /// 429 while `key` is blocked.
+    pub fn check(&self, key: &K) -> Result<(), Refusal> {
+        match self.local.blocked.get(key) {
+            Some(until) if until > Instant::now() => Err(Refusal::RateLimited {
+                retry_after_secs: (until - Instant::now()).as_secs().max(1),
+            }),
+            Some(_) => {
+                self.local.blocked.invalidate(key);
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Counts a failure; returns true when `key` is now blocked. Shared through Redis, the
+    /// count is made in the background (the block reaches every instance within a round
+    /// trip) and this returns false.
+    pub fn fail(&self, key: &K) -> bool {
+        if let Some(s) = self.shared.as_ref().filter(|s| s.shared.is_up()) {
+            let handle = tokio::runtime::Handle::try_current();
+            let permit = s.in_flight.clone().try_acquire_owned();
+            if let (Ok(handle), Ok(permit)) = (handle, permit) {
+                let (shared, name, local) = (s.shared.clone(), s.name, self.local.clone());
+                let (interval_ms, burst, key) = (s.interval_ms, s.burst, key.clone());
+                handle.spawn(async move {
+                    let _permit = permit;
+                    match shared
+                        .count_failure(name, &key.text(), interval_ms, burst)
+                        .await
+                    {
+                        Some(0) => {}
+                        Some(wait) => local.block(key, Duration::from_millis(wait)),
+                        None => {
+                            local.fail(&key);
+                        }
+                    }
+                });
+                return false;
+            }
+        }
+        self.local.fail(key)
+    }
+
+    /// Counts a failure and waits for the count (shared through Redis, the round trip);
+    /// returns true when `key` is now blocked.
+    pub async fn fail_now(&self, key: &K) -> bool {
+        if let Some(s) = self.shared.as_ref().filter(|s| s.shared.is_up()) {
+            match s
+                .shared
+                .count_failure(s.name, &key.text(), s.interval_ms, s.burst)
+                .await
+            {
+                Some(0) => return false,
+                Some(wait) => {
+                    self.local.block(key.clone(), Duration::from_millis(wait));
+                    return true;
+                }
+                None => {}
+            }
+        }
+        self.local.fail(key)
+    }
 
     /// Keys held (counters and blocks), for the metrics; settles pending evictions first.
     pub fn entries(&self) -> u64 {
-        self.counters.run_pending_tasks();
-        self.blocked.run_pending_tasks();
-        self.counters.entry_count() + self.blocked.entry_count()
+        self.local.counters.run_pending_tasks();
+        self.local.blocked.run_pending_tasks();
+        self.local.counters.entry_count() + self.local.blocked.entry_count()
     }
 }
 
@@ -135,12 +309,22 @@ impl AddressGate {
         failures_per_minute: u32,
         forbidden_per_minute: u32,
         capacity: u64,
+        shared: Option<Arc<Shared>>,
         metrics: Arc<Metrics>,
     ) -> AddressGate {
         let per_minute = |n: u32| Quota::per_minute(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN));
+        let share = |name: &'static str| shared.clone().map(|s| (name, s));
         AddressGate {
-            failures: FailureLimiter::new(per_minute(failures_per_minute), capacity),
-            forbidden: FailureLimiter::new(per_minute(forbidden_per_minute), capacity),
+            failures: FailureLimiter::with_shared(
+                per_minute(failures_per_minute),
+                capacity,
+                share("address-failures"),
+            ),
+            forbidden: FailureLimiter::with_shared(
+                per_minute(forbidden_per_minute),
+                capacity,
+                share("address-forbidden"),
+            ),
             metrics,
         }
     }

@@ -20,11 +20,14 @@
 //! rule that matches a request decides its limit and gives it a counter of its own.
 //!
 //!
-//! `failures.rs` holds the failure limiters (per address, per account) both planes use.
+//! `failures.rs` holds the failure limiters (per address, per account) both planes use;
+//! `shared.rs` shares the windows and the failure limiters of several instances through Redis.
 //!
-//! May import: `principal`, `refusal`, `telemetry`, `model`. Never `identity` or `policy`.
+//! May import: `principal`, `refusal`, `telemetry`, `model`, `clock`, `background`. Never
+//! `identity` or `policy`.
 
 pub mod failures;
+pub mod shared;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -34,6 +37,7 @@ use moka::sync::Cache;
 use crate::principal::{Principal, PrincipalKind};
 use crate::refusal::Refusal;
 use crate::telemetry::Metrics;
+use shared::{Shared, SharedConfig, WindowCall};
 
 /// `requests` per `window`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +92,8 @@ pub struct RateLimitConfig {
     /// `None`: no per-principal limit.
     pub default: Option<Limit>,
     pub rules: Vec<Rule>,
+    /// `backend = "redis"`: limits shared by every instance.
+    pub shared: Option<SharedConfig>,
 }
 
 impl Default for RateLimitConfig {
@@ -98,6 +104,7 @@ impl Default for RateLimitConfig {
                 window: Duration::from_secs(60),
             }),
             rules: Vec::new(),
+            shared: None,
         }
     }
 }
@@ -138,6 +145,25 @@ impl Standing {
             ),
         ]
     }
+}
+
+/// One principal under one rule: its window on this instance, and its lease of a shared one.
+#[derive(Debug, Default)]
+struct Slot {
+    /// Counted here (without Redis, or while Redis is unreachable).
+    local: Window,
+    lease: Lease,
+}
+
+/// Where this instance stands on a window shared through Redis.
+#[derive(Debug, Default)]
+struct Lease {
+    /// The window of the last round trip (ms since the epoch).
+    start: u64,
+    /// The sliding count Redis answered then.
+    known: u64,
+    /// Requests admitted here since, not yet added in Redis.
+    pending: u64,
 }
 
 /// The counts of one principal under one rule.
@@ -207,7 +233,9 @@ pub struct RateLimiter {
     /// Per principal, one counter per rule and a last one for the default; looked up by the
     /// principal's id without allocating. Idle principals are dropped after two of the longest
     /// windows.
-    windows: Cache<String, Arc<[Mutex<Window>]>>,
+    windows: Cache<String, Arc<[Mutex<Slot>]>>,
+    /// Redis, with `backend = "redis"`.
+    shared: Option<Arc<Shared>>,
     metrics: Arc<Metrics>,
 }
 
@@ -233,8 +261,15 @@ impl RateLimiter {
                 .max_capacity(1_000_000)
                 .time_to_idle(longest * 2 + Duration::from_secs(1))
                 .build(),
+            shared: None,
             metrics,
         }
+    }
+
+    /// Shares the windows of every instance through `shared`.
+    pub fn with_shared(mut self, shared: Option<Arc<Shared>>) -> RateLimiter {
+        self.shared = shared;
+        self
     }
 
     /// The rule a request falls under: the first that matches, else the default.
@@ -258,19 +293,19 @@ impl RateLimiter {
 
     /// Counts one request of `principal` for `action`: its standing, or 429 with the wait.
     /// `Ok(None)` when no limit applies.
-    pub fn check(
+    pub async fn check(
         &self,
         principal: &Principal,
         action: &str,
     ) -> Result<Option<Standing>, (Refusal, Option<Standing>)> {
-        self.check_actions(principal, &[action])
+        self.check_actions(principal, &[action]).await
     }
 
     /// Counts one request that needs every one of `actions` (a GraphQL operation's fields):
     /// once against each distinct rule they fall under, so a rule on one action holds whatever
     /// else the request asks for, and the default is charged once. The standing returned is
     /// the tightest; the first rule over its limit refuses.
-    pub fn check_actions(
+    pub async fn check_actions(
         &self,
         principal: &Principal,
         actions: &[&str],
@@ -285,7 +320,7 @@ impl RateLimiter {
         }
         let mut tightest: Option<Standing> = None;
         for (rule, limit) in rules {
-            let standing = self.charge(principal, rule, limit)?;
+            let standing = self.charge(principal, rule, limit).await?;
             if tightest
                 .as_ref()
                 .is_none_or(|t| standing.remaining < t.remaining)
@@ -296,31 +331,48 @@ impl RateLimiter {
         Ok(tightest)
     }
 
-    fn charge(
+    async fn charge(
         &self,
         principal: &Principal,
         rule: usize,
         limit: Limit,
     ) -> Result<Standing, (Refusal, Option<Standing>)> {
-        let slots = self
-            .windows
-            .get_with_by_ref(principal_subject(principal), || {
-                (0..self.policies.len())
-                    .map(|_| Mutex::new(Window::default()))
-                    .collect()
-            });
+        let subject = principal_subject(principal);
+        let slots = self.windows.get_with_by_ref(subject, || {
+            (0..self.policies.len())
+                .map(|_| Mutex::new(Slot::default()))
+                .collect()
+        });
         let now = u64::try_from(crate::clock::now_millis()).unwrap_or(0);
         let window_ms = limit.window.as_millis() as u64;
-        let result = slots[rule].lock().unwrap_or_else(|e| e.into_inner()).check(
-            u64::from(limit.requests),
-            window_ms,
-            now,
-        );
+        let mut requests = u64::from(limit.requests);
+        let mut result = None;
+        if let Some(shared) = &self.shared {
+            if shared.is_up() {
+                result = self
+                    .charge_shared(
+                        shared,
+                        &slots[rule],
+                        subject,
+                        rule,
+                        requests,
+                        window_ms,
+                        now,
+                    )
+                    .await;
+            }
+            if result.is_none() {
+                // Redis is unreachable: this instance's share of the limit.
+                requests = requests.div_ceil(u64::from(shared.instances)).max(1);
+            }
+        }
+        let result =
+            result.unwrap_or_else(|| lock(&slots[rule]).local.check(requests, window_ms, now));
         let policy = self.policies[rule].clone();
         let reset_ms = now - now % window_ms + window_ms;
         let mut standing = Standing {
             policy,
-            limit: limit.requests,
+            limit: requests as u32,
             remaining: 0,
             window_secs: window_ms / 1000,
             reset_at: reset_ms / 1000,
@@ -328,7 +380,7 @@ impl RateLimiter {
         };
         match result {
             Ok(remaining) => {
-                standing.remaining = remaining.min(u64::from(limit.requests)) as u32;
+                standing.remaining = remaining.min(requests) as u32;
                 Ok(standing)
             }
             Err(wait_ms) => {
@@ -341,6 +393,75 @@ impl RateLimiter {
             }
         }
     }
+
+    /// Counts a request in the window Redis holds: on this instance's own while far from the
+    /// limit (`shared.rs` says how far, and what that trades), else by a round trip. `None`
+    /// when Redis did not answer.
+    #[allow(clippy::too_many_arguments)]
+    async fn charge_shared(
+        &self,
+        shared: &Shared,
+        slot: &Mutex<Slot>,
+        subject: &str,
+        rule: usize,
+        limit: u64,
+        window_ms: u64,
+        now: u64,
+    ) -> Option<Result<u64, u64>> {
+        let instances = u64::from(shared.instances);
+        let batch = limit / (40 * instances);
+        let start = now - now % window_ms;
+        let elapsed = now - start;
+        let (pending_start, pending) = {
+            let mut s = lock(slot);
+            let lease = &mut s.lease;
+            if batch > 0
+                && lease.start == start
+                && lease.pending < batch
+                && limit.saturating_sub(lease.known + lease.pending) > 2 * instances * batch
+            {
+                lease.pending += 1;
+                return Some(Ok(limit - lease.known - lease.pending));
+            }
+            (lease.start, std::mem::take(&mut lease.pending))
+        };
+        let base = format!("{}:rl:{}:{subject}", shared.prefix, self.policies[rule]);
+        let current_key = format!("{base}:{start}");
+        let previous_key = format!("{base}:{}", start.saturating_sub(window_ms));
+        let pending_key = format!("{base}:{pending_start}");
+        let (admitted, previous, current) = shared
+            .count_in_window(WindowCall {
+                current_key: &current_key,
+                previous_key: &previous_key,
+                pending_key: &pending_key,
+                limit,
+                window_ms,
+                elapsed_ms: elapsed,
+                pending,
+                want: true,
+            })
+            .await?;
+        let counted = Window {
+            start,
+            current,
+            previous,
+        };
+        let used = counted.weighted_previous(window_ms, elapsed) + current;
+        {
+            let mut s = lock(slot);
+            s.lease.start = start;
+            s.lease.known = used;
+        }
+        Some(if admitted {
+            Ok(limit.saturating_sub(used))
+        } else {
+            Err(counted.wait_ms(limit, window_ms, elapsed))
+        })
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Whose counters a request uses: the key or token, or for a login the user. Key, token and
@@ -463,8 +584,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_request_needing_several_actions_is_charged_once_per_rule() {
+    #[tokio::test]
+    async fn a_request_needing_several_actions_is_charged_once_per_rule() {
         let limit = |n| Limit {
             requests: n,
             window: Duration::from_secs(60),
@@ -480,6 +601,7 @@ mod tests {
                     },
                     limit: limit(2),
                 }],
+                shared: None,
             },
             Arc::new(Metrics::new()),
         );
@@ -487,27 +609,31 @@ mod tests {
         // Three actions under the default: one unit of it.
         let s = limiter
             .check_actions(&p, &["readFile", "listFolder", "browse"])
+            .await
             .unwrap()
             .unwrap();
         assert_eq!((s.limit, s.remaining), (10, 9));
         // A delete among them is charged to its own rule too, and shows as the tightest.
         let s = limiter
             .check_actions(&p, &["readFile", "deleteFile"])
+            .await
             .unwrap()
             .unwrap();
         assert_eq!((s.limit, s.remaining), (2, 1));
         limiter
             .check_actions(&p, &["deleteFile", "readFile"])
+            .await
             .unwrap();
         let (refusal, standing) = limiter
             .check_actions(&p, &["readFile", "deleteFile"])
+            .await
             .unwrap_err();
         assert!(matches!(refusal, Refusal::RateLimited { .. }));
         assert_eq!(standing.unwrap().limit, 2);
     }
 
-    #[test]
-    fn the_first_matching_rule_applies_and_every_field_must_match() {
+    #[tokio::test]
+    async fn the_first_matching_rule_applies_and_every_field_must_match() {
         let limit = |n| Limit {
             requests: n,
             window: Duration::from_secs(60),
@@ -546,6 +672,7 @@ mod tests {
                     3,
                 ),
             ],
+            shared: None,
         };
         let limiter = RateLimiter::new(config, Arc::new(Metrics::new()));
         let vip = principal("k1", "acme", &["read"]);
@@ -558,20 +685,21 @@ mod tests {
         assert_eq!(rule_of(&elsewhere, "writeFile"), Some(1000));
         // Rules count on their own: the readers' 3 do not use up the default.
         for _ in 0..3 {
-            limiter.check(&reader, "readFile").unwrap();
+            limiter.check(&reader, "readFile").await.unwrap();
         }
-        assert!(limiter.check(&reader, "readFile").is_err());
-        let s = limiter.check(&reader, "writeFile").unwrap().unwrap();
+        assert!(limiter.check(&reader, "readFile").await.is_err());
+        let s = limiter.check(&reader, "writeFile").await.unwrap().unwrap();
         assert_eq!((&*s.policy, s.remaining), ("acme-uploads", 9));
         // No default, no rule: no limit and no headers.
         let off = RateLimiter::new(
             RateLimitConfig {
                 default: None,
                 rules: Vec::new(),
+                shared: None,
             },
             Arc::new(Metrics::new()),
         );
-        assert_eq!(off.check(&reader, "readFile"), Ok(None));
+        assert_eq!(off.check(&reader, "readFile").await, Ok(None));
     }
 
     #[test]

@@ -208,6 +208,13 @@ pub async fn start_with_store(
     let metrics = Arc::new(Metrics::new());
     let usage = Arc::new(UsageRecorder::default());
     let pepper = load_pepper(config)?;
+    let shared_limits = match &config.rate_limit.shared {
+        Some(shared) => Some(
+            crate::ratelimit::shared::Shared::new(shared, metrics.clone())
+                .map_err(anyhow::Error::msg)?,
+        ),
+        None => None,
+    };
     let tokens = Arc::new(
         Tokens::open(store.clone(), &pepper, config.tokens.clone())
             .await
@@ -226,6 +233,7 @@ pub async fn start_with_store(
             failures_per_minute: config.auth_failures_per_minute,
             forbidden_per_minute: config.auth_forbidden_per_minute,
             limiter_capacity: config.auth_limiter_capacity,
+            shared_limits: shared_limits.clone(),
         },
         Some(tokens.clone()),
         usage.clone(),
@@ -355,6 +363,9 @@ pub async fn start_with_store(
         config.keys.change_poll_interval,
     ));
     tasks.spawn(changes.clone().run(shutdown_rx.clone()));
+    if let Some(shared) = &shared_limits {
+        tasks.spawn(shared.clone().run(shutdown_rx.clone()));
+    }
     // Holders of scopes the running set no longer defines are named at start and after every
     // reload (KeyManager::check_inert_scopes says why such a reload is not refused).
     let report_inert = {
@@ -432,6 +443,7 @@ pub async fn start_with_store(
         routes: config.routes.clone(),
         policy: policy.clone(),
         changes: changes.clone(),
+        shared_limits: shared_limits.clone(),
         metrics_access: match (
             config.server.metrics_listen,
             config.server.metrics_operator_only,
@@ -505,7 +517,8 @@ pub async fn start_with_store(
         limits: RateLimiter::new(
             scope_names_in(config.rate_limit.clone(), &policy),
             metrics.clone(),
-        ),
+        )
+        .with_shared(shared_limits),
         policy,
         upstream,
         audit: audit.clone(),
