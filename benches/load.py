@@ -197,13 +197,16 @@ class Bench:
         self.kg_cli("members", "add", "--workspace", "bench", "--user", "ada@example.com",
                     "--role", "admin")
         self.kg_cli("providers", "add", "local", "--workspace", "bench")
-        key = lambda *a: json.loads(self.kg_cli("keys", "create", "--owner", "ada@example.com",
-                                                "--json", *a))["key"]
+        made = lambda *a: json.loads(self.kg_cli("keys", "create", "--owner", "ada@example.com",
+                                                 "--json", *a))
+        key = lambda *a: made(*a)["key"]
         self.key = key("--name", "bench", "--scope", "write")
         self.deny_key = key("--name", "confined", "--scope", "read", "--provider",
                             "local:/backups")
+        limited = made("--name", "limited", "--scope", "read")
+        self.limited_key, self.limited_id = limited["key"], limited["id"]
 
-    def write_kg_config(self, cache_ttl):
+    def write_kg_config(self, cache_ttl, rate_limit=""):
         with open(self.kg_config, "w") as f:
             f.write(f"""
 [server]
@@ -224,6 +227,7 @@ dir = "{self.work}/policies"
 # not their effect (see docs/benchmarks.md).
 [rate_limit]
 default = "1000000000/min"
+{rate_limit}
 [auth]
 failures_per_minute = 1000000000
 forbidden_per_minute = 1000000000
@@ -524,6 +528,50 @@ http {{
         kg.stop()
         self.backend.stop()
 
+    def run_redis_only(self):
+        """`ONLY=redis`: what sharing the limits through Redis costs a request, against limits
+        kept in the instance, alternating within each round: a small GET far from its limit
+        (Redis's fast path) and requests over their limit (429: a round trip each)."""
+        self.start_backend()
+        self.setup_keygate()
+        url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379")
+        prefix = f"kgbench-{os.getpid()}"
+        limited = (f'[[rate_limit.rule]]\nname = "limited"\nkey = "{self.limited_id}"\n'
+                   f'limit = "1/min"\n')
+        modes = {"local": limited,
+                 "redis": (f'backend = "redis"\nredis_url = "{url}"\ninstances = 3\n'
+                           f'redis_prefix = "{prefix}"\n{limited}')}
+        small = "/v1/files/local/small.txt"
+        for rnd in range(1, self.args.rounds + 1):
+            for mode, text in modes.items():
+                self.write_kg_config(cache_ttl="5m", rate_limit=text)
+                kg = self.start_keygate()
+                base = f"http://127.0.0.1:{kg.port}"
+                key = [f"X-API-Key: {self.key}"]
+                wrk(self.args, base + small, headers=key, seconds=1)
+                self.record("limits, allowed", mode, rnd,
+                            measure(self.args, kg, base + small, headers=key))
+                self.record("limits, over the limit (429)", mode, rnd,
+                            measure(self.args, kg, base + small,
+                                    headers=[f"X-API-Key: {self.limited_key}"]))
+                kg.stop()
+        self.backend.stop()
+
+    def redis_lines(self):
+        lines = []
+        for s in ["limits, allowed", "limits, over the limit (429)"]:
+            lines += [f"### {s}", "",
+                      "| limits | requests/s | p50 µs | p99 µs | server CPU µs/request |",
+                      "| --- | ---: | ---: | ---: | ---: |"]
+            for t in ["local", "redis"]:
+                v = lambda f: self.med(s, t, f)
+                lines.append(f"| {t} | {v('rps'):,.0f} | {v('p50'):,.0f} | {v('p99'):,.0f} "
+                             f"| {v('cpu_us'):,.1f} |")
+            r = lambda f: self.med(s, "redis", f) / self.med(s, "local", f)
+            lines += ["", f"redis / local: throughput **{r('rps'):.2f}** ×, CPU per request "
+                          f"**{r('cpu_us'):.2f}** ×, p50 **{r('p50'):.2f}** ×.", ""]
+        return lines
+
     def shadow_lines(self):
         s = "cold decisions, shadow"
         k = lambda f: self.med(s, "keygate", f)
@@ -665,13 +713,15 @@ def main():
     args.upload_mib = int(env.get("UPLOAD_MIB", 256 if quick else 1024))
     out = env.get("OUT", "docs/benchmarks.md")
     bench = Bench(args)
-    if env.get("ONLY") == "shadow":
+    only = {"shadow": (bench.run_shadow_only, bench.shadow_lines),
+            "redis": (bench.run_redis_only, bench.redis_lines)}.get(env.get("ONLY"))
+    if only:
         try:
-            bench.run_shadow_only()
+            only[0]()
         finally:
             if bench.backend and bench.backend.proc.poll() is None:
                 bench.backend.stop()
-        print("\n".join(bench.shadow_lines()))
+        print("\n".join(only[1]()))
         shutil.rmtree(bench.work, ignore_errors=True)
         return
     try:

@@ -9,7 +9,8 @@
 # Settings (environment): ROUNDS (3), SECONDS_PER_RUN (8), CONNECTIONS (32), SERVER_CPU (0),
 # LOAD_CPU (1), QUICK=1 (one round of 3 s per run, for trying the harness), OUT
 # (docs/benchmarks.md), ONLY=shadow (only the cold decisions with and without shadow policies,
-# printed rather than written to OUT).
+# printed rather than written to OUT), ONLY=redis (limits shared through Redis against limits
+# kept in the instance, printed; REDIS_URL, default redis://127.0.0.1:6379).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

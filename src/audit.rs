@@ -91,6 +91,9 @@ pub struct AuditEvent {
     /// SHA-256 of the policy set that decided.
     pub policy_set: String,
     pub policy_epoch: u64,
+    /// The published version of that set (`[policies] source = "database"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy_version: Option<i64>,
     /// When the shadow policies would have decided otherwise: their decision, the shadow
     /// policy held responsible and their determining policies. Such an event is always
     /// written, whatever the sampling of allows.
@@ -248,6 +251,7 @@ mod tests {
             policies: vec!["p1".into()],
             policy_set: "abc".into(),
             policy_epoch: 1,
+            policy_version: None,
             shadow: None,
             status: 403,
             latency_ms: 0.1,

@@ -77,6 +77,34 @@ pub enum PolicyCmd {
     },
     /// Run the scenario files in DIR/tests; exits non-zero on any mismatch.
     Test { dir: Option<PathBuf> },
+    /// Validate a policy folder (schema, the route table's actions, its scenarios) and publish
+    /// it to the database as a new version: every instance with [policies] source = "database"
+    /// runs it within a second.
+    Publish {
+        /// The policy folder (default: the config's [policies] dir).
+        dir: Option<PathBuf>,
+        /// Why, for the history.
+        #[arg(long)]
+        note: Option<String>,
+        /// Who publishes, for the history (default: $USER).
+        #[arg(long)]
+        by: Option<String>,
+    },
+    /// The published versions, newest first.
+    History {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Publish an earlier version's files again, as a new version.
+    Rollback {
+        /// The version whose files to publish again.
+        #[arg(value_name = "VERSION")]
+        to: i64,
+        #[arg(long)]
+        note: Option<String>,
+        #[arg(long)]
+        by: Option<String>,
+    },
     /// The decision a real request would get, the policies that decided it, and why.
     Explain {
         /// As this API key (its id).

@@ -184,7 +184,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let config = load_config(cli.config.as_deref(), db_override)?;
             runtime(1)?.block_on(async {
                 let store = match cmd {
-                    keygate::cli::PolicyCmd::Explain { .. } => {
+                    keygate::cli::PolicyCmd::Explain { .. }
+                    | keygate::cli::PolicyCmd::Publish { .. }
+                    | keygate::cli::PolicyCmd::History { .. }
+                    | keygate::cli::PolicyCmd::Rollback { .. } => {
                         Some(Store::open(&config.database.url, 2).await?)
                     }
                     _ => None,

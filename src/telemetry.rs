@@ -90,6 +90,10 @@ pub struct Metrics {
     pub change_feed_listening: IntGaugeVec,
     /// When the newest change this instance applied was written (unix seconds).
     pub change_newest_applied: prometheus::Gauge,
+    /// 1, labelled with the running policy set's hash (its first 16 hex digits).
+    pub policy_info: IntGaugeVec,
+    /// The published policy version running; 0 when the policies come from a folder.
+    pub policy_version: IntGauge,
     /// 1 while limits are shared through Redis; 0 while this instance limits on its own.
     /// (Only with `backend = "redis"`, labelled so: no series without it.)
     pub rate_limit_backend_up: IntGaugeVec,
@@ -315,6 +319,21 @@ impl Metrics {
             &["mechanism"],
         )
         .expect("valid metric");
+        let policy_info = IntGaugeVec::new(
+            Opts::new(
+                "policy_info",
+                "1, labelled with the running policy set's hash (first 16 hex digits): instances \
+                 running different sets show different hashes.",
+            ),
+            &["hash"],
+        )
+        .expect("valid metric");
+        let policy_version = IntGauge::new(
+            "policy_version",
+            "The published policy version running ([policies] source = \"database\"); 0 when the \
+             policies come from a folder.",
+        )
+        .expect("valid metric");
         let rate_limit_backend_up = IntGaugeVec::new(
             Opts::new(
                 "rate_limit_backend_up",
@@ -368,6 +387,8 @@ impl Metrics {
             Box::new(change_feed_listening.clone()),
             Box::new(change_newest_applied.clone()),
             Box::new(rate_limit_backend_up.clone()),
+            Box::new(policy_info.clone()),
+            Box::new(policy_version.clone()),
             Box::new(rate_limit_backend_errors.clone()),
             Box::new(build_info),
         ] {
@@ -442,6 +463,8 @@ impl Metrics {
             change_newest_applied,
             rate_limit_backend_up,
             rate_limit_backend_errors,
+            policy_info,
+            policy_version,
             tls_reloads,
             tls_certificate_expiry,
             tls_handshake_failures,

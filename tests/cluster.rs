@@ -81,19 +81,20 @@ async fn cluster_status(kg: &Keygate) -> Value {
 
 /// Three instances on one database, with `config`; the first holds the fixture.
 async fn three_with(rec: &Recorder, config: &str) -> Option<(Keygate, Keygate, Keygate)> {
-    let db = TestDb::postgres().await?;
+    Some(three_on(rec, config, TestDb::postgres().await?).await)
+}
+
+async fn three_on(rec: &Recorder, config: &str, db: TestDb) -> (Keygate, Keygate, Keygate) {
     let upstream = [rec.addr];
     let config = config.to_owned();
-    Some(
-        tokio::task::spawn_blocking(move || {
-            let a = Keygate::start_with_db(&upstream, &config, db);
-            let b = a.another(&upstream, &config, a.db.share());
-            let c = a.another(&upstream, &config, a.db.share());
-            (a, b, c)
-        })
-        .await
-        .unwrap(),
-    )
+    tokio::task::spawn_blocking(move || {
+        let a = Keygate::start_with_db(&upstream, &config, db);
+        let b = a.another(&upstream, &config, a.db.share());
+        let c = a.another(&upstream, &config, a.db.share());
+        (a, b, c)
+    })
+    .await
+    .unwrap()
 }
 
 async fn three(rec: &Recorder) -> Option<(Keygate, Keygate, Keygate)> {
@@ -603,4 +604,200 @@ async fn failure_throttles_shared_through_redis_count_every_instance() {
         login(all[5 % 3]).await.unwrap().status(),
         StatusCode::TOO_MANY_REQUESTS
     );
+}
+
+async fn policy_status(kg: &Keygate) -> Value {
+    kg.operator()
+        .get(kg.control_url("/v1/admin/policy"))
+        .expect(StatusCode::OK)
+        .await["data"]
+        .clone()
+}
+
+/// Waits until every instance runs `version`; the milliseconds it took.
+async fn until_version(all: &[&Keygate], version: i64) -> f64 {
+    let start = Instant::now();
+    for kg in all {
+        while policy_status(kg).await["version"] != version {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "{} never ran version {version}: {}",
+                kg.data,
+                policy_status(kg).await
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    start.elapsed().as_secs_f64() * 1000.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_published_policy_version_runs_on_every_instance_and_a_rollback_brings_back_the_last() {
+    let rec = Recorder::start().await;
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let url = db.url();
+    let shipped = shipped_policies();
+    let shipped = shipped.to_str().unwrap();
+    // Nothing published yet: an instance refuses to start rather than guess.
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("keygate.toml");
+    std::fs::write(&config_path, "[policies]\nsource = \"database\"\n").unwrap();
+    let mut serve = std::process::Command::new(bin("keygate"))
+        .args([
+            "--config",
+            config_path.to_str().unwrap(),
+            "--database-url",
+            &url,
+        ])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--control-listen",
+            "127.0.0.1:0",
+        ])
+        .env("KEYGATE_KEYS_PEPPER", TEST_PEPPER)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = serve.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = serve.kill();
+            panic!("keygate served with no policy version published");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut serve.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success());
+    assert!(err.contains("no policy version was published"), "{err}");
+    let out = cli_ok(
+        &url,
+        &[
+            "policy", "publish", shipped, "--by", "ada", "--note", "first",
+        ],
+        None,
+    );
+    assert!(out.contains("published version 1"), "{out}");
+
+    let config = format!("{CONFIG}[policies]\nsource = \"database\"\n");
+    let (a, b, c) = three_on(&rec, &config, db).await;
+    let all = [&a, &b, &c];
+    until_version(&all, 1).await;
+    let frozen = "/v1/files/local/frozen/a.txt";
+    for kg in all {
+        client_with_key(&kg.key)
+            .get(kg.url(frozen))
+            .expect(StatusCode::OK)
+            .await;
+    }
+
+    // A change that breaks the shipped scenarios is not published.
+    let changed = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(shipped_policies()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            let to = changed.path().join(path.file_name().unwrap());
+            std::fs::create_dir(&to).unwrap();
+            for f in std::fs::read_dir(&path).unwrap() {
+                let f = f.unwrap().path();
+                std::fs::copy(&f, to.join(f.file_name().unwrap())).unwrap();
+            }
+        } else {
+            std::fs::copy(&path, changed.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let changed_dir = changed.path().to_str().unwrap();
+    std::fs::write(
+        changed.path().join("freeze.cedar"),
+        "@id(\"no-reads-anywhere\")\nforbid (principal, action == Keygate::Action::\"readFile\", resource);\n",
+    )
+    .unwrap();
+    let (ok, out, err) = cli(&url, &["policy", "publish", changed_dir], None);
+    assert!(!ok, "{out}");
+    assert!(err.contains("did not get the expected decision"), "{err}");
+    // One that passes them is, and every instance runs it at once.
+    std::fs::write(
+        changed.path().join("freeze.cedar"),
+        "@id(\"frozen-folder\")\nforbid (principal, action, resource in Keygate::Path::\"local:/frozen\");\n",
+    )
+    .unwrap();
+    let out = cli_ok(
+        &url,
+        &["policy", "publish", changed_dir, "--note", "freeze"],
+        None,
+    );
+    assert!(out.contains("published version 2"), "{out}");
+    let converged = until_version(&all, 2).await;
+    eprintln!("version 2 ran on all three instances {converged:.0} ms after it was published");
+    let hashes: Vec<Value> = futures_util::future::join_all(all.map(policy_status))
+        .await
+        .into_iter()
+        .map(|s| s["hash"].clone())
+        .collect();
+    assert!(hashes.iter().all(|h| *h == hashes[0]), "{hashes:?}");
+    for kg in all {
+        client_with_key(&kg.key)
+            .get(kg.url(frozen))
+            .expect(StatusCode::FORBIDDEN)
+            .await;
+        assert_eq!(metric(&kg.metrics().await, "keygate_policy_version"), 2.0);
+    }
+    let audit = a
+        .audit_until(|lines| lines.iter().any(|e| e["decision"] == "deny"))
+        .await;
+    let denied = audit
+        .iter()
+        .rev()
+        .find(|e| e["decision"] == "deny")
+        .unwrap();
+    assert_eq!(denied["policyVersion"], 2, "{denied}");
+
+    // Back to version 1's files, as version 3.
+    let out = cli_ok(
+        &url,
+        &["policy", "rollback", "1", "--note", "unfreeze"],
+        None,
+    );
+    assert!(out.contains("published version 3"), "{out}");
+    until_version(&all, 3).await;
+    for kg in all {
+        client_with_key(&kg.key)
+            .get(kg.url(frozen))
+            .expect(StatusCode::OK)
+            .await;
+        assert_eq!(
+            policy_status(kg).await["hash"],
+            policy_status(&a).await["hash"]
+        );
+    }
+    let history: Value =
+        serde_json::from_str(&cli_ok(&url, &["policy", "history", "--json"], None)).unwrap();
+    let summary: Vec<(i64, Option<i64>, String)> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["version"].as_i64().unwrap(),
+                v["rollbackOf"].as_i64(),
+                v["note"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (3, Some(1), "unfreeze".to_owned()),
+            (2, None, "freeze".to_owned()),
+            (1, None, "first".to_owned())
+        ]
+    );
+    assert_eq!(history[2]["publishedBy"], "ada");
 }

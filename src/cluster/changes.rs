@@ -64,6 +64,8 @@ pub struct ChangeFeed {
     status: Mutex<FeedStatus>,
     /// Wakes the reader for a catch-up (the listener has just connected).
     catch_up: tokio::sync::Notify,
+    /// One policy install at a time; the last version refused (not tried again).
+    policy_turn: tokio::sync::Mutex<Option<i64>>,
 }
 
 impl ChangeFeed {
@@ -96,6 +98,7 @@ impl ChangeFeed {
                 ..FeedStatus::default()
             }),
             catch_up: tokio::sync::Notify::new(),
+            policy_turn: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -168,10 +171,57 @@ impl ChangeFeed {
     }
 
     /// What every poll does besides credentials: the providers (a small table), the signing
-    /// keys and external issuers' key sets when due.
+    /// keys and external issuers' key sets when due, and a newer published policy version.
     async fn refresh_the_rest(&self) {
         self.reload_providers().await;
         self.tokens.refresh().await;
+        self.follow_policy().await;
+    }
+
+    /// With published policies, installs the newest version when it is not the one running
+    /// (newer, or older after someone deleted rows: the database is the truth). An invalid
+    /// version is refused and the last good one keeps running (`/v1/admin/policy` says why).
+    pub async fn follow_policy(&self) {
+        if !self.policy.is_published() {
+            return;
+        }
+        let mut refused = self.policy_turn.lock().await;
+        let newest = match self.store.newest_policy_version().await {
+            Ok(Some(v)) => v,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the published policy versions");
+                return;
+            }
+        };
+        if self.policy.current().version == Some(newest) || *refused == Some(newest) {
+            return;
+        }
+        let published = match self.store.policy_version(newest).await {
+            Ok(Some(p)) => p,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, version = newest, "cannot read a published policy version");
+                return;
+            }
+        };
+        // Parsing and validating a set takes milliseconds of CPU: off the runtime's threads.
+        let policy = self.policy.clone();
+        let installed = tokio::task::spawn_blocking(move || {
+            policy.install(published.version, &published.files)
+        })
+        .await;
+        match installed {
+            Ok(Ok(epoch)) => {
+                tracing::info!(
+                    version = newest,
+                    epoch,
+                    "running the newest published policy version"
+                );
+            }
+            // The engine logged why; the version is not tried again until a newer one.
+            _ => *refused = Some(newest),
+        }
     }
 
     fn read_ok(&self, horizon: i64) {
@@ -309,6 +359,7 @@ impl ChangeFeed {
         match notice {
             Notice::Credential(change) => self.apply(&[change], "notice"),
             Notice::Providers => self.reload_providers().await,
+            Notice::Policy(_) => self.follow_policy().await,
             Notice::SigningKeys => {
                 if let Err(e) = self.tokens.reload_keys().await {
                     tracing::warn!(error = %e, "cannot reload the signing keys");

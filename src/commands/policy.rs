@@ -11,7 +11,8 @@ use crate::policy::{load_dir, PolicyEngine};
 use crate::store::Store;
 use crate::telemetry::Metrics;
 
-/// Runs a policy subcommand; `store` is needed by `explain` only.
+/// Runs a policy subcommand; `store` is needed by `explain`, `publish`, `history` and
+/// `rollback`.
 pub async fn run(config: &Config, cmd: PolicyCmd, store: Option<&Store>) -> anyhow::Result<()> {
     let dir_of =
         |d: &Option<std::path::PathBuf>| d.clone().unwrap_or_else(|| config.policy_dir.clone());
@@ -53,6 +54,19 @@ pub async fn run(config: &Config, cmd: PolicyCmd, store: Option<&Store>) -> anyh
             Ok(())
         }
         PolicyCmd::Fmt { dir, check } => fmt(&dir_of(&dir), check),
+        PolicyCmd::Publish { dir, note, by } => {
+            let store = store.context("publish needs the database")?;
+            let dir = dir_of(&dir);
+            publish(config, store, &dir, note.as_deref(), by.as_deref()).await
+        }
+        PolicyCmd::History { json } => {
+            let store = store.context("history needs the database")?;
+            history(store, json).await
+        }
+        PolicyCmd::Rollback { to, note, by } => {
+            let store = store.context("rollback needs the database")?;
+            rollback(config, store, to, note.as_deref(), by.as_deref()).await
+        }
         PolicyCmd::Diff {
             old,
             new,
@@ -83,6 +97,132 @@ pub async fn run(config: &Config, cmd: PolicyCmd, store: Option<&Store>) -> anyh
             .await
         }
     }
+}
+
+/// Who publishes: `--by`, else the user running the command.
+fn publisher(by: Option<&str>) -> String {
+    by.map(str::to_owned)
+        .or_else(|| std::env::var("USER").ok())
+        .filter(|b| !b.trim().is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// Refuses a set the instances would refuse: invalid, or lacking an action the route table or
+/// keygate itself asks about, or a scope a rate-limit rule names.
+fn check_servable(config: &Config, files: &[(String, String)]) -> anyhow::Result<String> {
+    let loaded = crate::policy::load_texts(files, 1).map_err(|e| anyhow::anyhow!("{e}"))?;
+    loaded.servable().map_err(anyhow::Error::msg)?;
+    let engine = PolicyEngine::load_published(0, files, Arc::new(Metrics::new()))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    crate::server::require_config(&engine, config)?;
+    Ok(loaded.hash)
+}
+
+async fn publish(
+    config: &Config,
+    store: &Store,
+    dir: &Path,
+    note: Option<&str>,
+    by: Option<&str>,
+) -> anyhow::Result<()> {
+    let files = crate::policy::read_dir_texts(dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let hash = check_servable(config, &files)
+        .with_context(|| format!("{} cannot be published", dir.display()))?;
+    let report = crate::policy::scenarios::run(dir, Some(&config.routes))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if report.files == 0 {
+        bail!(
+            "{} cannot be published: no scenario files in {} (a set is published with its tests)",
+            dir.display(),
+            dir.join("tests").display()
+        );
+    }
+    if !report.failures.is_empty() {
+        for f in &report.failures {
+            println!("FAIL {f}");
+        }
+        bail!(
+            "{} cannot be published: {} scenario request(s) did not get the expected decision",
+            dir.display(),
+            report.failures.len()
+        );
+    }
+    let version = store
+        .publish_policy(&crate::store::NewPolicyVersion {
+            hash: &hash,
+            files: &files,
+            published_by: &publisher(by),
+            note,
+            rollback_of: None,
+        })
+        .await?;
+    println!(
+        "published version {version} ({} file(s), hash {}; {} scenario request(s) passed)",
+        files.len(),
+        &hash[..16],
+        report.passed
+    );
+    Ok(())
+}
+
+async fn history(store: &Store, json: bool) -> anyhow::Result<()> {
+    let versions = store.policy_history(1000).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&versions)?);
+        return Ok(());
+    }
+    if versions.is_empty() {
+        println!("no policy version was published");
+    }
+    for v in &versions {
+        let rollback = v
+            .rollback_of
+            .map(|r| format!(" (rollback to {r})"))
+            .unwrap_or_default();
+        println!(
+            "{:>5}  {}  {}  by {}{}{}",
+            v.version,
+            crate::clock::format_time(v.published_at),
+            &v.hash[..16],
+            v.published_by,
+            rollback,
+            v.note
+                .as_deref()
+                .map(|n| format!(": {n}"))
+                .unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+async fn rollback(
+    config: &Config,
+    store: &Store,
+    version: i64,
+    note: Option<&str>,
+    by: Option<&str>,
+) -> anyhow::Result<()> {
+    let old = store
+        .policy_version(version)
+        .await?
+        .with_context(|| format!("no policy version {version} was published"))?;
+    // Checked again: the route table or the rate-limit rules may have changed since.
+    let hash = check_servable(config, &old.files)
+        .with_context(|| format!("version {version} cannot run with this config"))?;
+    let new = store
+        .publish_policy(&crate::store::NewPolicyVersion {
+            hash: &hash,
+            files: &old.files,
+            published_by: &publisher(by),
+            note,
+            rollback_of: Some(version),
+        })
+        .await?;
+    println!(
+        "published version {new}: the files of version {version} (hash {})",
+        &hash[..16]
+    );
+    Ok(())
 }
 
 /// A review found what it looks for (a widening, a lint finding): exit status 1, where any

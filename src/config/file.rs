@@ -164,6 +164,9 @@ pub struct PoliciesSection {
     pub dir: Option<String>,
     /// Reload when a file in the folder changes (default true).
     pub watch: Option<bool>,
+    /// `files` (the default: the folder above) or `database` (the newest version published
+    /// with `keygate policy publish`, the same on every instance).
+    pub source: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -69,6 +69,9 @@ pub struct Config {
     pub operator_token: Option<SecretSource>,
     /// The policy folder.
     pub policy_dir: PathBuf,
+    /// The running policies are the newest version published to the database (not the folder,
+    /// which `keygate policy publish` reads by default).
+    pub policy_published: bool,
     /// Reload on file changes.
     pub policy_watch: bool,
     pub rate_limit: crate::ratelimit::RateLimitConfig,
@@ -289,6 +292,18 @@ fn validate(file: FileConfig, overrides: &Overrides, problems: &mut Vec<Problem>
                 .unwrap_or_else(|| "policies".to_owned()),
         ),
         policy_watch: file.policies.watch.unwrap_or(true),
+        policy_published: match file.policies.source.as_deref() {
+            None | Some("files") => false,
+            Some("database") => true,
+            Some(other) => {
+                check::problem(
+                    problems,
+                    "[policies] source",
+                    format!("'{other}' is neither \"files\" nor \"database\""),
+                );
+                false
+            }
+        },
         keys,
         auth_failures_per_minute: file.auth.failures_per_minute.unwrap_or(20).max(1),
         auth_forbidden_per_minute: file.auth.forbidden_per_minute.unwrap_or(300).max(1),

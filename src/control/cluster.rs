@@ -33,6 +33,11 @@ async fn status(
             },
             "pollInterval": humantime::format_duration(st.changes.interval()).to_string(),
             "changes": st.changes.status(),
+            "policy": {
+                "version": st.policy.current().version,
+                "hash": st.policy.current().hash,
+                "epoch": st.policy.current().epoch,
+            },
         }),
     ))
 }

@@ -36,6 +36,11 @@ async fn reload(
     Caller(actor): Caller,
 ) -> Result<Response, ManageError> {
     st.keys.authorize_operation(&actor, "reloadPolicies")?;
+    if st.policy.is_published() {
+        // Published policies: load the newest version now rather than at the next poll.
+        st.changes.follow_policy().await;
+        return Ok(ok(StatusCode::OK, st.policy.status()));
+    }
     let engine = st.policy.clone();
     let result = tokio::task::spawn_blocking(move || engine.reload())
         .await

@@ -116,6 +116,8 @@ pub struct Loaded {
     pub hash: String,
     pub files: Vec<String>,
     pub loaded_at: i64,
+    /// The published version this set is (`[policies] source = "database"`).
+    pub version: Option<i64>,
     /// `@restriction` of each policy that has one.
     restriction: HashMap<String, String>,
     /// `@intent` of each policy.
@@ -246,7 +248,10 @@ pub struct PolicyStatus {
     pub epoch: u64,
     pub hash: String,
     pub files: Vec<String>,
+    /// The policy folder, or `database` when the policies are published there.
     pub dir: String,
+    /// The published version running (`[policies] source = "database"`).
+    pub version: Option<i64>,
     pub loaded_at: String,
     pub last_error: Option<String>,
     /// Every policy of the running set.
@@ -268,11 +273,28 @@ pub struct InertScopes {
     pub scopes: Vec<String>,
 }
 
+/// The running set in the metrics: its published version and its hash (the first 16 hex
+/// digits, as the only series of `policy_info`, so that a dashboard counts the sets instances
+/// run).
+fn note_running(metrics: &Metrics, previous: Option<&Loaded>, loaded: &Loaded) {
+    if let Some(previous) = previous {
+        let _ = metrics
+            .policy_info
+            .remove_label_values(&[&previous.hash[..16]]);
+    }
+    metrics
+        .policy_info
+        .with_label_values(&[&loaded.hash[..16]])
+        .set(1);
+    metrics.policy_version.set(loaded.version.unwrap_or(0));
+}
+
 /// Most inert credentials the status lists (and a warning names).
 pub const INERT_LISTED: usize = 20;
 
 pub struct PolicyEngine {
-    dir: PathBuf,
+    /// The policy folder; `None` when the policies are published to the database.
+    dir: Option<PathBuf>,
     current: ArcSwap<Loaded>,
     last_error: Mutex<Option<String>>,
     reload_lock: Mutex<()>,
@@ -539,6 +561,12 @@ impl Loaded {
 }
 
 pub fn load_dir(dir: &Path, epoch: u64) -> Result<Loaded, PolicyError> {
+    load_texts(&read_dir_texts(dir)?, epoch)
+}
+
+/// The files of a policy folder as (name, contents): its `.cedar` and `.cedarschema` files,
+/// then those of `shadow/` as `shadow/NAME`, each in name order.
+pub fn read_dir_texts(dir: &Path) -> Result<Vec<(String, String)>, PolicyError> {
     let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| PolicyError::Io(dir.display().to_string(), e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -574,7 +602,7 @@ pub fn load_dir(dir: &Path, epoch: u64) -> Result<Loaded, PolicyError> {
             files.push((format!("{SHADOW_DIR}/{name}"), text));
         }
     }
-    load_texts(&files, epoch)
+    Ok(files)
 }
 
 /// The subfolder of shadow policies: evaluated beside the enforced ones, never enforced.
@@ -841,6 +869,7 @@ pub fn load_texts(files: &[(String, String)], epoch: u64) -> Result<Loaded, Poli
         hash: crate::model::hex(&hasher.finalize()),
         files: files.iter().map(|(n, _)| n.clone()).collect(),
         loaded_at: crate::clock::now_millis(),
+        version: None,
         restriction,
         intent,
         required,
@@ -1563,11 +1592,30 @@ fn build_entities(
 impl PolicyEngine {
     /// Loads the folder; an invalid set is an error (keygate refuses to start on one).
     pub fn load(dir: &Path, metrics: Arc<Metrics>) -> Result<PolicyEngine, PolicyError> {
-        let loaded = load_dir(dir, 1)?;
+        PolicyEngine::with(Some(dir.to_path_buf()), load_dir(dir, 1)?, metrics)
+    }
+
+    /// Loads a version published to the database; an invalid set is an error.
+    pub fn load_published(
+        version: i64,
+        files: &[(String, String)],
+        metrics: Arc<Metrics>,
+    ) -> Result<PolicyEngine, PolicyError> {
+        let mut loaded = load_texts(files, 1)?;
+        loaded.version = Some(version);
+        PolicyEngine::with(None, loaded, metrics)
+    }
+
+    fn with(
+        dir: Option<PathBuf>,
+        loaded: Loaded,
+        metrics: Arc<Metrics>,
+    ) -> Result<PolicyEngine, PolicyError> {
         loaded.servable().map_err(PolicyError::Invalid)?;
         metrics.policy_epoch.set(1);
+        note_running(&metrics, None, &loaded);
         Ok(PolicyEngine {
-            dir: dir.to_path_buf(),
+            dir,
             current: ArcSwap::from_pointee(loaded),
             last_error: Mutex::new(None),
             reload_lock: Mutex::new(()),
@@ -1634,7 +1682,30 @@ impl PolicyEngine {
         }
     }
 
+    /// Whether the policies are published to the database (rather than read from a folder).
+    pub fn is_published(&self) -> bool {
+        self.dir.is_none()
+    }
+
+    /// Re-reads the folder. A set that fails keeps the last good one running. With published
+    /// policies there is no folder: the running version stays (`install` loads a new one).
     pub fn reload(&self) -> Result<u64, String> {
+        match self.dir.clone() {
+            Some(dir) => self.swap_in(None, |epoch| load_dir(&dir, epoch)),
+            None => Ok(self.current.load().epoch),
+        }
+    }
+
+    /// Installs a published version. A set that fails keeps the last good one running.
+    pub fn install(&self, version: i64, files: &[(String, String)]) -> Result<u64, String> {
+        self.swap_in(Some(version), |epoch| load_texts(files, epoch))
+    }
+
+    fn swap_in(
+        &self,
+        version: Option<i64>,
+        load: impl FnOnce(u64) -> Result<Loaded, PolicyError>,
+    ) -> Result<u64, String> {
         let _guard = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
         let next_epoch = self.current.load().epoch + 1;
         let required = self
@@ -1647,7 +1718,8 @@ impl PolicyEngine {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let loaded = load_dir(&self.dir, next_epoch).and_then(|loaded| {
+        let loaded = load(next_epoch).and_then(|mut loaded| {
+            loaded.version = version;
             loaded.servable().map_err(PolicyError::Invalid)?;
             let missing = loaded.missing_actions(&required);
             if !missing.is_empty() {
@@ -1661,7 +1733,7 @@ impl PolicyEngine {
         });
         match loaded {
             Ok(loaded) => {
-                if loaded.hash == self.current.load().hash {
+                if loaded.hash == self.current.load().hash && version.is_none() {
                     *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
                     self.metrics
                         .policy_reloads
@@ -1670,6 +1742,8 @@ impl PolicyEngine {
                     self.metrics.policy_reload_failing.set(0);
                     return Ok(self.current.load().epoch);
                 }
+                let previous = self.current.load_full();
+                note_running(&self.metrics, Some(previous.as_ref()), &loaded);
                 self.current.store(Arc::new(loaded));
                 *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 self.metrics.policy_reloads.with_label_values(&["ok"]).inc();
@@ -1700,7 +1774,11 @@ impl PolicyEngine {
             epoch: c.epoch,
             hash: c.hash.clone(),
             files: c.files.clone(),
-            dir: self.dir.display().to_string(),
+            dir: self
+                .dir
+                .as_ref()
+                .map_or_else(|| "database".to_owned(), |d| d.display().to_string()),
+            version: c.version,
             loaded_at: crate::clock::format_time(c.loaded_at),
             policies: c.listed.clone(),
             inert_scopes,

@@ -68,6 +68,7 @@ impl Keygate {
                 .collect(),
             policy_set: loaded.hash.clone(),
             policy_epoch: loaded.epoch,
+            policy_version: loaded.version,
             shadow: ctx.shadow.as_ref().map(|s| AuditShadow {
                 decision: if s.direction == "would_allow" {
                     "allow"

@@ -141,6 +141,41 @@ pub fn load_policies(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<A
             config.policy_dir.display()
         )
     })?;
+    require_config(&engine, config)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", config.policy_dir.display()))?;
+    Ok(Arc::new(engine))
+}
+
+/// The newest policy version published to the database (`[policies] source = "database"`).
+pub async fn load_published_policies(
+    config: &Config,
+    store: &Store,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<Arc<PolicyEngine>> {
+    let newest = store
+        .newest_policy_version()
+        .await
+        .context("cannot read the published policies")?
+        .context(
+            "[policies] source = \"database\", but no policy version was published: publish one \
+             with `keygate policy publish DIR`",
+        )?;
+    let published = store
+        .policy_version(newest)
+        .await
+        .context("cannot read the published policies")?
+        .with_context(|| format!("policy version {newest} vanished"))?;
+    let engine = PolicyEngine::load_published(newest, &published.files, metrics)
+        .map_err(|e| anyhow::anyhow!("published policy version {newest} is not valid:\n{e}"))?;
+    require_config(&engine, config)
+        .map_err(|e| anyhow::anyhow!("published policy version {newest}: {e}"))?;
+    Ok(Arc::new(engine))
+}
+
+/// Requires of `engine`'s set, now and on every reload, what the config needs: every action of
+/// the route table and of keygate itself, every scope a rate-limit rule names (a rule for a
+/// scope no key can hold would never match).
+pub fn require_config(engine: &PolicyEngine, config: &Config) -> anyhow::Result<()> {
     engine
         .require_actions(
             config
@@ -154,9 +189,7 @@ pub fn load_policies(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<A
                 )
                 .collect(),
         )
-        .map_err(|e| anyhow::anyhow!("{}: {e}", config.policy_dir.display()))?;
-    // A rate-limit rule for a scope no key can hold would never match: refused now and on
-    // every reload.
+        .map_err(anyhow::Error::msg)?;
     engine
         .require_scopes(
             config
@@ -166,8 +199,7 @@ pub fn load_policies(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<A
                 .filter_map(|r| r.matches.scope.clone())
                 .collect(),
         )
-        .map_err(|e| anyhow::anyhow!("{}: {e}", config.policy_dir.display()))?;
-    Ok(Arc::new(engine))
+        .map_err(anyhow::Error::msg)
 }
 
 /// The rate-limit settings with each rule's scope as the policies name it (a rule may use the
@@ -208,6 +240,12 @@ pub async fn start_with_store(
     let metrics = Arc::new(Metrics::new());
     let usage = Arc::new(UsageRecorder::default());
     let pepper = load_pepper(config)?;
+    // The policies first: a keygate that cannot run them must not have written anything.
+    let policy = if config.policy_published {
+        load_published_policies(config, &store, metrics.clone()).await?
+    } else {
+        load_policies(config, metrics.clone())?
+    };
     let shared_limits = match &config.rate_limit.shared {
         Some(shared) => Some(
             crate::ratelimit::shared::Shared::new(shared, metrics.clone())
@@ -239,7 +277,6 @@ pub async fn start_with_store(
         usage.clone(),
         metrics.clone(),
     ));
-    let policy = load_policies(config, metrics.clone())?;
     let keys = Arc::new(KeyManager {
         policy: policy.clone(),
         store: store.clone(),
@@ -390,7 +427,7 @@ pub async fn start_with_store(
         })
     };
     let mut reloads = vec![reload_policy.clone()];
-    if config.policy_watch {
+    if config.policy_watch && !config.policy_published {
         tasks.spawn(reload_on_change(
             "policies",
             vec![config.policy_dir.clone()],

@@ -33,6 +33,8 @@ pub enum Notice {
     Providers,
     /// The signing keys changed: load them again.
     SigningKeys,
+    /// A policy version was published.
+    Policy(i64),
     /// The connection was lost and made again: notices may have been missed, catch up.
     Reconnected,
     /// A notice of another kind (a newer keygate's): catching up covers it.
@@ -55,6 +57,10 @@ impl Notice {
             }
             (Some("providers"), None, ..) => Notice::Providers,
             (Some("signing-keys"), None, ..) => Notice::SigningKeys,
+            (Some("policy"), Some(version), None, _) => match version.parse() {
+                Ok(v) => Notice::Policy(v),
+                Err(_) => Notice::Other(payload.to_owned()),
+            },
             _ => Notice::Other(payload.to_owned()),
         }
     }
@@ -185,11 +191,13 @@ mod tests {
         );
         assert_eq!(Notice::parse("providers"), Notice::Providers);
         assert_eq!(Notice::parse("signing-keys"), Notice::SigningKeys);
+        assert_eq!(Notice::parse("policy 12"), Notice::Policy(12));
         for other in [
             "credential x y 1",
             "credential x 1",
             "providers now",
-            "policy 4",
+            "policy x",
+            "policy 4 5",
             "",
         ] {
             assert_eq!(Notice::parse(other), Notice::Other(other.into()), "{other}");

@@ -1,7 +1,8 @@
 //! The database: a sqlx pool over SQLite (default) or PostgreSQL, the migrations, and every
 //! query. The only module that touches the database: `directory.rs` (workspaces, users,
 //! memberships, providers), `keys.rs` (API keys and their usage), `tokens.rs` (logins, tokens,
-//! signing keys), `changes.rs` (the change feed several instances follow). Queries use `$n`
+//! signing keys), `changes.rs` (the change feed several instances follow), `policies.rs`
+//! (published policy versions). Queries use `$n`
 //! placeholders, which run on both databases.
 //!
 //! May import: `model`, `clock`. Never anything that decides or serves.
@@ -12,11 +13,13 @@ use sqlx::{AnyPool, Row};
 mod changes;
 mod directory;
 mod keys;
+mod policies;
 mod tokens;
 
 pub use changes::{ChangeListener, CredentialChange, Notice};
 pub use directory::{Member, Provider, User, Workspace};
 pub use keys::{KeyChanges, KeyRecord, NewKey, UsageDay};
+pub use policies::{NewPolicyVersion, PolicyVersion, PublishedPolicy};
 pub use tokens::{Exchange, NewToken, SigningKeyRow, TokenKind, TokenRecord};
 
 #[derive(Debug, thiserror::Error)]
