@@ -685,6 +685,9 @@ async fn a_published_policy_version_runs_on_every_instance_and_a_rollback_brings
         None,
     );
     assert!(out.contains("published version 1"), "{out}");
+    // The same files again (a deploy job on every start): no new version.
+    let out = cli_ok(&url, &["policy", "publish", shipped], None);
+    assert!(out.contains("unchanged: version 1"), "{out}");
 
     let config = format!("{CONFIG}[policies]\nsource = \"database\"\n");
     let (a, b, c) = three_on(&rec, &config, db).await;

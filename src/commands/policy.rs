@@ -147,6 +147,18 @@ async fn publish(
             report.failures.len()
         );
     }
+    // Publishing the running set again (a deploy job that runs on every start) adds nothing.
+    if let Some(newest) = store.newest_policy_version().await? {
+        if let Some(published) = store.policy_version(newest).await? {
+            if published.hash == hash {
+                println!(
+                    "unchanged: version {newest} has these files (hash {})",
+                    &hash[..16]
+                );
+                return Ok(());
+            }
+        }
+    }
     let version = store
         .publish_policy(&crate::store::NewPolicyVersion {
             hash: &hash,
