@@ -21,7 +21,8 @@ FROM debian:bookworm-slim
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --uid 10001 --user-group --home-dir /var/lib/keygate --create-home keygate
+    && useradd --system --uid 10001 --user-group --home-dir /var/lib/keygate --create-home keygate \
+    && install -d -o 10001 -g 10001 /var/lib/keygate/storage
 COPY --from=build /out/ /usr/local/bin/
 COPY policies /etc/keygate/policies
 ENV KEYGATE_POLICIES_DIR=/etc/keygate/policies

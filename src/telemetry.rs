@@ -90,6 +90,8 @@ pub struct Metrics {
     pub change_feed_listening: IntGaugeVec,
     /// When the newest change this instance applied was written (unix seconds).
     pub change_newest_applied: prometheus::Gauge,
+    /// When this instance last read the changes made elsewhere (unix seconds).
+    pub change_feed_last_read: prometheus::Gauge,
     /// 1, labelled with the running policy set's hash (its first 16 hex digits).
     pub policy_info: IntGaugeVec,
     /// The published policy version running; 0 when the policies come from a folder.
@@ -348,6 +350,12 @@ impl Metrics {
             "Calls to Redis that failed or took over 250 ms.",
         )
         .expect("valid metric");
+        let change_feed_last_read = prometheus::Gauge::new(
+            "change_feed_last_read_timestamp_seconds",
+            "When this instance last read the changes made elsewhere (a poll or a catch-up that \
+             succeeded; unix seconds).",
+        )
+        .expect("valid metric");
         let change_newest_applied = prometheus::Gauge::new(
             "change_newest_applied_timestamp_seconds",
             "When the newest change this instance applied was written (unix seconds).",
@@ -386,6 +394,7 @@ impl Metrics {
             Box::new(change_lag.clone()),
             Box::new(change_feed_listening.clone()),
             Box::new(change_newest_applied.clone()),
+            Box::new(change_feed_last_read.clone()),
             Box::new(rate_limit_backend_up.clone()),
             Box::new(policy_info.clone()),
             Box::new(policy_version.clone()),
@@ -461,6 +470,7 @@ impl Metrics {
             change_lag,
             change_feed_listening,
             change_newest_applied,
+            change_feed_last_read,
             rate_limit_backend_up,
             rate_limit_backend_errors,
             policy_info,

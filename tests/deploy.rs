@@ -237,6 +237,10 @@ fn the_kubernetes_manifests_are_valid_and_their_config_checks() {
                 "KEYGATE_DATABASE_URL",
                 "postgres://keygate@postgres.db:5432/keygate",
             ),
+            (
+                "KEYGATE_RATE_LIMIT_REDIS_URL",
+                "redis://keygate:secret@redis:6379",
+            ),
         ],
     );
     // The probes ask what keygate serves.

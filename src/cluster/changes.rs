@@ -66,6 +66,8 @@ pub struct ChangeFeed {
     catch_up: tokio::sync::Notify,
     /// One policy install at a time; the last version refused (not tried again).
     policy_turn: tokio::sync::Mutex<Option<i64>>,
+    /// PostgreSQL: the horizon read before the instance served anything (`prime`).
+    first_horizon: Mutex<Option<i64>>,
 }
 
 impl ChangeFeed {
@@ -99,6 +101,7 @@ impl ChangeFeed {
             }),
             catch_up: tokio::sync::Notify::new(),
             policy_turn: tokio::sync::Mutex::new(None),
+            first_horizon: Mutex::new(None),
         }
     }
 
@@ -115,16 +118,45 @@ impl ChangeFeed {
         self.status.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Reads where the change feed starts (PostgreSQL), before the instance serves anything: a
+    /// change committed after a credential is cached is then never older than the horizon.
+    pub async fn prime(&self) -> Result<(), crate::store::StoreError> {
+        if self.store.backend() == Backend::Postgres {
+            let horizon = self.store.change_horizon().await?;
+            *self.first_horizon.lock().unwrap_or_else(|e| e.into_inner()) = Some(horizon);
+            self.read_ok(horizon);
+        }
+        Ok(())
+    }
+
     /// Follows changes until shutdown.
     pub async fn run(self: Arc<Self>, shutdown: Shutdown) {
         match self.store.backend() {
             Backend::Postgres => {
                 tokio::join!(
                     self.clone().listen(shutdown.clone()),
-                    self.clone().read_by_horizon(shutdown)
+                    self.clone().read_by_horizon(shutdown.clone()),
+                    self.clone().refresh(shutdown),
                 );
             }
-            Backend::Sqlite => self.read_by_time(shutdown).await,
+            Backend::Sqlite => {
+                tokio::join!(
+                    self.clone().read_by_time(shutdown.clone()),
+                    self.clone().refresh(shutdown),
+                );
+            }
+        }
+    }
+
+    /// Every poll interval, what is read whole rather than by change (a slow JWKS fetch or
+    /// policy install never delays reading the credentials' changes).
+    async fn refresh(self: Arc<Self>, mut shutdown: Shutdown) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(self.interval) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+            self.refresh_the_rest().await;
         }
     }
 
@@ -225,10 +257,12 @@ impl ChangeFeed {
     }
 
     fn read_ok(&self, horizon: i64) {
+        let now = now_millis();
         let mut status = self.lock();
         status.horizon = Some(horizon);
-        status.last_read_at = Some(now_millis());
+        status.last_read_at = Some(now);
         status.last_error = None;
+        self.metrics.change_feed_last_read.set(now as f64 / 1000.0);
     }
 
     fn read_failed(&self, e: &dyn std::fmt::Display) {
@@ -238,14 +272,23 @@ impl ChangeFeed {
 
     /// PostgreSQL's reader: every poll interval, and at once on a catch-up.
     async fn read_by_horizon(self: Arc<Self>, mut shutdown: Shutdown) {
-        let mut horizon = loop {
-            match self.store.change_horizon().await {
-                Ok(h) => break h,
-                Err(e) => self.read_failed(&e),
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(self.interval) => {}
-                _ = shutdown.wait_for(|s| *s) => return,
+        let primed = self
+            .first_horizon
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let mut horizon = if let Some(h) = primed {
+            h
+        } else {
+            loop {
+                match self.store.change_horizon().await {
+                    Ok(h) => break h,
+                    Err(e) => self.read_failed(&e),
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(self.interval) => {}
+                    _ = shutdown.wait_for(|s| *s) => return,
+                }
             }
         };
         self.read_ok(horizon);
@@ -263,7 +306,6 @@ impl ChangeFeed {
                 }
                 Err(e) => self.read_failed(&e),
             }
-            self.refresh_the_rest().await;
         }
     }
 
@@ -287,7 +329,6 @@ impl ChangeFeed {
                 }
                 Err(e) => self.read_failed(&e),
             }
-            self.refresh_the_rest().await;
         }
     }
 
@@ -357,7 +398,12 @@ impl ChangeFeed {
             status.last_notice_at = Some(now_millis());
         }
         match notice {
-            Notice::Credential(change) => self.apply(&[change], "notice"),
+            // The notice names the credential; its generation is read from the row.
+            Notice::Credential(change) => match self.store.credential_now(&change.id).await {
+                Ok(Some(now)) => self.apply(&[now], "notice"),
+                Ok(None) => {}
+                Err(_) => self.catch_up.notify_one(),
+            },
             Notice::Providers => self.reload_providers().await,
             Notice::Policy(_) => self.follow_policy().await,
             Notice::SigningKeys => {

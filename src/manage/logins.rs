@@ -312,18 +312,26 @@ impl Auth {
         })
     }
 
-    /// Counts a failed login; shared through Redis, waits for the count, so that the next
-    /// attempt on this account (one at a time) is checked against it.
-    async fn login_failed(&self, addr: Option<IpAddr>, account: &[u8; 16]) -> Refusal {
+    /// Counts a failed login (unless its failure was taken before the attempt), before the
+    /// next attempt on this account (one at a time) is checked.
+    async fn login_failed(
+        &self,
+        addr: Option<IpAddr>,
+        account: &[u8; 16],
+        took_account: bool,
+        took_address: bool,
+    ) -> Refusal {
         self.metrics
             .auth_failures
             .with_label_values(&[AuthFailure::Unknown.as_str()])
             .inc();
         self.metrics.logins.with_label_values(&["failed"]).inc();
-        if let Some(a) = addr {
+        if let (Some(a), false) = (addr, took_address) {
             self.per_address.fail_now(&address_bucket(a)).await;
         }
-        self.per_account.fail_now(account).await;
+        if !took_account {
+            self.per_account.fail_now(account).await;
+        }
         Refusal::Unauthorized(AuthFailure::Unknown)
     }
 
@@ -369,6 +377,24 @@ impl Auth {
                     retry_after_secs: 1,
                 })
             })?;
+        // Shared through Redis, the turn above holds on this instance only: this attempt's
+        // failure is taken from the account's and the address's quotas before the password is
+        // tried, so attempts on every instance at once are all counted, and given back below if
+        // the password is right.
+        let bucket = addr.map(address_bucket);
+        let took_account = self.per_account.take(&account_key).await.map_err(limited)?;
+        let took_address = match &bucket {
+            Some(b) => match self.per_address.take(b).await {
+                Ok(took) => took,
+                Err(refusal) => {
+                    if took_account {
+                        self.per_account.refund(&account_key).await;
+                    }
+                    return Err(limited(refusal).into());
+                }
+            },
+            None => false,
+        };
         let device = label(req.device.as_deref())?;
         let user = match self.store.user_by_email(&account).await {
             Ok(u) => Some(u),
@@ -381,8 +407,17 @@ impl Auth {
         };
         let verified = self.verify_password(hash, req.password).await?;
         let Some(user) = user.filter(|_| verified) else {
-            return Err(self.login_failed(addr, &account_key).await.into());
+            return Err(self
+                .login_failed(addr, &account_key, took_account, took_address)
+                .await
+                .into());
         };
+        if took_account {
+            self.per_account.refund(&account_key).await;
+        }
+        if let (true, Some(b)) = (took_address, &bucket) {
+            self.per_address.refund(b).await;
+        }
         let memberships = self.store.memberships(&user.id).await?;
         let (workspace_id, workspace, role) = choose_workspace(
             &memberships,

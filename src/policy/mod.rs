@@ -1592,10 +1592,13 @@ fn build_entities(
 impl PolicyEngine {
     /// Loads the folder; an invalid set is an error (keygate refuses to start on one).
     pub fn load(dir: &Path, metrics: Arc<Metrics>) -> Result<PolicyEngine, PolicyError> {
-        PolicyEngine::with(Some(dir.to_path_buf()), load_dir(dir, 1)?, metrics)
+        let engine = PolicyEngine::with(Some(dir.to_path_buf()), load_dir(dir, 1)?, metrics)?;
+        engine.note_running();
+        Ok(engine)
     }
 
-    /// Loads a version published to the database; an invalid set is an error.
+    /// Loads a version published to the database; an invalid set is an error. Call
+    /// `note_running` once it is the set this instance runs.
     pub fn load_published(
         version: i64,
         files: &[(String, String)],
@@ -1612,8 +1615,6 @@ impl PolicyEngine {
         metrics: Arc<Metrics>,
     ) -> Result<PolicyEngine, PolicyError> {
         loaded.servable().map_err(PolicyError::Invalid)?;
-        metrics.policy_epoch.set(1);
-        note_running(&metrics, None, &loaded);
         Ok(PolicyEngine {
             dir,
             current: ArcSwap::from_pointee(loaded),
@@ -1680,6 +1681,19 @@ impl PolicyEngine {
         } else {
             Err(missing_scopes_message(&missing))
         }
+    }
+
+    /// Shows the set loaded at start in the metrics (epoch, version, hash).
+    pub fn note_running(&self) {
+        let current = self.current.load_full();
+        self.metrics.policy_epoch.set(current.epoch as i64);
+        note_running(&self.metrics, None, &current);
+    }
+
+    /// Reports a set that was refused in favour of the running one (as a failed reload).
+    pub fn note_refused(&self, message: String) {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(message);
+        self.metrics.policy_reload_failing.set(1);
     }
 
     /// Whether the policies are published to the database (rather than read from a folder).

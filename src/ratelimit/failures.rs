@@ -77,6 +77,9 @@ impl LimiterKey for String {
 pub struct FailureLimiter<K: LimiterKey> {
     local: Local<K>,
     shared: Option<SharedFailures>,
+    /// Shared through Redis: the whole quota counted here too, at once, so that failures
+    /// arriving faster than Redis answers never exceed it on one instance.
+    backstop: Option<Local<K>>,
 }
 
 /// The counters and blocks of this instance.
@@ -195,7 +198,20 @@ impl<K: LimiterKey> FailureLimiter<K> {
                 in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_SHARED_IN_FLIGHT)),
             }
         });
-        FailureLimiter { local, shared }
+        let backstop = shared.as_ref().map(|_| Local {
+            quota,
+            counters: Cache::builder()
+                .max_capacity(capacity)
+                .eviction_policy(EvictionPolicy::lru())
+                .time_to_idle(refill.max(Duration::from_secs(1)))
+                .build(),
+            blocked: local.blocked.clone(),
+        });
+        FailureLimiter {
+            local,
+            shared,
+            backstop,
+        }
     }
 
     /// 429 while `key` is blocked.
@@ -214,12 +230,13 @@ impl<K: LimiterKey> FailureLimiter<K> {
 
     /// Counts a failure; returns true when `key` is now blocked. Shared through Redis, the
     /// count is made in the background (the block reaches every instance within a round
-    /// trip) and this returns false.
+    /// trip), and this instance's own count of the whole quota says.
     pub fn fail(&self, key: &K) -> bool {
         if let Some(s) = self.shared.as_ref().filter(|s| s.shared.is_up()) {
             let handle = tokio::runtime::Handle::try_current();
             let permit = s.in_flight.clone().try_acquire_owned();
             if let (Ok(handle), Ok(permit)) = (handle, permit) {
+                let blocked = self.backstop.as_ref().is_some_and(|b| b.fail(key));
                 let (shared, name, local) = (s.shared.clone(), s.name, self.local.clone());
                 let (interval_ms, burst, key) = (s.interval_ms, s.burst, key.clone());
                 handle.spawn(async move {
@@ -235,10 +252,47 @@ impl<K: LimiterKey> FailureLimiter<K> {
                         }
                     }
                 });
-                return false;
+                return blocked;
             }
         }
         self.local.fail(key)
+    }
+
+    /// Before an attempt whose failure counts (a login), shared through Redis: takes the failure
+    /// now, so that attempts on every instance at once are each counted before any is tried
+    /// (429 when the quota is used up). True when taken: give it back with `refund` if the
+    /// attempt succeeds. False: nothing taken (Redis is not in use), count a failure with
+    /// `fail_now` as without Redis.
+    pub async fn take(&self, key: &K) -> Result<bool, Refusal> {
+        let Some(s) = self.shared.as_ref().filter(|s| s.shared.is_up()) else {
+            return Ok(false);
+        };
+        // Counted after it, a failure over the quota is still tried (the quota's last attempt
+        // is the one that finds it used up); taken before, that attempt takes one more.
+        match s
+            .shared
+            .count_failure(s.name, &key.text(), s.interval_ms, s.burst + 1)
+            .await
+        {
+            Some(0) => Ok(true),
+            Some(wait) => {
+                let wait = Duration::from_millis(wait);
+                self.local.block(key.clone(), wait);
+                Err(Refusal::RateLimited {
+                    retry_after_secs: wait.as_secs().max(1),
+                })
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Gives back a failure `take` took (the attempt succeeded).
+    pub async fn refund(&self, key: &K) {
+        if let Some(s) = &self.shared {
+            s.shared
+                .refund_failure(s.name, &key.text(), s.interval_ms)
+                .await;
+        }
     }
 
     /// Counts a failure and waits for the count (shared through Redis, the round trip);

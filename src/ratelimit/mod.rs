@@ -37,7 +37,7 @@ use moka::sync::Cache;
 use crate::principal::{Principal, PrincipalKind};
 use crate::refusal::Refusal;
 use crate::telemetry::Metrics;
-use shared::{Shared, SharedConfig, WindowCall};
+use shared::{Counted, Shared, SharedConfig, WindowCall};
 
 /// `requests` per `window`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,12 +158,15 @@ struct Slot {
 /// Where this instance stands on a window shared through Redis.
 #[derive(Debug, Default)]
 struct Lease {
-    /// The window of the last round trip (ms since the epoch).
+    /// The window of the last round trip (ms since the epoch, by Redis's clock).
     start: u64,
     /// The sliding count Redis answered then.
     known: u64,
     /// Requests admitted here since, not yet added in Redis.
     pending: u64,
+    /// Redis refused the last request until then: later ones are refused here, without a round
+    /// trip (a client hammering past its limit does not hammer Redis).
+    refused_until: Option<std::time::Instant>,
 }
 
 /// The counts of one principal under one rule.
@@ -366,8 +369,23 @@ impl RateLimiter {
                 requests = requests.div_ceil(u64::from(shared.instances)).max(1);
             }
         }
-        let result =
-            result.unwrap_or_else(|| lock(&slots[rule]).local.check(requests, window_ms, now));
+        let result = result.unwrap_or_else(|| {
+            let mut s = lock(&slots[rule]);
+            if let Some(shared) = &self.shared {
+                // Falling back in the middle of a shared window: this instance starts from its
+                // share of what the cluster had used, not from nothing.
+                let start = now - now % window_ms;
+                if s.local.start != start && s.lease.start == start {
+                    s.local = Window {
+                        start,
+                        current: (s.lease.known + s.lease.pending)
+                            .div_ceil(u64::from(shared.instances)),
+                        previous: 0,
+                    };
+                }
+            }
+            s.local.check(requests, window_ms, now)
+        });
         let policy = self.policies[rule].clone();
         let reset_ms = now - now % window_ms + window_ms;
         let mut standing = Standing {
@@ -411,10 +429,16 @@ impl RateLimiter {
         let instances = u64::from(shared.instances);
         let batch = limit / (40 * instances);
         let start = now - now % window_ms;
-        let elapsed = now - start;
         let (pending_start, pending) = {
             let mut s = lock(slot);
             let lease = &mut s.lease;
+            if let Some(until) = lease.refused_until {
+                let left = until.saturating_duration_since(std::time::Instant::now());
+                if !left.is_zero() {
+                    return Some(Err((left.as_millis() as u64).max(1)));
+                }
+                lease.refused_until = None;
+            }
             if batch > 0
                 && lease.start == start
                 && lease.pending < batch
@@ -426,36 +450,44 @@ impl RateLimiter {
             (lease.start, std::mem::take(&mut lease.pending))
         };
         let base = format!("{}:rl:{}:{subject}", shared.prefix, self.policies[rule]);
-        let current_key = format!("{base}:{start}");
-        let previous_key = format!("{base}:{}", start.saturating_sub(window_ms));
-        let pending_key = format!("{base}:{pending_start}");
-        let (admitted, previous, current) = shared
+        let counted = shared
             .count_in_window(WindowCall {
-                current_key: &current_key,
-                previous_key: &previous_key,
-                pending_key: &pending_key,
+                base_key: &base,
                 limit,
                 window_ms,
-                elapsed_ms: elapsed,
                 pending,
+                pending_start,
                 want: true,
             })
-            .await?;
+            .await;
+        let Some(Counted {
+            admitted,
+            previous,
+            current,
+            start,
+            elapsed,
+        }) = counted
+        else {
+            // Not counted in Redis: kept for the next round trip (or the fallback's seed).
+            lock(slot).lease.pending += pending;
+            return None;
+        };
         let counted = Window {
             start,
             current,
             previous,
         };
         let used = counted.weighted_previous(window_ms, elapsed) + current;
-        {
-            let mut s = lock(slot);
-            s.lease.start = start;
-            s.lease.known = used;
-        }
+        let mut s = lock(slot);
+        s.lease.start = start;
+        s.lease.known = used;
         Some(if admitted {
             Ok(limit.saturating_sub(used))
         } else {
-            Err(counted.wait_ms(limit, window_ms, elapsed))
+            let wait = counted.wait_ms(limit, window_ms, elapsed);
+            s.lease.refused_until =
+                Some(std::time::Instant::now() + std::time::Duration::from_millis(wait));
+            Err(wait)
         })
     }
 }

@@ -70,49 +70,75 @@ impl std::fmt::Debug for Shared {
     }
 }
 
-/// Counts a request in a window: adds the requests an instance admitted on its own (ARGV[4], to
-/// the window KEYS[3] they were admitted in), then admits one more (ARGV[5] = 1) if the sliding
-/// count is under the limit. Returns {admitted, previous, current}.
+/// Counts a request in a window of the principal whose keys begin with KEYS[1], by Redis's clock
+/// (so instances whose clocks differ still share each window): adds the requests an instance
+/// admitted on its own (ARGV[3], to the window starting at ARGV[4] they were admitted in), then
+/// admits one more (ARGV[5] = 1) if the sliding count is under the limit ARGV[1] (window ARGV[2]
+/// ms). Returns {admitted, previous, current, window start, elapsed ms}.
 const WINDOW_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
-local elapsed = tonumber(ARGV[3])
-local pending = tonumber(ARGV[4])
+local start = now - (now % window)
+local elapsed = now - start
 local ttl = window * 2 + 1000
+local pending = tonumber(ARGV[3])
 if pending > 0 then
-  redis.call('INCRBY', KEYS[3], pending)
-  redis.call('PEXPIRE', KEYS[3], ttl)
+  local k = KEYS[1] .. ':' .. ARGV[4]
+  redis.call('INCRBY', k, pending)
+  redis.call('PEXPIRE', k, ttl)
 end
-local current = tonumber(redis.call('GET', KEYS[1]) or '0')
-local previous = tonumber(redis.call('GET', KEYS[2]) or '0')
+local ckey = KEYS[1] .. ':' .. string.format('%.0f', start)
+local pkey = KEYS[1] .. ':' .. string.format('%.0f', start - window)
+local current = tonumber(redis.call('GET', ckey) or '0')
+local previous = tonumber(redis.call('GET', pkey) or '0')
 local used = math.floor(previous * (window - elapsed) / window) + current
 if ARGV[5] == '1' and used < limit then
-  redis.call('INCR', KEYS[1])
-  redis.call('PEXPIRE', KEYS[1], ttl)
-  return {1, previous, current + 1}
+  redis.call('INCR', ckey)
+  redis.call('PEXPIRE', ckey, ttl)
+  current = current + 1
+  return {1, previous, current, start, elapsed}
 end
-return {0, previous, current}
+return {0, previous, current, start, elapsed}
 ";
 
-/// GCRA over one key (KEYS[1] holds the theoretical arrival time, ms): counts one failure at
-/// ARGV[1] (now, ms) with emission interval ARGV[2] ms and burst ARGV[3]. Over the quota the
-/// failure is not counted and the block is published on ARGV[4] as ARGV[5] and the time it
-/// ends; returns the ms to wait, 0 when within the quota.
+/// GCRA over one key (KEYS[1] holds the theoretical arrival time, ms, by Redis's clock): takes
+/// one failure with emission interval ARGV[1] ms and burst ARGV[2]. Over the quota nothing is
+/// taken, the block is published on ARGV[3] as ARGV[4] and the time it ends, and the ms to wait
+/// are returned; 0 when within the quota.
 const GCRA_SCRIPT: &str = r"
-local now = tonumber(ARGV[1])
-local interval = tonumber(ARGV[2])
-local burst = tonumber(ARGV[3])
-local tat = tonumber(redis.call('GET', KEYS[1]) or ARGV[1])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat < now then tat = now end
 local next_tat = tat + interval
 local allowed_at = next_tat - interval * burst
 if allowed_at > now then
   local wait = allowed_at - now
-  redis.call('PUBLISH', ARGV[4], ARGV[5] .. ' ' .. (now + wait))
+  redis.call('PUBLISH', ARGV[3], ARGV[4] .. ' ' .. string.format('%.0f', now + wait))
   return wait
 end
-redis.call('SET', KEYS[1], next_tat, 'PX', math.ceil(next_tat - now) + 1000)
+redis.call('SET', KEYS[1], string.format('%.0f', next_tat), 'PX', math.ceil(next_tat - now) + 1000)
 return 0
+";
+
+/// Gives back one failure taken by GCRA_SCRIPT (an attempt that succeeded): KEYS[1], interval
+/// ARGV[1] ms.
+const REFUND_SCRIPT: &str = r"
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat == 0 then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local back = tat - tonumber(ARGV[1])
+if back <= now then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('SET', KEYS[1], string.format('%.0f', back), 'PX', math.ceil(back - now) + 1000)
+end
+return 1
 ";
 
 /// Applies a block published by any instance: (key as text, until unix ms).
@@ -130,6 +156,7 @@ pub struct Shared {
     blocks: String,
     window: redis::Script,
     gcra: redis::Script,
+    refund: redis::Script,
     /// The failure limiters, by name, that apply published blocks.
     sinks: Mutex<HashMap<&'static str, BlockSink>>,
     metrics: Arc<Metrics>,
@@ -162,6 +189,7 @@ impl Shared {
             blocks: format!("{}:blocks", config.prefix),
             window: redis::Script::new(WINDOW_SCRIPT),
             gcra: redis::Script::new(GCRA_SCRIPT),
+            refund: redis::Script::new(REFUND_SCRIPT),
             sinks: Mutex::default(),
             metrics,
         }))
@@ -197,25 +225,14 @@ impl Shared {
         self.set_up(false);
     }
 
-    /// Runs the window script; `None` (and Redis marked down) when it fails.
-    pub(super) async fn count_in_window(&self, call: WindowCall<'_>) -> Option<(bool, u64, u64)> {
+    /// Runs `invocation` within the call timeout; `None` (and Redis marked down) when it fails.
+    async fn call<T: redis::FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Option<T> {
         let mut conn = self.conn.clone();
-        let mut invocation = self.window.key(call.current_key);
-        invocation
-            .key(call.previous_key)
-            .key(call.pending_key)
-            .arg(call.limit)
-            .arg(call.window_ms)
-            .arg(call.elapsed_ms)
-            .arg(call.pending)
-            .arg(if call.want { "1" } else { "0" });
-        let result = tokio::time::timeout(
-            CALL_TIMEOUT,
-            invocation.invoke_async::<(u8, u64, u64)>(&mut conn),
-        )
-        .await;
-        match result {
-            Ok(Ok((admitted, previous, current))) => Some((admitted == 1, previous, current)),
+        match tokio::time::timeout(CALL_TIMEOUT, invocation.invoke_async::<T>(&mut conn)).await {
+            Ok(Ok(value)) => Some(value),
             Ok(Err(e)) => {
                 self.failed(&e);
                 None
@@ -227,7 +244,31 @@ impl Shared {
         }
     }
 
-    /// Counts a failure of `key` (its text) for the limiter `name`: the ms to wait when it is
+    /// Runs the window script; `None` (and Redis marked down) when it fails.
+    pub(super) async fn count_in_window(&self, call: WindowCall<'_>) -> Option<Counted> {
+        let mut invocation = self.window.key(call.base_key);
+        invocation
+            .arg(call.limit)
+            .arg(call.window_ms)
+            .arg(call.pending)
+            .arg(call.pending_start)
+            .arg(if call.want { "1" } else { "0" });
+        let (admitted, previous, current, start, elapsed) =
+            self.call::<(u8, u64, u64, u64, u64)>(&invocation).await?;
+        Some(Counted {
+            admitted: admitted == 1,
+            previous,
+            current,
+            start,
+            elapsed,
+        })
+    }
+
+    fn failure_key(&self, name: &str, key: &str) -> String {
+        format!("{}:fail:{name}:{key}", self.prefix)
+    }
+
+    /// Takes a failure of `key` (its text) for the limiter `name`: the ms to wait when it is
     /// over its quota (and then every instance applies the block), 0 when within it; `None`
     /// (and Redis marked down) when the call fails.
     pub(super) async fn count_failure(
@@ -237,25 +278,20 @@ impl Shared {
         interval_ms: u64,
         burst: u32,
     ) -> Option<u64> {
-        let mut conn = self.conn.clone();
-        let mut invocation = self.gcra.key(format!("{}:fail:{name}:{key}", self.prefix));
+        let mut invocation = self.gcra.key(self.failure_key(name, key));
         invocation
-            .arg(now_ms())
             .arg(interval_ms)
             .arg(burst)
             .arg(&self.blocks)
             .arg(format!("{name} {key}"));
-        match tokio::time::timeout(CALL_TIMEOUT, invocation.invoke_async::<u64>(&mut conn)).await {
-            Ok(Ok(wait)) => Some(wait),
-            Ok(Err(e)) => {
-                self.failed(&e);
-                None
-            }
-            Err(_) => {
-                self.failed(&"no answer within 250 ms");
-                None
-            }
-        }
+        self.call::<u64>(&invocation).await
+    }
+
+    /// Gives back a failure taken with `count_failure` (the attempt succeeded).
+    pub(super) async fn refund_failure(&self, name: &str, key: &str, interval_ms: u64) {
+        let mut invocation = self.refund.key(self.failure_key(name, key));
+        invocation.arg(interval_ms);
+        let _ = self.call::<u8>(&invocation).await;
     }
 
     /// Has the limiter `name` apply the blocks published for it.
@@ -356,16 +392,22 @@ impl Shared {
 
 /// One call of the window script.
 pub(super) struct WindowCall<'a> {
-    pub current_key: &'a str,
-    pub previous_key: &'a str,
-    pub pending_key: &'a str,
+    /// What every key of this principal's windows under this rule begins with.
+    pub base_key: &'a str,
     pub limit: u64,
     pub window_ms: u64,
-    pub elapsed_ms: u64,
+    /// Requests admitted on this instance's own, and the start of the window they belong to.
     pub pending: u64,
+    pub pending_start: u64,
     pub want: bool,
 }
 
-fn now_ms() -> u64 {
-    u64::try_from(crate::clock::now_millis()).unwrap_or(0)
+/// What the window script answered.
+pub(super) struct Counted {
+    pub admitted: bool,
+    pub previous: u64,
+    pub current: u64,
+    /// The window's start and how far into it Redis's clock is (ms).
+    pub start: u64,
+    pub elapsed: u64,
 }

@@ -146,12 +146,18 @@ pub fn load_policies(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<A
     Ok(Arc::new(engine))
 }
 
-/// The newest policy version published to the database (`[policies] source = "database"`).
+/// The newest policy version published to the database (`[policies] source = "database"`)
+/// that this instance can run. When the newest cannot run here (it lacks an action this
+/// instance's route table needs, say), an older one runs, the refusal is reported as a failed
+/// reload would be (`lastError`, `keygate_policy_reload_failing`), and the instance starts: a
+/// restart never takes capacity away because of a version the running instances refused too.
 pub async fn load_published_policies(
     config: &Config,
     store: &Store,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<Arc<PolicyEngine>> {
+    /// Versions tried, newest first, before giving up.
+    const TRIED: i64 = 20;
     let newest = store
         .newest_policy_version()
         .await
@@ -160,16 +166,42 @@ pub async fn load_published_policies(
             "[policies] source = \"database\", but no policy version was published: publish one \
              with `keygate policy publish DIR`",
         )?;
-    let published = store
-        .policy_version(newest)
-        .await
-        .context("cannot read the published policies")?
-        .with_context(|| format!("policy version {newest} vanished"))?;
-    let engine = PolicyEngine::load_published(newest, &published.files, metrics)
-        .map_err(|e| anyhow::anyhow!("published policy version {newest} is not valid:\n{e}"))?;
-    require_config(&engine, config)
-        .map_err(|e| anyhow::anyhow!("published policy version {newest}: {e}"))?;
-    Ok(Arc::new(engine))
+    let mut refused: Vec<String> = Vec::new();
+    for version in (1..=newest).rev().take(TRIED as usize) {
+        let Some(published) = store
+            .policy_version(version)
+            .await
+            .context("cannot read the published policies")?
+        else {
+            continue;
+        };
+        let engine = PolicyEngine::load_published(version, &published.files, metrics.clone())
+            .map_err(|e| e.to_string())
+            .and_then(|engine| {
+                require_config(&engine, config)
+                    .map(|()| engine)
+                    .map_err(|e| e.to_string())
+            });
+        match engine {
+            Ok(engine) => {
+                engine.note_running();
+                if let Some(first) = refused.first() {
+                    tracing::error!(
+                        running = version,
+                        newest,
+                        "the newest published policy versions cannot run here; an older one does"
+                    );
+                    engine.note_refused(first.clone());
+                }
+                return Ok(Arc::new(engine));
+            }
+            Err(e) => refused.push(format!("published policy version {version}: {e}")),
+        }
+    }
+    anyhow::bail!(
+        "none of the newest published policy versions can run here:\n{}",
+        refused.join("\n")
+    )
 }
 
 /// Requires of `engine`'s set, now and on every reload, what the config needs: every action of
@@ -399,6 +431,10 @@ pub async fn start_with_store(
         metrics.clone(),
         config.keys.change_poll_interval,
     ));
+    changes
+        .prime()
+        .await
+        .context("cannot read where the change feed starts")?;
     tasks.spawn(changes.clone().run(shutdown_rx.clone()));
     if let Some(shared) = &shared_limits {
         tasks.spawn(shared.clone().run(shutdown_rx.clone()));

@@ -137,6 +137,19 @@ impl Store {
         Ok((changes(&rows), parse_xid(&next)?))
     }
 
+    /// A key's or token's generation and change time now: a notice only says which to read
+    /// (any role that can connect may send one).
+    pub async fn credential_now(&self, id: &str) -> Result<Option<CredentialChange>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, generation, updated_at FROM api_keys WHERE id = $1 \
+             UNION ALL SELECT id, generation, updated_at FROM auth_tokens WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(changes(&rows).into_iter().next())
+    }
+
     /// Every key and token changed after `since_ms`, and the newest change time seen (SQLite).
     /// One query over both tables: they share the generation scheme.
     pub async fn credentials_changed_since(
