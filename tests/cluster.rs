@@ -386,6 +386,17 @@ fn shared_limits(redis_url: &str, prefix: &str, limit: &str, extra: &str) -> Str
     )
 }
 
+/// Three instances sharing their limits through Redis under a key prefix of the test's own, or
+/// `None` (skipped) without Redis or PostgreSQL.
+async fn three_sharing(
+    rec: &Recorder,
+    limit: &str,
+    extra: &str,
+) -> Option<(Keygate, Keygate, Keygate)> {
+    let (redis, prefix) = test_redis()?;
+    three_with(rec, &shared_limits(&redis, &prefix, limit, extra)).await
+}
+
 const WINDOW_MS: u64 = 5_000;
 
 fn now_ms() -> u64 {
@@ -446,13 +457,9 @@ async fn fresh_key(kg: &Keygate, name: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_limit_shared_through_redis_holds_across_three_instances_however_the_load_is_spread() {
-    let Some((redis, prefix)) = test_redis() else {
-        return;
-    };
     let rec = Recorder::start().await;
     const L: u64 = 300;
-    let config = shared_limits(&redis, &prefix, "300/5s", "");
-    let Some((a, b, c)) = three_with(&rec, &config).await else {
+    let Some((a, b, c)) = three_sharing(&rec, "300/5s", "").await else {
         return;
     };
     for (spread, weights) in [("even", [1, 1, 1]), ("uneven", [16, 3, 1])] {
@@ -551,17 +558,14 @@ async fn with_redis_away_each_instance_keeps_its_share_and_sharing_resumes_when_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failure_throttles_shared_through_redis_count_every_instance() {
-    let Some((redis, prefix)) = test_redis() else {
-        return;
-    };
     let rec = Recorder::start().await;
-    let config = shared_limits(
-        &redis,
-        &prefix,
+    let Some((a, b, c)) = three_sharing(
+        &rec,
         "1000000/min",
         "[auth]\nfailures_per_minute = 30\nforbidden_per_minute = 1000000\n",
-    );
-    let Some((a, b, c)) = three_with(&rec, &config).await else {
+    )
+    .await
+    else {
         return;
     };
     let all = [&a, &b, &c];
@@ -593,18 +597,15 @@ async fn failure_throttles_shared_through_redis_count_every_instance() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_throttles_shared_through_redis_count_every_instance() {
-    let Some((redis, prefix)) = test_redis() else {
-        return;
-    };
     let rec = Recorder::start().await;
-    let config = shared_limits(
-        &redis,
-        &prefix,
+    let Some((a, b, c)) = three_sharing(
+        &rec,
         "1000000/min",
         "[auth]\nfailures_per_minute = 1000000\nforbidden_per_minute = 1000000\n\
          login_failures_per_address = 1000\n",
-    );
-    let Some((a, b, c)) = three_with(&rec, &config).await else {
+    )
+    .await
+    else {
         return;
     };
     let all = [&a, &b, &c];

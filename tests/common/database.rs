@@ -131,7 +131,10 @@ impl Drop for TestDb {
 /// The Redis server of `KEYGATE_TEST_REDIS_URL` and a key prefix of the test's own, or `None`
 /// (the test then reports itself skipped) when it is unset.
 pub fn test_redis() -> Option<(String, String)> {
-    let Ok(url) = std::env::var("KEYGATE_TEST_REDIS_URL") else {
+    let Some(url) = std::env::var("KEYGATE_TEST_REDIS_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    else {
         eprintln!("skipped: KEYGATE_TEST_REDIS_URL is not set");
         return None;
     };
