@@ -609,12 +609,58 @@ async fn login_throttles_shared_through_redis_count_every_instance() {
         return;
     };
     let all = [&a, &b, &c];
-    // A password guessed on one instance after another: the account's 5 failures are counted
-    // together, and the sixth attempt is refused wherever it lands.
+    // Only failures count: the right password gives back what its attempt took, and an attempt
+    // refused before its password is tried (a bad device name) takes nothing.
+    let attempt = |kg: &Keygate, password: &str, device: &str| {
+        reqwest::Client::new()
+            .post(kg.control_url("/v1/auth/login"))
+            .json(&json!({"email": "ada@example.com", "password": password, "device": device}))
+            .send()
+    };
+    for i in 0..10 {
+        let r = attempt(all[i % 3], "not ada's password", "bad\u{1}device")
+            .await
+            .unwrap();
+        let status = r.status();
+        let body = r.text().await.unwrap();
+        assert_eq!(status, StatusCode::BAD_REQUEST, "bad device {i}: {body}");
+    }
+    for i in 0..4 {
+        let status = attempt(all[i % 3], "not ada's password", "phone")
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "wrong password {i}");
+    }
+    let status = attempt(&a, "ada's long password", "phone")
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, StatusCode::OK);
+    let status = attempt(&b, "not ada's password", "phone")
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "the fifth failure is still tried"
+    );
+    let status = attempt(&c, "ada's long password", "phone")
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "locked after five failures"
+    );
+    // Another account: a password guessed on one instance after another: its 5 failures are
+    // counted together, and the sixth attempt is refused wherever it lands.
     let login = |kg: &Keygate| {
         reqwest::Client::new()
             .post(kg.control_url("/v1/auth/login"))
-            .json(&json!({"email": "ada@example.com", "password": "not ada's password"}))
+            .json(&json!({"email": "bob@example.com", "password": "not bob's password"}))
             .send()
     };
     for i in 0..5 {

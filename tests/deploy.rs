@@ -243,6 +243,12 @@ fn the_kubernetes_manifests_are_valid_and_their_config_checks() {
             ),
         ],
     );
+    // Everything that loads the config gets the Redis URL it leaves out.
+    for file in ["deployment.yaml", "publish-policies.yaml"] {
+        let text = read(&format!("deploy/kubernetes/{file}"));
+        assert!(text.contains("KEYGATE_RATE_LIMIT_REDIS_URL"), "{file}");
+        assert!(text.contains("KEYGATE_DATABASE_URL"), "{file}");
+    }
     // The probes ask what keygate serves.
     let deployment = read("deploy/kubernetes/deployment.yaml");
     for path in ["path: /readyz", "path: /healthz"] {

@@ -361,14 +361,14 @@ impl ChangeFeed {
                     connected_before = true;
                     self.set_listening(true);
                     tracing::info!("listening for changes made by other instances");
-                    self.catch_up.notify_one();
+                    self.catch_up_everything();
                     loop {
                         let next = tokio::select! {
                             n = listener.next() => n,
                             _ = shutdown.wait_for(|s| *s) => return,
                         };
                         match next {
-                            Ok(notice) => self.on_notice(notice).await,
+                            Ok(notice) => self.clone().on_notice(notice).await,
                             Err(e) => {
                                 tracing::warn!(error = %e, "lost the change notices; polling until they are back");
                                 self.lock().last_error = Some(format!("listening: {e}"));
@@ -391,7 +391,18 @@ impl ChangeFeed {
         }
     }
 
-    async fn on_notice(&self, notice: Notice) {
+    /// After notices may have been missed: the credentials at once (the reader), and the
+    /// providers and the published policies too, without holding up the listener.
+    fn catch_up_everything(self: &Arc<Self>) {
+        self.catch_up.notify_one();
+        let feed = self.clone();
+        tokio::spawn(async move {
+            feed.reload_providers().await;
+            feed.follow_policy().await;
+        });
+    }
+
+    async fn on_notice(self: Arc<Self>, notice: Notice) {
         if notice != Notice::Reconnected {
             let mut status = self.lock();
             status.notices += 1;
@@ -402,10 +413,18 @@ impl ChangeFeed {
             Notice::Credential(change) => match self.store.credential_now(&change.id).await {
                 Ok(Some(now)) => self.apply(&[now], "notice"),
                 Ok(None) => {}
-                Err(_) => self.catch_up.notify_one(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read a changed credential; catching up");
+                    self.lock().last_error = Some(format!("reading a change: {e}"));
+                    self.catch_up.notify_one();
+                }
             },
             Notice::Providers => self.reload_providers().await,
-            Notice::Policy(_) => self.follow_policy().await,
+            // Installing a set takes a while (and waits for an install the poll started): the
+            // listener goes on meanwhile.
+            Notice::Policy(_) => {
+                tokio::spawn(async move { self.follow_policy().await });
+            }
             Notice::SigningKeys => {
                 if let Err(e) = self.tokens.reload_keys().await {
                     tracing::warn!(error = %e, "cannot reload the signing keys");
@@ -414,7 +433,7 @@ impl ChangeFeed {
             Notice::Reconnected => {
                 self.lock().reconnects += 1;
                 tracing::info!("listening for changes again; catching up");
-                self.catch_up.notify_one();
+                self.catch_up_everything();
             }
             // A newer keygate's notice: reading the changes covers whatever it meant.
             Notice::Other(_) => self.catch_up.notify_one(),

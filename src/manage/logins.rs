@@ -251,6 +251,32 @@ impl Drop for Turn {
     }
 }
 
+/// The failures a login attempt took from the shared quotas before its password was tried:
+/// given back when dropped, unless `keep` says the password was wrong.
+struct Taken<'a> {
+    auth: &'a Auth,
+    account: Option<[u8; 16]>,
+    address: Option<IpAddr>,
+}
+
+impl Taken<'_> {
+    /// The password was wrong: the failures stay counted. Whether each was taken.
+    fn keep(mut self) -> (bool, bool) {
+        (self.account.take().is_some(), self.address.take().is_some())
+    }
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        if let Some(account) = self.account.take() {
+            self.auth.per_account.give_back(&account);
+        }
+        if let Some(address) = self.address.take() {
+            self.auth.per_address.give_back(&address);
+        }
+    }
+}
+
 impl Auth {
     pub fn new(
         store: Store,
@@ -377,25 +403,25 @@ impl Auth {
                     retry_after_secs: 1,
                 })
             })?;
+        let device = label(req.device.as_deref())?;
         // Shared through Redis, the turn above holds on this instance only: this attempt's
         // failure is taken from the account's and the address's quotas before the password is
-        // tried, so attempts on every instance at once are all counted, and given back below if
-        // the password is right.
+        // tried, so attempts on every instance at once are all counted. It is kept only if the
+        // password is wrong: any other end (right, a 503, a dropped connection) gives it back.
         let bucket = addr.map(address_bucket);
-        let took_account = self.per_account.take(&account_key).await.map_err(limited)?;
-        let took_address = match &bucket {
-            Some(b) => match self.per_address.take(b).await {
-                Ok(took) => took,
-                Err(refusal) => {
-                    if took_account {
-                        self.per_account.refund(&account_key).await;
-                    }
-                    return Err(limited(refusal).into());
-                }
-            },
-            None => false,
+        let mut taken = Taken {
+            auth: self,
+            account: None,
+            address: None,
         };
-        let device = label(req.device.as_deref())?;
+        if self.per_account.take(&account_key).await.map_err(limited)? {
+            taken.account = Some(account_key);
+        }
+        if let Some(b) = bucket {
+            if self.per_address.take(&b).await.map_err(limited)? {
+                taken.address = Some(b);
+            }
+        }
         let user = match self.store.user_by_email(&account).await {
             Ok(u) => Some(u),
             Err(StoreError::NotFound(_) | StoreError::Invalid(_)) => None,
@@ -407,17 +433,13 @@ impl Auth {
         };
         let verified = self.verify_password(hash, req.password).await?;
         let Some(user) = user.filter(|_| verified) else {
+            let (took_account, took_address) = taken.keep();
             return Err(self
                 .login_failed(addr, &account_key, took_account, took_address)
                 .await
                 .into());
         };
-        if took_account {
-            self.per_account.refund(&account_key).await;
-        }
-        if let (true, Some(b)) = (took_address, &bucket) {
-            self.per_address.refund(b).await;
-        }
+        drop(taken);
         let memberships = self.store.memberships(&user.id).await?;
         let (workspace_id, workspace, role) = choose_workspace(
             &memberships,

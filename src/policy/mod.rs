@@ -1690,12 +1690,6 @@ impl PolicyEngine {
         note_running(&self.metrics, None, &current);
     }
 
-    /// Reports a set that was refused in favour of the running one (as a failed reload).
-    pub fn note_refused(&self, message: String) {
-        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(message);
-        self.metrics.policy_reload_failing.set(1);
-    }
-
     /// Whether the policies are published to the database (rather than read from a folder).
     pub fn is_published(&self) -> bool {
         self.dir.is_none()

@@ -286,13 +286,18 @@ impl<K: LimiterKey> FailureLimiter<K> {
         }
     }
 
-    /// Gives back a failure `take` took (the attempt succeeded).
-    pub async fn refund(&self, key: &K) {
-        if let Some(s) = &self.shared {
-            s.shared
-                .refund_failure(s.name, &key.text(), s.interval_ms)
-                .await;
-        }
+    /// Gives back a failure `take` took (the attempt succeeded, or never tried the password),
+    /// in the background: callable from `Drop`, so that an attempt cut short gives it back too.
+    pub fn give_back(&self, key: &K) {
+        let Some(s) = &self.shared else { return };
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (shared, name, interval_ms, text) =
+            (s.shared.clone(), s.name, s.interval_ms, key.text());
+        handle.spawn(async move {
+            shared.refund_failure(name, &text, interval_ms).await;
+        });
     }
 
     /// Counts a failure and waits for the count (shared through Redis, the round trip);

@@ -146,18 +146,15 @@ pub fn load_policies(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<A
     Ok(Arc::new(engine))
 }
 
-/// The newest policy version published to the database (`[policies] source = "database"`)
-/// that this instance can run. When the newest cannot run here (it lacks an action this
-/// instance's route table needs, say), an older one runs, the refusal is reported as a failed
-/// reload would be (`lastError`, `keygate_policy_reload_failing`), and the instance starts: a
-/// restart never takes capacity away because of a version the running instances refused too.
+/// The newest policy version published to the database (`[policies] source = "database"`).
+/// One this instance cannot run (it lacks an action this instance's route table needs, say) is
+/// refused: keygate does not start on an older version that may allow what the newest forbids
+/// (the running instances keep the last good one, and say so).
 pub async fn load_published_policies(
     config: &Config,
     store: &Store,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<Arc<PolicyEngine>> {
-    /// Versions tried, newest first, before giving up.
-    const TRIED: i64 = 20;
     let newest = store
         .newest_policy_version()
         .await
@@ -166,42 +163,22 @@ pub async fn load_published_policies(
             "[policies] source = \"database\", but no policy version was published: publish one \
              with `keygate policy publish DIR`",
         )?;
-    let mut refused: Vec<String> = Vec::new();
-    for version in (1..=newest).rev().take(TRIED as usize) {
-        let Some(published) = store
-            .policy_version(version)
-            .await
-            .context("cannot read the published policies")?
-        else {
-            continue;
-        };
-        let engine = PolicyEngine::load_published(version, &published.files, metrics.clone())
-            .map_err(|e| e.to_string())
-            .and_then(|engine| {
-                require_config(&engine, config)
-                    .map(|()| engine)
-                    .map_err(|e| e.to_string())
-            });
-        match engine {
-            Ok(engine) => {
-                engine.note_running();
-                if let Some(first) = refused.first() {
-                    tracing::error!(
-                        running = version,
-                        newest,
-                        "the newest published policy versions cannot run here; an older one does"
-                    );
-                    engine.note_refused(first.clone());
-                }
-                return Ok(Arc::new(engine));
-            }
-            Err(e) => refused.push(format!("published policy version {version}: {e}")),
-        }
-    }
-    anyhow::bail!(
-        "none of the newest published policy versions can run here:\n{}",
-        refused.join("\n")
-    )
+    let published = store
+        .policy_version(newest)
+        .await
+        .context("cannot read the published policies")?
+        .with_context(|| format!("policy version {newest} vanished"))?;
+    let refused = |e: String| {
+        anyhow::anyhow!(
+            "published policy version {newest} cannot run here (publish a fixed version, or \
+             `keygate policy rollback` to a good one):\n{e}"
+        )
+    };
+    let engine = PolicyEngine::load_published(newest, &published.files, metrics)
+        .map_err(|e| refused(e.to_string()))?;
+    require_config(&engine, config).map_err(|e| refused(e.to_string()))?;
+    engine.note_running();
+    Ok(Arc::new(engine))
 }
 
 /// Requires of `engine`'s set, now and on every reload, what the config needs: every action of
@@ -368,6 +345,18 @@ pub async fn start_with_store(
         .map(http::HeaderValue::from_str)
         .transpose()
         .context("[tls] hsts")?;
+    let changes = Arc::new(ChangeFeed::new(
+        store.clone(),
+        identity.clone(),
+        policy.clone(),
+        tokens.clone(),
+        metrics.clone(),
+        config.keys.change_poll_interval,
+    ));
+    changes
+        .prime()
+        .await
+        .context("cannot read where the change feed starts")?;
     // Everything that can fail has been checked: only now take the sockets, so that a new
     // keygate that cannot start never leaves an inherited socket without an acceptor.
     let mut wanted = vec![
@@ -423,18 +412,6 @@ pub async fn start_with_store(
         tasks.spawn(async move { balancer.start(rx).await });
     }
 
-    let changes = Arc::new(ChangeFeed::new(
-        store.clone(),
-        identity.clone(),
-        policy.clone(),
-        tokens.clone(),
-        metrics.clone(),
-        config.keys.change_poll_interval,
-    ));
-    changes
-        .prime()
-        .await
-        .context("cannot read where the change feed starts")?;
     tasks.spawn(changes.clone().run(shutdown_rx.clone()));
     if let Some(shared) = &shared_limits {
         tasks.spawn(shared.clone().run(shutdown_rx.clone()));
