@@ -476,4 +476,39 @@ mod tests {
             "192.0.2.7".parse::<IpAddr>().unwrap()
         );
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn failures_counted_in_redis_at_once_are_bounded_and_the_rest_count_here() {
+        use super::super::shared::SharedConfig;
+        // A Redis that takes connections and never answers: every count stays in flight (for
+        // the 250 ms a call may take).
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let shared = Shared::new(
+            &SharedConfig {
+                url: format!("redis://{}", silent.local_addr().unwrap()),
+                instances: 3,
+                prefix: "test".into(),
+            },
+            Arc::new(Metrics::new()),
+        )
+        .unwrap();
+        shared.mark_up();
+        let limiter = FailureLimiter::<String>::with_shared(
+            Quota::per_minute(NonZeroU32::new(30).unwrap()),
+            10_000,
+            Some(("test", shared)),
+        );
+        for i in 0..MAX_SHARED_IN_FLIGHT {
+            assert!(!limiter.fail(&format!("client-{i}")));
+        }
+        let in_flight = &limiter.shared.as_ref().unwrap().in_flight;
+        assert_eq!(in_flight.available_permits(), 0);
+        // Every permit is held: the next failures are counted here, against this instance's
+        // share of the quota (30 / 3 instances), and the eleventh in a row is blocked.
+        let key = "one more".to_owned();
+        let blocked: Vec<bool> = (0..11).map(|_| limiter.fail(&key)).collect();
+        assert_eq!(blocked.iter().filter(|b| **b).count(), 1, "{blocked:?}");
+        assert!(blocked[10]);
+        assert!(limiter.check(&key).is_err());
+    }
 }

@@ -195,6 +195,12 @@ impl Shared {
         }))
     }
 
+    /// Marks Redis up without asking it (tests of what happens while calls are in flight).
+    #[cfg(test)]
+    pub(super) fn mark_up(&self) {
+        self.set_up(true);
+    }
+
     /// Shared limits are in force (else each instance counts on its own).
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
