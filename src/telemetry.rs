@@ -3,10 +3,52 @@
 //! Labels are bounded: an action name from the route table, a status code, an outcome code.
 //! Never a user, a key, a token or a path.
 
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, RwLock};
+
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+/// The series of one action that every request forwarded for it touches, resolved once: a
+/// `with_label_values` hashes its labels and takes a lock on every call.
+pub struct ActionSeries {
+    pub overhead: Histogram,
+    /// Resolved when the first response for the action is logged, not when the first request
+    /// is sent (a series appears when it has something to count).
+    upstream_duration: OnceLock<Histogram>,
+    upstream_durations: HistogramVec,
+    /// `requests_total{action, outcome="forwarded", status}` for the statuses storage
+    /// answers most, each resolved at its first use (a series appears when it first counts,
+    /// as with `with_label_values`); the other statuses are looked up as they come.
+    forwarded: [OnceLock<IntCounter>; COMMON_STATUSES.len()],
+    requests: IntCounterVec,
+    action: Box<str>,
+}
+
+/// The statuses whose forwarded-request counters are kept resolved.
+const COMMON_STATUSES: [u16; 12] = [200, 201, 204, 206, 207, 301, 302, 304, 404, 409, 412, 416];
+
+impl ActionSeries {
+    /// `upstream_duration_seconds{action}`.
+    pub fn upstream_duration(&self) -> &Histogram {
+        self.upstream_duration
+            .get_or_init(|| self.upstream_durations.with_label_values(&[&self.action]))
+    }
+
+    /// Counts one forwarded request answered with `status`.
+    pub fn forwarded(&self, status: http::StatusCode) {
+        let resolve = || {
+            self.requests
+                .with_label_values(&[&self.action, "forwarded", status.as_str()])
+        };
+        match COMMON_STATUSES.iter().position(|s| *s == status.as_u16()) {
+            Some(i) => self.forwarded[i].get_or_init(resolve).inc(),
+            None => resolve().inc(),
+        }
+    }
+}
 
 /// Latency buckets in seconds, from 50 µs to 10 s.
 const BUCKETS: &[f64] = &[
@@ -16,6 +58,18 @@ const BUCKETS: &[f64] = &[
 
 pub struct Metrics {
     registry: Registry,
+    /// [`ActionSeries`] by action name; the names come from the route table, so the map holds
+    /// at most one entry per action the configuration routes to.
+    actions: RwLock<HashMap<Box<str>, Arc<ActionSeries>>>,
+    /// `identity_cache_total{result="hit"}`, `{result="miss"}`, `{result="negative_hit"}`.
+    pub identity_hit: IntCounter,
+    pub identity_miss: IntCounter,
+    pub identity_negative_hit: IntCounter,
+    /// `decision_cache_total{result="hit"}`, `{result="miss"}`.
+    pub decision_hit: IntCounter,
+    pub decision_miss: IntCounter,
+    /// `request_duration_seconds{outcome="forwarded"}`, resolved at its first use.
+    forwarded_duration: OnceLock<Histogram>,
     /// Requests by action, outcome (`forwarded` or a refusal code) and status.
     pub requests: IntCounterVec,
     /// Whole request duration, arrival to last byte, by outcome.
@@ -467,6 +521,13 @@ impl Metrics {
             change_lag.with_label_values(&[via]);
         }
         Metrics {
+            actions: RwLock::default(),
+            identity_hit: identity_cache.with_label_values(&["hit"]),
+            identity_miss: identity_cache.with_label_values(&["miss"]),
+            identity_negative_hit: identity_cache.with_label_values(&["negative_hit"]),
+            decision_hit: decision_cache.with_label_values(&["hit"]),
+            decision_miss: decision_cache.with_label_values(&["miss"]),
+            forwarded_duration: OnceLock::new(),
             change_lag,
             change_feed_listening,
             change_newest_applied,
@@ -506,6 +567,39 @@ impl Metrics {
             audit_events,
             audit_dropped,
         }
+    }
+
+    /// The series of `action` that a forwarded request touches, resolved at the action's first
+    /// forwarded request. `action` must come from the route table, never from a client.
+    pub fn action(&self, action: &str) -> Arc<ActionSeries> {
+        if let Some(s) = self
+            .actions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(action)
+        {
+            return s.clone();
+        }
+        let mut actions = self.actions.write().unwrap_or_else(|e| e.into_inner());
+        actions
+            .entry(action.into())
+            .or_insert_with(|| {
+                Arc::new(ActionSeries {
+                    overhead: self.overhead.with_label_values(&[action]),
+                    upstream_duration: OnceLock::new(),
+                    upstream_durations: self.upstream_duration.clone(),
+                    forwarded: Default::default(),
+                    requests: self.requests.clone(),
+                    action: action.into(),
+                })
+            })
+            .clone()
+    }
+
+    /// `request_duration_seconds{outcome="forwarded"}`.
+    pub fn forwarded_duration(&self) -> &Histogram {
+        self.forwarded_duration
+            .get_or_init(|| self.request_duration.with_label_values(&["forwarded"]))
     }
 
     /// The Prometheus text exposition of every metric.

@@ -172,25 +172,16 @@ impl Identity {
         let hash = self.pepper.hash(secret);
         if let Some(p) = self.principals.get(&hash) {
             if self.generations.get(&p.key_id) == Some(p.generation) {
-                self.metrics
-                    .identity_cache
-                    .with_label_values(&["hit"])
-                    .inc();
+                self.metrics.identity_hit.inc();
                 return self.admit(p);
             }
             self.principals.invalidate(&hash);
         }
         if self.unknown.contains_key(&hash) {
-            self.metrics
-                .identity_cache
-                .with_label_values(&["negative_hit"])
-                .inc();
+            self.metrics.identity_negative_hit.inc();
             return Err(Refusal::Unauthorized(AuthFailure::Unknown));
         }
-        self.metrics
-            .identity_cache
-            .with_label_values(&["miss"])
-            .inc();
+        self.metrics.identity_miss.inc();
         let verified = match creds {
             Credentials::Jwt(token) => {
                 let tokens = self

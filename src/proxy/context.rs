@@ -41,6 +41,8 @@ pub struct RequestCtx {
     pub refusal: Option<Refusal>,
     /// Written when the request is sent upstream.
     pub sent_upstream: Option<Instant>,
+    /// The metric series of the action forwarded, resolved when it was sent upstream.
+    pub series: Option<Arc<crate::telemetry::ActionSeries>>,
     /// `Strict-Transport-Security` for every response, on an HTTPS listener.
     pub hsts: Option<http::HeaderValue>,
     /// Decided as its route's ancestor action: on the way to the credential's base paths.
@@ -66,6 +68,7 @@ impl RequestCtx {
             listing: None,
             refusal: None,
             sent_upstream: None,
+            series: None,
             hsts: None,
         }
     }

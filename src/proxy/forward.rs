@@ -133,13 +133,20 @@ fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
         .collect()
 }
 
-/// Names of client-supplied headers starting with `x-keygate-`.
-fn keygate_headers(headers: &HeaderMap) -> Vec<HeaderName> {
-    headers
-        .keys()
-        .filter(|k| k.as_str().starts_with("x-keygate-"))
-        .cloned()
-        .collect()
+/// Request headers that never reach the upstream as the client sent them: hop-by-hop
+/// headers, method overrides, the client's credentials, keygate's own identity headers, and
+/// `Destination` and `Overwrite`, which travel only on the routes that read them, in the form
+/// that was authorized (anywhere else a backend might act on what keygate never decided). A
+/// mounted server reads the `If` header's resources in its own paths, so it gets keygate's
+/// translation or nothing.
+fn never_forwarded(name: &str, mounted: bool) -> bool {
+    HOP_BY_HOP.contains(&name)
+        || METHOD_OVERRIDES.contains(&name)
+        || CREDENTIALS.contains(&name)
+        || name.starts_with("x-keygate-")
+        || name == "destination"
+        || name == "overwrite"
+        || (mounted && name == "if")
 }
 
 /// Rewrites the upstream copy of the request.
@@ -154,29 +161,25 @@ pub fn prepare_upstream(
         .parse()
         .map_err(|_| Refusal::bad_request("the request target cannot be forwarded"))?;
     req.set_uri(uri);
-    for name in connection_listed(&req.headers) {
-        req.remove_header(&name);
+    // One pass over the request's own headers (a handful) finds what must not travel, rather
+    // than a removal (a parse and a lookup) for every name that might.
+    let mounted = route.forward.is_some();
+    let mut dropped = connection_listed(&req.headers);
+    dropped.extend(
+        req.headers
+            .keys()
+            .filter(|k| never_forwarded(k.as_str(), mounted))
+            .cloned(),
+    );
+    for name in &dropped {
+        req.remove_header(name);
     }
-    for name in keygate_headers(&req.headers) {
-        req.remove_header(&name);
-    }
-    for name in HOP_BY_HOP.iter().chain(METHOD_OVERRIDES).chain(CREDENTIALS) {
-        req.remove_header(*name);
-    }
-    // `Destination` and `Overwrite` travel only on the routes that read them, in the form
-    // that was authorized; anywhere else a backend might act on what keygate never decided.
-    req.remove_header("destination");
-    req.remove_header("overwrite");
     if let Some(dest) = &route.upstream_destination {
         req.insert_header("destination", dest.as_str())
             .map_err(|_| Refusal::bad_request("the Destination header cannot be forwarded"))?;
     }
     if let Some(overwrite) = route.upstream_overwrite {
         let _ = req.insert_header("overwrite", overwrite);
-    }
-    // A mounted server reads the `If` header's resources in its own paths.
-    if route.forward.is_some() {
-        req.remove_header("if");
     }
     if let Some(value) = &route.upstream_if {
         req.insert_header("if", value.as_str())
@@ -196,11 +199,15 @@ pub fn prepare_upstream(
 
 /// Cleans the upstream's response before the client sees it.
 pub fn clean_response(resp: &mut ResponseHeader, request_id: &str) {
-    for name in connection_listed(&resp.headers) {
-        resp.remove_header(&name);
-    }
-    for name in HOP_BY_HOP {
-        resp.remove_header(*name);
+    let mut dropped = connection_listed(&resp.headers);
+    dropped.extend(
+        resp.headers
+            .keys()
+            .filter(|k| HOP_BY_HOP.contains(&k.as_str()))
+            .cloned(),
+    );
+    for name in &dropped {
+        resp.remove_header(name);
     }
     let _ = resp.insert_header(REQUEST_ID, request_id);
 }

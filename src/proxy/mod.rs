@@ -371,10 +371,11 @@ impl ProxyHttp for Keygate {
             upstream_request.insert_header(http::header::AUTHORIZATION, value.clone())?;
         }
         let now = Instant::now();
-        self.metrics
+        let series = self.metrics.action(&route.action);
+        series
             .overhead
-            .with_label_values(&[&*route.action])
             .observe(now.duration_since(ctx.arrived).as_secs_f64());
+        ctx.series = Some(series);
         ctx.sent_upstream = Some(now);
         Ok(())
     }
@@ -529,18 +530,27 @@ impl ProxyHttp for Keygate {
         };
         let now = Instant::now();
         self.audit_decision(ctx, status.map_or(0, |s| s.as_u16()), now);
-        self.metrics
-            .requests
-            .with_label_values(&[
-                ctx.action(),
-                outcome,
-                status.as_ref().map_or("none", |s| s.as_str()),
-            ])
-            .inc();
-        self.metrics
-            .request_duration
-            .with_label_values(&[outcome])
-            .observe(now.duration_since(ctx.arrived).as_secs_f64());
+        let took = now.duration_since(ctx.arrived).as_secs_f64();
+        match (&ctx.series, status) {
+            (Some(series), Some(status)) if ctx.refusal.is_none() => {
+                series.forwarded(status);
+                self.metrics.forwarded_duration().observe(took);
+            }
+            _ => {
+                self.metrics
+                    .requests
+                    .with_label_values(&[
+                        ctx.action(),
+                        outcome,
+                        status.as_ref().map_or("none", |s| s.as_str()),
+                    ])
+                    .inc();
+                self.metrics
+                    .request_duration
+                    .with_label_values(&[outcome])
+                    .observe(took);
+            }
+        }
         if let Some(p) = &ctx.principal {
             p.usage.record(
                 ctx.refusal.is_some(),
@@ -548,10 +558,9 @@ impl ProxyHttp for Keygate {
                 session.body_bytes_sent() as u64,
             );
         }
-        if let Some(sent) = ctx.sent_upstream {
-            self.metrics
-                .upstream_duration
-                .with_label_values(&[ctx.action()])
+        if let (Some(sent), Some(series)) = (ctx.sent_upstream, &ctx.series) {
+            series
+                .upstream_duration()
                 .observe(now.duration_since(sent).as_secs_f64());
         }
     }

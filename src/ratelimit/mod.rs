@@ -123,25 +123,32 @@ pub struct Standing {
 }
 
 impl Standing {
-    /// `X-RateLimit-*` and the IETF `RateLimit-Policy` / `RateLimit` structured fields.
-    pub fn headers(&self) -> [(&'static str, String); 5] {
+    /// `X-RateLimit-*` and the IETF `RateLimit-Policy` / `RateLimit` structured fields,
+    /// rendered without the formatting machinery (they go out on every response).
+    pub fn headers(&self) -> [(&'static str, http::HeaderValue); 5] {
+        let structured = |a: &str, x: u64, b: &str, y: u64| {
+            let mut s = String::with_capacity(self.policy.len() + 32);
+            let mut n = itoa::Buffer::new();
+            s.push('"');
+            s.push_str(&self.policy);
+            s.push_str(a);
+            s.push_str(n.format(x));
+            s.push_str(b);
+            s.push_str(n.format(y));
+            // A policy name is a rule's name from the configuration, checked to be a token.
+            http::HeaderValue::try_from(s).unwrap_or(http::HeaderValue::from_static(""))
+        };
         [
-            ("x-ratelimit-limit", self.limit.to_string()),
-            ("x-ratelimit-remaining", self.remaining.to_string()),
-            ("x-ratelimit-reset", self.reset_at.to_string()),
+            ("x-ratelimit-limit", self.limit.into()),
+            ("x-ratelimit-remaining", self.remaining.into()),
+            ("x-ratelimit-reset", self.reset_at.into()),
             (
                 "ratelimit-policy",
-                format!(
-                    "\"{}\";q={};w={}",
-                    self.policy, self.limit, self.window_secs
-                ),
+                structured("\";q=", self.limit.into(), ";w=", self.window_secs),
             ),
             (
                 "ratelimit",
-                format!(
-                    "\"{}\";r={};t={}",
-                    self.policy, self.remaining, self.reset_in
-                ),
+                structured("\";r=", self.remaining.into(), ";t=", self.reset_in),
             ),
         ]
     }
@@ -745,9 +752,19 @@ mod tests {
             reset_in: 40,
         };
         let h = s.headers();
-        assert_eq!(h[0], ("x-ratelimit-limit", "1000".to_owned()));
-        assert_eq!(h[2], ("x-ratelimit-reset", "1700000040".to_owned()));
-        assert_eq!(h[3].1, "\"default\";q=1000;w=60");
-        assert_eq!(h[4].1, "\"default\";r=998;t=40");
+        assert_eq!(h[0], ("x-ratelimit-limit", "1000".parse().unwrap()));
+        assert_eq!(h[1], ("x-ratelimit-remaining", "998".parse().unwrap()));
+        assert_eq!(h[2], ("x-ratelimit-reset", "1700000040".parse().unwrap()));
+        assert_eq!(
+            h[3],
+            (
+                "ratelimit-policy",
+                "\"default\";q=1000;w=60".parse().unwrap()
+            )
+        );
+        assert_eq!(
+            h[4],
+            ("ratelimit", "\"default\";r=998;t=40".parse().unwrap())
+        );
     }
 }
