@@ -113,8 +113,9 @@ def to_us(text):
     return value * {"us": 1, "ms": 1e3, "s": 1e6}[unit]
 
 
-def wrk(args, url, connections=None, headers=(), script=None, seconds=None):
-    cmd = ["taskset", "-c", str(args.load_cpu), "wrk", "-t1",
+def wrk(args, url, connections=None, headers=(), script=None, seconds=None, cpus=None,
+        threads=1):
+    cmd = ["taskset", "-c", str(cpus or args.load_cpu), "wrk", f"-t{threads}",
            f"-c{connections or args.connections}", f"-d{seconds or args.seconds}s", "--latency"]
     for h in headers:
         cmd += ["-H", h]
@@ -133,9 +134,13 @@ def wrk(args, url, connections=None, headers=(), script=None, seconds=None):
 
 
 def measure(args, server, url, **kw):
-    before = server.cpu_seconds()
+    before, started = server.cpu_seconds(), time.monotonic()
     r = wrk(args, url, **kw)
-    r["cpu_us"] = (server.cpu_seconds() - before) * 1e6 / max(r["requests"], 1)
+    used = server.cpu_seconds() - before
+    r["cpu_us"] = used * 1e6 / max(r["requests"], 1)
+    # Cores the server kept busy, and what it served per core-second it used.
+    r["cores"] = used / (time.monotonic() - started)
+    r["rps_per_core"] = r["requests"] / used if used else float("nan")
     return r
 
 
@@ -206,11 +211,12 @@ class Bench:
         limited = made("--name", "limited", "--scope", "read")
         self.limited_key, self.limited_id = limited["key"], limited["id"]
 
-    def write_kg_config(self, cache_ttl, rate_limit=""):
-        with open(self.kg_config, "w") as f:
+    def write_kg_config(self, cache_ttl, rate_limit="", path=None, threads=1, extra=""):
+        with open(path or self.kg_config, "w") as f:
             f.write(f"""
+{extra}
 [server]
-threads = 1
+threads = {threads}
 [database]
 url = "sqlite://{self.work}/keygate.db"
 [upstream]
@@ -219,6 +225,8 @@ peers = ["127.0.0.1:{self.backend_port}"]
 pepper = "{PEPPER}"
 cache_ttl = "{cache_ttl}"
 max_active_per_user = 100000
+[tokens]
+max_scoped_per_user = 100000
 [control]
 operator_token = "{OPERATOR}"
 [policies]
@@ -237,24 +245,56 @@ output = "{self.work}/audit.jsonl"
 level = "warn"
 """)
 
-    def start_keygate(self):
+    def start_keygate(self, config=None, name="keygate", cpus=None):
+        """keygate with `config` (the main one by default); another config gets ports of its
+        own, so two keygates can run side by side on the same database."""
+        port, control = (self.kg_port, self.kg_control) if config is None \
+            else (free_port(), free_port())
         return Server(
-            "keygate",
-            [f"{self.bin}/keygate", "--config", self.kg_config, "serve", "--listen",
-             f"127.0.0.1:{self.kg_port}", "--control-listen", f"127.0.0.1:{self.kg_control}"],
-            self.kg_port, self.args.server_cpu, self.work)
+            name,
+            [f"{self.bin}/keygate", "--config", config or self.kg_config, "serve", "--listen",
+             f"127.0.0.1:{port}", "--control-listen", f"127.0.0.1:{control}"],
+            port, cpus or self.args.server_cpu, self.work)
 
-    def start_passthrough(self):
+    def start_passthrough(self, threads=1, cpus=None):
         port = free_port()
         return Server(
             "passthrough",
             [f"{self.bin}/examples/passthrough", "--listen", f"127.0.0.1:{port}", "--upstream",
-             f"127.0.0.1:{self.backend_port}", "--threads", "1"],
-            port, self.args.server_cpu, self.work)
+             f"127.0.0.1:{self.backend_port}", "--threads", str(threads)],
+            port, cpus or self.args.server_cpu, self.work)
 
-    def start_nginx(self):
+    def mint_tokens(self, count):
+        """Signs in once as the bench user and mints `count` scoped tokens with that sign-in."""
+        control = f"http://127.0.0.1:{self.kg_control}"
+        body = json.dumps({"email": "ada@example.com", "password": "a long bench password",
+                           "device": "load harness"}).encode()
+        _, resp = http("POST", f"{control}/v1/auth/login", body,
+                       {"Content-Type": "application/json"})
+        data = json.loads(resp)["data"]
+        access = data.get("accessToken") or data["token"]
+        tokens = []
+        for i in range(count):
+            body = json.dumps({"name": f"bench-{i}", "permissions": ["files.read"],
+                               "expiresIn": "1d"}).encode()
+            _, resp = http("POST", f"{control}/v1/auth/tokens", body,
+                           {"Authorization": f"Bearer {access}",
+                            "Content-Type": "application/json"})
+            tokens.append(json.loads(resp)["data"]["token"])
+        # A token that keygate refused would measure refusals, not requests: check one.
+        status, _ = http("GET", f"http://127.0.0.1:{self.kg_port}/v1/files/local/small.txt",
+                         headers={"Authorization": f"Bearer {tokens[0]}"})
+        assert status == 200, status
+        return tokens
+
+    def start_nginx(self, tls=None):
         port = free_port()
-        root = f"{self.work}/nginx"
+        root = f"{self.work}/nginx-{port}"
+        listen = f"127.0.0.1:{port}"
+        if tls:
+            listen += (f" ssl;\n        ssl_certificate {tls}/cert.pem;\n"
+                       f"        ssl_certificate_key {tls}/key.pem;\n"
+                       "        ssl_protocols TLSv1.3")
         os.makedirs(root, exist_ok=True)
         with open(f"{root}/nginx.conf", "w") as f:
             f.write(f"""
@@ -272,7 +312,7 @@ http {{
     scgi_temp_path {root}/scgi;
     upstream backend {{ server 127.0.0.1:{self.backend_port}; keepalive 64; }}
     server {{
-        listen 127.0.0.1:{port};
+        listen {listen};
         location / {{
             proxy_pass http://backend;
             proxy_http_version 1.1;
@@ -284,7 +324,7 @@ http {{
     }}
 }}
 """)
-        return Server("nginx", ["nginx", "-p", root, "-c", f"{root}/nginx.conf", "-e",
+        return Server(f"nginx-{port}", ["nginx", "-p", root, "-c", f"{root}/nginx.conf", "-e",
                                 f"{root}/error.log"], port, self.args.server_cpu, self.work)
 
     # --- scenarios ----------------------------------------------------------------------
@@ -318,6 +358,13 @@ http {{
         self.side_by_side(servers, "/v1/files/local/small.txt", "small GET", with_key)
         log("1 MiB GET")
         self.side_by_side(servers, "/v1/files/local/big.bin", "1 MiB GET", with_key)
+
+        log("small GET with a scoped token (verified once, then cached like a key)")
+        self.tokens = self.mint_tokens(1000 if not a.quick else 200)
+        bearer = [f"Authorization: Bearer {self.tokens[0]}"]
+        wrk(a, f"http://127.0.0.1:{kg.port}/v1/files/local/small.txt", headers=bearer, seconds=1)
+        self.side_by_side([("keygate", kg), ("passthrough", pt)], "/v1/files/local/small.txt",
+                          "small GET, one token", lambda n: bearer if n == "keygate" else [])
 
         log("every request a different file (Cedar on every request)")
         for rnd in range(1, a.rounds + 1):
@@ -442,6 +489,12 @@ http {{
             f.write("local keys = {\n" + "".join(f'"{k}",\n' for k in keys) + "}\n"
                     "local n = 0\nrequest = function()\n  n = n % #keys + 1\n"
                     '  return wrk.format(nil, nil, {["X-API-Key"] = keys[n]})\nend\n')
+        many_tokens = f"{self.work}/many-tokens.lua"
+        with open(many_tokens, "w") as f:
+            f.write("local tokens = {\n" + "".join(f'"{t}",\n' for t in self.tokens) + "}\n"
+                    "local n = 0\nrequest = function()\n  n = n % #tokens + 1\n"
+                    '  return wrk.format(nil, nil, {["Authorization"] = "Bearer " .. tokens[n]})'
+                    "\nend\n")
         # A verified key stays cached for 1 ms only: every request looks its key up again.
         self.write_kg_config(cache_ttl="1ms")
         kg = self.start_keygate()
@@ -452,6 +505,9 @@ http {{
                 url = f"http://127.0.0.1:{server.port}{url_path}"
                 self.record("different key each request", name, rnd,
                             measure(a, server, url, script=many if name == "keygate" else None))
+                self.record("different token each request", name, rnd,
+                            measure(a, server, url,
+                                    script=many_tokens if name == "keygate" else None))
         pt.stop()
         kg.stop()
 
@@ -480,7 +536,60 @@ http {{
         self.upload_rss_growth = (kg.status_kib("VmHWM:") - rss_before) / 1024
         kg.stop()
         os.remove(big)
+
+        self.tls_scenario(key)
+        self.threads_scenario(key)
         self.backend.stop()
+
+    def tls_scenario(self, key):
+        """Small GETs over HTTPS (keep-alive: the handshake once per connection, then the
+        records' encryption), keygate and nginx each against itself over plain HTTP."""
+        a = self.args
+        log("small GET over HTTPS (ECDSA P-256, TLS 1.3) and over HTTP")
+        tls = f"{self.work}/tls"
+        os.makedirs(tls, exist_ok=True)
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:P-256", "-nodes", "-keyout", f"{tls}/key.pem",
+                        "-out", f"{tls}/cert.pem", "-days", "2", "-subj", "/CN=localhost"],
+                       check=True, capture_output=True)
+        https_config = f"{self.work}/keygate-tls.toml"
+        self.write_kg_config(cache_ttl="5m", path=https_config,
+                             extra=f'[tls]\ncert_file = "{tls}/cert.pem"\n'
+                                   f'key_file = "{tls}/key.pem"\nhsts_max_age = "0s"\n')
+        kg_https = self.start_keygate(config=https_config, name="keygate-https")
+        kg = self.start_keygate()
+        ngx_https = self.start_nginx(tls=tls)
+        ngx = self.start_nginx()
+        path = "/v1/files/local/small.txt"
+        targets = [("keygate https", kg_https, "https", key), ("keygate", kg, "http", key),
+                   ("nginx https", ngx_https, "https", []), ("nginx", ngx, "http", [])]
+        for rnd in range(1, a.rounds + 1):
+            for name, server, scheme, headers in targets:
+                url = f"{scheme}://127.0.0.1:{server.port}{path}"
+                self.record("small GET, HTTPS", name, rnd, measure(a, server, url, headers=headers))
+        for _, server, _, _ in targets:
+            server.stop()
+
+    def threads_scenario(self, key):
+        """keygate with 4 worker threads and the pass-through with 4 on both cores, the load
+        generator (2 threads) on the same two cores: how a request's cost scales across cores."""
+        a = self.args
+        log("4 worker threads on 2 cores")
+        config = f"{self.work}/keygate-4.toml"
+        self.write_kg_config(cache_ttl="5m", path=config, threads=4)
+        cpus = f"{a.server_cpu},{a.load_cpu}"
+        kg = self.start_keygate(config=config, name="keygate-4", cpus=cpus)
+        pt = self.start_passthrough(threads=4, cpus=cpus)
+        path = "/v1/files/local/small.txt"
+        wrk(a, f"http://127.0.0.1:{kg.port}{path}", headers=key, seconds=1, cpus=cpus)
+        for rnd in range(1, a.rounds + 1):
+            for name, server, headers in [("keygate", kg, key), ("passthrough", pt, [])]:
+                url = f"http://127.0.0.1:{server.port}{path}"
+                self.record("small GET, 4 threads", name, rnd,
+                            measure(a, server, url, headers=headers, cpus=cpus, threads=2,
+                                    connections=64))
+        kg.stop()
+        pt.stop()
 
     SHADOW = ('@id("keys-never-purge")\n'
               'forbid (principal is Keygate::ApiKey, action == Keygate::Action::"purgeTrash", '
@@ -602,6 +711,68 @@ http {{
                 if s == scenario and t == target and rnd == 1]
         return vals[0] if vals else float("nan")
 
+    def summary(self):
+        """The table at the top: every scenario against the pass-through (P) and nginx, its
+        target, and whether this run met it."""
+        m = self.med
+        K = lambda s, f="rps": m(s, "keygate", f)
+        P = lambda s, f="rps": m(s, "passthrough", f)
+        N = lambda s, f="rps": m(s, "nginx", f)
+        yes = lambda ok: "yes" if ok else "**no**"
+        rows = []
+        s = "small GET"
+        rows.append((s + " (key cached)", f"{K(s) / P(s):.2f} (CPU {K(s, 'cpu_us') / P(s, 'cpu_us'):.2f})",
+                     f"{K(s) / N(s):.2f}", "≥ 0.95 (CPU ≤ 1.05); ≥ 1.0 × nginx",
+                     yes(K(s) / P(s) >= 0.95 and K(s, 'cpu_us') / P(s, 'cpu_us') <= 1.05
+                         and K(s) / N(s) >= 1.0)))
+        s = "1 MiB GET"
+        rows.append((s, f"{K(s) / P(s):.2f}", f"{K(s) / N(s):.2f}", "≥ 0.95",
+                     yes(K(s) / P(s) >= 0.95)))
+        s = "distinct files (Cedar)"
+        r1 = self.first(s, "keygate", "rps") / self.first(s, "passthrough", "rps")
+        rows.append(("every request a new file (Cedar), round 1", f"{r1:.2f}", "", "≥ 0.80",
+                     yes(r1 >= 0.80)))
+        s = "different key each request"
+        rows.append(("a different valid key every request", f"{K(s) / P(s):.2f}", "", "≥ 0.50",
+                     yes(K(s) / P(s) >= 0.50)))
+        s = "small GET, one token"
+        rows.append(("one scoped token (cached)", f"{K(s) / P(s):.2f}", "", "as a key", ""))
+        s = "different token each request"
+        rows.append(("a different token every request", f"{K(s) / P(s):.2f}", "", "", ""))
+        nf, fl = "valid keys, no flood", "valid keys, flood"
+        rows.append(("valid keys under a wrong-key flood, vs no flood", f"{K(fl) / K(nf):.2f}",
+                     "", "≥ 0.80", yes(K(fl) / K(nf) >= 0.80)))
+        r0, r1_ = "small GET, no reloads", "small GET, reload every 1 s"
+        rows.append(("policies reloaded every second, vs none", f"{K(r1_) / K(r0):.2f}", "",
+                     "≥ 0.95", yes(K(r1_) / K(r0) >= 0.95)))
+        ol = next((s for s, *_ in self.rows if s.startswith("open loop")), None)
+        if ol:
+            d50 = K(ol, "p50") - P(ol, "p50")
+            ok99 = K(ol, "p99") <= max(1.10 * P(ol, "p99"), P(ol, "p99") + 50)
+            rows.append((f"open loop at half P's saturation: p50, p99",
+                         f"{d50:+.0f} µs, {K(ol, 'p99') / P(ol, 'p99'):.2f} ×", "",
+                         "p50 ≤ P + 10 µs; p99 ≤ max(1.10 × P, P + 50 µs)",
+                         yes(d50 <= 10 and ok99)))
+        up = m("upload", "keygate", "mib_s") / m("upload", "direct", "mib_s")
+        rows.append((f"{self.args.upload_mib} MiB upload, vs the backend directly",
+                     f"{up:.2f} (RSS +{self.upload_rss_growth:.1f} MiB)", "",
+                     "≥ 0.90; RSS ≤ +32 MiB", yes(up >= 0.90 and self.upload_rss_growth <= 32)))
+        s = "small GET, HTTPS"
+        rows.append(("small GET over HTTPS, vs keygate over HTTP",
+                     f"{m(s, 'keygate https', 'rps') / m(s, 'keygate', 'rps'):.2f}",
+                     f"{m(s, 'keygate https', 'rps') / m(s, 'nginx https', 'rps'):.2f} "
+                     "(both HTTPS)", "", ""))
+        s = "small GET, 4 threads"
+        rows.append(("small GET, 4 threads on 2 cores", f"{K(s) / P(s):.2f}", "", "", ""))
+        out = ["## At a glance", "",
+               "keygate's throughput over the pass-through's (P: pingora with no authorization) "
+               "and over nginx's in the same run; the sections below give every figure and how "
+               "it was measured.", "",
+               "| scenario | keygate / P | keygate / nginx | target | met |",
+               "| --- | ---: | ---: | --- | --- |"]
+        out += [f"| {a} | {b} | {c} | {d} | {e} |" for a, b, c, d, e in rows]
+        return out + [""]
+
     def report(self, command):
         a = self.args
         m = self.med
@@ -647,7 +818,7 @@ http {{
                            f"| {m(scenario, t, 'non2xx'):,.0f} |")
             return out + [""]
 
-        lines += ["## Results", ""]
+        lines += self.summary() + ["## Results", ""]
         for s in ["small GET", "1 MiB GET"]:
             lines += table(s, ["keygate", "passthrough", "nginx", "direct"])
             lines += [f"keygate / pass-through: throughput **{K(s) / P(s):.2f}**, CPU per request "
@@ -668,6 +839,38 @@ http {{
         lines += [f"1,000 keys in turn with a 1 ms identity-cache lifetime, so every request looks "
                   f"its key up in SQLite and decides afresh: keygate / pass-through "
                   f"**{K(s) / P(s):.2f}**.", ""]
+        s = "small GET, one token"
+        lines += table(s, ["keygate", "passthrough"])
+        lines += [f"One scoped token (EdDSA JWT) on every request: verified once, then found by the "
+                  f"keyed hash of its text like a key: keygate / pass-through **{K(s) / P(s):.2f}**, "
+                  f"CPU per request **{K(s, 'cpu_us') / P(s, 'cpu_us'):.2f}**.", ""]
+        s = "different token each request"
+        lines += table(s, ["keygate", "passthrough"])
+        lines += [f"{len(self.tokens):,} scoped tokens in turn with a 1 ms identity-cache lifetime: "
+                  f"every request verifies an EdDSA signature, looks its token up in SQLite and "
+                  f"decides afresh: keygate / pass-through **{K(s) / P(s):.2f}**.", ""]
+        s = "small GET, HTTPS"
+        lines += table(s, ["keygate https", "keygate", "nginx https", "nginx"])
+        kh, nh = m(s, "keygate https", "rps"), m(s, "nginx https", "rps")
+        lines += [f"Over keep-alive connections (one handshake per connection, then the records' "
+                  f"encryption): keygate over HTTPS / over HTTP **{kh / m(s, 'keygate', 'rps'):.2f}**, "
+                  f"nginx **{nh / m(s, 'nginx', 'rps'):.2f}**; keygate / nginx over HTTPS "
+                  f"**{kh / nh:.2f}**. New connections per second (the handshakes) are measured by "
+                  f"`benches/handshakes.sh` (above).", ""]
+        s = "small GET, 4 threads"
+        out = [f"### {s}", "", "Both servers with 4 worker threads on both cores, the load "
+               "generator (wrk, 2 threads, 64 connections) on the same cores.", "",
+               "| target | requests/s | p99 µs | server CPU µs/request | cores used | "
+               "requests/s per core used |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+        for t in ["keygate", "passthrough"]:
+            out.append(f"| {t} | {m(s, t, 'rps'):,.0f} | {m(s, t, 'p99'):,.0f} | "
+                       f"{m(s, t, 'cpu_us'):,.1f} | {m(s, t, 'cores'):.2f} | "
+                       f"{m(s, t, 'rps_per_core'):,.0f} |")
+        one = 1e6 / K("small GET", "cpu_us")
+        lines += out + ["", f"keygate / pass-through **{K(s) / P(s):.2f}**; keygate serves "
+                        f"{m(s, 'keygate', 'rps_per_core'):,.0f} requests per core-second with 4 "
+                        f"threads against {one:,.0f} with 1 thread on one core "
+                        f"(**{m(s, 'keygate', 'rps_per_core') / one:.2f}**).", ""]
         lines += table("denied (403)", ["keygate"])
         lines += [f"Denied requests are answered by keygate itself: "
                   f"{K('denied (403)') / K('small GET'):.2f} × the allowed rate.", ""]
