@@ -229,6 +229,25 @@ pub struct Decided {
     pub shadow: Option<ShadowDisagreement>,
 }
 
+/// Which paths a decision holds for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum DecisionPath {
+    /// This path alone: a policy or a grant names it or a folder below it.
+    Exactly(String),
+    /// Every path below this folder (a policy's or a grant's; `""`: none) that is not
+    /// itself named and has no named folder between it and this one.
+    Below(String),
+}
+
+impl DecisionPath {
+    /// Bytes held, for the cache's weigher.
+    fn len(&self) -> usize {
+        match self {
+            DecisionPath::Exactly(p) | DecisionPath::Below(p) => p.len(),
+        }
+    }
+}
+
 /// Everything a decision depends on; the decision cache's key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct DecisionKey {
@@ -236,7 +255,8 @@ struct DecisionKey {
     generation: i64,
     action: Arc<str>,
     provider: Arc<str>,
-    path: String,
+    /// The path, or the class of paths it decides alike with ([`Loaded::decision_path`]).
+    path: DecisionPath,
     epoch: u64,
     directory: u64,
 }
@@ -1113,6 +1133,40 @@ fn required_scopes(actions: &Entities, scopes: &[String]) -> HashMap<String, Str
 }
 
 impl Loaded {
+    /// What a decision on `resource` depends on besides the principal, the action and the
+    /// provider, as the decision cache's key.
+    ///
+    /// A policy can tell one path from another only by the entity ids it compares the
+    /// resource with: the paths policies name (`path_literals`), the principal's grants and
+    /// the folders on the way to them (`towardGrants`); a path entity's one attribute is its
+    /// provider. So a path that is one of those, or above one of them, is decided as itself;
+    /// any other path is decided like every other path below the same deepest named folder
+    /// (or below none): its entities are theirs with only its own id changed, an id no policy
+    /// and no attribute mentions. A new file in a folder already decided is a cache hit.
+    fn decision_path(&self, principal: &Principal, resource: &Resource) -> DecisionPath {
+        let provider: &str = &resource.provider;
+        let path = resource.path.as_str();
+        let granted = principal
+            .grants
+            .iter()
+            .flatten()
+            .map(|g| (g.provider.as_str(), g.base_path.as_str()));
+        let named = self
+            .path_literals
+            .iter()
+            .map(|(p, folder)| (p.as_str(), folder.as_str()));
+        let mut deepest = "";
+        for (_, folder) in granted.chain(named).filter(|(p, _)| *p == provider) {
+            if is_within(folder, path) {
+                return DecisionPath::Exactly(path.to_owned());
+            }
+            if is_within(path, folder) && folder.len() > deepest.len() {
+                deepest = folder;
+            }
+        }
+        DecisionPath::Below(deepest.to_owned())
+    }
+
     /// Decides one target, uncached.
     fn decide(
         &self,
@@ -1657,6 +1711,11 @@ impl PolicyEngine {
     }
 
     /// Replaces the provider → workspace directory when it changed.
+    /// The provider directory decisions are made with (provider name → workspace id).
+    pub fn providers(&self) -> HashMap<String, String> {
+        (**self.providers.load()).clone()
+    }
+
     pub fn set_providers(&self, providers: HashMap<String, String>) {
         if **self.providers.load() != providers {
             self.providers.store(Arc::new(providers));
@@ -1857,7 +1916,7 @@ impl PolicyEngine {
                 generation: principal.generation,
                 action: action.clone(),
                 provider: resource.provider.clone(),
-                path: resource.path.clone(),
+                path: loaded.decision_path(principal, resource),
                 epoch: loaded.epoch,
                 directory,
             };
@@ -2629,5 +2688,178 @@ mod tests {
             }
         }
         assert_eq!(decided, 6 * 2 * 14 * 4);
+    }
+
+    /// Paths in one decision class (the decision cache's key) decide alike, deciding each
+    /// with the whole folder chain above it: for principals with and without grants, paths
+    /// at, above, below and beside the grants and the folders policies name, every action.
+    #[test]
+    fn the_paths_of_one_decision_class_decide_alike() {
+        let mut files = shipped();
+        files.push((
+            "named.cedar".into(),
+            "@id(\"no-secrets\")\nforbid (principal, action, resource in Keygate::Path::\"local:/a/secret\");\n\n@id(\"public\")\npermit (principal, action == Keygate::Action::\"readFile\", resource in Keygate::Path::\"local:/pub\");\n\n@id(\"exact\")\nforbid (principal, action == Keygate::Action::\"deleteFile\", resource == Keygate::Path::\"local:/x/keep\");\n".into(),
+        ));
+        let loaded = load_texts(&files, 1).unwrap_or_else(|e| panic!("{e}"));
+        let authorizer = Authorizer::new();
+        let workspace_of = HashMap::from([
+            ("local".to_owned(), "w1".to_owned()),
+            ("other".to_owned(), "w1".to_owned()),
+        ]);
+        let grant = |p: &str, b: &str| crate::model::Grant {
+            provider: p.into(),
+            base_path: b.into(),
+        };
+        let principals = [
+            principal(None, &["admin"]),
+            principal(None, &["files:read"]),
+            principal(Some(vec![grant("local", "/a")]), &["write"]),
+            principal(Some(vec![grant("local", "/a/b")]), &["admin"]),
+            principal(Some(vec![grant("local", "/")]), &["read"]),
+            principal(Some(vec![grant("other", "/a")]), &["admin"]),
+        ];
+        let paths = [
+            "/",
+            "/a",
+            "/ab",
+            "/a/b",
+            "/a/b/c",
+            "/a/b/d",
+            "/a/b/c/d",
+            "/a/bc",
+            "/a/x",
+            "/a/y",
+            "/a/secret",
+            "/a/secret/x",
+            "/a/secret/y/z",
+            "/a/secrets",
+            "/pub",
+            "/pub/x",
+            "/pub/y/z",
+            "/public",
+            "/x",
+            "/x/keep",
+            "/x/keeps",
+            "/x/keep/y",
+            "/x/y/z",
+            "/z",
+        ];
+        let mut compared = 0;
+        for p in &principals {
+            for provider in ["local", "other"] {
+                let mut classes: HashMap<DecisionPath, Vec<&str>> = HashMap::new();
+                for path in paths {
+                    let resource = Resource {
+                        role: crate::route::ResourceRole::Source,
+                        provider: provider.into(),
+                        path: path.to_owned(),
+                    };
+                    classes
+                        .entry(loaded.decision_path(p, &resource))
+                        .or_default()
+                        .push(path);
+                }
+                for members in classes.values().filter(|m| m.len() > 1) {
+                    for action in ["readFile", "writeFile", "deleteFile", "listFolder"] {
+                        let decide = |path: &str| {
+                            let resource = Resource {
+                                role: crate::route::ResourceRole::Source,
+                                provider: provider.into(),
+                                path: path.to_owned(),
+                            };
+                            let mut every: Vec<(String, String)> = loaded.path_literals.clone();
+                            let mut acc = String::new();
+                            every.push((provider.to_owned(), "/".to_owned()));
+                            for seg in path.split('/').filter(|s| !s.is_empty()) {
+                                acc.push('/');
+                                acc.push_str(seg);
+                                every.push((provider.to_owned(), acc.clone()));
+                            }
+                            loaded.decide_among(
+                                &authorizer,
+                                p,
+                                action,
+                                Target::Path(&resource),
+                                &workspace_of,
+                                &every,
+                            )
+                        };
+                        let first = decide(members[0]);
+                        for other in &members[1..] {
+                            assert_eq!(
+                                decide(other),
+                                first,
+                                "{action} {provider}:{other} and {provider}:{} ({:?})",
+                                members[0],
+                                p.grants
+                            );
+                            compared += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert!(compared > 400, "{compared}");
+        // The named paths and those above them are classes of their own.
+        let key = principal(Some(vec![grant("local", "/a/b")]), &["admin"]);
+        let class = |path: &str| {
+            loaded.decision_path(
+                &key,
+                &Resource {
+                    role: crate::route::ResourceRole::Source,
+                    provider: "local".into(),
+                    path: path.to_owned(),
+                },
+            )
+        };
+        for own in ["/", "/a", "/a/b", "/a/secret", "/x/keep"] {
+            assert_eq!(class(own), DecisionPath::Exactly(own.to_owned()));
+        }
+        assert_eq!(class("/a/b/c/d"), DecisionPath::Below("/a/b".to_owned()));
+        assert_eq!(class("/x/keeps"), DecisionPath::Below(String::new()));
+        assert_eq!(
+            class("/x/keep/y"),
+            DecisionPath::Below("/x/keep".to_owned())
+        );
+    }
+
+    /// A new file in a folder already decided is answered from the decision cache, and a file
+    /// a policy names is decided for itself.
+    #[test]
+    fn a_new_file_beside_a_decided_one_is_a_cache_hit() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in SHIPPED {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        std::fs::write(
+            dir.path().join("keep.cedar"),
+            "@id(\"keep\")\nforbid (principal, action == Keygate::Action::\"readFile\", resource == Keygate::Path::\"local:/docs/keep.txt\");\n",
+        )
+        .unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let engine = PolicyEngine::load(dir.path(), metrics.clone()).unwrap();
+        engine.set_providers(HashMap::from([("local".to_owned(), "w1".to_owned())]));
+        let read = |path: &str| {
+            let route = RouteMatch {
+                resources: vec![Resource {
+                    role: crate::route::ResourceRole::Source,
+                    provider: "local".into(),
+                    path: path.to_owned(),
+                }],
+                ..RouteMatch::new(Arc::from("readFile"), path.to_owned())
+            };
+            engine.decide(&principal(None, &["read"]), &route)
+        };
+        let counts = || (metrics.decision_hit.get(), metrics.decision_miss.get());
+        assert!(read("/docs/a.txt").refusal.is_none());
+        assert_eq!(counts(), (0, 1));
+        assert!(read("/docs/b.txt").refusal.is_none());
+        assert!(read("/other/c.txt").refusal.is_none());
+        assert_eq!(counts(), (2, 1));
+        // The named file is not in the class of its neighbours: decided, and refused.
+        assert!(read("/docs/keep.txt").refusal.is_some());
+        assert_eq!(counts(), (2, 2));
+        assert!(read("/docs/keep.txt.bak").refusal.is_none());
+        assert_eq!(counts(), (3, 2));
     }
 }
