@@ -10,7 +10,7 @@ use std::hint::black_box;
 
 mod common;
 
-use common::{engine, get, keygate, principal};
+use common::{directories, engine, get, keygate, principal};
 use iai_callgrind::{library_benchmark, library_benchmark_group, main};
 use keygate::identity::credentials::{credentials, CredentialRules, Credentials};
 use keygate::model::Grant;
@@ -62,7 +62,8 @@ fn credentials_parse(input: (RequestHeader, CredentialRules)) -> bool {
 type Decider = (PolicyEngine, Principal, RouteMatch, tempfile::TempDir);
 
 /// The shipped policies and a key restricted to `local:/backups`, one decision already made
-/// (so nothing is first-time), and a path it has not decided.
+/// (so nothing is first-time) and then retired with the provider directory it was made with,
+/// and a path: Cedar decides it.
 fn decider() -> Decider {
     let (engine, routes, dir) = engine();
     let restricted = principal(
@@ -89,6 +90,7 @@ fn decider() -> Decider {
         &restricted,
         &route("/v1/files/local/backups/2025/first.tar"),
     );
+    engine.set_providers(directories(&engine)[1].clone());
     let fresh = route("/v1/files/local/backups/2025/db-dump.tar");
     (engine, restricted, fresh, dir)
 }
@@ -107,8 +109,9 @@ fn decide_cold(input: Decider) -> (bool, Decider) {
 type Admitter = (Runtime, Keygate, RequestHeader, tempfile::TempDir);
 
 /// A keygate over SQLite with one key; the first request admitted; `next` is the request
-/// counted (the same file: every cache warm; another file: the decision is made afresh).
-fn admitter(next: &str) -> Admitter {
+/// counted (the same file: every cache warm; another file: a hit of the first one's decision
+/// class). With `retire`, the provider directory changes first: Cedar decides `next`.
+fn admitter(next: &str, retire: bool) -> Admitter {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -119,12 +122,16 @@ fn admitter(next: &str) -> Admitter {
     let mut ctx = RequestCtx::new();
     rt.block_on(kg.admit(&first, None, &mut ctx))
         .expect("the first request is admitted");
+    if retire {
+        kg.policy.set_providers(directories(&kg.policy)[1].clone());
+    }
     (rt, kg, get(next, &key), dir)
 }
 
 #[library_benchmark]
-#[bench::warm(args = ("/v1/files/local/backups/2025/db-dump.tar"), setup = admitter)]
-#[bench::cold_decision(args = ("/v1/files/local/backups/2025/other.tar"), setup = admitter)]
+#[bench::warm(args = ("/v1/files/local/backups/2025/db-dump.tar", false), setup = admitter)]
+#[bench::new_file(args = ("/v1/files/local/backups/2025/other.tar", false), setup = admitter)]
+#[bench::cold_decision(args = ("/v1/files/local/backups/2025/other.tar", true), setup = admitter)]
 fn admit(input: Admitter) -> (bool, Admitter) {
     let mut ctx = RequestCtx::new();
     let ok = input

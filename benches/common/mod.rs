@@ -51,6 +51,15 @@ when
 };
 "#;
 
+/// `engine`'s provider directory and the same with one more provider nothing asks about:
+/// installing the other one retires every cached decision, so the next decision is Cedar's.
+pub fn directories(engine: &PolicyEngine) -> [std::collections::HashMap<String, String>; 2] {
+    let one = engine.providers();
+    let mut two = one.clone();
+    two.insert("spare".to_owned(), "spare-workspace".to_owned());
+    [one, two]
+}
+
 pub fn engine() -> (PolicyEngine, RouteTable, tempfile::TempDir) {
     engine_with(None)
 }
