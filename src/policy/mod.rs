@@ -1155,6 +1155,16 @@ impl Loaded {
             .path_literals
             .iter()
             .map(|(p, folder)| (p.as_str(), folder.as_str()));
+        // `towardGrants` holds the folders on the way to each grant, built segment by segment;
+        // a path among them is its own class however its grant was spelled.
+        if principal.grants.is_some()
+            && principal
+                .toward_grants()
+                .iter()
+                .any(|(p, folder)| *p == provider && folder == path)
+        {
+            return DecisionPath::Exactly(path.to_owned());
+        }
         let mut deepest = "";
         for (_, folder) in granted.chain(named).filter(|(p, _)| *p == provider) {
             if is_within(folder, path) {
@@ -1710,12 +1720,12 @@ impl PolicyEngine {
         self.current.load_full()
     }
 
-    /// Replaces the provider → workspace directory when it changed.
     /// The provider directory decisions are made with (provider name → workspace id).
     pub fn providers(&self) -> HashMap<String, String> {
         (**self.providers.load()).clone()
     }
 
+    /// Replaces the provider → workspace directory when it changed.
     pub fn set_providers(&self, providers: HashMap<String, String>) {
         if **self.providers.load() != providers {
             self.providers.store(Arc::new(providers));
@@ -2717,8 +2727,15 @@ mod tests {
             principal(Some(vec![grant("local", "/a/b")]), &["admin"]),
             principal(Some(vec![grant("local", "/")]), &["read"]),
             principal(Some(vec![grant("other", "/a")]), &["admin"]),
+            // Folders on the way to this grant are named by nothing but the grant.
+            principal(Some(vec![grant("local", "/m/n")]), &["write"]),
         ];
         let paths = [
+            "/m",
+            "/m/n",
+            "/m/n/o",
+            "/m/x",
+            "/mn",
             "/",
             "/a",
             "/ab",
@@ -2760,7 +2777,14 @@ mod tests {
                         .push(path);
                 }
                 for members in classes.values().filter(|m| m.len() > 1) {
-                    for action in ["readFile", "writeFile", "deleteFile", "listFolder"] {
+                    for action in [
+                        "readFile",
+                        "writeFile",
+                        "deleteFile",
+                        "listFolder",
+                        "traverse",
+                        "createAncestor",
+                    ] {
                         let decide = |path: &str| {
                             let resource = Resource {
                                 role: crate::route::ResourceRole::Source,
@@ -2821,6 +2845,22 @@ mod tests {
             class("/x/keep/y"),
             DecisionPath::Below("/x/keep".to_owned())
         );
+        // A folder on the way to a grant is its own class even when nothing else names it.
+        let deep = principal(Some(vec![grant("local", "/m/n")]), &["write"]);
+        let on = |path: &str| {
+            loaded.decision_path(
+                &deep,
+                &Resource {
+                    role: crate::route::ResourceRole::Source,
+                    provider: "local".into(),
+                    path: path.to_owned(),
+                },
+            )
+        };
+        assert_eq!(on("/m"), DecisionPath::Exactly("/m".to_owned()));
+        assert_eq!(on("/m/n"), DecisionPath::Exactly("/m/n".to_owned()));
+        assert_eq!(on("/mn"), DecisionPath::Below(String::new()));
+        assert_eq!(on("/m/x"), DecisionPath::Below(String::new()));
     }
 
     /// A new file in a folder already decided is answered from the decision cache, and a file
