@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 mod common;
 
-use common::{engine, engine_with, get, keygate, principal, SHADOW};
+use common::{engine, engine_with, get, get_route, keygate, principal, SHADOW};
 use criterion::{criterion_group, criterion_main, Criterion};
 use keygate::config::{Config, Overrides};
 use keygate::identity::credentials::{credentials, Credentials};
@@ -154,19 +154,7 @@ fn decide_stage(c: &mut Criterion) {
     // A new file for a key already seen (the common case: an upload, a listing's entries):
     // a miss of the path but a hit of its decision class (docs/policies.md), so no Cedar.
     let paths: Vec<_> = (0..200_000)
-        .map(|i| {
-            routes
-                .route(RouteInput {
-                    method: "GET",
-                    raw_target: format!("/v1/files/local/backups/2025/f-{i}.tar").as_bytes(),
-                    destination: None,
-                    overwrite: None,
-                    depth: None,
-                    if_header: None,
-                    host: None,
-                })
-                .expect("routes")
-        })
+        .map(|i| get_route(&routes, &format!("/v1/files/local/backups/2025/f-{i}.tar")))
         .collect();
     let mut i = 0;
     c.bench_function("decide/new_file_known_principal", |b| {
@@ -186,17 +174,7 @@ fn decide_stage(c: &mut Criterion) {
     // costs the same three folders deep and two hundred deep.
     for depth in [3usize, 200] {
         let target = format!("/v1/files/local/backups{}/f.tar", "/d".repeat(depth - 2));
-        let deep = routes
-            .route(RouteInput {
-                method: "GET",
-                raw_target: target.as_bytes(),
-                destination: None,
-                overwrite: None,
-                depth: None,
-                if_header: None,
-                host: None,
-            })
-            .expect("routes");
+        let deep = get_route(&routes, &target);
         c.bench_function(&format!("decide/cold_depth_{depth}"), |b| {
             b.iter(|| engine.decide_uncached(black_box(&restricted), black_box(&deep)))
         });

@@ -10,14 +10,14 @@ use std::hint::black_box;
 
 mod common;
 
-use common::{directories, engine, get, keygate, principal};
+use common::{directories, engine, get, get_route, keygate, principal};
 use iai_callgrind::{library_benchmark, library_benchmark_group, main};
 use keygate::identity::credentials::{credentials, CredentialRules, Credentials};
 use keygate::model::Grant;
 use keygate::policy::PolicyEngine;
 use keygate::principal::Principal;
 use keygate::proxy::{Keygate, RequestCtx};
-use keygate::route::{canonicalize, RouteInput, RouteMatch};
+use keygate::route::{canonicalize, RouteMatch};
 use pingora::http::RequestHeader;
 use tokio::runtime::Runtime;
 
@@ -73,19 +73,7 @@ fn decider() -> Decider {
             base_path: "/backups".to_owned(),
         }]),
     );
-    let route = |target: &str| {
-        routes
-            .route(RouteInput {
-                method: "GET",
-                raw_target: target.as_bytes(),
-                destination: None,
-                overwrite: None,
-                depth: None,
-                if_header: None,
-                host: None,
-            })
-            .expect("routes")
-    };
+    let route = |target: &str| get_route(&routes, target);
     let _ = engine.decide(
         &restricted,
         &route("/v1/files/local/backups/2025/first.tar"),

@@ -51,6 +51,21 @@ when
 };
 "#;
 
+/// The route of a GET of `target` (with no other headers), as the route stage finds it.
+pub fn get_route(routes: &RouteTable, target: &str) -> keygate::route::RouteMatch {
+    routes
+        .route(keygate::route::RouteInput {
+            method: "GET",
+            raw_target: target.as_bytes(),
+            destination: None,
+            overwrite: None,
+            depth: None,
+            if_header: None,
+            host: None,
+        })
+        .expect("routes")
+}
+
 /// `engine`'s provider directory and the same with one more provider nothing asks about:
 /// installing the other one retires every cached decision, so the next decision is Cedar's.
 pub fn directories(engine: &PolicyEngine) -> [std::collections::HashMap<String, String>; 2] {

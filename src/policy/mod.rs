@@ -1156,12 +1156,19 @@ impl Loaded {
             .iter()
             .map(|(p, folder)| (p.as_str(), folder.as_str()));
         // `towardGrants` holds the folders on the way to each grant, built segment by segment;
-        // a path among them is its own class however its grant was spelled.
-        if principal.grants.is_some()
-            && principal
-                .toward_grants()
-                .iter()
-                .any(|(p, folder)| *p == provider && folder == path)
+        // a path among them (compared the same way, without building the list) is its own
+        // class however its grant was spelled.
+        let on_the_way = |base: &str| {
+            let mut below = base.split('/').filter(|seg| !seg.is_empty());
+            path.split('/')
+                .filter(|seg| !seg.is_empty())
+                .all(|seg| below.next() == Some(seg))
+        };
+        if principal
+            .grants
+            .iter()
+            .flatten()
+            .any(|g| g.provider == provider && on_the_way(&g.base_path))
         {
             return DecisionPath::Exactly(path.to_owned());
         }
@@ -2613,34 +2620,78 @@ mod tests {
         assert!(disagreements > 20, "{disagreements}");
     }
 
-    #[test]
-    fn only_the_folders_a_decision_can_ask_about_decide_alike_the_whole_chain() {
+    fn grant(provider: &str, base_path: &str) -> crate::model::Grant {
+        crate::model::Grant {
+            provider: provider.into(),
+            base_path: base_path.into(),
+        }
+    }
+
+    /// The shipped policies and a file naming folders: `/a/secret` (a forbid on everything
+    /// in it), `/pub` (a permit to read in it) and `/x/keep` (a forbid on that path alone).
+    fn named_folders() -> Loaded {
         let mut files = shipped();
         files.push((
             "named.cedar".into(),
-            "@id(\"no-secrets\")\nforbid (principal, action, resource in Keygate::Path::\"local:/a/secret\");\n\n@id(\"public\")\npermit (principal, action == Keygate::Action::\"readFile\", resource in Keygate::Path::\"local:/pub\");\n".into(),
+            "@id(\"no-secrets\")\nforbid (principal, action, resource in Keygate::Path::\"local:/a/secret\");\n\n@id(\"public\")\npermit (principal, action == Keygate::Action::\"readFile\", resource in Keygate::Path::\"local:/pub\");\n\n@id(\"exact\")\nforbid (principal, action == Keygate::Action::\"deleteFile\", resource == Keygate::Path::\"local:/x/keep\");\n".into(),
         ));
-        let loaded = load_texts(&files, 1).unwrap_or_else(|e| panic!("{e}"));
-        assert!(loaded
-            .path_literals
-            .contains(&("local".into(), "/a/secret".into())));
-        let authorizer = Authorizer::new();
-        let workspace_of = HashMap::from([
-            ("local".to_owned(), "w1".to_owned()),
-            ("other".to_owned(), "w1".to_owned()),
-        ]);
-        let grant = |p: &str, b: &str| crate::model::Grant {
-            provider: p.into(),
-            base_path: b.into(),
-        };
-        let principals = [
+        load_texts(&files, 1).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Keys without grants and with grants at, above and below the named folders, on
+    /// another provider, and one whose way to its grant nothing else names.
+    fn grantees() -> Vec<Principal> {
+        vec![
             principal(None, &["admin"]),
             principal(None, &["files:read"]),
             principal(Some(vec![grant("local", "/a")]), &["write"]),
             principal(Some(vec![grant("local", "/a/b")]), &["admin"]),
             principal(Some(vec![grant("local", "/")]), &["read"]),
             principal(Some(vec![grant("other", "/a")]), &["admin"]),
-        ];
+            principal(Some(vec![grant("local", "/m/n")]), &["write"]),
+        ]
+    }
+
+    fn workspace_of() -> HashMap<String, String> {
+        HashMap::from([
+            ("local".to_owned(), "w1".to_owned()),
+            ("other".to_owned(), "w1".to_owned()),
+        ])
+    }
+
+    /// Decides with every folder above the path among the entities: the whole chain.
+    fn decide_with_whole_chain(
+        loaded: &Loaded,
+        p: &Principal,
+        action: &str,
+        resource: &Resource,
+    ) -> Verdict {
+        let mut every: Vec<(String, String)> = loaded.path_literals.clone();
+        let mut acc = String::new();
+        every.push((resource.provider.to_string(), "/".to_owned()));
+        for seg in resource.path.split('/').filter(|s| !s.is_empty()) {
+            acc.push('/');
+            acc.push_str(seg);
+            every.push((resource.provider.to_string(), acc.clone()));
+        }
+        loaded.decide_among(
+            &Authorizer::new(),
+            p,
+            action,
+            Target::Path(resource),
+            &workspace_of(),
+            &every,
+        )
+    }
+
+    #[test]
+    fn only_the_folders_a_decision_can_ask_about_decide_alike_the_whole_chain() {
+        let loaded = named_folders();
+        assert!(loaded
+            .path_literals
+            .contains(&("local".into(), "/a/secret".into())));
+        let authorizer = Authorizer::new();
+        let principals = grantees();
         let paths = [
             "/",
             "/a",
@@ -2672,32 +2723,16 @@ mod tests {
                             p,
                             action,
                             Target::Path(&resource),
-                            &workspace_of,
+                            &workspace_of(),
                         );
-                        // Naming every folder above the path builds the whole chain.
-                        let mut every: Vec<(String, String)> = loaded.path_literals.clone();
-                        let mut acc = String::new();
-                        every.push((provider.to_owned(), "/".to_owned()));
-                        for seg in path.split('/').filter(|s| !s.is_empty()) {
-                            acc.push('/');
-                            acc.push_str(seg);
-                            every.push((provider.to_owned(), acc.clone()));
-                        }
-                        let whole = loaded.decide_among(
-                            &authorizer,
-                            p,
-                            action,
-                            Target::Path(&resource),
-                            &workspace_of,
-                            &every,
-                        );
+                        let whole = decide_with_whole_chain(&loaded, p, action, &resource);
                         assert_eq!(pruned, whole, "{action} {provider}:{path} {:?}", p.grants);
                         decided += 1;
                     }
                 }
             }
         }
-        assert_eq!(decided, 6 * 2 * 14 * 4);
+        assert_eq!(decided, principals.len() * 2 * 14 * 4);
     }
 
     /// Paths in one decision class (the decision cache's key) decide alike, deciding each
@@ -2705,31 +2740,8 @@ mod tests {
     /// at, above, below and beside the grants and the folders policies name, every action.
     #[test]
     fn the_paths_of_one_decision_class_decide_alike() {
-        let mut files = shipped();
-        files.push((
-            "named.cedar".into(),
-            "@id(\"no-secrets\")\nforbid (principal, action, resource in Keygate::Path::\"local:/a/secret\");\n\n@id(\"public\")\npermit (principal, action == Keygate::Action::\"readFile\", resource in Keygate::Path::\"local:/pub\");\n\n@id(\"exact\")\nforbid (principal, action == Keygate::Action::\"deleteFile\", resource == Keygate::Path::\"local:/x/keep\");\n".into(),
-        ));
-        let loaded = load_texts(&files, 1).unwrap_or_else(|e| panic!("{e}"));
-        let authorizer = Authorizer::new();
-        let workspace_of = HashMap::from([
-            ("local".to_owned(), "w1".to_owned()),
-            ("other".to_owned(), "w1".to_owned()),
-        ]);
-        let grant = |p: &str, b: &str| crate::model::Grant {
-            provider: p.into(),
-            base_path: b.into(),
-        };
-        let principals = [
-            principal(None, &["admin"]),
-            principal(None, &["files:read"]),
-            principal(Some(vec![grant("local", "/a")]), &["write"]),
-            principal(Some(vec![grant("local", "/a/b")]), &["admin"]),
-            principal(Some(vec![grant("local", "/")]), &["read"]),
-            principal(Some(vec![grant("other", "/a")]), &["admin"]),
-            // Folders on the way to this grant are named by nothing but the grant.
-            principal(Some(vec![grant("local", "/m/n")]), &["write"]),
-        ];
+        let loaded = named_folders();
+        let principals = grantees();
         let paths = [
             "/m",
             "/m/n",
@@ -2791,22 +2803,7 @@ mod tests {
                                 provider: provider.into(),
                                 path: path.to_owned(),
                             };
-                            let mut every: Vec<(String, String)> = loaded.path_literals.clone();
-                            let mut acc = String::new();
-                            every.push((provider.to_owned(), "/".to_owned()));
-                            for seg in path.split('/').filter(|s| !s.is_empty()) {
-                                acc.push('/');
-                                acc.push_str(seg);
-                                every.push((provider.to_owned(), acc.clone()));
-                            }
-                            loaded.decide_among(
-                                &authorizer,
-                                p,
-                                action,
-                                Target::Path(&resource),
-                                &workspace_of,
-                                &every,
-                            )
+                            decide_with_whole_chain(&loaded, p, action, &resource)
                         };
                         let first = decide(members[0]);
                         for other in &members[1..] {
