@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 mod common;
 
-use common::{engine, engine_with, get, get_route, keygate, principal, SHADOW};
+use common::{engine, engine_with, get, get_route, keygate, principal, restricted_key, SHADOW};
 use criterion::{criterion_group, criterion_main, Criterion};
 use keygate::config::{Config, Overrides};
 use keygate::identity::credentials::{credentials, Credentials};
@@ -129,24 +129,8 @@ fn graphql_stage(c: &mut Criterion) {
 
 fn decide_stage(c: &mut Criterion) {
     let (engine, routes, _dir) = engine();
-    let restricted = principal(
-        "key-restricted",
-        Some(vec![Grant {
-            provider: "local".to_owned(),
-            base_path: "/backups".to_owned(),
-        }]),
-    );
-    let route = routes
-        .route(RouteInput {
-            method: "GET",
-            raw_target: b"/v1/files/local/backups/2025/db-dump.tar",
-            destination: None,
-            overwrite: None,
-            depth: None,
-            if_header: None,
-            host: None,
-        })
-        .expect("routes");
+    let restricted = restricted_key();
+    let route = get_route(&routes, "/v1/files/local/backups/2025/db-dump.tar");
     // A miss: the whole decision, entities and Cedar included, with no cache.
     c.bench_function("decide/cold_uncached", |b| {
         b.iter(|| engine.decide_uncached(black_box(&restricted), black_box(&route)))

@@ -10,10 +10,9 @@ use std::hint::black_box;
 
 mod common;
 
-use common::{directories, engine, get, get_route, keygate, principal};
+use common::{directories, engine, get, get_route, keygate, restricted_key};
 use iai_callgrind::{library_benchmark, library_benchmark_group, main};
 use keygate::identity::credentials::{credentials, CredentialRules, Credentials};
-use keygate::model::Grant;
 use keygate::policy::PolicyEngine;
 use keygate::principal::Principal;
 use keygate::proxy::{Keygate, RequestCtx};
@@ -66,13 +65,7 @@ type Decider = (PolicyEngine, Principal, RouteMatch, tempfile::TempDir);
 /// and a path: Cedar decides it.
 fn decider() -> Decider {
     let (engine, routes, dir) = engine();
-    let restricted = principal(
-        "key-restricted",
-        Some(vec![Grant {
-            provider: "local".to_owned(),
-            base_path: "/backups".to_owned(),
-        }]),
-    );
+    let restricted = restricted_key();
     let route = |target: &str| get_route(&routes, target);
     let _ = engine.decide(
         &restricted,

@@ -51,6 +51,17 @@ when
 };
 "#;
 
+/// An API key restricted to `local:/backups`.
+pub fn restricted_key() -> Principal {
+    principal(
+        "key-restricted",
+        Some(vec![Grant {
+            provider: "local".to_owned(),
+            base_path: "/backups".to_owned(),
+        }]),
+    )
+}
+
 /// The route of a GET of `target` (with no other headers), as the route stage finds it.
 pub fn get_route(routes: &RouteTable, target: &str) -> keygate::route::RouteMatch {
     routes
