@@ -220,9 +220,20 @@ pub fn success_body(data: impl serde::Serialize) -> Value {
 
 /// A fresh request id (UUIDv7, 32 hex digits), as both planes hand out.
 pub fn request_id() -> String {
-    // Encoded into a buffer rather than through `Display`: this runs for every request.
+    use rand::RngCore;
+    // This runs for every request. `Uuid::now_v7` takes a process-wide lock and asks the kernel
+    // for its random bits (a getrandom(2) call each time, 0.5 µs of a request in the profile):
+    // the bits come from the thread's own CSPRNG instead, and the id is encoded into a buffer
+    // rather than through `Display`. Ids within one millisecond are not ordered among
+    // themselves; nothing needs them to be.
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let mut random = [0u8; 10];
+    rand::thread_rng().fill_bytes(&mut random);
+    let id = uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid();
     let mut buf = uuid::Uuid::encode_buffer();
-    (*uuid::Uuid::now_v7().simple().encode_lower(&mut buf)).to_owned()
+    (*id.simple().encode_lower(&mut buf)).to_owned()
 }
 
 #[cfg(test)]
@@ -231,6 +242,32 @@ mod tests {
 
     fn body(r: &Refusal) -> Value {
         serde_json::from_slice(&r.render("req-1").body).unwrap()
+    }
+
+    #[test]
+    fn request_ids_are_distinct_time_ordered_uuids() {
+        let before = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let ids: Vec<String> = (0..1000).map(|_| request_id()).collect();
+        let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len());
+        for id in &ids {
+            assert_eq!(id.len(), 32, "{id}");
+            assert!(id
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+            let uuid = uuid::Uuid::parse_str(id).unwrap();
+            assert_eq!(uuid.get_version_num(), 7, "{id}");
+            assert_eq!(uuid.get_variant(), uuid::Variant::RFC4122);
+            let (secs, nanos) = uuid.get_timestamp().unwrap().to_unix();
+            let millis = secs * 1000 + u64::from(nanos) / 1_000_000;
+            assert!(
+                millis >= before && millis < before + 60_000,
+                "{id}: {millis}"
+            );
+        }
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Process wiring for `keygate serve`: builds every part from the config, binds both listeners
 //! (port 0 picks a free port; the chosen addresses are printed), feeds every data-plane
-//! connection to pingora's HTTP proxy (`accept.rs`), serves the control plane beside it on the
-//! same runtime, runs the background tasks (`tasks.rs`), and shuts down gracefully.
+//! connection to pingora's HTTP proxy (`accept.rs`) on the caller's runtime, serves the control
+//! plane and runs the background tasks (`tasks.rs`) on a runtime of their own (`Background`), and
+//! shuts down gracefully.
 //!
 //! May import everything below it; only `commands` and `main.rs` import it.
 
@@ -66,6 +67,54 @@ pub struct Running {
     store: Store,
     usage: Arc<UsageRecorder>,
     audit: Arc<AuditLog>,
+    /// Dropped last: the tasks above run on it.
+    background: Background,
+}
+
+/// The runtime of everything but the data plane: the control plane, the metrics and plain
+/// listeners, and the background tasks (the change feed, polls, flushes, reloads, health checks).
+/// Its own thread keeps their work off the data plane's workers, where a poll or a management
+/// request would otherwise sit in front of a client's request and add to its latency.
+struct Background(Option<tokio::runtime::Runtime>);
+
+impl Background {
+    fn start() -> anyhow::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("keygate-background")
+            .enable_all()
+            .build()
+            .context("cannot start the background runtime")?;
+        Ok(Self(Some(runtime)))
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.0.as_ref().expect("running until dropped").handle()
+    }
+
+    /// The listener, its readiness moved to this runtime's reactor: the connections it accepts
+    /// are driven here, not by the data plane's workers.
+    fn adopt(&self, listener: TcpListener) -> anyhow::Result<TcpListener> {
+        let socket = listener.into_std()?;
+        let _entered = self.handle().enter();
+        Ok(TcpListener::from_std(socket)?)
+    }
+
+    /// Stops the runtime, giving its blocking work up to `timeout`, off the caller's workers.
+    async fn stop(mut self, timeout: Duration) {
+        if let Some(runtime) = self.0.take() {
+            let _ = tokio::task::spawn_blocking(move || runtime.shutdown_timeout(timeout)).await;
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        // Never blocks: a runtime may not wait for its threads from inside another runtime.
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 impl Running {
@@ -87,6 +136,7 @@ impl Running {
         // The audit writer is a thread of its own: wait for it off the runtime's threads.
         let audit = self.audit.clone();
         let _ = tokio::task::spawn_blocking(move || audit.drain(Duration::from_secs(5))).await;
+        self.background.stop(Duration::from_secs(1)).await;
     }
 
     /// Hands the listening sockets to a new keygate waiting on `[server] upgrade_socket`
@@ -404,23 +454,29 @@ pub async fn start_with_store(
         .map(TcpListener::local_addr)
         .transpose()?;
 
+    let background = Background::start()?;
+    let control = background.adopt(control)?;
+    let metrics_listener = metrics_listener.map(|l| background.adopt(l)).transpose()?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
 
     for balancer in upstream.balancers() {
         let rx = shutdown_rx.clone();
-        tasks.spawn(async move { balancer.start(rx).await });
+        tasks.spawn_on(async move { balancer.start(rx).await }, background.handle());
     }
 
-    tasks.spawn(changes.clone().run(shutdown_rx.clone()));
+    tasks.spawn_on(
+        changes.clone().run(shutdown_rx.clone()),
+        background.handle(),
+    );
     if let Some(shared) = &shared_limits {
-        tasks.spawn(shared.clone().run(shutdown_rx.clone()));
+        tasks.spawn_on(shared.clone().run(shutdown_rx.clone()), background.handle());
     }
     // Holders of scopes the running set no longer defines are named at start and after every
     // reload (KeyManager::check_inert_scopes says why such a reload is not refused).
     let report_inert = {
         let keys = keys.clone();
-        let runtime = tokio::runtime::Handle::current();
+        let runtime = background.handle().clone();
         move || {
             let keys = keys.clone();
             runtime.spawn(async move {
@@ -441,13 +497,16 @@ pub async fn start_with_store(
     };
     let mut reloads = vec![reload_policy.clone()];
     if config.policy_watch && !config.policy_published {
-        tasks.spawn(reload_on_change(
-            "policies",
-            vec![config.policy_dir.clone()],
-            None,
-            reload_policy,
-            shutdown_rx.clone(),
-        ));
+        tasks.spawn_on(
+            reload_on_change(
+                "policies",
+                vec![config.policy_dir.clone()],
+                None,
+                reload_policy,
+                shutdown_rx.clone(),
+            ),
+            background.handle(),
+        );
     }
     if let Some(certs) = &certificates {
         let reload_certs: tasks::Reload = {
@@ -458,29 +517,44 @@ pub async fn start_with_store(
         };
         reloads.push(reload_certs.clone());
         if config.tls.as_ref().is_some_and(|t| t.watch) {
-            tasks.spawn(reload_on_change(
-                "certificate",
-                certs.folders(),
-                Some(certs.file_names()),
-                reload_certs,
-                shutdown_rx.clone(),
-            ));
+            tasks.spawn_on(
+                reload_on_change(
+                    "certificate",
+                    certs.folders(),
+                    Some(certs.file_names()),
+                    reload_certs,
+                    shutdown_rx.clone(),
+                ),
+                background.handle(),
+            );
         }
     }
-    tasks.spawn(reload_on_signal(reloads, shutdown_rx.clone()));
-    tasks.spawn(purge_tokens(store.clone(), shutdown_rx.clone()));
-    tasks.spawn(count_expiring_keys(
-        store.clone(),
-        metrics.clone(),
-        config.keys.change_poll_interval,
-        shutdown_rx.clone(),
-    ));
-    tasks.spawn(flush_usage(
-        usage.clone(),
-        store.clone(),
-        config.keys.usage_flush_interval,
-        shutdown_rx.clone(),
-    ));
+    tasks.spawn_on(
+        reload_on_signal(reloads, shutdown_rx.clone()),
+        background.handle(),
+    );
+    tasks.spawn_on(
+        purge_tokens(store.clone(), shutdown_rx.clone()),
+        background.handle(),
+    );
+    tasks.spawn_on(
+        count_expiring_keys(
+            store.clone(),
+            metrics.clone(),
+            config.keys.change_poll_interval,
+            shutdown_rx.clone(),
+        ),
+        background.handle(),
+    );
+    tasks.spawn_on(
+        flush_usage(
+            usage.clone(),
+            store.clone(),
+            config.keys.usage_flush_interval,
+            shutdown_rx.clone(),
+        ),
+        background.handle(),
+    );
 
     let state = ControlState {
         store: store.clone(),
@@ -515,16 +589,19 @@ pub async fn start_with_store(
             ..state.clone()
         };
         // No credential crosses this listener: it stays plain HTTP (see docs/operating.md).
-        tasks.spawn(control_plane::serve(
-            listener,
-            control::metrics_app(state),
-            None,
-            limits,
-            config.server.trusted_proxies.clone(),
-            config.server.header_timeout,
-            metrics.clone(),
-            shutdown_rx.clone(),
-        ));
+        tasks.spawn_on(
+            control_plane::serve(
+                listener,
+                control::metrics_app(state),
+                None,
+                limits,
+                config.server.trusted_proxies.clone(),
+                config.server.header_timeout,
+                metrics.clone(),
+                shutdown_rx.clone(),
+            ),
+            background.handle(),
+        );
     }
     let mut control_app = control::app(state);
     if let Some(hsts) = hsts.clone() {
@@ -539,16 +616,19 @@ pub async fn start_with_store(
             },
         ));
     }
-    tasks.spawn(control_plane::serve(
-        control,
-        control_app,
-        server_tls.clone().map(tokio_rustls::TlsAcceptor::from),
-        limits,
-        config.server.trusted_proxies.clone(),
-        config.server.header_timeout,
-        metrics.clone(),
-        shutdown_rx.clone(),
-    ));
+    tasks.spawn_on(
+        control_plane::serve(
+            control,
+            control_app,
+            server_tls.clone().map(tokio_rustls::TlsAcceptor::from),
+            limits,
+            config.server.trusted_proxies.clone(),
+            config.server.header_timeout,
+            metrics.clone(),
+            shutdown_rx.clone(),
+        ),
+        background.handle(),
+    );
 
     let conf = ServerConf {
         threads: config.server.threads,
@@ -594,14 +674,17 @@ pub async fn start_with_store(
                 trusted_proxies: config.server.trusted_proxies.clone(),
                 metrics: metrics.clone(),
             });
-            tasks.spawn(plain::serve(
-                listener,
-                plain,
-                limits,
-                config.server.trusted_proxies.clone(),
-                config.server.header_timeout,
-                shutdown_rx.clone(),
-            ));
+            tasks.spawn_on(
+                plain::serve(
+                    background.adopt(listener)?,
+                    plain,
+                    limits,
+                    config.server.trusted_proxies.clone(),
+                    config.server.header_timeout,
+                    shutdown_rx.clone(),
+                ),
+                background.handle(),
+            );
         } else {
             // `https_only = false`: the plain listener serves the data plane unencrypted too (a
             // migration aid), through the same proxy.
@@ -641,6 +724,7 @@ pub async fn start_with_store(
         store,
         usage,
         audit,
+        background,
     })
 }
 
