@@ -466,7 +466,8 @@ http {{
                 self.record(f"open loop {rate}/s", name, rnd, {
                     "rps": int(f["ok"]) / a.seconds, "p50": float(f["p50_us"]),
                     "p99": float(f["p99_us"]), "non2xx": int(f["errors"]),
-                    "requests": int(f["sent"])})
+                    "requests": int(f["sent"]), "lag_p50": float(f["lag_p50_us"]),
+                    "lag_p99": float(f["lag_p99_us"])})
 
         pt.stop()
         ngx.stop()
@@ -905,10 +906,12 @@ http {{
         if ol:
             lines += [f"### Latency at a fixed rate ({ol[len('open loop '):]}, half the "
                       "pass-through's saturation)", "",
-                      "| target | p50 µs | p99 µs | errors |", "| --- | ---: | ---: | ---: |"]
+                      "| target | p50 µs | p99 µs | errors | generator's lag p50, p99 µs |",
+                      "| --- | ---: | ---: | ---: | ---: |"]
             for t in ["keygate", "passthrough"]:
                 lines.append(f"| {t} | {m(ol, t, 'p50'):,.0f} | {m(ol, t, 'p99'):,.0f} | "
-                             f"{m(ol, t, 'non2xx'):,.0f} |")
+                             f"{m(ol, t, 'non2xx'):,.0f} | {m(ol, t, 'lag_p50'):,.0f}, "
+                             f"{m(ol, t, 'lag_p99'):,.0f} |")
             lines += ["", f"keygate − pass-through: p50 **{K(ol, 'p50') - P(ol, 'p50'):+.0f} µs**, "
                           f"p99 **{K(ol, 'p99') - P(ol, 'p99'):+.0f} µs** "
                           f"({K(ol, 'p99') / P(ol, 'p99'):.2f} ×).", ""]

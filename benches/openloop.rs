@@ -3,8 +3,9 @@
 //! wrk is closed-loop: a slow response delays the next request, so latency under a fixed load
 //! is understated. This sends requests on a fixed schedule whatever the server does, over
 //! keep-alive connections, and measures each response from the moment its request was due
-//! (correcting coordinated omission). Prints one line: `rate=… sent=… ok=… errors=… p50_us=…
-//! p90_us=… p99_us=… max_us=…`.
+//! (correcting coordinated omission). A thread of its own releases each request at its due time
+//! (see `pace`). Prints one line: `rate=… sent=… ok=… errors=… p50_us=… p90_us=… p99_us=…
+//! max_us=… lag_p50_us=… lag_p99_us=…`, the lags being how late requests left.
 //!
 //! `cargo run --release --example openloop -- --addr 127.0.0.1:8080 --path /v1/files/local/a
 //!  --rate 5000 --seconds 10 --connections 32 -H 'X-API-Key: kg_…'`
@@ -16,6 +17,7 @@ use clap::Parser;
 use hdrhistogram::Histogram;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::time::Instant;
 
 #[derive(Parser)]
@@ -38,6 +40,9 @@ struct Args {
 
 struct Outcome {
     latencies: Histogram<u64>,
+    /// How late each request left, after its due time: the generator's own share of latency
+    /// (a request due while the one before on its connection is out waits for it too).
+    lags: Histogram<u64>,
     sent: u64,
     ok: u64,
     errors: u64,
@@ -77,9 +82,10 @@ async fn read_response(conn: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Resu
     Ok(status)
 }
 
-async fn connection(args: std::sync::Arc<Args>, offset: Duration, start: Instant) -> Outcome {
+async fn connection(args: std::sync::Arc<Args>, mut dues: UnboundedReceiver<Instant>) -> Outcome {
     let mut out = Outcome {
         latencies: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
+        lags: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
         sent: 0,
         ok: 0,
         errors: 0,
@@ -90,14 +96,13 @@ async fn connection(args: std::sync::Arc<Args>, offset: Duration, start: Instant
         request.push_str("\r\n");
     }
     request.push_str("\r\n");
-    let interval = Duration::from_secs_f64(args.connections as f64 / args.rate as f64);
-    let end = start + Duration::from_secs(args.seconds);
-    let mut due = start + offset;
     let mut conn: Option<TcpStream> = None;
     let mut buf = Vec::with_capacity(64 * 1024);
-    while due < end {
-        tokio::time::sleep_until(due).await;
+    // A request due while the one before is still out waits here, its latency counted from
+    // when it was due.
+    while let Some(due) = dues.recv().await {
         out.sent += 1;
+        let _ = out.lags.record(due.elapsed().as_micros().max(1) as u64);
         if conn.is_none() {
             conn = TcpStream::connect(args.addr).await.ok();
             if let Some(c) = &conn {
@@ -123,9 +128,36 @@ async fn connection(args: std::sync::Arc<Args>, offset: Duration, start: Instant
                 conn = None;
             }
         }
-        due += interval;
     }
     out
+}
+
+/// Releases each request at its due time, from a thread of its own, round-robin over the
+/// connections. tokio's timers tick in whole milliseconds: sleeping on them would release the
+/// requests due within one millisecond together, up to a millisecond late, and the latency
+/// counted from their due times would be mostly the generator's own lateness and the queue its
+/// bursts build (every request then waits behind the others of its burst, which inflates a
+/// slower server's latency the most). This thread sleeps on the kernel's high-resolution timers
+/// with a timer slack of 1 ns instead.
+#[allow(unsafe_code)] // prctl: libc has no safe wrapper, and nix's needs a feature keygate lacks.
+fn pace(rate: u64, start: Instant, end: Instant, connections: Vec<UnboundedSender<Instant>>) {
+    // SAFETY: prctl(PR_SET_TIMERSLACK) takes a plain integer and changes only this thread.
+    unsafe {
+        libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);
+    }
+    let spacing = 1.0 / rate as f64;
+    let (start, end) = (start.into_std(), end.into_std());
+    for i in 0u64.. {
+        let due = start + Duration::from_secs_f64(spacing * i as f64);
+        if due >= end {
+            break;
+        }
+        let now = std::time::Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        let _ = connections[(i % connections.len() as u64) as usize].send(Instant::from_std(due));
+    }
 }
 
 #[tokio::main]
@@ -136,25 +168,36 @@ async fn main() {
         "rate and connections must be positive"
     );
     let start = Instant::now() + Duration::from_millis(100);
-    let spacing = Duration::from_secs_f64(1.0 / args.rate as f64);
-    let tasks: Vec<_> = (0..args.connections)
-        .map(|i| tokio::spawn(connection(args.clone(), spacing * i as u32, start)))
-        .collect();
+    let end = start + Duration::from_secs(args.seconds);
+    let (senders, tasks): (Vec<_>, Vec<_>) = (0..args.connections)
+        .map(|_| {
+            let (tx, rx) = unbounded_channel();
+            (tx, tokio::spawn(connection(args.clone(), rx)))
+        })
+        .unzip();
+    let rate = args.rate;
+    let pacer = std::thread::spawn(move || pace(rate, start, end, senders));
     let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+    let mut lags = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
     let (mut sent, mut ok, mut errors) = (0, 0, 0);
     for t in tasks {
         let o = t.await.expect("connection task");
         all.add(&o.latencies).expect("same bounds");
+        lags.add(&o.lags).expect("same bounds");
         sent += o.sent;
         ok += o.ok;
         errors += o.errors;
     }
+    pacer.join().expect("pacing thread");
     println!(
-        "rate={} sent={sent} ok={ok} errors={errors} p50_us={} p90_us={} p99_us={} max_us={}",
+        "rate={} sent={sent} ok={ok} errors={errors} p50_us={} p90_us={} p99_us={} max_us={} \
+         lag_p50_us={} lag_p99_us={}",
         args.rate,
         all.value_at_quantile(0.50),
         all.value_at_quantile(0.90),
         all.value_at_quantile(0.99),
-        all.max()
+        all.max(),
+        lags.value_at_quantile(0.50),
+        lags.value_at_quantile(0.99),
     );
 }
