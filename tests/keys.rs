@@ -649,6 +649,116 @@ async fn revoking_under_load_stops_every_later_forward() {
     }
 }
 
+/// A key narrowed while requests are in flight (its scopes no longer allow writes): a write
+/// the change caught between its decision and its forward is decided again on the key's new
+/// version, so it is refused as forbidden (403), as is every write sent after the change
+/// returned; the key was not revoked, so never 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn narrowing_a_key_under_load_refuses_later_writes_as_forbidden() {
+    let rec = Recorder::start().await;
+    let kg = Keygate::start(&[rec.addr], "");
+    for trial in 0..15 {
+        let (status, created) = create_key(&kg, json!({"name": format!("narrowed {trial}"), "scopes": ["write"], "owner": "ada@example.com"})).await;
+        assert_eq!(status, StatusCode::CREATED, "trial {trial}: {created}");
+        let key = created["data"]["key"].as_str().unwrap().to_owned();
+        let id = created["data"]["id"].as_str().unwrap().to_owned();
+        let changed: Arc<AtomicBool> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut workers = Vec::new();
+        for w in 0..8 {
+            let (url, key, stop, changed) = (
+                kg.url(&format!("/v1/files/local/narrowed-{trial}-{w}")),
+                key.clone(),
+                stop.clone(),
+                changed.clone(),
+            );
+            workers.push(tokio::spawn(async move {
+                let c = client_with_key(&key);
+                let mut answers = Vec::new();
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let after = changed.load(Ordering::SeqCst);
+                    let r = c
+                        .put(&url)
+                        .header("x-trial", format!("{trial}-{w}-{n}-{after}"))
+                        .body("x")
+                        .send()
+                        .await
+                        .unwrap();
+                    answers.push((after, r.status()));
+                    n += 1;
+                }
+                answers
+            }));
+        }
+        let started = Instant::now();
+        while !rec
+            .requests()
+            .iter()
+            .any(|s| s.header("x-keygate-key-id") == Some(id.as_str()))
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "trial {trial}: the load never started"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let r = kg
+            .operator()
+            .patch(kg.control_url(&format!("/v1/keys/{id}")))
+            .json(&json!({"scopes": ["read"]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "trial {trial}");
+        changed.store(true, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        stop.store(true, Ordering::Relaxed);
+        let mut answers = Vec::new();
+        for w in workers {
+            answers.extend(w.await.unwrap());
+        }
+        let odd: Vec<_> = answers
+            .iter()
+            .filter(|(_, s)| ![StatusCode::OK, StatusCode::FORBIDDEN].contains(s))
+            .collect();
+        assert!(
+            odd.is_empty(),
+            "trial {trial}: answers other than 200 and 403 while narrowing: {odd:?}"
+        );
+        let late: Vec<_> = answers
+            .iter()
+            .filter(|(after, s)| *after && *s != StatusCode::FORBIDDEN)
+            .collect();
+        assert!(
+            late.is_empty(),
+            "trial {trial}: writes sent after the change returned were not refused: {late:?}"
+        );
+        let forwarded_late = rec
+            .requests()
+            .iter()
+            .filter(|s| {
+                s.header("x-trial")
+                    .is_some_and(|t| t.starts_with(&format!("{trial}-")) && t.ends_with("-true"))
+            })
+            .count();
+        assert_eq!(
+            forwarded_late, 0,
+            "trial {trial}: writes sent after the change returned reached the backend"
+        );
+        assert!(
+            answers.iter().any(|(_, s)| *s == StatusCode::OK),
+            "trial {trial}: the load ran before the change"
+        );
+        // The owner may hold ten active keys.
+        kg.operator()
+            .delete(kg.control_url(&format!("/v1/keys/{id}")))
+            .expect(StatusCode::OK)
+            .await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_and_last_used_after_a_burst_and_a_restart() {
     let backend = Backend::start();

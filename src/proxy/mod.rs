@@ -48,7 +48,7 @@ use crate::model::EXPIRY_WARNING_MS;
 use crate::policy::PolicyEngine;
 use crate::principal::{Principal, PrincipalKind};
 use crate::ratelimit::RateLimiter;
-use crate::refusal::{AuthFailure, Refusal};
+use crate::refusal::Refusal;
 use crate::route::{Check, RouteInput, RouteTable};
 use crate::telemetry::Metrics;
 
@@ -188,6 +188,38 @@ impl Keygate {
                 Err(refusal)
             }
         }
+    }
+
+    /// The credential and the decision again, for a request whose credential changed after it
+    /// was decided (revoked, or its role, scopes or base paths changed): the credential's
+    /// current version is authenticated and decided on the same route, so a revoke answers
+    /// 401, a downgrade 403, and a change that does not touch the request lets it through.
+    /// The rate limit already counted the request.
+    async fn admit_again(&self, req: &RequestHeader, ctx: &mut RequestCtx) -> Result<(), Refusal> {
+        let Some(route) = ctx.route.as_ref() else {
+            return Err(Refusal::Unavailable(
+                "a request was decided unchecked".into(),
+            ));
+        };
+        let principal = self
+            .identity
+            .authenticate(Presented {
+                method: &req.method,
+                headers: &req.headers,
+                query: route.query(),
+                client: ctx.client,
+                basic: route.basic,
+            })
+            .await?;
+        let decided = self.policy.decide(&principal, route);
+        if let Some(refusal) = decided.refusal {
+            self.identity.count(&refusal, ctx.client);
+            return Err(refusal);
+        }
+        ctx.principal = Some(principal);
+        ctx.verdicts = decided.verdicts;
+        ctx.shadow = decided.shadow;
+        Ok(())
     }
 
     /// Whether an entry of a listing decided on the way (its `href`, as the server wrote it)
@@ -330,10 +362,25 @@ impl ProxyHttp for Keygate {
 
     async fn upstream_request_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // A revoke or change that returned while this request was in flight applies to it.
+        if ctx
+            .principal
+            .as_ref()
+            .is_some_and(|p| !self.identity.is_current(p))
+        {
+            if let Err(refusal) = self.admit_again(session.req_header(), ctx).await {
+                let status = refusal.status();
+                ctx.refusal = Some(refusal);
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(status),
+                    "credential changed in flight",
+                ));
+            }
+        }
         // INVARIANT: request_filter lets a request through only with a route and a principal.
         let (Some(route), Some(principal)) = (ctx.route.as_ref(), ctx.principal.as_ref()) else {
             return Err(Error::explain(
@@ -341,14 +388,6 @@ impl ProxyHttp for Keygate {
                 "forwarding an unchecked request",
             ));
         };
-        // A revoke or change that returned while this request was in flight stops it here.
-        if !self.identity.is_current(principal) {
-            ctx.refusal = Some(Refusal::Unauthorized(AuthFailure::Revoked));
-            return Err(Error::explain(
-                ErrorType::HTTPStatus(401),
-                "credential changed in flight",
-            ));
-        }
         // keygate answered `Expect: 100-continue` itself when it read the body.
         if ctx.body_read {
             upstream_request.remove_header(&http::header::EXPECT);
