@@ -906,7 +906,7 @@ http {{
         if ol:
             lines += [f"### Latency at a fixed rate ({ol[len('open loop '):]}, half the "
                       "pass-through's saturation)", "",
-                      "| target | p50 µs | p99 µs | errors | generator's lag p50, p99 µs |",
+                      "| target | p50 µs | p99 µs | errors | generator's own lag p50, p99 µs |",
                       "| --- | ---: | ---: | ---: | ---: |"]
             for t in ["keygate", "passthrough"]:
                 lines.append(f"| {t} | {m(ol, t, 'p50'):,.0f} | {m(ol, t, 'p99'):,.0f} | "

@@ -40,9 +40,6 @@ struct Args {
 
 struct Outcome {
     latencies: Histogram<u64>,
-    /// How late each request left, after its due time: the generator's own share of latency
-    /// (a request due while the one before on its connection is out waits for it too).
-    lags: Histogram<u64>,
     sent: u64,
     ok: u64,
     errors: u64,
@@ -85,7 +82,6 @@ async fn read_response(conn: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Resu
 async fn connection(args: std::sync::Arc<Args>, mut dues: UnboundedReceiver<Instant>) -> Outcome {
     let mut out = Outcome {
         latencies: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
-        lags: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
         sent: 0,
         ok: 0,
         errors: 0,
@@ -102,7 +98,6 @@ async fn connection(args: std::sync::Arc<Args>, mut dues: UnboundedReceiver<Inst
     // when it was due.
     while let Some(due) = dues.recv().await {
         out.sent += 1;
-        let _ = out.lags.record(due.elapsed().as_micros().max(1) as u64);
         if conn.is_none() {
             conn = TcpStream::connect(args.addr).await.ok();
             if let Some(c) = &conn {
@@ -140,7 +135,16 @@ async fn connection(args: std::sync::Arc<Args>, mut dues: UnboundedReceiver<Inst
 /// slower server's latency the most). This thread sleeps on the kernel's high-resolution timers
 /// with a timer slack of 1 ns instead.
 #[allow(unsafe_code)] // prctl: libc has no safe wrapper, and nix's needs a feature keygate lacks.
-fn pace(rate: u64, start: Instant, end: Instant, connections: Vec<UnboundedSender<Instant>>) {
+/// Returns how late it released each request after its due time: the generator's own share of
+/// the latencies (the wake-up of this thread; not the wait behind a connection's previous
+/// response, which is the server's).
+fn pace(
+    rate: u64,
+    start: Instant,
+    end: Instant,
+    connections: Vec<UnboundedSender<Instant>>,
+) -> Histogram<u64> {
+    let mut lags = Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
     // SAFETY: prctl(PR_SET_TIMERSLACK) takes a plain integer and changes only this thread.
     unsafe {
         libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);
@@ -156,8 +160,10 @@ fn pace(rate: u64, start: Instant, end: Instant, connections: Vec<UnboundedSende
         if due > now {
             std::thread::sleep(due - now);
         }
+        let _ = lags.record(due.elapsed().as_micros().max(1) as u64);
         let _ = connections[(i % connections.len() as u64) as usize].send(Instant::from_std(due));
     }
+    lags
 }
 
 #[tokio::main]
@@ -178,17 +184,15 @@ async fn main() {
     let rate = args.rate;
     let pacer = std::thread::spawn(move || pace(rate, start, end, senders));
     let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
-    let mut lags = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
     let (mut sent, mut ok, mut errors) = (0, 0, 0);
     for t in tasks {
         let o = t.await.expect("connection task");
         all.add(&o.latencies).expect("same bounds");
-        lags.add(&o.lags).expect("same bounds");
         sent += o.sent;
         ok += o.ok;
         errors += o.errors;
     }
-    pacer.join().expect("pacing thread");
+    let lags = pacer.join().expect("pacing thread");
     println!(
         "rate={} sent={sent} ok={ok} errors={errors} p50_us={} p90_us={} p99_us={} max_us={} \
          lag_p50_us={} lag_p99_us={}",

@@ -53,7 +53,7 @@ GROUPS = [
 def dso_kind(dso):
     if dso.startswith("[kernel"):
         return "kernel"
-    if dso.startswith("libc"):
+    if dso.startswith("libc.so"):
         return "libc"
     if dso == "[vdso]":
         return "vdso"
@@ -164,6 +164,10 @@ def main():
             url = f"http://127.0.0.1:{server.port}{small}"
             got[name] = record(server, bench.work, name, lambda: load.wrk(a, url, headers=headers))
         (rk, pk, uk), (rp, pp, up) = got["keygate"], got["P"]
+        for name, r in [("keygate", rk), ("P", rp)]:
+            # A profile of refusals or errors would not be the profile of a forwarded GET.
+            assert r["non2xx"] == 0 and r["errors"] == 0, f"{name}: {r}"
+
         per = (rk["requests"], rp["requests"])
         out += ["### Small GET at saturation: where each request's CPU goes", "",
                 f"keygate {rk['rps']:,.0f} requests/s, P {rp['rps']:,.0f} "

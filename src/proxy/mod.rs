@@ -165,11 +165,22 @@ impl Keygate {
                 return Err(refusal);
             }
         }
+        let principal = principal.clone();
+        self.decide_route(&principal, ctx)
+    }
+
+    /// The decision on the request's route for `principal`, the verdicts kept for the audit
+    /// log. Denied, a request on the way to the credential's base paths (a WebDAV client
+    /// opening the root, creating parents) is decided as its route's ancestor action, and a
+    /// listing's answer is then filtered to the entries on the way.
+    fn decide_route(&self, principal: &Principal, ctx: &mut RequestCtx) -> Result<(), Refusal> {
+        let Some(route) = ctx.route.as_ref() else {
+            return Err(Refusal::Unavailable(
+                "a request was decided unchecked".into(),
+            ));
+        };
         let mut decided = self.policy.decide(principal, route);
-        // Denied, a request on the way to the credential's base paths (a WebDAV client
-        // opening the root, creating parents) is decided as its route's ancestor action, and
-        // a listing's answer is then filtered to the entries on the way.
-        if decided.refusal.is_some() {
+        if decided.refusal.is_some() && !ctx.on_the_way {
             if let Some(way) = route.on_the_way() {
                 let again = self.policy.decide(principal, &way);
                 if again.refusal.is_none() {
@@ -192,9 +203,11 @@ impl Keygate {
 
     /// The credential and the decision again, for a request whose credential changed after it
     /// was decided (revoked, or its role, scopes or base paths changed): the credential's
-    /// current version is authenticated and decided on the same route, so a revoke answers
-    /// 401, a downgrade 403, and a change that does not touch the request lets it through.
-    /// The rate limit already counted the request.
+    /// current version is authenticated and decided on the same route (or on its way, as a
+    /// fresh request would be), so a revoke answers 401, a downgrade 403, and a change that
+    /// does not touch the request lets it through. The rate limit already counted the request
+    /// and is not asked again: a change that moves the credential under a tighter rule applies
+    /// from its next request.
     async fn admit_again(&self, req: &RequestHeader, ctx: &mut RequestCtx) -> Result<(), Refusal> {
         let Some(route) = ctx.route.as_ref() else {
             return Err(Refusal::Unavailable(
@@ -211,15 +224,8 @@ impl Keygate {
                 basic: route.basic,
             })
             .await?;
-        let decided = self.policy.decide(&principal, route);
-        if let Some(refusal) = decided.refusal {
-            self.identity.count(&refusal, ctx.client);
-            return Err(refusal);
-        }
-        ctx.principal = Some(principal);
-        ctx.verdicts = decided.verdicts;
-        ctx.shadow = decided.shadow;
-        Ok(())
+        ctx.principal = Some(principal.clone());
+        self.decide_route(&principal, ctx)
     }
 
     /// Whether an entry of a listing decided on the way (its `href`, as the server wrote it)

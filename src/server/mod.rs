@@ -1,8 +1,8 @@
 //! Process wiring for `keygate serve`: builds every part from the config, binds both listeners
 //! (port 0 picks a free port; the chosen addresses are printed), feeds every data-plane
-//! connection to pingora's HTTP proxy (`accept.rs`) on the caller's runtime, serves the control
-//! plane and runs the background tasks (`tasks.rs`) on a runtime of their own (`Background`), and
-//! shuts down gracefully.
+//! connection to pingora's HTTP proxy (`accept.rs`) and serves the control plane beside it on the
+//! caller's runtime, runs the background tasks (`tasks.rs`) on a runtime of their own
+//! (`Background`), and shuts down gracefully.
 //!
 //! May import everything below it; only `commands` and `main.rs` import it.
 
@@ -71,10 +71,15 @@ pub struct Running {
     background: Background,
 }
 
-/// The runtime of everything but the data plane: the control plane, the metrics and plain
-/// listeners, and the background tasks (the change feed, polls, flushes, reloads, health checks).
-/// Its own thread keeps their work off the data plane's workers, where a poll or a management
-/// request would otherwise sit in front of a client's request and add to its latency.
+/// The runtime of keygate's own periodic work: the change feed, the polls, the usage flush, the
+/// token purge, the reload watchers and the upstream health checks. Its thread keeps that work
+/// from sitting in front of a client's request on the data plane's workers.
+///
+/// What a client can reach stays on the data plane's runtime: the control plane (its health
+/// probes then answer for the workers that serve requests), the metrics and plain listeners, and
+/// the Redis watcher, whose connection carries the data plane's calls. A PostgreSQL connection
+/// the pool opened for a task here is driven by this thread when a request later borrows it;
+/// nothing a client sends runs here, so the thread stays idle but for its periodic work.
 struct Background(Option<tokio::runtime::Runtime>);
 
 impl Background {
@@ -90,14 +95,6 @@ impl Background {
 
     fn handle(&self) -> &tokio::runtime::Handle {
         self.0.as_ref().expect("running until dropped").handle()
-    }
-
-    /// The listener, its readiness moved to this runtime's reactor: the connections it accepts
-    /// are driven here, not by the data plane's workers.
-    fn adopt(&self, listener: TcpListener) -> anyhow::Result<TcpListener> {
-        let socket = listener.into_std()?;
-        let _entered = self.handle().enter();
-        Ok(TcpListener::from_std(socket)?)
     }
 
     /// Stops the runtime, giving its blocking work up to `timeout`, off the caller's workers.
@@ -407,6 +404,7 @@ pub async fn start_with_store(
         .prime()
         .await
         .context("cannot read where the change feed starts")?;
+    let background = Background::start()?;
     // Everything that can fail has been checked: only now take the sockets, so that a new
     // keygate that cannot start never leaves an inherited socket without an acceptor.
     let mut wanted = vec![
@@ -454,9 +452,6 @@ pub async fn start_with_store(
         .map(TcpListener::local_addr)
         .transpose()?;
 
-    let background = Background::start()?;
-    let control = background.adopt(control)?;
-    let metrics_listener = metrics_listener.map(|l| background.adopt(l)).transpose()?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
 
@@ -470,7 +465,9 @@ pub async fn start_with_store(
         background.handle(),
     );
     if let Some(shared) = &shared_limits {
-        tasks.spawn_on(shared.clone().run(shutdown_rx.clone()), background.handle());
+        // Not background work: its connection, made on first use, carries the data plane's
+        // calls to Redis, and it is made where this runs.
+        tasks.spawn(shared.clone().run(shutdown_rx.clone()));
     }
     // Holders of scopes the running set no longer defines are named at start and after every
     // reload (KeyManager::check_inert_scopes says why such a reload is not refused).
@@ -589,19 +586,16 @@ pub async fn start_with_store(
             ..state.clone()
         };
         // No credential crosses this listener: it stays plain HTTP (see docs/operating.md).
-        tasks.spawn_on(
-            control_plane::serve(
-                listener,
-                control::metrics_app(state),
-                None,
-                limits,
-                config.server.trusted_proxies.clone(),
-                config.server.header_timeout,
-                metrics.clone(),
-                shutdown_rx.clone(),
-            ),
-            background.handle(),
-        );
+        tasks.spawn(control_plane::serve(
+            listener,
+            control::metrics_app(state),
+            None,
+            limits,
+            config.server.trusted_proxies.clone(),
+            config.server.header_timeout,
+            metrics.clone(),
+            shutdown_rx.clone(),
+        ));
     }
     let mut control_app = control::app(state);
     if let Some(hsts) = hsts.clone() {
@@ -616,19 +610,16 @@ pub async fn start_with_store(
             },
         ));
     }
-    tasks.spawn_on(
-        control_plane::serve(
-            control,
-            control_app,
-            server_tls.clone().map(tokio_rustls::TlsAcceptor::from),
-            limits,
-            config.server.trusted_proxies.clone(),
-            config.server.header_timeout,
-            metrics.clone(),
-            shutdown_rx.clone(),
-        ),
-        background.handle(),
-    );
+    tasks.spawn(control_plane::serve(
+        control,
+        control_app,
+        server_tls.clone().map(tokio_rustls::TlsAcceptor::from),
+        limits,
+        config.server.trusted_proxies.clone(),
+        config.server.header_timeout,
+        metrics.clone(),
+        shutdown_rx.clone(),
+    ));
 
     let conf = ServerConf {
         threads: config.server.threads,
@@ -674,17 +665,14 @@ pub async fn start_with_store(
                 trusted_proxies: config.server.trusted_proxies.clone(),
                 metrics: metrics.clone(),
             });
-            tasks.spawn_on(
-                plain::serve(
-                    background.adopt(listener)?,
-                    plain,
-                    limits,
-                    config.server.trusted_proxies.clone(),
-                    config.server.header_timeout,
-                    shutdown_rx.clone(),
-                ),
-                background.handle(),
-            );
+            tasks.spawn(plain::serve(
+                listener,
+                plain,
+                limits,
+                config.server.trusted_proxies.clone(),
+                config.server.header_timeout,
+                shutdown_rx.clone(),
+            ));
         } else {
             // `https_only = false`: the plain listener serves the data plane unencrypted too (a
             // migration aid), through the same proxy.
