@@ -57,7 +57,7 @@ def dso_kind(dso):
         return "libc"
     if dso == "[vdso]":
         return "vdso"
-    if dso in ("keygate", "passthrough", "storage-backend"):
+    if dso in ("keygate", "passthrough", "storage-backend", "nginx"):
         return "bin"
     return "other"
 
@@ -99,9 +99,11 @@ def record(server, work, name, drive):
     """Samples `server` while `drive()` runs; returns (what drive returned, profile, CPU seconds
     /proc counted)."""
     path = f"{work}/{name}.perf.data"
+    # Every process of the server: nginx serves from its worker, a child of the master.
     perf = subprocess.Popen(
-        ["perf", "record", "-e", "cpu-clock", "-F", str(FREQ), "-p", str(server.proc.pid),
-         "-o", path], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        ["perf", "record", "-e", "cpu-clock", "-F", str(FREQ), "-p",
+         ",".join(str(p) for p in server.pids()), "-o", path],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.5)
     before = server.cpu_seconds()
     result = drive()
@@ -153,18 +155,19 @@ def main():
     try:
         bench.start_backend()
         bench.setup_keygate()
-        kg, pt = bench.start_keygate(), bench.start_passthrough()
+        kg, pt, ngx = bench.start_keygate(), bench.start_passthrough(), bench.start_nginx()
         key = [f"X-API-Key: {bench.key}"]
         small = "/v1/files/local/small.txt"
         load.wrk(a, f"http://127.0.0.1:{kg.port}{small}", headers=key, seconds=1)
         load.wrk(a, f"http://127.0.0.1:{pt.port}{small}", seconds=1)
+        load.wrk(a, f"http://127.0.0.1:{ngx.port}{small}", seconds=1)
 
         got = {}
-        for name, server, headers in [("keygate", kg, key), ("P", pt, [])]:
+        for name, server, headers in [("keygate", kg, key), ("P", pt, []), ("nginx", ngx, [])]:
             url = f"http://127.0.0.1:{server.port}{small}"
             got[name] = record(server, bench.work, name, lambda: load.wrk(a, url, headers=headers))
-        (rk, pk, uk), (rp, pp, up) = got["keygate"], got["P"]
-        for name, r in [("keygate", rk), ("P", rp)]:
+        (rk, pk, uk), (rp, pp, up), (rn, pn, un) = got["keygate"], got["P"], got["nginx"]
+        for name, r in [("keygate", rk), ("P", rp), ("nginx", rn)]:
             # A profile of refusals or errors would not be the profile of a forwarded GET.
             assert r["non2xx"] == 0 and r["errors"] == 0, f"{name}: {r}"
 
@@ -178,6 +181,12 @@ def main():
         out += table("request", per, "keygate", pk, "P", pp) + [""]
         out += ["The symbols that cost keygate most beyond P (µs per request):", ""]
         out += top_symbols(per, pk, pp) + [""]
+        out += ["### Small GET at saturation: the pass-through against nginx", "",
+                f"P {rp['rps']:,.0f} requests/s, nginx {rn['rps']:,.0f} (P / nginx "
+                f"**{rp['rps'] / rn['rps']:.2f}**); CPU per request by /proc: P "
+                f"{up * 1e6 / per[1]:.1f} µs, nginx {un * 1e6 / rn['requests']:.1f} µs "
+                "(its worker and master).", ""]
+        out += table("request", (rp["requests"], rn["requests"]), "P", pp, "nginx", pn) + [""]
 
         big = f"{bench.work}/upload.bin"
         with open(big, "wb") as f:
@@ -216,7 +225,7 @@ def main():
                 f"alone {direct_cpu * 1e3 / a.upload_mib:.2f} ms. curl -T on CPU {a.load_cpu}; "
                 f"server and backend share CPU {a.server_cpu}.", ""]
         out += table("MiB", mib, "keygate", fk, "P", fp) + [""]
-        for s in (kg, pt):
+        for s in (kg, pt, ngx):
             s.stop()
     finally:
         if bench.backend and bench.backend.proc.poll() is None:
