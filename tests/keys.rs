@@ -537,6 +537,24 @@ async fn management_on_postgres() {
     management_flow(&kg).await;
 }
 
+/// Waits until requests with key `id` reach the backend (the load is running), then a little
+/// longer so that some are in flight.
+async fn load_reaches_backend(rec: &Recorder, id: &str, trial: usize) {
+    let started = Instant::now();
+    while !rec
+        .requests()
+        .iter()
+        .any(|s| s.header("x-keygate-key-id") == Some(id))
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "trial {trial}: the load never started"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoking_under_load_stops_every_later_forward() {
     let rec = Recorder::start().await;
@@ -590,19 +608,7 @@ async fn revoking_under_load_stops_every_later_forward() {
             }));
         }
         // Revoke only once the load demonstrably reaches the backend with this key.
-        let started = Instant::now();
-        while !rec
-            .requests()
-            .iter()
-            .any(|s| s.header("x-keygate-key-id") == Some(id.as_str()))
-        {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "trial {trial}: the load never started"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        load_reaches_backend(&rec, &id, trial).await;
         kg.operator()
             .delete(kg.control_url(&format!("/v1/keys/{id}")))
             .expect(StatusCode::OK)
@@ -691,19 +697,7 @@ async fn narrowing_a_key_under_load_refuses_later_writes_as_forbidden() {
                 answers
             }));
         }
-        let started = Instant::now();
-        while !rec
-            .requests()
-            .iter()
-            .any(|s| s.header("x-keygate-key-id") == Some(id.as_str()))
-        {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "trial {trial}: the load never started"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        load_reaches_backend(&rec, &id, trial).await;
         let r = kg
             .operator()
             .patch(kg.control_url(&format!("/v1/keys/{id}")))
