@@ -537,6 +537,18 @@ async fn management_on_postgres() {
     management_flow(&kg).await;
 }
 
+/// How many requests of `trial` the backend received that were sent after the change returned
+/// (the load tag them `x-trial: {trial}-{worker}-{n}-true`).
+fn forwarded_after_change(rec: &Recorder, trial: usize) -> usize {
+    rec.requests()
+        .iter()
+        .filter(|s| {
+            s.header("x-trial")
+                .is_some_and(|t| t.starts_with(&format!("{trial}-")) && t.ends_with("-true"))
+        })
+        .count()
+}
+
 /// Waits until requests with key `id` reach the backend (the load is running), then a little
 /// longer so that some are in flight.
 async fn load_reaches_backend(rec: &Recorder, id: &str, trial: usize) {
@@ -631,14 +643,7 @@ async fn revoking_under_load_stops_every_later_forward() {
             late, 0,
             "trial {trial}: requests sent after the revoke returned were answered 200"
         );
-        let forwarded_late = rec
-            .requests()
-            .iter()
-            .filter(|s| {
-                s.header("x-trial")
-                    .is_some_and(|t| t.starts_with(&format!("{trial}-")) && t.ends_with("-true"))
-            })
-            .count();
+        let forwarded_late = forwarded_after_change(&rec, trial);
         assert_eq!(
             forwarded_late, 0,
             "trial {trial}: requests sent after the revoke returned reached the backend"
@@ -729,14 +734,7 @@ async fn narrowing_a_key_under_load_refuses_later_writes_as_forbidden() {
             late.is_empty(),
             "trial {trial}: writes sent after the change returned were not refused: {late:?}"
         );
-        let forwarded_late = rec
-            .requests()
-            .iter()
-            .filter(|s| {
-                s.header("x-trial")
-                    .is_some_and(|t| t.starts_with(&format!("{trial}-")) && t.ends_with("-true"))
-            })
-            .count();
+        let forwarded_late = forwarded_after_change(&rec, trial);
         assert_eq!(
             forwarded_late, 0,
             "trial {trial}: writes sent after the change returned reached the backend"

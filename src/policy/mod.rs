@@ -2822,10 +2822,9 @@ mod tests {
         }
         assert!(compared > 400, "{compared}");
         // The named paths and those above them are classes of their own.
-        let key = principal(Some(vec![grant("local", "/a/b")]), &["admin"]);
-        let class = |path: &str| {
+        let class_for = |p: &Principal, path: &str| {
             loaded.decision_path(
-                &key,
+                p,
                 &Resource {
                     role: crate::route::ResourceRole::Source,
                     provider: "local".into(),
@@ -2833,6 +2832,8 @@ mod tests {
                 },
             )
         };
+        let key = principal(Some(vec![grant("local", "/a/b")]), &["admin"]);
+        let class = |path: &str| class_for(&key, path);
         for own in ["/", "/a", "/a/b", "/a/secret", "/x/keep"] {
             assert_eq!(class(own), DecisionPath::Exactly(own.to_owned()));
         }
@@ -2844,16 +2845,7 @@ mod tests {
         );
         // A folder on the way to a grant is its own class even when nothing else names it.
         let deep = principal(Some(vec![grant("local", "/m/n")]), &["write"]);
-        let on = |path: &str| {
-            loaded.decision_path(
-                &deep,
-                &Resource {
-                    role: crate::route::ResourceRole::Source,
-                    provider: "local".into(),
-                    path: path.to_owned(),
-                },
-            )
-        };
+        let on = |path: &str| class_for(&deep, path);
         assert_eq!(on("/m"), DecisionPath::Exactly("/m".to_owned()));
         assert_eq!(on("/m/n"), DecisionPath::Exactly("/m/n".to_owned()));
         assert_eq!(on("/mn"), DecisionPath::Below(String::new()));
