@@ -304,6 +304,8 @@ pub fn run_upgrade(
         })
         .process_group(0);
     let mut child = command.spawn().context("cannot start the new keygate")?;
+    // Told when the relay has read the new keygate's last line (its standard error closed).
+    let (relayed, all_relayed) = std::sync::mpsc::channel::<()>();
     if let Some(err) = child.stderr.take() {
         // Relayed while this command waits; afterwards the new keygate's writes fail quietly.
         std::thread::spawn(move || {
@@ -311,7 +313,10 @@ pub fn run_upgrade(
             for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
                 let _ = writeln!(std::io::stderr(), "{line}");
             }
+            drop(relayed);
         });
+    } else {
+        drop(relayed);
     }
     let pid = child.id();
     let deadline = std::time::Instant::now() + within;
@@ -321,6 +326,9 @@ pub fn run_upgrade(
             return Ok(pid);
         }
         if let Some(status) = child.try_wait()? {
+            // Its last words (why it stopped) come before this command's own: the relay may
+            // not have read them yet when the exit is seen.
+            let _ = all_relayed.recv_timeout(std::time::Duration::from_secs(2));
             anyhow::bail!(
                 "the new keygate exited ({status}) before taking over; the running one goes on"
             );
