@@ -1069,3 +1069,75 @@ async fn concurrent_rotations_of_one_key_leave_exactly_one_successor() {
         .count();
     assert_eq!(successors, 1, "{listed}");
 }
+
+/// What the console's key form offers: the scopes, with what each contains, and the
+/// providers of the caller's own workspace only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scopes_and_providers_a_key_may_name_are_listed_for_the_caller() {
+    let backend = Backend::start();
+    let kg = Keygate::start(&[backend.addr], "");
+    kg.cli(&["workspaces", "add", "globex"]);
+    kg.cli(&["providers", "add", "theirs", "--workspace", "globex"]);
+
+    let scopes = kg
+        .client()
+        .get(kg.control_url("/v1/scopes"))
+        .expect(StatusCode::OK)
+        .await;
+    let scope = |name: &str| {
+        scopes["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("{name} in {scopes}"))
+            .clone()
+    };
+    assert_eq!(scope("files:read")["actions"], json!(["readFile"]));
+    let write = scope("write");
+    for within in ["read", "files:write", "files:delete"] {
+        assert!(
+            write["includes"]
+                .as_array()
+                .unwrap()
+                .contains(&json!(within)),
+            "{write}"
+        );
+    }
+    assert!(!write["includes"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("admin")));
+
+    // A key of acme sees acme's providers; the operator sees every one.
+    let names = |v: Value| -> Vec<Value> {
+        v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].clone())
+            .collect()
+    };
+    let ours = kg
+        .client()
+        .get(kg.control_url("/v1/providers"))
+        .expect(StatusCode::OK)
+        .await;
+    assert_eq!(names(ours), [json!("local"), json!("other")]);
+    let every = kg
+        .operator()
+        .get(kg.control_url("/v1/providers"))
+        .expect(StatusCode::OK)
+        .await;
+    assert_eq!(
+        names(every),
+        [json!("local"), json!("other"), json!("theirs")]
+    );
+    // Both need a credential.
+    for path in ["/v1/scopes", "/v1/providers"] {
+        reqwest::Client::new()
+            .get(kg.control_url(path))
+            .expect(StatusCode::UNAUTHORIZED)
+            .await;
+    }
+}

@@ -431,6 +431,31 @@ async fn a_browser_session_with_csrf_protection_and_logout() {
         .expect(StatusCode::CREATED)
         .await;
 
+    // A page loaded later asks whether its cookie still signs it in, and gets the same CSRF
+    // token again (never cached); without a cookie the answer is a plain "no", not a 401.
+    let r = browser()
+        .get(kg.control_url("/v1/auth/session"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    let session: Value = r.json().await.unwrap();
+    assert_eq!(session["data"]["signedIn"], true, "{session}");
+    assert_eq!(session["data"]["csrfToken"], csrf.as_str());
+    let none = reqwest::Client::new()
+        .get(kg.control_url("/v1/auth/session"))
+        .expect(StatusCode::OK)
+        .await;
+    assert_eq!(none["data"], json!({"signedIn": false}));
+    // A bearer credential is no session: it gets no CSRF token.
+    let bearer_answer = kg
+        .client()
+        .get(kg.control_url("/v1/auth/session"))
+        .expect(StatusCode::OK)
+        .await;
+    assert_eq!(bearer_answer["data"], json!({"signedIn": false}));
+
     // Logout ends the session and clears the cookie.
     let r = browser()
         .post(kg.control_url("/v1/auth/logout"))
@@ -451,6 +476,15 @@ async fn a_browser_session_with_csrf_protection_and_logout() {
         .get(kg.url("/v1/files/local/docs/a.txt"))
         .expect(StatusCode::UNAUTHORIZED)
         .await;
+    // The ended session says why, and hands out no token.
+    let ended = browser()
+        .get(kg.control_url("/v1/auth/session"))
+        .expect(StatusCode::OK)
+        .await;
+    assert_eq!(
+        ended["data"],
+        json!({"signedIn": false, "reason": "revoked"})
+    );
 }
 
 async fn mint(kg: &Keygate, login_token: &str, body: Value) -> (StatusCode, Value) {

@@ -299,7 +299,7 @@ pub async fn keys(manager: &KeyManager, cmd: KeysCmd) -> anyhow::Result<()> {
             json,
         } => {
             let list = manager
-                .list(&op, owner.as_deref(), workspace.as_deref())
+                .list(&op, owner.as_deref(), workspace.as_deref(), false)
                 .await?;
             print_list(json, &list, key_line);
         }

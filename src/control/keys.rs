@@ -10,7 +10,7 @@ use serde::Deserialize;
 use super::caller::Caller;
 use super::respond::{ok, ok_secret, Body};
 use super::ControlState;
-use crate::manage::{CreateKey, ManageError, UpdateKey};
+use crate::manage::{Actor, CreateKey, ManageError, UpdateKey};
 
 pub fn routes() -> Router<ControlState> {
     Router::new()
@@ -18,12 +18,17 @@ pub fn routes() -> Router<ControlState> {
         .route("/v1/keys/{id}", get(show).patch(update).delete(revoke))
         .route("/v1/keys/{id}/rotate", post(rotate))
         .route("/v1/keys/{id}/usage", get(usage))
+        .route("/v1/scopes", get(scopes))
+        .route("/v1/providers", get(providers))
 }
 
 #[derive(Debug, Deserialize)]
 struct ListQuery {
     owner: Option<String>,
     workspace: Option<String>,
+    /// `true`: every key of the caller's workspace the policies let it read.
+    #[serde(default)]
+    all: bool,
 }
 
 async fn list(
@@ -33,7 +38,7 @@ async fn list(
 ) -> Result<Response, ManageError> {
     let keys = st
         .keys
-        .list(&actor, q.owner.as_deref(), q.workspace.as_deref())
+        .list(&actor, q.owner.as_deref(), q.workspace.as_deref(), q.all)
         .await?;
     Ok(ok(StatusCode::OK, keys))
 }
@@ -91,4 +96,37 @@ async fn usage(
     Path(id): Path<String>,
 ) -> Result<Response, ManageError> {
     Ok(ok(StatusCode::OK, st.keys.usage(&actor, &id).await?))
+}
+
+/// The scopes a key or token may be granted, with the scopes and actions each contains, as the
+/// running policies define them. Any authenticated caller may read it.
+async fn scopes(State(st): State<ControlState>, Caller(_): Caller) -> Response {
+    ok(StatusCode::OK, st.policy.current().scope_catalog())
+}
+
+/// The providers of the caller's workspace (every provider, for the operator): what a key's
+/// `providers` may name. Read from the database, so a provider added a moment ago is there.
+async fn providers(
+    State(st): State<ControlState>,
+    Caller(actor): Caller,
+) -> Result<Response, ManageError> {
+    let directory = st
+        .store
+        .provider_directory()
+        .await
+        .map_err(ManageError::from)?;
+    let mut names: Vec<String> = directory
+        .into_iter()
+        .filter(|(_, workspace)| match &actor {
+            Actor::User(p) => *workspace == p.workspace_id,
+            Actor::Operator => true,
+        })
+        .map(|(name, _)| name)
+        .collect();
+    names.sort();
+    let listed: Vec<_> = names
+        .into_iter()
+        .map(|name| serde_json::json!({ "name": name }))
+        .collect();
+    Ok(ok(StatusCode::OK, listed))
 }

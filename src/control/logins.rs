@@ -13,14 +13,16 @@ use super::caller::{Caller, ClientAddr};
 use super::respond::{ok, ok_secret, Body};
 use super::ControlState;
 use crate::clock::{format_time, now_millis};
-use crate::identity::credentials::{csrf_refusal, origin_allowed};
+use crate::identity::credentials::{credentials, csrf_refusal, origin_allowed, Credentials};
 use crate::manage::{Actor, Issued, LoginRequest, ManageError, MintRequest};
+use crate::refusal::Refusal;
 
 pub fn routes() -> Router<ControlState> {
     Router::new()
         .route("/v1/auth/login", post(login))
         .route("/v1/auth/refresh", post(refresh))
         .route("/v1/auth/logout", post(logout))
+        .route("/v1/auth/session", get(session))
         .route("/v1/auth/tokens", get(list).post(mint))
         .route("/v1/auth/tokens/{id}", delete(revoke))
         .route("/v1/me", get(me))
@@ -130,6 +132,40 @@ async fn revoke(
     Path(id): Path<String>,
 ) -> Result<Response, ManageError> {
     Ok(ok(StatusCode::OK, st.auth.revoke(&actor, &id).await?))
+}
+
+/// Whether the browser's session cookie still signs it in, and then the session's
+/// `csrfToken` again: a page loaded after the login (the console) can write with it, keeping
+/// it in memory only. Always 200 when the answer is "no": a page asks this before it knows,
+/// and a missing or ended session is not an error. A cookie that does not check out counts
+/// against the client's address like any failed authentication. Other sites' pages never
+/// read this answer: the cookie is `SameSite=Strict` and the control plane allows no
+/// cross-origin reads.
+async fn session(
+    State(st): State<ControlState>,
+    headers: HeaderMap,
+    caller: Result<Caller, ManageError>,
+) -> Result<Response, ManageError> {
+    let Ok(Credentials::Session(secret)) = credentials(&headers, None, st.identity.rules(), false)
+    else {
+        return Ok(ok(StatusCode::OK, json!({"signedIn": false})));
+    };
+    match caller {
+        Ok(Caller(Actor::User(p))) => Ok(ok_secret(
+            StatusCode::OK,
+            json!({
+                "signedIn": true,
+                "csrfToken": st.auth.csrf_token(&secret),
+                "expiresAt": p.expires_at.map(format_time),
+            }),
+        )),
+        Ok(Caller(Actor::Operator)) => Ok(ok(StatusCode::OK, json!({"signedIn": false}))),
+        Err(ManageError::Refused(Refusal::Unauthorized(reason))) => Ok(ok(
+            StatusCode::OK,
+            json!({"signedIn": false, "reason": reason.as_str()}),
+        )),
+        Err(e) => Err(e),
+    }
 }
 
 /// Who is calling: the user, the workspace and role the credential acts in, the credential.

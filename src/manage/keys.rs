@@ -479,13 +479,18 @@ impl KeyManager {
         actor: &Actor,
         owner: Option<&str>,
         workspace: Option<&str>,
+        whole_workspace: bool,
     ) -> Result<Vec<KeyView>, ManageError> {
         let owner_id = match (actor, owner) {
+            // Every key of the user's workspace that the policies let them read: a workspace
+            // admin's whole workspace, anyone else's own keys.
+            (Actor::User(_), _) if whole_workspace => None,
             (Actor::User(p), _) => Some(p.user_id.clone()),
             (Actor::Operator, Some(email)) => Some(self.store.user_by_email(email).await?.id),
             (Actor::Operator, None) => None,
         };
         let workspace_id = match (actor, workspace) {
+            (Actor::User(p), None) if whole_workspace => Some(p.workspace_id.clone()),
             (_, None) => None,
             (Actor::Operator, Some(name)) => Some(self.store.workspace_by_name(name).await?.id),
             // A user lists their own keys: a workspace they are not in, or one that does not

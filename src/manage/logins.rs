@@ -278,6 +278,11 @@ impl Drop for Taken<'_> {
 }
 
 impl Auth {
+    /// The CSRF token of the session whose cookie holds `session_secret`.
+    pub fn csrf_token(&self, session_secret: &str) -> String {
+        csrf_token(&self.pepper, session_secret)
+    }
+
     pub fn new(
         store: Store,
         pepper: Pepper,

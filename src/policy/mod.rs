@@ -283,6 +283,18 @@ pub struct PolicyStatus {
     pub inert_credentials: usize,
 }
 
+/// A scope as people choosing one see it (`GET /v1/scopes`, the console's key form).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScopeInfo {
+    /// The scope as clients write it (its `@scope("…")` spelling, or its name).
+    pub name: String,
+    /// The other scopes it contains (`write` contains `read` and `files:write`, ...).
+    pub includes: Vec<String>,
+    /// The actions of requests it allows (`readFile`, `listFolder`, ...), by name.
+    pub actions: Vec<String>,
+}
+
 /// A credential holding scopes the running policies do not define.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -549,6 +561,29 @@ impl Loaded {
     /// `read`, `files:read` within `read`, ...).
     fn in_group(&self, action: &str, group: &str) -> bool {
         action == group || action_groups(&self.actions, action).is_some_and(|g| g.contains(group))
+    }
+
+    /// Every scope a key or token may be granted, in name order, with what it contains: the
+    /// schema's action hierarchy, read whole, so a deployment's own scopes explain themselves.
+    pub fn scope_catalog(&self) -> Vec<ScopeInfo> {
+        let requested: BTreeSet<&str> = self.requestable.iter().map(|(a, _)| a.as_str()).collect();
+        self.scopes
+            .iter()
+            .map(|scope| ScopeInfo {
+                name: self.spell(scope).to_owned(),
+                includes: self
+                    .scopes
+                    .iter()
+                    .filter(|other| *other != scope && self.in_group(other, scope))
+                    .map(|other| self.spell(other).to_owned())
+                    .collect(),
+                actions: requested
+                    .iter()
+                    .filter(|action| self.in_group(action, scope))
+                    .map(|action| (*action).to_owned())
+                    .collect(),
+            })
+            .collect()
     }
 
     /// The names among `scopes` that this set's schema does not mark `@scope`.
@@ -2242,6 +2277,29 @@ mod tests {
                 .map(String::as_str),
             Some("base_path")
         );
+    }
+
+    #[test]
+    fn the_scope_catalog_reads_the_hierarchy_of_the_schema() {
+        let loaded = load_texts(&shipped(), 1).unwrap_or_else(|e| panic!("{e}"));
+        let catalog = loaded.scope_catalog();
+        let scope = |name: &str| {
+            catalog
+                .iter()
+                .find(|s| s.name == name)
+                .unwrap_or_else(|| panic!("{name} is not listed"))
+        };
+        assert_eq!(scope("files:read").actions, ["readFile"]);
+        assert!(scope("files:read").includes.is_empty());
+        let write = scope("write");
+        for within in ["read", "files:read", "files:write", "files:delete"] {
+            assert!(write.includes.iter().any(|s| s == within), "{within}");
+        }
+        assert!(!write.includes.iter().any(|s| s == "admin" || s == "write"));
+        assert!(write.actions.iter().any(|a| a == "deleteFile"));
+        assert!(!scope("read").actions.iter().any(|a| a == "deleteFile"));
+        // A group that is no scope (level:write) is never offered.
+        assert!(!catalog.iter().any(|s| s.name == "level:write"));
     }
 
     #[test]
