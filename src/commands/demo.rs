@@ -102,6 +102,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
   data plane     {scheme}://{data}
   control plane  {scheme}://{control}{ca_line}
+  web console    {scheme}://{control}/console/   (sign in as demo@example.com)
   backend        http://{backend_addr}   (no authentication: keygate fronts it)
 
   workspace demo, provider local, user demo@example.com (admin), password {password}

@@ -1,6 +1,6 @@
 //! The control plane (axum, in the same process): health, readiness, metrics, logins and
 //! tokens (`logins.rs`), the key-management API (`keys.rs`), policy status (`policy.rs`), this
-//! instance among several (`cluster.rs`). The
+//! instance among several (`cluster.rs`), the web console (`console.rs`). The
 //! handlers are thin: [`caller::Caller`] authenticates, `manage/` applies the rules, and
 //! `respond.rs` is the one place results become JSON (the data plane's error shape).
 //!
@@ -9,6 +9,7 @@
 
 pub mod caller;
 mod cluster;
+mod console;
 mod keys;
 mod logins;
 mod policy;
@@ -86,6 +87,7 @@ pub fn app(state: ControlState) -> Router {
         .merge(policy::routes())
         .merge(tls::routes())
         .merge(cluster::routes())
+        .merge(console::routes())
         .fallback(not_found)
         .with_state(state)
 }

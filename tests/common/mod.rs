@@ -14,7 +14,10 @@ mod values;
 mod tls;
 mod dav;
 mod relay;
+mod browser;
 
+#[allow(unused_imports)] // each test binary uses part of the harness
+pub use browser::*;
 #[allow(unused_imports)] // each test binary uses part of the harness
 pub use database::*;
 #[allow(unused_imports)] // each test binary uses part of the harness
