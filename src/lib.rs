@@ -18,6 +18,7 @@ pub mod model;
 pub mod store;
 pub mod usage;
 pub mod audit;
+pub mod notify;
 pub mod principal;
 
 // The stages and the rules.

@@ -91,6 +91,8 @@ pub struct Metrics {
     pub identity_db_lookups: prometheus::IntCounter,
     /// Active keys that expire within 7 days.
     pub keys_expiring_soon: IntGauge,
+    /// Expiry reminders by channel (`email`, `webhook`) and result (`sent`, `failed`).
+    pub reminders: IntCounterVec,
     /// Policy reloads by result (ok, error, unchanged).
     pub policy_reloads: IntCounterVec,
     /// The epoch of the running policy set.
@@ -212,6 +214,14 @@ impl Metrics {
         let auth_failures = IntCounterVec::new(
             Opts::new("auth_failures_total", "Failed authentications, by reason."),
             &["reason"],
+        )
+        .expect("valid metric");
+        let reminders = IntCounterVec::new(
+            Opts::new(
+                "reminders_total",
+                "Key expiry reminders, by channel and result.",
+            ),
+            &["channel", "result"],
         )
         .expect("valid metric");
         let identity_cache = IntCounterVec::new(
@@ -426,6 +436,7 @@ impl Metrics {
             Box::new(identity_cache.clone()),
             Box::new(identity_db_lookups.clone()),
             Box::new(keys_expiring_soon.clone()),
+            Box::new(reminders.clone()),
             Box::new(policy_reloads.clone()),
             Box::new(policy_epoch.clone()),
             Box::new(policy_reload_failing.clone()),
@@ -556,6 +567,7 @@ impl Metrics {
             identity_cache,
             identity_db_lookups,
             keys_expiring_soon,
+            reminders,
             policy_reloads,
             policy_epoch,
             policy_reload_failing,

@@ -40,6 +40,8 @@ pub struct FileConfig {
     pub sessions: SessionsSection,
     /// HTTPS on the data and control planes.
     pub tls: Option<TlsSection>,
+    /// Key expiry reminders by email and webhook.
+    pub notify: Option<NotifySection>,
     /// External OIDC issuers whose tokens are accepted as users.
     #[serde(default)]
     pub issuers: Vec<IssuerSection>,
@@ -282,6 +284,45 @@ pub struct TlsSection {
     pub hsts_include_subdomains: Option<bool>,
     /// Reload the certificate when its files change (default true; SIGHUP always reloads).
     pub watch: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifySection {
+    /// How long before a key expires its owner is reminded (default `["7d"]`).
+    pub reminders: Option<Vec<String>>,
+    /// How often keygate looks for keys due a reminder (default `10m`).
+    pub check_interval: Option<String>,
+    /// The web console's address, linked from the email (`https://keys.example.com/console/`).
+    pub console_url: Option<String>,
+    pub email: Option<EmailSection>,
+    pub webhook: Option<WebhookSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailSection {
+    /// The SMTP server.
+    pub host: Option<String>,
+    /// Default 587 (`starttls`), 465 (`tls`), 25 (`none`).
+    pub port: Option<u16>,
+    /// `starttls` (default), `tls`, or `none` (a relay on this machine only).
+    pub security: Option<String>,
+    /// The sender, `keygate <keys@example.com>`.
+    pub from: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub password_file: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSection {
+    /// Where the events are posted (`https://…`).
+    pub url: Option<String>,
+    /// The HMAC key the receiver verifies `X-Keygate-Signature` with (at least 32 characters).
+    pub secret: Option<String>,
+    pub secret_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

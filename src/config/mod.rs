@@ -5,7 +5,7 @@
 //! `limits.rs`, `routes.rs`), with the shared shapes (durations, addresses, secrets given inline
 //! or in a file) in `check.rs`; `file.rs` is the serde model of the TOML file.
 //!
-//! May import: the settings types of `route`, `model`, `ratelimit`, `audit`, `identity::jwt`,
+//! May import: the settings types of `route`, `model`, `ratelimit`, `audit`, `notify`, `identity::jwt`,
 //! `identity::client`.
 //! Never `policy`, `manage` or the planes.
 
@@ -13,6 +13,7 @@ mod check;
 pub mod file;
 mod keys;
 mod limits;
+mod notify;
 mod routes;
 mod secret;
 mod server;
@@ -25,6 +26,7 @@ use std::time::Duration;
 
 pub use check::{ConfigError, Problem};
 use file::FileConfig;
+pub use notify::{EmailConfig, NotifyConfig, WebhookConfig, MIN_WEBHOOK_SECRET_LEN};
 pub use secret::SecretSource;
 
 use crate::route::RouteTable;
@@ -48,6 +50,7 @@ const SECTIONS: &[&str] = &[
     "tokens",
     "sessions",
     "tls",
+    "notify",
 ];
 
 #[derive(Debug, Clone)]
@@ -80,6 +83,8 @@ pub struct Config {
     pub tokens: crate::identity::jwt::TokenSettings,
     /// `[tls]`: HTTPS on the data and control planes.
     pub tls: Option<TlsConfig>,
+    /// `[notify]`: key expiry reminders.
+    pub notify: Option<NotifyConfig>,
     /// Where the config came from, for messages.
     pub source: Option<PathBuf>,
 }
@@ -316,6 +321,7 @@ fn validate(file: FileConfig, overrides: &Overrides, problems: &mut Vec<Problem>
         routes,
         log,
         tls: tls::tls_config(&file, problems),
+        notify: notify::notify_config(&file, problems),
         source: None,
     }
 }
@@ -641,8 +647,14 @@ format = "xml"
             ("KEYGATE_TLS_CERT_FILE", "/etc/keygate/tls/cert.pem"),
             // `[tls]` needs both files: its one extra sample.
             ("KEYGATE_TLS_KEY_FILE", "/etc/keygate/tls/key.pem"),
+            ("KEYGATE_NOTIFY_CHECK_INTERVAL", "1m"),
+            // `[notify]` needs a channel; a nested table is given inline.
+            (
+                "KEYGATE_NOTIFY_WEBHOOK",
+                "{url = \"https://hooks.example.com/keygate\", secret_file = \"/etc/keygate/hook\"}",
+            ),
         ];
-        assert_eq!(samples.len(), SECTIONS.len() + 1);
+        assert_eq!(samples.len(), SECTIONS.len() + 2);
         let c = load("", &samples).unwrap();
         assert_eq!(c.server.threads, 3);
         assert_eq!(c.database.max_connections, 4);
@@ -667,6 +679,57 @@ format = "xml"
         assert_eq!(c.audit.output, crate::audit::AuditOutput::Off);
         assert_eq!(c.tokens.access_ttl, Duration::from_secs(300));
         assert_eq!(c.tokens.session_ttl, Duration::from_secs(3600));
+        let notify = c.notify.as_ref().expect("[notify]");
+        assert_eq!(notify.check_interval, Duration::from_secs(60));
+        assert_eq!(notify.reminders, [Duration::from_secs(7 * 86_400)]);
+        assert_eq!(
+            notify.webhook.as_ref().map(|w| w.url.as_str()),
+            Some("https://hooks.example.com/keygate")
+        );
+    }
+
+    #[test]
+    fn notify_settings_are_checked() {
+        for (text, place) in [
+            ("[notify]\n", "[notify]"),
+            (
+                "[notify.email]\nhost = \"smtp\"\nfrom = \"not an address\"\n",
+                "[notify.email] from",
+            ),
+            (
+                "[notify.email]\nhost = \"smtp\"\nfrom = \"k@example.com\"\nsecurity = \"none\"\nusername = \"u\"\npassword = \"p\"\n",
+                "[notify.email] security",
+            ),
+            (
+                "[notify.webhook]\nurl = \"https://hooks.example.com/k\"\nsecret = \"short\"\n",
+                "[notify.webhook] secret",
+            ),
+            (
+                "[notify.webhook]\nurl = \"https://hooks.example.com/k\"\n",
+                "[notify.webhook]",
+            ),
+            (
+                "[notify]\nreminders = [\"soon\"]\n[notify.webhook]\nurl = \"https://h.example.com\"\nsecret_file = \"/s\"\n",
+                "[notify] reminders",
+            ),
+        ] {
+            let e = load(text, &[]).unwrap_err();
+            assert!(e.0.iter().any(|p| p.place.ends_with(place)), "{text}: {e}");
+        }
+        let c = load(
+            "[notify]\nreminders = [\"1d\", \"7d\", \"1d\"]\n[notify.email]\nhost = \"smtp.example.com\"\nfrom = \"keygate <keys@example.com>\"\n",
+            &[],
+        )
+        .unwrap();
+        let notify = c.notify.unwrap();
+        assert_eq!(
+            notify.reminders,
+            [Duration::from_secs(86_400), Duration::from_secs(7 * 86_400)]
+        );
+        assert_eq!(
+            notify.email.map(|e| e.security),
+            Some(crate::notify::SmtpSecurity::StartTls)
+        );
     }
 
     #[test]

@@ -371,6 +371,11 @@ pub async fn start_with_store(
         }
         None => None,
     };
+    let reminders = config
+        .notify
+        .as_ref()
+        .map(|n| tasks::reminders(n, store.clone(), metrics.clone()))
+        .transpose()?;
     let upstream = Arc::new(
         Upstreams::new(&config.upstream, &config.upstreams).context("invalid upstream peers")?,
     );
@@ -543,6 +548,12 @@ pub async fn start_with_store(
         ),
         background.handle(),
     );
+    if let (Some(reminders), Some(notify)) = (reminders, &config.notify) {
+        tasks.spawn_on(
+            reminders.run(notify.check_interval, shutdown_rx.clone()),
+            background.handle(),
+        );
+    }
     tasks.spawn_on(
         flush_usage(
             usage.clone(),

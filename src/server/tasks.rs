@@ -1,5 +1,5 @@
 //! The background tasks of a running keygate: reloading policies (SIGHUP, file changes),
-//! flushing usage, purging old tokens (following changes made elsewhere is
+//! flushing usage, purging old tokens, expiry reminders (following changes made elsewhere is
 //! `cluster::ChangeFeed`). Each stops on the shutdown signal.
 
 use std::sync::Arc;
@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::background::{Shutdown, Ticker};
 use crate::clock::now_millis;
 use crate::model::EXPIRY_WARNING_MS;
+use crate::notify::{Email, EmailSettings, Reminders, Webhook, WebhookSettings};
 use crate::store::Store;
 use crate::telemetry::Metrics;
 use crate::usage::UsageRecorder;
@@ -147,4 +148,62 @@ pub async fn count_expiring_keys(
             return;
         }
     }
+}
+
+/// The expiry-reminder loop of `[notify]`, with its secrets read and its channels set up: a
+/// password or secret that cannot be read stops keygate from starting, like any other.
+pub fn reminders(
+    config: &crate::config::NotifyConfig,
+    store: Store,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<Reminders> {
+    use anyhow::Context;
+    let email = match &config.email {
+        None => None,
+        Some(e) => {
+            let credentials = match (&e.username, &e.password) {
+                (Some(user), Some(password)) => Some((
+                    user.clone(),
+                    password
+                        .load()
+                        .context("cannot read the [notify.email] password")?,
+                )),
+                _ => None,
+            };
+            Some(Email::new(EmailSettings {
+                host: e.host.clone(),
+                port: e.port,
+                security: e.security,
+                from: e.from.clone(),
+                credentials,
+            })?)
+        }
+    };
+    let webhook = match &config.webhook {
+        None => None,
+        Some(w) => {
+            let secret = w
+                .secret
+                .load()
+                .context("cannot read the [notify.webhook] secret")?;
+            if secret.chars().count() < crate::config::MIN_WEBHOOK_SECRET_LEN {
+                anyhow::bail!(
+                    "the [notify.webhook] secret must have at least {} characters",
+                    crate::config::MIN_WEBHOOK_SECRET_LEN
+                );
+            }
+            Some(Webhook::new(WebhookSettings {
+                url: w.url.clone(),
+                secret,
+            })?)
+        }
+    };
+    Ok(Reminders {
+        store,
+        metrics,
+        thresholds: config.reminders.clone(),
+        console_url: config.console_url.clone(),
+        email,
+        webhook,
+    })
 }

@@ -2,7 +2,7 @@
 //! query. The only module that touches the database: `directory.rs` (workspaces, users,
 //! memberships, providers), `keys.rs` (API keys and their usage), `tokens.rs` (logins, tokens,
 //! signing keys), `changes.rs` (the change feed several instances follow), `policies.rs`
-//! (published policy versions). Queries use `$n`
+//! (published policy versions), `reminders.rs` (key expiry reminders). Queries use `$n`
 //! placeholders, which run on both databases.
 //!
 //! May import: `model`, `clock`. Never anything that decides or serves.
@@ -14,12 +14,14 @@ mod changes;
 mod directory;
 mod keys;
 mod policies;
+mod reminders;
 mod tokens;
 
 pub use changes::{ChangeListener, CredentialChange, Notice};
 pub use directory::{Member, Provider, User, Workspace};
 pub use keys::{KeyChanges, KeyRecord, NewKey, UsageDay};
 pub use policies::{NewPolicyVersion, PolicyVersion, PublishedPolicy};
+pub use reminders::DueReminder;
 pub use tokens::{Exchange, NewToken, SigningKeyRow, TokenKind, TokenRecord};
 
 #[derive(Debug, thiserror::Error)]

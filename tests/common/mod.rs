@@ -15,6 +15,7 @@ mod tls;
 mod dav;
 mod relay;
 mod browser;
+mod smtp;
 
 #[allow(unused_imports)] // each test binary uses part of the harness
 pub use browser::*;
@@ -32,6 +33,8 @@ pub use process::*;
 pub use raw::*;
 #[allow(unused_imports)] // each test binary uses part of the harness
 pub use relay::*;
+#[allow(unused_imports)] // each test binary uses part of the harness
+pub use smtp::*;
 #[allow(unused_imports)] // each test binary uses part of the harness
 pub use tls::*;
 #[allow(unused_imports)] // each test binary uses part of the harness
