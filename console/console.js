@@ -115,9 +115,18 @@ function signedOut(message) {
   state.csrf = null;
   state.me = null;
   state.operator = null;
+  state.allKeys = false;
+  // Nothing of the last user stays in the page for the next one.
+  $("all-keys").checked = false;
   $("operator-form").hidden = false;
-  $("policy-status").replaceChildren();
-  $("policy-files").replaceChildren();
+  for (const id of ["policy-status", "policy-files", "check-result", "check-key", "usage-chart"]) {
+    $(id).replaceChildren();
+  }
+  for (const table of ["keys-table", "tokens-table", "usage-table"]) {
+    $(table).querySelector("tbody").replaceChildren();
+  }
+  $("usage-box").hidden = true;
+  $("who-name").textContent = "";
   $("nav").hidden = true;
   $("who").hidden = true;
   hideSecret("secret");
@@ -197,6 +206,7 @@ function route() {
     attempt(loadTokens);
   } else if (name === "policy") {
     showView("policy");
+    attempt(loadCheckKeys);
     // An operator token that stopped working is forgotten; the user stays signed in.
     if (state.operator) loadPolicy().catch(() => forgetOperator("The operator token no longer works."));
   } else {
@@ -526,6 +536,34 @@ async function mint(event) {
 
 // --- policies ---------------------------------------------------------------------------------
 
+async function loadCheckKeys() {
+  const keys = await api("GET", state.me.role === "admin" ? "/v1/keys?all=true" : "/v1/keys");
+  const select = $("check-key");
+  const chosen = select.value;
+  select.replaceChildren(...keys.filter((k) => k.status === "active").map((k) =>
+    el("option", { value: k.id }, `${k.name} (${k.displayPrefix}…, ${k.owner})`)));
+  if (chosen) select.value = chosen;
+}
+
+// POST /v1/admin/policy/check: the decision, and for each resource the policies that made it.
+async function checkAccess(event) {
+  event.preventDefault();
+  const body = { key: $("check-key").value, method: $("check-method").value, path: $("check-path").value.trim() };
+  const answer = await attempt(() => api("POST", "/v1/admin/policy/check", body, state.operator || undefined));
+  const out = $("check-result");
+  out.replaceChildren();
+  if (!answer) return;
+  out.append(el("p", { class: `decision ${answer.decision}` },
+    el("strong", {}, answer.decision === "allow" ? "Allowed" : "Denied"), ` — ${answer.action}`));
+  const list = el("ul", {});
+  for (const r of answer.resources) {
+    const why = r.policies.map((p) => `${p.id}${p.intent ? ` (${p.intent})` : ""}`).join("; ");
+    list.append(el("li", { "data-resource": r.resource },
+      `${r.resource}: ${r.allowed ? "allowed" : "denied"}${why ? ` by ${why}` : ""}`));
+  }
+  out.append(list);
+}
+
 async function operatorSignIn(event) {
   event.preventDefault();
   state.operator = $("operator-token").value.trim();
@@ -583,6 +621,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("create-form").addEventListener("submit", createKey);
   $("mint-form").addEventListener("submit", mint);
   $("operator-form").addEventListener("submit", operatorSignIn);
+  $("check-form").addEventListener("submit", checkAccess);
   $("where-all").addEventListener("change", toggleWhere);
   $("where-some").addEventListener("change", toggleWhere);
   $("grant-add").addEventListener("click", grantRow);

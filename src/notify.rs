@@ -17,7 +17,7 @@ use sha2::Sha256;
 
 use crate::background::{Shutdown, Ticker};
 use crate::clock::{format_time, now_millis};
-use crate::store::{DueReminder, Store};
+use crate::store::{DueReminder, ReminderId, Store};
 use crate::telemetry::Metrics;
 
 /// Longest one email or webhook delivery may take before it counts as failed.
@@ -118,10 +118,11 @@ pub struct Webhook {
 impl Webhook {
     pub fn new(s: WebhookSettings) -> anyhow::Result<Webhook> {
         use anyhow::Context;
-        let url = reqwest::Url::parse(&s.url)
-            .with_context(|| format!("[notify.webhook] url: '{}' is not a URL", s.url))?;
+        let url = reqwest::Url::parse(&s.url).context("[notify.webhook] url is not a URL")?;
         let client = reqwest::Client::builder()
             .timeout(DELIVERY_TIMEOUT)
+            // Events go straight to the receiver, never through a proxy of the environment.
+            .no_proxy()
             // A redirect would send the signed event somewhere the operator never named.
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
@@ -181,56 +182,77 @@ pub struct Reminders {
     pub console_url: Option<String>,
     pub email: Option<Email>,
     pub webhook: Option<Webhook>,
+    /// A failed delivery's next try waits this times the square of its attempts.
+    pub backoff: Duration,
 }
 
 impl Reminders {
     /// Checks every `interval` until shutdown, the first time at once.
     pub async fn run(self, interval: Duration, shutdown: Shutdown) {
+        let stop = shutdown.clone();
         let mut ticker = Ticker::new(interval, shutdown);
         loop {
-            self.check(now_millis()).await;
+            self.check(&stop).await;
             if !ticker.tick().await {
                 return;
             }
         }
     }
 
-    /// Sends the reminders due at `now` that no one has sent.
-    pub async fn check(&self, now: i64) {
+    /// Sends the reminders due now that no one has sent; stops between two deliveries when
+    /// keygate is told to stop (a delivery is never cut off between sending and recording).
+    pub async fn check(&self, stop: &Shutdown) {
+        // Each threshold covers the keys not yet within the next smaller one.
+        let mut ranges = Vec::new();
+        let mut after_ms = 0;
         for threshold in &self.thresholds {
             let threshold_ms = i64::try_from(threshold.as_millis()).unwrap_or(i64::MAX);
-            if self.email.is_some() {
-                self.channel(now, threshold_ms, "email").await;
-            }
-            if self.webhook.is_some() {
-                self.channel(now, threshold_ms, "webhook").await;
+            ranges.push((after_ms, threshold_ms));
+            after_ms = threshold_ms;
+        }
+        for range in ranges {
+            for (channel, on) in [
+                ("email", self.email.is_some()),
+                ("webhook", self.webhook.is_some()),
+            ] {
+                if on && !self.channel(range, channel, stop).await {
+                    return;
+                }
             }
         }
     }
 
-    async fn channel(&self, now: i64, threshold_ms: i64, channel: &'static str) {
+    /// Sends what is due on `channel` for one threshold; false when told to stop.
+    async fn channel(&self, range: (i64, i64), channel: &'static str, stop: &Shutdown) -> bool {
+        let threshold_ms = range.1;
         let due = match self
             .store
-            .keys_due_reminder(now, threshold_ms, channel, BATCH)
+            .keys_due_reminder(now_millis(), range, channel, BATCH)
             .await
         {
             Ok(due) => due,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot look for keys due an expiry reminder");
-                return;
+                return true;
             }
         };
         for key in due {
-            match self
-                .store
-                .claim_reminder(&key.key_id, threshold_ms, channel, now)
-                .await
-            {
+            if *stop.borrow() {
+                return false;
+            }
+            let id = ReminderId {
+                key_id: &key.key_id,
+                threshold_ms,
+                channel,
+                expires_at: key.expires_at,
+            };
+            let claim = uuid::Uuid::new_v4().to_string();
+            match self.store.claim_reminder(id, &claim, now_millis()).await {
                 Ok(true) => {}
                 Ok(false) => continue,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot claim an expiry reminder");
-                    return;
+                    return true;
                 }
             }
             let sent = match channel {
@@ -244,9 +266,7 @@ impl Reminders {
                         .with_label_values(&[channel, "sent"])
                         .inc();
                     tracing::info!(key = %key.key_id, channel, "sent an expiry reminder");
-                    self.store
-                        .reminder_sent(&key.key_id, threshold_ms, channel, now_millis())
-                        .await
+                    self.store.reminder_sent(id, &claim, now_millis()).await
                 }
                 Err(error) => {
                     self.metrics
@@ -254,9 +274,10 @@ impl Reminders {
                         .with_label_values(&[channel, "failed"])
                         .inc();
                     tracing::warn!(key = %key.key_id, channel, %error,
-                        "an expiry reminder failed; trying again at the next check");
+                        "an expiry reminder failed; it will be tried again later");
+                    let backoff = i64::try_from(self.backoff.as_millis()).unwrap_or(i64::MAX);
                     self.store
-                        .release_reminder(&key.key_id, threshold_ms, channel)
+                        .reminder_failed(id, &claim, now_millis(), backoff)
                         .await
                 }
             };
@@ -264,6 +285,7 @@ impl Reminders {
                 tracing::warn!(error = %e, "cannot record an expiry reminder");
             }
         }
+        true
     }
 
     async fn email(&self, key: &DueReminder, threshold_ms: i64) -> Result<(), String> {

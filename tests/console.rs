@@ -295,8 +295,11 @@ async fn a_workspace_admin_sees_a_members_keys_and_the_member_sees_only_their_ow
         "--role",
         "editor",
     ]);
-    kg.create_key(json!({"name": "bob's sync", "scopes": ["write"], "owner": BOB.0}))
-        .await;
+    kg.create_key(
+        json!({"name": "bob's sync", "scopes": ["write"], "owner": BOB.0,
+        "providers": [{"provider": "local", "basePath": "/sync"}]}),
+    )
+    .await;
 
     let browser = Browser::start("members").await;
     // An account that keeps failing is throttled, and the page says for how long.
@@ -369,6 +372,55 @@ async fn a_workspace_admin_sees_a_members_keys_and_the_member_sees_only_their_ow
     assert!(bobs.contains("write"), "{bobs}");
     browser.shown(&row("full access")).await;
     browser.screenshot("workspace-keys").await;
+
+    // Check access: how the policies decide a request with the member's key, and why.
+    browser.click("#nav-policy").await;
+    let choice = browser.text_with("#check-key", "bob's sync").await;
+    assert!(choice.contains(BOB.0), "{choice}");
+    let check = |path: &'static str| {
+        let browser = &browser;
+        async move {
+            browser
+                .client
+                .find(fantoccini::Locator::Css("#check-key"))
+                .await
+                .unwrap()
+                .select_by_value(&member_key_option(browser).await)
+                .await
+                .unwrap();
+            browser.fill("#check-path", path).await;
+            browser.click("#check-form button[type=submit]").await;
+        }
+    };
+    check("/v1/files/local/sync/a.txt").await;
+    browser.text_with("#check-result", "Allowed").await;
+    check("/v1/files/local/elsewhere.txt").await;
+    let denied = browser.text_with("#check-result", "Denied").await;
+    assert!(denied.contains("outside-base-path"), "{denied}");
+    browser.screenshot("check-access").await;
+
+    // The policy status is the operator's: a wrong token is refused and the user stays signed
+    // in; the operator token shows the running set, as /v1/admin/policy has it.
+    browser
+        .fill("#operator-token", "not-the-operator-token")
+        .await;
+    browser.click("#operator-form button[type=submit]").await;
+    browser
+        .text_with("#problem", "That is not the operator token.")
+        .await;
+    browser.text_with("#who-name", ADA.0).await;
+    let _ = browser.console().await;
+    browser.fill("#operator-token", OPERATOR_TOKEN).await;
+    browser.click("#operator-form button[type=submit]").await;
+    let status = kg
+        .operator()
+        .get(kg.control_url("/v1/admin/policy"))
+        .expect(StatusCode::OK)
+        .await;
+    let hash = status["data"]["hash"].as_str().unwrap();
+    browser.text_with("#policy-status", hash).await;
+    browser.text_with("#policy-files", "management.cedar").await;
+    browser.click("#nav-keys").await;
     // The admin revokes the member's key from the page.
     browser
         .click(&format!("{} button.revoke", row("bob's sync")))
@@ -430,4 +482,18 @@ async fn the_demo_prints_the_console_and_its_user_signs_in_there() {
         .await;
     browser.shown("#keys-table tbody tr").await;
     browser.assert_quiet_console("the demo's console").await;
+}
+
+/// The value of the member's key's option in the check-access form.
+async fn member_key_option(browser: &Browser) -> String {
+    let values = browser
+        .run(
+            "arguments[0]([...document.querySelectorAll('#check-key option')]\
+             .filter(o => o.textContent.startsWith(\"bob's sync\")).map(o => o.value));",
+        )
+        .await;
+    values[0]
+        .as_str()
+        .expect("the member's key is offered")
+        .to_owned()
 }

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 const HOOK_SECRET: &str = "a webhook secret of at least 32 characters";
 const DAY_MS: i64 = 86_400_000;
 
-fn notify_config(smtp: Option<std::net::SocketAddr>, hook_url: &str) -> String {
+fn notify_config(smtp: Option<std::net::SocketAddr>, hook_url: &str, reminders: &str) -> String {
     let email = smtp
         .map(|a| {
             format!(
@@ -25,7 +25,7 @@ fn notify_config(smtp: Option<std::net::SocketAddr>, hook_url: &str) -> String {
         })
         .unwrap_or_default();
     format!(
-        "[notify]\nreminders = [\"7d\"]\ncheck_interval = \"200ms\"\n\
+        "[notify]\nreminders = {reminders}\ncheck_interval = \"200ms\"\n\
          console_url = \"https://keys.example.com/console/\"\n{email}\
          [notify.webhook]\nurl = \"{hook_url}\"\nsecret = \"{HOOK_SECRET}\"\n"
     )
@@ -47,7 +47,11 @@ async fn backdate(kg: &Keygate, id: &str, days: i64) {
 
 /// An RFC 3339 time `days` from now (`expiresAt`).
 fn in_days(days: i64) -> String {
-    (time::OffsetDateTime::now_utc() + time::Duration::days(days))
+    in_hours(days * 24)
+}
+
+fn in_hours(hours: i64) -> String {
+    (time::OffsetDateTime::now_utc() + time::Duration::hours(hours))
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap()
 }
@@ -107,7 +111,11 @@ async fn reminders_once(db: TestDb) {
     let smtp = SmtpSink::start();
     let hooks = Recorder::start().await;
     let backend = Backend::start();
-    let config = notify_config(Some(smtp.addr), &format!("http://{}/hooks", hooks.addr));
+    let config = notify_config(
+        Some(smtp.addr),
+        &format!("http://{}/hooks", hooks.addr),
+        "[\"7d\"]",
+    );
     let upstream = [backend.addr];
     let kg = tokio::task::spawn_blocking(move || Keygate::start_with_db(&upstream, &config, db))
         .await
@@ -187,11 +195,25 @@ async fn reminders_once(db: TestDb) {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(smtp.messages().len(), 1);
     assert_eq!(hooks.requests().len(), 1);
+
+    // Its owner extends the key by a few days only: it is reminded again, of the new expiry.
+    let extended = in_days(6);
+    kg.operator()
+        .patch(kg.control_url(&format!("/v1/keys/{}", id(0))))
+        .json(&json!({"expiresAt": extended}))
+        .expect(StatusCode::OK)
+        .await;
+    let second = until("a second email", || smtp.messages().get(1).cloned()).await;
+    assert!(second.contains(&extended[..10]), "{second}");
+    until("a second webhook", || hooks.requests().get(1).cloned()).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(smtp.messages().len(), 2);
+    assert_eq!(hooks.requests().len(), 2);
     drop(kg);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_webhook_that_fails_is_tried_again_and_then_delivered_once() {
+async fn a_failed_webhook_is_tried_again_and_each_key_gets_only_its_nearest_reminder() {
     // A receiver that is down at first: its port, bound and released.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -201,12 +223,23 @@ async fn a_webhook_that_fails_is_tried_again_and_then_delivered_once() {
     let backend = Backend::start();
     let kg = Keygate::start(
         &[backend.addr],
-        &notify_config(None, &format!("http://127.0.0.1:{port}/hooks")),
+        &notify_config(
+            None,
+            &format!("http://127.0.0.1:{port}/hooks"),
+            "[\"7d\", \"1d\"]",
+        ),
     );
-    let key = kg
+    // Two thresholds: a key within the larger one gets that reminder; a key already within
+    // the smaller one gets only the smaller one, not both at once.
+    let soon = kg
         .create_key(json!({"name": "soon", "scopes": ["read"], "expiresAt": in_days(3), "owner": "ada@example.com"}))
         .await;
-    backdate(&kg, key["id"].as_str().unwrap(), 30).await;
+    let very_soon = kg
+        .create_key(json!({"name": "very soon", "scopes": ["read"], "expiresAt": in_hours(12), "owner": "ada@example.com"}))
+        .await;
+    for key in [&soon, &very_soon] {
+        backdate(&kg, key["id"].as_str().unwrap(), 30).await;
+    }
     let failed = "keygate_reminders_total{channel=\"webhook\",result=\"failed\"}";
     let deadline = Instant::now() + Duration::from_secs(15);
     while !kg.metrics().await.contains(failed) {
@@ -233,13 +266,29 @@ async fn a_webhook_that_fails_is_tried_again_and_then_delivered_once() {
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
-    until("a delivery", || {
-        (!seen.lock().unwrap().is_empty()).then_some(())
+    until("both deliveries", || {
+        (seen.lock().unwrap().len() >= 2).then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    let delivered = seen.lock().unwrap().clone();
-    assert_eq!(delivered.len(), 1);
-    let event: Value = serde_json::from_slice(&delivered[0]).unwrap();
-    assert_eq!(event["data"]["key"]["id"], key["id"]);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut delivered: Vec<(String, String)> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|body| {
+            let event: Value = serde_json::from_slice(body).unwrap();
+            (
+                event["data"]["key"]["name"].as_str().unwrap().to_owned(),
+                event["data"]["threshold"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    delivered.sort();
+    assert_eq!(
+        delivered,
+        [
+            ("soon".to_owned(), "7days".to_owned()),
+            ("very soon".to_owned(), "1day".to_owned())
+        ]
+    );
 }

@@ -40,6 +40,17 @@ pub struct WebhookConfig {
     pub secret: SecretSource,
 }
 
+/// True when the URL's host is this machine (`localhost`, `127.0.0.0/8`, `::1`).
+fn is_loopback(url: &reqwest::Url) -> bool {
+    url.host_str().is_some_and(|h| {
+        h.eq_ignore_ascii_case("localhost")
+            || h.trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    })
+}
+
 pub(super) fn notify_config(
     file: &FileConfig,
     problems: &mut Vec<Problem>,
@@ -134,14 +145,16 @@ pub(super) fn notify_config(
             problem(problems, "[notify.webhook]", "needs url");
             return None;
         };
-        if !(url.starts_with("https://") || url.starts_with("http://"))
-            || reqwest::Url::parse(url).is_err()
-        {
-            problem(
+        // The URL is not repeated in messages: receivers often carry a secret in the path.
+        match reqwest::Url::parse(url) {
+            Ok(u) if u.scheme() == "https" => {}
+            Ok(u) if u.scheme() == "http" && is_loopback(&u) => {}
+            Ok(u) if u.scheme() == "http" => problem(
                 problems,
                 "[notify.webhook] url",
-                format!("'{url}' is not an http(s) URL"),
-            );
+                "must be https:// (plain http only to this machine): events name key owners",
+            ),
+            _ => problem(problems, "[notify.webhook] url", "is not an https:// URL"),
         }
         let Some(secret) = secret else {
             problem(

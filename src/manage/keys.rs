@@ -278,9 +278,8 @@ impl KeyManager {
         }
     }
 
-    /// The policies' decision for `actor` (the operator is `Keygate::Operator`); a denial is
-    /// logged with its policies.
-    fn decide_as(&self, actor: &Actor, action: &str, target: Target<'_>) -> Verdict {
+    /// The policies' decision for `actor` (the operator is `Keygate::Operator`).
+    fn verdict(&self, actor: &Actor, action: &str, target: Target<'_>) -> Verdict {
         let operator;
         let principal: &Principal = match actor {
             Actor::Operator => {
@@ -289,11 +288,27 @@ impl KeyManager {
             }
             Actor::User(p) => p,
         };
-        let verdict = self.policy.decide_on(principal, action, target);
+        self.policy.decide_on(principal, action, target)
+    }
+
+    /// [`Self::verdict`], with a denial logged with its policies.
+    fn decide_as(&self, actor: &Actor, action: &str, target: Target<'_>) -> Verdict {
+        let verdict = self.verdict(actor, action, target);
         if !verdict.allowed {
             tracing::info!(action, policies = ?verdict.policies, "management action denied");
         }
         verdict
+    }
+
+    /// Whether the policies let `actor` read the key `r`: a listing's filter, which asks for
+    /// every key it loads and so logs nothing when the answer is no.
+    fn may_read(&self, actor: &Actor, r: &KeyRecord) -> bool {
+        let target = Target::Credential {
+            id: &r.id,
+            owner: &r.owner_id,
+            workspace: &r.workspace_id,
+        };
+        self.verdict(actor, "readKey", target).allowed
     }
 
     /// A key the actor may read, or not found (its existence is not revealed).
@@ -490,7 +505,9 @@ impl KeyManager {
             (Actor::Operator, None) => None,
         };
         let workspace_id = match (actor, workspace) {
-            (Actor::User(p), None) if whole_workspace => Some(p.workspace_id.clone()),
+            // The whole workspace is the one the user acts in, whatever else is named: a
+            // listing never loads another workspace's keys only to filter every one out.
+            (Actor::User(p), _) if whole_workspace => Some(p.workspace_id.clone()),
             (_, None) => None,
             (Actor::Operator, Some(name)) => Some(self.store.workspace_by_name(name).await?.id),
             // A user lists their own keys: a workspace they are not in, or one that does not
@@ -507,10 +524,7 @@ impl KeyManager {
             .await?;
         Ok(records
             .iter()
-            .filter(|r| {
-                self.authorize(actor, "readKey", &r.id, &r.owner_id, &r.workspace_id)
-                    .is_ok()
-            })
+            .filter(|r| self.may_read(actor, r))
             .map(|r| self.view_with_pending(r))
             .collect())
     }

@@ -205,5 +205,6 @@ pub fn reminders(
         console_url: config.console_url.clone(),
         email,
         webhook,
+        backoff: config.check_interval,
     })
 }

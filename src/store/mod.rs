@@ -21,7 +21,7 @@ pub use changes::{ChangeListener, CredentialChange, Notice};
 pub use directory::{Member, Provider, User, Workspace};
 pub use keys::{KeyChanges, KeyRecord, NewKey, UsageDay};
 pub use policies::{NewPolicyVersion, PolicyVersion, PublishedPolicy};
-pub use reminders::DueReminder;
+pub use reminders::{DueReminder, ReminderId, MAX_REMINDER_ATTEMPTS};
 pub use tokens::{Exchange, NewToken, SigningKeyRow, TokenKind, TokenRecord};
 
 #[derive(Debug, thiserror::Error)]

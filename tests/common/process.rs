@@ -104,10 +104,10 @@ pub fn spawn_and_read(mut cmd: Command, log: PathBuf, prefixes: &[&str]) -> (Pro
     let stdout = child.stdout.take().expect("stdout");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
+        // Read to the end even when nobody waits for lines any more: a closed pipe would make
+        // the process's next print fail (the demo prints its banner line by line).
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
+            let _ = tx.send(line);
         }
     });
     let proc = Proc { child, log };
