@@ -25,7 +25,7 @@ use crate::telemetry::Metrics;
 const SESSION_CACHE: usize = 10_000;
 
 /// What `/v1/admin/tls` shows.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CertificateStatus {
     pub cert_file: String,

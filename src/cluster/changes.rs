@@ -26,7 +26,7 @@ use crate::telemetry::Metrics;
 const SQLITE_OVERLAP_MS: i64 = 6_000;
 
 /// Where this instance stands on the changes it follows (`GET /v1/admin/cluster`).
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FeedStatus {
     /// `notify` (PostgreSQL: notices, and polling as the safety net) or `poll` (SQLite).

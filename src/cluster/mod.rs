@@ -6,7 +6,7 @@
 
 pub mod changes;
 
-pub use changes::ChangeFeed;
+pub use changes::{ChangeFeed, FeedStatus};
 
 /// This instance, as the cluster status names it: the host's name and the process id.
 pub fn instance_name() -> String {

@@ -8,9 +8,17 @@ use axum::Router;
 use serde::Deserialize;
 
 use super::caller::Caller;
+use super::openapi::{Failure, Refused, Success};
 use super::respond::{ok, ok_secret, Body};
 use super::ControlState;
-use crate::manage::{Actor, CreateKey, ManageError, UpdateKey};
+use crate::manage::{Actor, CreateKey, KeyView, ManageError, NewKeyView, UpdateKey, UsageView};
+use crate::policy::ScopeInfo;
+
+/// A provider a key may be given (`GET /v1/providers`).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ProviderView {
+    pub name: String,
+}
 
 pub fn routes() -> Router<ControlState> {
     Router::new()
@@ -23,7 +31,7 @@ pub fn routes() -> Router<ControlState> {
 }
 
 #[derive(Debug, Deserialize)]
-struct ListQuery {
+pub(super) struct ListQuery {
     owner: Option<String>,
     workspace: Option<String>,
     /// `true`: every key of the caller's workspace the policies let it read.
@@ -31,7 +39,14 @@ struct ListQuery {
     all: bool,
 }
 
-async fn list(
+#[utoipa::path(get, path = "/v1/keys", operation_id = "listKeys", tag = "keys",
+    params(
+        ("owner" = Option<String>, Query, description = "The operator: one owner's keys (email)"),
+        ("workspace" = Option<String>, Query, description = "Only this workspace's keys (name)"),
+        ("all" = Option<bool>, Query, description = "Every key of the caller's workspace the policies let it read"),
+    ),
+    responses((status = 200, description = "The keys, never their secrets", body = Success<Vec<KeyView>>), Refused))]
+pub(super) async fn list(
     State(st): State<ControlState>,
     Caller(actor): Caller,
     Query(q): Query<ListQuery>,
@@ -43,7 +58,10 @@ async fn list(
     Ok(ok(StatusCode::OK, keys))
 }
 
-async fn create(
+#[utoipa::path(post, path = "/v1/keys", operation_id = "createKey", tag = "keys", request_body = CreateKey,
+    responses((status = 201, description = "The new key, shown this once (`no-store`)", body = Success<NewKeyView>),
+        (status = 409, description = "The owner holds the most active keys allowed", body = Failure), Refused))]
+pub(super) async fn create(
     State(st): State<ControlState>,
     Caller(actor): Caller,
     Body(req): Body<CreateKey>,
@@ -54,7 +72,9 @@ async fn create(
     ))
 }
 
-async fn show(
+#[utoipa::path(get, path = "/v1/keys/{id}", operation_id = "getKey", tag = "keys", params(("id" = String, Path, description = "The key's id")),
+    responses((status = 200, description = "The key", body = Success<KeyView>), Refused))]
+pub(super) async fn show(
     State(st): State<ControlState>,
     Caller(actor): Caller,
     Path(id): Path<String>,
@@ -62,7 +82,9 @@ async fn show(
     Ok(ok(StatusCode::OK, st.keys.show(&actor, &id).await?))
 }
 
-async fn update(
+#[utoipa::path(patch, path = "/v1/keys/{id}", operation_id = "updateKey", tag = "keys", params(("id" = String, Path, description = "The key's id")), request_body = UpdateKey,
+    responses((status = 200, description = "The key as changed", body = Success<KeyView>), Refused))]
+pub(super) async fn update(
     State(st): State<ControlState>,
     Caller(actor): Caller,
     Path(id): Path<String>,
@@ -71,7 +93,9 @@ async fn update(
     Ok(ok(StatusCode::OK, st.keys.update(&actor, &id, req).await?))
 }
 
-async fn revoke(
+#[utoipa::path(delete, path = "/v1/keys/{id}", operation_id = "revokeKey", tag = "keys", params(("id" = String, Path, description = "The key's id")),
+    responses((status = 200, description = "The key, revoked at once and for good", body = Success<KeyView>), Refused))]
+pub(super) async fn revoke(
     State(st): State<ControlState>,
     Caller(actor): Caller,
     Path(id): Path<String>,
@@ -79,7 +103,10 @@ async fn revoke(
     Ok(ok(StatusCode::OK, st.keys.revoke(&actor, &id).await?))
 }
 
-async fn rotate(
+#[utoipa::path(post, path = "/v1/keys/{id}/rotate", operation_id = "rotateKey", tag = "keys", params(("id" = String, Path, description = "The key's id")),
+    responses((status = 201, description = "The successor, shown this once (`no-store`); the old key is revoked", body = Success<NewKeyView>),
+        (status = 409, description = "Another rotation of this key won", body = Failure), Refused))]
+pub(super) async fn rotate(
     State(st): State<ControlState>,
     Caller(actor): Caller,
     Path(id): Path<String>,
@@ -90,7 +117,9 @@ async fn rotate(
     ))
 }
 
-async fn usage(
+#[utoipa::path(get, path = "/v1/keys/{id}/usage", operation_id = "keyUsage", tag = "keys", params(("id" = String, Path, description = "The key's id")),
+    responses((status = 200, description = "Requests, denials and bytes per UTC day", body = Success<UsageView>), Refused))]
+pub(super) async fn usage(
     State(st): State<ControlState>,
     Caller(actor): Caller,
     Path(id): Path<String>,
@@ -100,13 +129,17 @@ async fn usage(
 
 /// The scopes a key or token may be granted, with the scopes and actions each contains, as the
 /// running policies define them. Any authenticated caller may read it.
-async fn scopes(State(st): State<ControlState>, Caller(_): Caller) -> Response {
+#[utoipa::path(get, path = "/v1/scopes", operation_id = "listScopes", tag = "keys",
+    responses((status = 200, description = "Every scope a key or token may hold", body = Success<Vec<ScopeInfo>>), Refused))]
+pub(super) async fn scopes(State(st): State<ControlState>, Caller(_): Caller) -> Response {
     ok(StatusCode::OK, st.policy.current().scope_catalog())
 }
 
 /// The providers of the caller's workspace (every provider, for the operator): what a key's
 /// `providers` may name. Read from the database, so a provider added a moment ago is there.
-async fn providers(
+#[utoipa::path(get, path = "/v1/providers", operation_id = "listProviders", tag = "keys",
+    responses((status = 200, description = "The providers of the caller's workspace", body = Success<Vec<ProviderView>>), Refused))]
+pub(super) async fn providers(
     State(st): State<ControlState>,
     Caller(actor): Caller,
 ) -> Result<Response, ManageError> {
@@ -124,9 +157,9 @@ async fn providers(
         .map(|(name, _)| name)
         .collect();
     names.sort();
-    let listed: Vec<_> = names
+    let listed: Vec<ProviderView> = names
         .into_iter()
-        .map(|name| serde_json::json!({ "name": name }))
+        .map(|name| ProviderView { name })
         .collect();
     Ok(ok(StatusCode::OK, listed))
 }

@@ -10,6 +10,7 @@
 pub mod caller;
 mod cluster;
 mod console;
+mod openapi;
 mod keys;
 mod logins;
 mod policy;
@@ -24,7 +25,6 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::json;
 
 use crate::identity::Identity;
 use crate::manage::{Auth, KeyManager};
@@ -88,6 +88,7 @@ pub fn app(state: ControlState) -> Router {
         .merge(tls::routes())
         .merge(cluster::routes())
         .merge(console::routes())
+        .route("/v1/openapi.json", get(openapi::document))
         .fallback(not_found)
         .with_state(state)
 }
@@ -100,13 +101,59 @@ pub fn metrics_app(state: ControlState) -> Router {
         .with_state(state)
 }
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok"}))
+/// The process is up (no envelope: what probes read).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// Always `ok`.
+    pub status: &'static str,
+}
+
+/// Readiness (no envelope: what probes read).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Ready {
+    /// `ready` or `not ready`.
+    pub status: &'static str,
+    pub checks: ReadyChecks,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReadyChecks {
+    /// `ok`, `unavailable` or `timeout`.
+    pub database: &'static str,
+    pub policies: ReadyPolicies,
+    pub rate_limits: ReadyLimits,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ReadyPolicies {
+    /// Always `ok`: keygate never runs without a valid set.
+    pub state: &'static str,
+    pub epoch: u64,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ReadyLimits {
+    /// `local` or `redis`.
+    pub backend: &'static str,
+    /// `ok`, or `fallback` (Redis is unreachable: each instance limits on its own).
+    pub state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+#[utoipa::path(get, path = "/healthz", operation_id = "health", tag = "health", security(()),
+    responses((status = 200, description = "The process is up", body = Health)))]
+pub(super) async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
 }
 
 /// Ready when the database answers. Fails closed: a slow database is not ready. Checked at
 /// most once a second, whoever asks: readiness is unauthenticated.
-async fn readyz(State(st): State<ControlState>) -> Response {
+#[utoipa::path(get, path = "/readyz", operation_id = "readiness", tag = "health", security(()),
+    responses((status = 200, description = "Ready to serve", body = Ready),
+        (status = 503, description = "The database does not answer", body = Ready)))]
+pub(super) async fn readyz(State(st): State<ControlState>) -> Response {
     let checked = {
         let mut last = st.readiness.lock().await;
         match *last {
@@ -138,23 +185,43 @@ async fn readyz(State(st): State<ControlState>) -> Response {
     // failed reload keeps the last good set.
     let epoch = st.policy.current().epoch;
     // Redis down does not make an instance unready: it limits on its own meanwhile.
+    let limits = |backend, state, detail| ReadyLimits {
+        backend,
+        state,
+        detail,
+    };
     let rate_limits = match &st.shared_limits {
-        None => json!({"backend": "local", "state": "ok"}),
-        Some(s) if s.is_up() => json!({"backend": "redis", "state": "ok"}),
-        Some(s) => json!({"backend": "redis", "state": "fallback",
-            "detail": format!("Redis is unreachable: this instance allows 1/{} of each limit", s.instances)}),
+        None => limits("local", "ok", None),
+        Some(s) if s.is_up() => limits("redis", "ok", None),
+        Some(s) => limits(
+            "redis",
+            "fallback",
+            Some(format!(
+                "Redis is unreachable: this instance allows 1/{} of each limit",
+                s.instances
+            )),
+        ),
     };
     (
         status,
-        Json(json!({"status": if ready { "ready" } else { "not ready" },
-            "checks": {"database": db_state, "policies": {"state": "ok", "epoch": epoch},
-                "rateLimits": rate_limits}})),
+        Json(Ready {
+            status: if ready { "ready" } else { "not ready" },
+            checks: ReadyChecks {
+                database: db_state,
+                policies: ReadyPolicies { state: "ok", epoch },
+                rate_limits,
+            },
+        }),
     )
         .into_response()
 }
 
 /// The Prometheus page, from memory: no database work per scrape (the gauges that come from
 /// the database are refreshed by a background task).
+#[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "health", security(()),
+    responses((status = 200, description = "Prometheus metrics (`[control] metrics = \"operator\"`: the operator token is needed)",
+        content_type = "text/plain; version=0.0.4", body = String),
+        (status = 401, description = "The operator token is needed and was not sent", body = openapi::Failure)))]
 pub async fn metrics(State(st): State<ControlState>, headers: axum::http::HeaderMap) -> Response {
     match st.metrics_access {
         MetricsAccess::Public => {}

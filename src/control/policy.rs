@@ -9,10 +9,13 @@ use axum::Router;
 use serde_json::json;
 
 use super::caller::Caller;
+use super::openapi::{Failure, Refused, Success};
 use super::respond::ok;
 use super::respond::Body;
 use super::ControlState;
+use crate::manage::explain::Explanation;
 use crate::manage::ManageError;
+use crate::policy::PolicyStatus;
 use crate::refusal::Refusal;
 
 pub fn routes() -> Router<ControlState> {
@@ -22,7 +25,9 @@ pub fn routes() -> Router<ControlState> {
         .route("/v1/admin/policy/check", post(check))
 }
 
-async fn status(
+#[utoipa::path(get, path = "/v1/admin/policy", operation_id = "policyStatus", tag = "operating",
+    responses((status = 200, description = "The running policy set (the operator only)", body = Success<PolicyStatus>), Refused))]
+pub(super) async fn status(
     State(st): State<ControlState>,
     Caller(actor): Caller,
 ) -> Result<Response, ManageError> {
@@ -31,7 +36,10 @@ async fn status(
 }
 
 /// Reloads now; answers after the new set is in force (or rejected).
-async fn reload(
+#[utoipa::path(post, path = "/v1/admin/policy/reload", operation_id = "reloadPolicies", tag = "operating",
+    responses((status = 200, description = "The set in force after the reload", body = Success<PolicyStatus>),
+        (status = 422, description = "The new files are invalid; the running set goes on (`details.runningEpoch`)", body = Failure), Refused))]
+pub(super) async fn reload(
     State(st): State<ControlState>,
     Caller(actor): Caller,
 ) -> Result<Response, ManageError> {
@@ -62,9 +70,9 @@ async fn reload(
 
 /// `POST /v1/admin/policy/check`: how the running set decides a request of a key, a token or
 /// a signed-in user.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CheckRequest {
+pub(super) struct CheckRequest {
     key: Option<String>,
     token: Option<String>,
     user: Option<String>,
@@ -73,7 +81,9 @@ struct CheckRequest {
     destination: Option<String>,
 }
 
-async fn check(
+#[utoipa::path(post, path = "/v1/admin/policy/check", operation_id = "checkAccess", tag = "operating", request_body = CheckRequest,
+    responses((status = 200, description = "How the running set decides the request, and the policies that did", body = Success<Explanation>), Refused))]
+pub(super) async fn check(
     State(st): State<ControlState>,
     Caller(actor): Caller,
     Body(req): Body<CheckRequest>,

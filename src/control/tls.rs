@@ -10,10 +10,12 @@ use axum::Router;
 use serde_json::json;
 
 use super::caller::Caller;
+use super::openapi::{Failure, Refused, Success};
 use super::respond::ok;
 use super::ControlState;
 use crate::manage::ManageError;
 use crate::refusal::Refusal;
+use crate::tls::CertificateStatus;
 
 pub fn routes() -> Router<ControlState> {
     Router::new()
@@ -21,7 +23,9 @@ pub fn routes() -> Router<ControlState> {
         .route("/v1/admin/tls/reload", post(reload))
 }
 
-async fn status(
+#[utoipa::path(get, path = "/v1/admin/tls", operation_id = "certificateStatus", tag = "operating",
+    responses((status = 200, description = "The served certificate (404 without `[tls]`)", body = Success<CertificateStatus>), Refused))]
+pub(super) async fn status(
     State(st): State<ControlState>,
     Caller(actor): Caller,
 ) -> Result<Response, ManageError> {
@@ -31,7 +35,10 @@ async fn status(
 }
 
 /// Reloads now; a broken certificate is refused and the served one stays.
-async fn reload(
+#[utoipa::path(post, path = "/v1/admin/tls/reload", operation_id = "reloadCertificate", tag = "operating",
+    responses((status = 200, description = "The certificate in force after the reload", body = Success<CertificateStatus>),
+        (status = 422, description = "The files do not load; the served certificate goes on", body = Failure), Refused))]
+pub(super) async fn reload(
     State(st): State<ControlState>,
     Caller(actor): Caller,
 ) -> Result<Response, ManageError> {

@@ -35,7 +35,7 @@ pub struct Question {
     pub destination: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Explanation {
     /// `allow` or `deny`.
@@ -45,7 +45,7 @@ pub struct Explanation {
     pub principal: PrincipalView,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ResourceDecision {
     /// `provider:/path`.
@@ -55,12 +55,13 @@ pub struct ResourceDecision {
     pub policies: Vec<DecidingPolicy>,
     /// For a deny: the scope required and the scopes granted, or the restriction.
     #[serde(skip_serializing_if = "Map::is_empty")]
+    #[schema(value_type = Object)]
     pub details: Map<String, Value>,
     /// A policy failed to evaluate (and the answer is a deny).
     pub errored: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DecidingPolicy {
     pub id: String,
@@ -69,7 +70,7 @@ pub struct DecidingPolicy {
 }
 
 /// The principal as the policies saw it (never a secret).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PrincipalView {
     pub kind: &'static str,
@@ -79,6 +80,7 @@ pub struct PrincipalView {
     pub scopes: Vec<String>,
     pub role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub providers: Option<Value>,
 }
 

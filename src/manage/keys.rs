@@ -20,7 +20,7 @@ use crate::store::{KeyChanges, KeyRecord, NewKey, Store, StoreError, UsageDay};
 use crate::usage::UsageRecorder;
 
 /// The body of a create request (and the CLI's flags).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateKey {
     pub name: String,
@@ -44,7 +44,7 @@ pub struct CreateKey {
 
 /// The body of an update request. A field left out stays as it is; `providers: null` opens
 /// the key to every provider; `expiresIn: "never"` removes the expiry.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UpdateKey {
     #[serde(default)]
@@ -69,7 +69,7 @@ where
 }
 
 /// A key as listed: never its secret.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct KeyView {
     pub id: String,
@@ -95,7 +95,7 @@ pub struct KeyView {
 }
 
 /// A created or rotated key: the only time its secret is shown.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NewKeyView {
     pub key: String,
@@ -103,7 +103,7 @@ pub struct NewKeyView {
     pub view: KeyView,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UsageView {
     pub id: String,

@@ -35,7 +35,7 @@ fn bad_request(m: impl Into<String>) -> ManageError {
 }
 
 /// What a login returns, by the client's choice.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LoginType {
     /// A 30-day JWT recorded as a signed-in device.
@@ -47,7 +47,7 @@ pub enum LoginType {
     Session,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LoginRequest {
     pub email: String,
@@ -63,7 +63,7 @@ pub struct LoginRequest {
 }
 
 /// A login's result; the secrets in it are shown this once.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Issued {
     #[serde(rename = "type")]
@@ -97,7 +97,7 @@ pub struct SessionCookie {
     pub max_age: Duration,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UserView {
     pub id: String,
@@ -107,7 +107,7 @@ pub struct UserView {
 }
 
 /// A signed-in device, session or scoped token as listed: never its secret.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TokenView {
     pub id: String,
@@ -127,7 +127,7 @@ pub struct TokenView {
 }
 
 /// The body of `POST /v1/auth/tokens`: a scoped token (Drivly style).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MintRequest {
     #[serde(default)]
@@ -145,7 +145,7 @@ pub struct MintRequest {
     pub providers: Option<Vec<Grant>>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Minted {
     pub token: String,

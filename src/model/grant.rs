@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::route::check_name_path;
 
 /// One provider a restricted key may use, and the folder it is confined to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Grant {
     pub provider: String,

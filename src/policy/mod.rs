@@ -151,7 +151,7 @@ pub struct Loaded {
 
 /// A loaded policy: its `@id`, where it is written, its effect and intent, and a hash of its
 /// text (as Cedar prints it) to tell versions apart across instances.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PolicyInfo {
     pub id: String,
@@ -262,7 +262,7 @@ struct DecisionKey {
 }
 
 /// Status for the control plane.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PolicyStatus {
     pub epoch: u64,
@@ -284,7 +284,7 @@ pub struct PolicyStatus {
 }
 
 /// A scope as people choosing one see it (`GET /v1/scopes`, the console's key form).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ScopeInfo {
     /// The scope as clients write it (its `@scope("…")` spelling, or its name).
@@ -296,7 +296,7 @@ pub struct ScopeInfo {
 }
 
 /// A credential holding scopes the running policies do not define.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct InertScopes {
     /// `key` or `token`.

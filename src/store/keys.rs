@@ -59,7 +59,7 @@ pub struct KeyChanges {
 }
 
 /// One day of a key's usage.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UsageDay {
     pub day: String,

@@ -11,7 +11,7 @@ use crate::clock::now_millis;
 use crate::model::{Grant, Role};
 
 /// What a token row stands for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TokenKind {
     /// A 30-day JWT for a mobile client.
