@@ -103,7 +103,7 @@ function day(iso) {
 }
 
 function showView(name) {
-  for (const v of ["sign-in", "keys", "devices", "policy"]) $(`view-${v}`).hidden = v !== name;
+  for (const v of ["sign-in", "consent", "keys", "devices", "policy"]) $(`view-${v}`).hidden = v !== name;
   for (const v of ["keys", "devices", "policy"]) {
     const link = $(`nav-${v}`);
     if (v === name) link.setAttribute("aria-current", "page");
@@ -112,6 +112,7 @@ function showView(name) {
 }
 
 function signedOut(message) {
+  if (AUTHORIZING && !message) message = "Sign in to answer the application's request.";
   state.csrf = null;
   state.me = null;
   state.operator = null;
@@ -198,8 +199,16 @@ async function start() {
   route();
 }
 
+// An application sent its user here (GET /oauth/authorize): the consent page, not the console.
+const AUTHORIZING = location.pathname === "/oauth/authorize";
+
 function route() {
   if (!state.me) return;
+  if (AUTHORIZING) {
+    $("nav").hidden = true;
+    attempt(showConsent);
+    return;
+  }
   const name = (location.hash || "#keys").slice(1);
   if (name === "devices") {
     showView("devices");
@@ -479,7 +488,8 @@ async function loadTokens() {
     else actions.append(el("button", { type: "button", class: "revoke danger",
       on: { click: () => revokeToken(t) } }, "Revoke"));
     body.append(el("tr", { "data-token-id": t.id, class: t.current ? "current" : "" },
-      el("td", {}, t.type), el("td", {}, t.label || ""), el("td", {}, day(t.createdAt)),
+      el("td", {}, t.type === "refresh" && t.scopes ? "application" : t.type),
+      el("td", {}, t.label || ""), el("td", {}, day(t.createdAt)),
       el("td", {}, day(t.expiresAt)), actions));
   }
   $("revoke-others").hidden = tokens.filter((t) => !t.current).length === 0;
@@ -532,6 +542,60 @@ async function mint(event) {
   $("mint-form").reset();
   showSecret("token", "", minted.token);
   await attempt(loadTokens);
+}
+
+// --- granting an application access (OAuth 2.0) ------------------------------------------------
+
+// The request's parameters, as the application sent them.
+function authorizationRequest() {
+  return Object.fromEntries(new URLSearchParams(location.search));
+}
+
+// Back to the application: with a code, or with why not. Never anywhere the server did not
+// name: the address is one the application registered.
+function leaveFor(redirectTo) {
+  location.assign(redirectTo);
+}
+
+async function showConsent() {
+  let consent;
+  try {
+    consent = await api("GET", `/v1/oauth/authorize${location.search}`);
+  } catch (err) {
+    if (err instanceof ApiError && err.details.redirectTo) {
+      leaveFor(err.details.redirectTo);
+      return;
+    }
+    throw err;
+  }
+  showView("consent");
+  $("consent-client").textContent = consent.client.name;
+  $("consent-client-again").textContent = consent.client.name;
+  $("consent-user").textContent = consent.user;
+  $("consent-workspace").textContent = consent.workspace;
+  const byName = new Map(state.scopes.map((s) => [s.name, s]));
+  $("consent-permissions").replaceChildren(...consent.permissions.map((p) => {
+    const scope = byName.get(p);
+    return el("li", { "data-permission": p }, el("strong", {}, p), scope ? ` — ${describe(scope)}` : "");
+  }));
+  $("consent-where").textContent = consent.providers
+    ? `Only in: ${consent.providers.map((g) => `${g.provider}:${g.basePath}`).join(", ")}.`
+    : "In every provider of the workspace.";
+  const days = Math.round(consent.refreshTokenTtl / 86400);
+  $("consent-terms").textContent = `It gets tokens of ${Math.round(consent.accessTokenTtl / 60)} minutes `
+    + `that it may renew for ${days} days, never beyond your own role. Revoke them at any time under `
+    + "Devices and tokens.";
+  $("consent-return").textContent = new URL(authorizationRequest().redirect_uri).host;
+  // Nothing is pre-selected, and Allow waits a moment: a key pressed or a click meant for
+  // another window as the page appears answers nothing.
+  const allow = $("consent-approve");
+  allow.disabled = true;
+  setTimeout(() => { allow.disabled = false; }, 1000);
+}
+
+async function answerConsent(approve) {
+  const done = await attempt(() => api("POST", "/v1/oauth/authorize", { request: authorizationRequest(), approve }));
+  if (done) leaveFor(done.redirectTo);
 }
 
 // --- policies ---------------------------------------------------------------------------------
@@ -622,6 +686,8 @@ document.addEventListener("DOMContentLoaded", () => {
   $("mint-form").addEventListener("submit", mint);
   $("operator-form").addEventListener("submit", operatorSignIn);
   $("check-form").addEventListener("submit", checkAccess);
+  $("consent-approve").addEventListener("click", () => answerConsent(true));
+  $("consent-deny").addEventListener("click", () => answerConsent(false));
   $("where-all").addEventListener("change", toggleWhere);
   $("where-some").addEventListener("change", toggleWhere);
   $("grant-add").addEventListener("click", grantRow);

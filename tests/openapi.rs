@@ -99,6 +99,11 @@ async fn the_openapi_document_is_valid_and_real_answers_match_it() {
         ("/v1/admin/tls", &["get"]),
         ("/v1/admin/tls/reload", &["post"]),
         ("/v1/admin/cluster", &["get"]),
+        ("/oauth/authorize", &["get"]),
+        ("/oauth/token", &["post"]),
+        ("/v1/oauth/authorize", &["get", "post"]),
+        ("/v1/oauth/clients", &["get", "post"]),
+        ("/v1/oauth/clients/{id}", &["delete"]),
     ];
     let paths = doc["paths"].as_object().unwrap();
     for (path, methods) in expected {
@@ -115,12 +120,13 @@ async fn the_openapi_document_is_valid_and_real_answers_match_it() {
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("console/console.js"))
             .unwrap();
     let called = regex::Regex::new(r#"["`](/v1/[^"`?]*)"#).unwrap();
-    let interpolation = regex::Regex::new(r"\$\{[^}]*\}").unwrap();
+    // `/${…}` is a path segment (an id); any other `${…}` a query string.
+    let segment = regex::Regex::new(r"/\$\{[^}]*\}").unwrap();
+    let query = regex::Regex::new(r"\$\{[^}]*\}").unwrap();
     let mut seen = 0;
     for m in called.captures_iter(&script) {
-        let path = interpolation
-            .replace_all(&m[1], "{id}")
-            .replace("/v1/keys{id}", "/v1/keys");
+        let path = segment.replace_all(&m[1], "/{id}");
+        let path = query.replace_all(&path, "").into_owned();
         assert!(
             paths.contains_key(&path),
             "the console calls {path}, which is not described"
@@ -426,6 +432,144 @@ async fn the_openapi_document_is_valid_and_real_answers_match_it() {
         )
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "no [tls] here");
+
+    // Applications: registered, listed, asked about by a user, removed.
+    let (status, app) = s
+        .call(
+            &user,
+            Method::POST,
+            "/v1/oauth/clients",
+            url("/v1/oauth/clients"),
+            Some(json!({"name": "described app", "redirectUris": ["https://app.example.com/cb"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{app}");
+    let client_id = app["data"]["clientId"].as_str().unwrap().to_owned();
+    s.call(
+        &user,
+        Method::GET,
+        "/v1/oauth/clients",
+        url("/v1/oauth/clients"),
+        None,
+    )
+    .await;
+    // A consent is answered by a browser session only, with its CSRF proof.
+    let session_state: Value = browser
+        .get(url("/v1/auth/session"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut h = reqwest::header::HeaderMap::new();
+    h.insert("cookie", cookie.parse().unwrap());
+    h.insert(
+        "x-csrf-token",
+        session_state["data"]["csrfToken"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap(),
+    );
+    h.insert("origin", format!("http://{}", kg.control).parse().unwrap());
+    let session = reqwest::Client::builder()
+        .default_headers(h)
+        .build()
+        .unwrap();
+    let ask = |extra: &str| {
+        format!(
+            "/v1/oauth/authorize?response_type=code&client_id={client_id}\
+             &redirect_uri=https%3A%2F%2Fapp.example.com%2Fcb&scope=files.read&state=s\
+             &code_challenge_method=S256{extra}"
+        )
+    };
+    let (status, _) = s
+        .call(
+            &session,
+            Method::GET,
+            "/v1/oauth/authorize",
+            url(&ask(
+                "&code_challenge=E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+            )),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, refused) = s
+        .call(
+            &session,
+            Method::GET,
+            "/v1/oauth/authorize",
+            url(&ask("")),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(refused["error"]["details"]["redirectTo"]
+        .as_str()
+        .unwrap()
+        .starts_with("https://app.example.com/cb?error=invalid_request"));
+    let (status, _) = s
+        .call(
+            &session,
+            Method::POST,
+            "/v1/oauth/authorize",
+            url("/v1/oauth/authorize"),
+            Some(
+                json!({"request": {"response_type": "code", "client_id": client_id,
+                "redirect_uri": "https://app.example.com/cb", "scope": "files.read",
+                "code_challenge": "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+                "code_challenge_method": "S256"}, "approve": false}),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    for (form, expected) in [
+        (
+            vec![
+                ("grant_type", "authorization_code"),
+                ("client_id", client_id.as_str()),
+                ("code", "kga_unknown"),
+                ("redirect_uri", "https://app.example.com/cb"),
+                (
+                    "code_verifier",
+                    "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk",
+                ),
+            ],
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            vec![
+                ("grant_type", "password"),
+                ("client_id", client_id.as_str()),
+            ],
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            vec![("grant_type", "refresh_token"), ("client_id", "kgc_nobody")],
+            StatusCode::UNAUTHORIZED,
+        ),
+    ] {
+        let r = anonymous
+            .post(url("/oauth/token"))
+            .form(&form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), expected);
+        let body: Value = r.json().await.unwrap();
+        s.0.push(json!({"method": "POST", "path": "/oauth/token",
+            "status": expected.as_u16(), "body": body}));
+    }
+    s.call(
+        &user,
+        Method::DELETE,
+        "/v1/oauth/clients/{id}",
+        url(&format!("/v1/oauth/clients/{client_id}")),
+        None,
+    )
+    .await;
     s.call(
         &user,
         Method::POST,

@@ -30,10 +30,7 @@ pub fn routes() -> Router<ControlState> {
             "/console",
             get(|| async { Redirect::permanent("/console/") }),
         )
-        .route(
-            "/console/",
-            get(|| async { asset(PAGE, "text/html; charset=utf-8") }),
-        )
+        .route("/console/", get(|| async { page() }))
         .route(
             "/console/console.js",
             get(|| async { asset(SCRIPT, "text/javascript; charset=utf-8") }),
@@ -44,7 +41,38 @@ pub fn routes() -> Router<ControlState> {
         )
 }
 
+/// The console's page (also the consent page of `/oauth/authorize`).
+pub(super) fn page() -> Response {
+    asset(PAGE, "text/html; charset=utf-8")
+}
+
+/// A page that says what went wrong, under the console's headers: `message` is set as text.
+pub(super) fn error_page(status: StatusCode, title: &str, message: &str) -> Response {
+    let escape = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+    };
+    let body = format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>{title}</title><link rel=\"icon\" href=\"data:,\">\
+         <link rel=\"stylesheet\" href=\"/console/console.css\"></head><body><header><h1>keygate</h1>\
+         </header><main><h2>{title}</h2><p id=\"problem\">{message}</p></main></body></html>\n",
+        title = escape(title),
+        message = escape(message),
+    );
+    let mut response = asset_owned(body, "text/html; charset=utf-8");
+    *response.status_mut() = status;
+    response
+}
+
 fn asset(body: &'static str, content_type: &'static str) -> Response {
+    asset_owned(body.to_owned(), content_type)
+}
+
+fn asset_owned(body: String, content_type: &'static str) -> Response {
     let mut response = (StatusCode::OK, body).into_response();
     let headers = response.headers_mut();
     let fixed = |v: &'static str| HeaderValue::from_static(v);

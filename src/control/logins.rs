@@ -92,7 +92,7 @@ pub(super) async fn refresh(
     ClientAddr(addr): ClientAddr,
     Body(req): Body<RefreshRequest>,
 ) -> Result<Response, ManageError> {
-    let done = st.auth.refresh(&req.refresh_token, addr).await?;
+    let done = st.auth.refresh(&req.refresh_token, addr, None).await?;
     Ok(issued(&st, StatusCode::OK, done))
 }
 

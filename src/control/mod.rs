@@ -10,6 +10,7 @@
 pub mod caller;
 mod cluster;
 mod console;
+mod oauth;
 mod openapi;
 mod keys;
 mod logins;
@@ -88,6 +89,7 @@ pub fn app(state: ControlState) -> Router {
         .merge(tls::routes())
         .merge(cluster::routes())
         .merge(console::routes())
+        .merge(oauth::routes())
         .route("/v1/openapi.json", get(openapi::document))
         .fallback(not_found)
         .with_state(state)

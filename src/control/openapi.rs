@@ -105,6 +105,13 @@ pub enum Refused {
         super::tls::status,
         super::tls::reload,
         super::cluster::status,
+        super::oauth::authorize_page,
+        super::oauth::consent,
+        super::oauth::decide,
+        super::oauth::token,
+        super::oauth::clients,
+        super::oauth::register,
+        super::oauth::remove,
         document,
     ),
     modifiers(&Schemes),
@@ -113,6 +120,7 @@ pub enum Refused {
         (name = "keys", description = "API keys (docs/api-keys.md)"),
         (name = "logins", description = "Logins, sessions and tokens (docs/logins.md)"),
         (name = "operating", description = "Policies, certificates and instances"),
+        (name = "oauth", description = "Applications granted access by their users: OAuth 2.0 authorization code with PKCE (docs/logins.md)"),
         (name = "health", description = "Liveness, readiness, metrics and this document"),
     )
 )]

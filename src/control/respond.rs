@@ -103,7 +103,9 @@ impl IntoResponse for ManageError {
                 tracing::error!(error = %inner, "control plane: database failure");
                 return refusal(&Refusal::Unavailable("the database is unavailable".into()));
             }
-            ManageError::BadRequest(_) => (StatusCode::BAD_REQUEST, "BAD_REQUEST"),
+            ManageError::BadRequest(_) | ManageError::InvalidRequest { .. } => {
+                (StatusCode::BAD_REQUEST, "BAD_REQUEST")
+            }
             ManageError::Forbidden(_) => (StatusCode::FORBIDDEN, "FORBIDDEN"),
             ManageError::NotFound(_) => (StatusCode::NOT_FOUND, "NOT_FOUND"),
             ManageError::Conflict(_) => (StatusCode::CONFLICT, "CONFLICT"),
@@ -121,7 +123,8 @@ impl IntoResponse for ManageError {
         };
         let details = match &self {
             ManageError::InvalidPolicy { details, .. }
-            | ManageError::InvalidCertificate { details, .. } => Some(details.clone()),
+            | ManageError::InvalidCertificate { details, .. }
+            | ManageError::InvalidRequest { details, .. } => Some(details.clone()),
             _ => None,
         };
         error(status, code, &self.to_string(), details)

@@ -154,11 +154,11 @@ pub struct Minted {
 }
 
 pub struct Auth {
-    store: Store,
-    pepper: Pepper,
+    pub(super) store: Store,
+    pub(super) pepper: Pepper,
     pub tokens: Arc<Tokens>,
-    identity: Arc<Identity>,
-    keys: Arc<KeyManager>,
+    pub(super) identity: Arc<Identity>,
+    pub(super) keys: Arc<KeyManager>,
     metrics: Arc<Metrics>,
     /// Verifies passwords, at most `password_workers` at once and `password_queue` waiting.
     passwords: PasswordWorkers,
@@ -178,14 +178,14 @@ pub const MAX_EMAIL_LEN: usize = 254;
 /// Longest password accepted at login, in bytes.
 pub const MAX_PASSWORD_LEN: usize = 1024;
 
-fn random_secret(prefix: &str) -> String {
+pub(super) fn random_secret(prefix: &str) -> String {
     use rand::RngCore;
     let mut bytes = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
     format!("{prefix}_{}", URL_SAFE_NO_PAD.encode(bytes))
 }
 
-fn label(device: Option<&str>) -> Result<Option<String>, ManageError> {
+pub(super) fn label(device: Option<&str>) -> Result<Option<String>, ManageError> {
     match device.map(str::trim) {
         None | Some("") => Ok(None),
         Some(d) if d.chars().count() <= 100 && !d.chars().any(char::is_control) => {
@@ -551,7 +551,7 @@ impl Auth {
         Ok(issued)
     }
 
-    fn sign(&self, kind: JwtKind, r: &TokenRecord) -> Result<String, ManageError> {
+    pub(super) fn sign(&self, kind: JwtKind, r: &TokenRecord) -> Result<String, ManageError> {
         let mut claims = self.tokens.claims(
             kind,
             &r.id,
@@ -565,14 +565,20 @@ impl Auth {
         Ok(self.tokens.sign(&claims)?)
     }
 
-    fn pair(
+    pub(super) fn pair(
         &self,
         access: TokenRecord,
         refresh: TokenRecord,
         secret: String,
         user: UserView,
     ) -> Result<Issued, ManageError> {
-        let token = self.sign(JwtKind::Access, &access)?;
+        // An application's grant (OAuth) refreshes a scoped token; a login, an access token.
+        let kind = if access.kind == TokenKind::Scoped {
+            JwtKind::Scoped
+        } else {
+            JwtKind::Access
+        };
+        let token = self.sign(kind, &access)?;
         Ok(Issued {
             kind: "access",
             token_id: access.id.clone(),
@@ -592,7 +598,15 @@ impl Auth {
     /// `POST /v1/auth/refresh`: a new access token and a new refresh token for one that has
     /// not been used. A refresh token presented a second time revokes its whole family: it
     /// was stolen, or the client that holds the newer one was.
-    pub async fn refresh(&self, token: &str, addr: Option<IpAddr>) -> Result<Issued, ManageError> {
+    /// `client`: the application presenting it (`/oauth/token`), or `None` for a login's own
+    /// refresh (`/v1/auth/refresh`). A refresh token is honoured only where it was issued: an
+    /// application's only by that application, a login's only without one.
+    pub async fn refresh(
+        &self,
+        token: &str,
+        addr: Option<IpAddr>,
+        client: Option<&str>,
+    ) -> Result<Issued, ManageError> {
         self.identity.gate().check(addr)?;
         let refuse = |f: AuthFailure| {
             self.identity.gate().record_failure(addr, f);
@@ -609,9 +623,19 @@ impl Auth {
         {
             return Err(refuse(AuthFailure::Unknown));
         }
+        if self.store.grant_client(&old.family_id).await?.as_deref() != client {
+            return Err(refuse(AuthFailure::Unknown));
+        }
         let settings = &self.tokens.settings;
         let now = now_millis();
         let secret = random_secret("kgr");
+        // A refresh token that carries scopes is an application's grant (OAuth): its access
+        // tokens are scoped tokens with those scopes.
+        let access_kind = if old.scopes.is_some() {
+            TokenKind::Scoped
+        } else {
+            TokenKind::Access
+        };
         let next = |kind, ttl: Duration, secret: Option<&str>| NewToken {
             id: None,
             kind,
@@ -620,15 +644,15 @@ impl Auth {
             workspace_id: old.workspace_id.clone(),
             label: old.label.clone(),
             secret_hash: secret.map(|s| self.pepper.hash_hex(s)),
-            scopes: None,
-            grants: None,
+            scopes: old.scopes.clone(),
+            grants: old.grants.clone(),
             expires_at: now + ms(ttl),
         };
         let exchange = self
             .store
             .exchange_refresh(
                 &old.id,
-                &next(TokenKind::Access, settings.access_ttl, None),
+                &next(access_kind, settings.access_ttl, None),
                 &next(TokenKind::Refresh, settings.refresh_ttl, Some(&secret)),
             )
             .await?;
@@ -719,7 +743,11 @@ impl Auth {
             .user_tokens(&p.user_id)
             .await?
             .iter()
-            .filter(|r| r.kind != TokenKind::Access && r.is_active(now))
+            // A login (or an application's grant) is listed once, by its refresh token.
+            .filter(|r| {
+                !(r.kind == TokenKind::Access || r.kind == TokenKind::Scoped && r.family_id != r.id)
+                    && r.is_active(now)
+            })
             // The policies say which of them the caller may see (a scoped token: itself).
             .filter(|r| {
                 self.keys
@@ -760,48 +788,7 @@ impl Auth {
         };
         self.keys
             .authorize(actor, "createToken", "new", &p.user_id, &p.workspace_id)?;
-        if req.permissions.is_empty() {
-            return Err(bad_request("a scoped token needs at least one permission"));
-        }
-        // A token holds its permissions as minted: any scope the policy schema declares
-        // (`files:read`, `files.read`, ...), which the policies grant.
-        let scopes = self
-            .keys
-            .policy
-            .parse_scopes(&req.permissions)
-            .map_err(bad_request)?;
-        // A token never exceeds its owner's role. The policies say what a role allows (a
-        // forbid marked `@restriction("role")`); a scope some of whose actions they would
-        // always deny such a token is refused now rather than silently inert later.
-        let candidate = Principal {
-            kind: PrincipalKind::ScopedToken,
-            key_id: "new".to_owned(),
-            user_id: p.user_id.clone(),
-            user_email: p.user_email.clone(),
-            workspace_id: p.workspace_id.clone(),
-            workspace: p.workspace.clone(),
-            scopes: scopes.clone(),
-            grants: None,
-            role: p.role,
-            expires_at: None,
-            generation: 0,
-            usage: Default::default(),
-        };
-        if let Some((scope, beyond)) = self
-            .keys
-            .policy
-            .beyond_role(&candidate, &scopes)
-            .into_iter()
-            .next()
-        {
-            return Err(ManageError::Forbidden(format!(
-                "'{}' exceeds your role in this workspace ({}): the policies would never let \
-                 a token of yours do {}",
-                self.keys.policy.spell_scopes(std::slice::from_ref(&scope))[0],
-                p.role.map_or("none", Role::as_str),
-                beyond.join(", ")
-            )));
-        }
+        let scopes = self.within_role(p, &req.permissions)?;
         let grants = self
             .keys
             .grants(&p.workspace_id, req.providers.as_deref())
@@ -853,5 +840,56 @@ impl Auth {
             token,
             view: self.view(&row, None),
         })
+    }
+
+    /// The scopes `permissions` name (any scope the policy schema declares: `files:read`,
+    /// `files.read`, ...), if a token of `p` could use every one of them: never beyond the
+    /// user's role.
+    pub(super) fn within_role(
+        &self,
+        p: &Principal,
+        permissions: &[String],
+    ) -> Result<Vec<String>, ManageError> {
+        if permissions.is_empty() {
+            return Err(bad_request("a scoped token needs at least one permission"));
+        }
+        let scopes = self
+            .keys
+            .policy
+            .parse_scopes(permissions)
+            .map_err(bad_request)?;
+        // A token never exceeds its owner's role. The policies say what a role allows (a
+        // forbid marked `@restriction("role")`); a scope some of whose actions they would
+        // always deny such a token is refused now rather than silently inert later.
+        let candidate = Principal {
+            kind: PrincipalKind::ScopedToken,
+            key_id: "new".to_owned(),
+            user_id: p.user_id.clone(),
+            user_email: p.user_email.clone(),
+            workspace_id: p.workspace_id.clone(),
+            workspace: p.workspace.clone(),
+            scopes: scopes.clone(),
+            grants: None,
+            role: p.role,
+            expires_at: None,
+            generation: 0,
+            usage: Default::default(),
+        };
+        if let Some((scope, beyond)) = self
+            .keys
+            .policy
+            .beyond_role(&candidate, &scopes)
+            .into_iter()
+            .next()
+        {
+            return Err(ManageError::Forbidden(format!(
+                "'{}' exceeds your role in this workspace ({}): the policies would never let \
+                 a token of yours do {}",
+                self.keys.policy.spell_scopes(std::slice::from_ref(&scope))[0],
+                p.role.map_or("none", Role::as_str),
+                beyond.join(", ")
+            )));
+        }
+        Ok(scopes)
     }
 }

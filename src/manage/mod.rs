@@ -1,7 +1,8 @@
 //! The rules of credential management, one implementation behind the control plane and the
 //! CLI: API keys (`keys.rs`: create, list, show, update, revoke, rotate, usage) and logins
-//! (`logins.rs`: password login, refresh rotation, logout, devices, scoped tokens), and
-//! explaining a decision (`explain.rs`). Who may do
+//! (`logins.rs`: password login, refresh rotation, logout, devices, scoped tokens),
+//! applications granted access with OAuth 2.0 (`oauth.rs`), and explaining a decision
+//! (`explain.rs`). Who may do
 //! what is the policies' decision; this module asks Cedar and applies the answer.
 //!
 //! Every call fails with the one [`ManageError`]; the control plane renders it (and nothing
@@ -13,6 +14,7 @@
 pub mod explain;
 pub mod keys;
 pub mod logins;
+pub mod oauth;
 mod password;
 
 use std::sync::Arc;
@@ -61,6 +63,12 @@ pub enum ManageError {
     /// A policy set that does not load; the running set stays (422).
     #[error("{message}")]
     InvalidPolicy {
+        message: String,
+        details: serde_json::Value,
+    },
+    /// Bad input, with what the client needs to act on it (400).
+    #[error("{message}")]
+    InvalidRequest {
         message: String,
         details: serde_json::Value,
     },

@@ -2,7 +2,8 @@
 //! query. The only module that touches the database: `directory.rs` (workspaces, users,
 //! memberships, providers), `keys.rs` (API keys and their usage), `tokens.rs` (logins, tokens,
 //! signing keys), `changes.rs` (the change feed several instances follow), `policies.rs`
-//! (published policy versions), `reminders.rs` (key expiry reminders). Queries use `$n`
+//! (published policy versions), `reminders.rs` (key expiry reminders), `oauth.rs` (applications,
+//! codes and grants of OAuth 2.0). Queries use `$n`
 //! placeholders, which run on both databases.
 //!
 //! May import: `model`, `clock`. Never anything that decides or serves.
@@ -13,6 +14,7 @@ use sqlx::{AnyPool, Row};
 mod changes;
 mod directory;
 mod keys;
+mod oauth;
 mod policies;
 mod reminders;
 mod tokens;
@@ -20,6 +22,7 @@ mod tokens;
 pub use changes::{ChangeListener, CredentialChange, Notice};
 pub use directory::{Member, Provider, User, Workspace};
 pub use keys::{KeyChanges, KeyRecord, NewKey, UsageDay};
+pub use oauth::{CodeUse, NewCode, OAuthClient, MAX_CLIENTS_PER_WORKSPACE, MAX_PENDING_CODES};
 pub use policies::{NewPolicyVersion, PolicyVersion, PublishedPolicy};
 pub use reminders::{DueReminder, ReminderId, MAX_REMINDER_ATTEMPTS};
 pub use tokens::{Exchange, NewToken, SigningKeyRow, TokenKind, TokenRecord};

@@ -187,7 +187,7 @@ fn signing_key_row(r: &AnyRow) -> SigningKeyRow {
     }
 }
 
-async fn insert_token_in(
+pub(super) async fn insert_token_in(
     tx: &mut sqlx::AnyConnection,
     t: &NewToken,
     now: i64,
@@ -233,7 +233,7 @@ impl Store {
             .await?;
         let live: i64 = sqlx::query(
             "SELECT COUNT(*) FROM auth_tokens WHERE user_id = $1 AND kind = 'scoped' \
-             AND revoked_at IS NULL AND expires_at > $2",
+             AND family_id = id AND revoked_at IS NULL AND expires_at > $2",
         )
         .bind(&t.user_id)
         .bind(now)
@@ -322,6 +322,29 @@ impl Store {
                 tx.commit().await?;
                 return Ok(Exchange::Refused);
             }
+            // An application's grant goes on only while the application is registered. The
+            // guard takes the client's row, so a removal waits for this exchange (and then
+            // revokes what it issued) or this exchange sees the removal.
+            let client: Option<String> = sqlx::query(
+                "SELECT g.client_id FROM oauth_grants g JOIN auth_tokens t \
+                 ON t.family_id = g.family_id WHERE t.id = $1",
+            )
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|r| r.get(0));
+            if let Some(client) = client {
+                let live = sqlx::query(
+                    "UPDATE oauth_clients SET name = name WHERE id = $1 AND revoked_at IS NULL",
+                )
+                .bind(&client)
+                .execute(&mut *tx)
+                .await?;
+                if live.rows_affected() == 0 {
+                    tx.commit().await?;
+                    return Ok(Exchange::Refused);
+                }
+            }
             let a = insert_token_in(&mut tx, access, now).await?;
             let r = insert_token_in(&mut tx, refresh, now).await?;
             tx.commit().await?;
@@ -382,11 +405,24 @@ impl Store {
 
     /// Deletes tokens that expired more than `grace_ms` ago (the table does not grow forever).
     pub async fn purge_expired_tokens(&self, grace_ms: i64) -> Result<u64, StoreError> {
-        Ok(sqlx::query("DELETE FROM auth_tokens WHERE expires_at < $1")
-            .bind(now_millis() - grace_ms)
+        let before = now_millis() - grace_ms;
+        let purged = sqlx::query("DELETE FROM auth_tokens WHERE expires_at < $1")
+            .bind(before)
             .execute(&self.pool)
             .await?
-            .rows_affected())
+            .rows_affected();
+        // What OAuth leaves behind: codes long expired, grants whose tokens are all gone.
+        sqlx::query("DELETE FROM oauth_codes WHERE expires_at < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await?;
+        sqlx::query(
+            "DELETE FROM oauth_grants WHERE NOT EXISTS \
+             (SELECT 1 FROM auth_tokens t WHERE t.family_id = oauth_grants.family_id)",
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(purged)
     }
 
     /// Every signing key that still verifies, newest first.
