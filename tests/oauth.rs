@@ -43,7 +43,7 @@ fn authorize_url(
 
 /// The query parameters of the last request the application's redirect URI received.
 async fn callback(app: &Recorder) -> std::collections::HashMap<String, String> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         // The browser also asks the application for its icon: only the callback counts.
         let calls: Vec<_> = app
@@ -103,6 +103,91 @@ async fn register(kg: &Keygate, name: &str, redirect: &str) -> String {
     client["data"]["clientId"].as_str().unwrap().to_owned()
 }
 
+/// The application's side of a grant: its client, where its codes come back, what came.
+struct App<'a> {
+    kg: &'a Keygate,
+    client_id: String,
+    redirect: String,
+    calls: &'a Recorder,
+}
+
+impl App<'_> {
+    /// Sends the (signed-in) browser to ask for `scope` and lets the user allow it; returns
+    /// the code that came back and the PKCE verifier the application kept.
+    async fn allow(&self, browser: &Browser, scope: &str) -> (String, String) {
+        let (verifier, challenge) = pkce();
+        let before = callbacks(self.calls);
+        browser
+            .goto(&authorize_url(
+                self.kg,
+                &self.client_id,
+                &self.redirect,
+                scope,
+                &challenge,
+            ))
+            .await;
+        browser.click("#consent-approve:enabled").await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while callbacks(self.calls) == before {
+            assert!(std::time::Instant::now() < deadline, "no callback");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let back = callback(self.calls).await;
+        (back.get("code").expect("a code").clone(), verifier)
+    }
+
+    /// `grant_type=authorization_code` at the token endpoint.
+    async fn exchange(
+        &self,
+        code: &str,
+        verifier: &str,
+    ) -> (StatusCode, Value, reqwest::header::HeaderMap) {
+        token(
+            self.kg,
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", code),
+                ("redirect_uri", &self.redirect),
+                ("client_id", &self.client_id),
+                ("code_verifier", verifier),
+            ],
+        )
+        .await
+    }
+
+    /// `grant_type=refresh_token` at the token endpoint, as application `client_id`.
+    async fn refresh(&self, refresh: &str, client_id: &str) -> (StatusCode, Value) {
+        let (status, body, _) = token(
+            self.kg,
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", refresh),
+                ("client_id", client_id),
+            ],
+        )
+        .await;
+        (status, body)
+    }
+}
+
+/// How many times the application's redirect URI was called.
+fn callbacks(app: &Recorder) -> usize {
+    app.requests()
+        .iter()
+        .filter(|s| s.target.starts_with("/callback"))
+        .count()
+}
+
+/// Status of a GET of the cat picture with `token`.
+async fn read_cat(kg: &Keygate, token: &str) -> StatusCode {
+    bearer(token)
+        .get(kg.url("/v1/files/local/photos/cat.jpg"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_application_gets_scoped_tokens_through_the_consent_page_and_loses_them_on_revoke() {
     if !browser_installed() {
@@ -113,9 +198,14 @@ async fn an_application_gets_scoped_tokens_through_the_consent_page_and_loses_th
     std::fs::create_dir_all(photo.parent().unwrap()).unwrap();
     std::fs::write(&photo, b"a cat").unwrap();
     let kg = Keygate::start(&[backend.addr], "");
-    let app = Recorder::start().await;
-    let redirect = format!("http://127.0.0.1:{}/callback", app.addr.port());
-    let client_id = register(&kg, "Photo printer", &redirect).await;
+    let calls = Recorder::start().await;
+    let redirect = format!("http://127.0.0.1:{}/callback", calls.addr.port());
+    let app = App {
+        kg: &kg,
+        client_id: register(&kg, "Photo printer", &redirect).await,
+        redirect,
+        calls: &calls,
+    };
 
     // The application sends the user to keygate; the user signs in and sees what it asks.
     let browser = Browser::start("oauth").await;
@@ -123,8 +213,8 @@ async fn an_application_gets_scoped_tokens_through_the_consent_page_and_loses_th
     browser
         .goto(&authorize_url(
             &kg,
-            &client_id,
-            &redirect,
+            &app.client_id,
+            &app.redirect,
             "files.read folders.read",
             &challenge,
         ))
@@ -148,74 +238,24 @@ async fn an_application_gets_scoped_tokens_through_the_consent_page_and_loses_th
 
     // Allow: the browser returns to the application with a code and the state.
     browser.click("#consent-approve:enabled").await;
-    let back = callback(&app).await;
+    let back = callback(&calls).await;
     assert_eq!(back.get("state").map(String::as_str), Some("xyz-123"));
-    let code = back.get("code").expect("a code").clone();
     assert!(!back.contains_key("error"), "{back:?}");
+    let code = back.get("code").expect("a code").clone();
 
-    // A wrong verifier gets no tokens.
-    let (wrong_verifier, _) = pkce();
-    let exchange = |verifier: String| {
-        let kg = &kg;
-        let (code, redirect, client_id) = (code.clone(), redirect.clone(), client_id.clone());
-        async move {
-            token(
-                kg,
-                &[
-                    ("grant_type", "authorization_code"),
-                    ("code", &code),
-                    ("redirect_uri", &redirect),
-                    ("client_id", &client_id),
-                    ("code_verifier", &verifier),
-                ],
-            )
-            .await
-        }
-    };
-    let (status, body, _) = exchange(wrong_verifier).await;
+    // A wrong verifier gets no tokens, and spends the code (a code is tried once).
+    let (wrong, _) = pkce();
+    let (status, body, _) = app.exchange(&code, &wrong).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["error"], "invalid_grant", "{body}");
-    // The code was spent by that attempt (a code is tried once): the application starts over.
-    let (status, _, _) = exchange(verifier.clone()).await;
+    let (status, _, _) = app.exchange(&code, &verifier).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 
-    let (verifier, challenge) = pkce();
-    browser
-        .goto(&authorize_url(
-            &kg,
-            &client_id,
-            &redirect,
-            "files.read folders.read",
-            &challenge,
-        ))
-        .await;
-    browser.text_with("#consent-title", "Photo printer").await;
-    browser.click("#consent-approve:enabled").await;
-    let code = loop {
-        let back = callback(&app).await;
-        if back.get("code") != Some(&code) {
-            break back["code"].clone();
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    };
-    let form = |verifier: &str| {
-        vec![
-            ("grant_type".to_owned(), "authorization_code".to_owned()),
-            ("code".to_owned(), code.clone()),
-            ("redirect_uri".to_owned(), redirect.clone()),
-            ("client_id".to_owned(), client_id.clone()),
-            ("code_verifier".to_owned(), verifier.to_owned()),
-        ]
-    };
-    let r = reqwest::Client::new()
-        .post(kg.control_url("/oauth/token"))
-        .form(&form(&verifier))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    assert_eq!(r.headers()["cache-control"], "no-store");
-    let tokens: Value = r.json().await.unwrap();
+    // A fresh approval, exchanged: tokens in the RFC's shape, never cached.
+    let (code, verifier) = app.allow(&browser, "files.read folders.read").await;
+    let (status, tokens, headers) = app.exchange(&code, &verifier).await;
+    assert_eq!(status, StatusCode::OK, "{tokens}");
+    assert_eq!(headers["cache-control"], "no-store");
     assert_eq!(tokens["token_type"], "Bearer");
     assert_eq!(tokens["expires_in"], 600);
     assert_eq!(tokens["scope"], "files.read folders.read");
@@ -238,94 +278,33 @@ async fn an_application_gets_scoped_tokens_through_the_consent_page_and_loses_th
     assert!(!backend.root().join("local/photos/dog.jpg").exists());
 
     // The same code again: refused, and what it was exchanged for is revoked.
-    let r = reqwest::Client::new()
-        .post(kg.control_url("/oauth/token"))
-        .form(&form(&verifier))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
-    bearer(&access)
-        .get(kg.url("/v1/files/local/photos/cat.jpg"))
-        .expect(StatusCode::UNAUTHORIZED)
-        .await;
-    let (status, body, _) = token(
-        &kg,
-        &[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", &refresh),
-            ("client_id", &client_id),
-        ],
-    )
-    .await;
+    let (status, _, _) = app.exchange(&code, &verifier).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(read_cat(&kg, &access).await, StatusCode::UNAUTHORIZED);
+    let (status, body) = app.refresh(&refresh, &app.client_id).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
 
-    // A clean grant: refreshed with rotation, listed with the user's devices, revoked there.
-    let (verifier, challenge) = pkce();
-    browser
-        .goto(&authorize_url(
-            &kg,
-            &client_id,
-            &redirect,
-            "files.read",
-            &challenge,
-        ))
-        .await;
-    browser.click("#consent-approve:enabled").await;
-    let code3 = loop {
-        let back = callback(&app).await;
-        if back.get("code") != Some(&code) {
-            break back["code"].clone();
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    };
-    let (status, tokens, _) = token(
-        &kg,
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", &code3),
-            ("redirect_uri", &redirect),
-            ("client_id", &client_id),
-            ("code_verifier", &verifier),
-        ],
-    )
-    .await;
+    // A clean grant: refreshed with rotation, only by its application, only here.
+    let (code, verifier) = app.allow(&browser, "files.read").await;
+    let (status, tokens, _) = app.exchange(&code, &verifier).await;
     assert_eq!(status, StatusCode::OK, "{tokens}");
-    let refresh = tokens["refresh_token"].as_str().unwrap().to_owned();
-    let (status, renewed, _) = token(
-        &kg,
-        &[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", &refresh),
-            ("client_id", &client_id),
-        ],
-    )
-    .await;
+    let (status, renewed) = app
+        .refresh(tokens["refresh_token"].as_str().unwrap(), &app.client_id)
+        .await;
     assert_eq!(status, StatusCode::OK, "{renewed}");
     assert_ne!(renewed["refresh_token"], tokens["refresh_token"]);
     assert_eq!(renewed["scope"], "files.read");
     let access = renewed["access_token"].as_str().unwrap().to_owned();
-    bearer(&access)
-        .get(kg.url("/v1/files/local/photos/cat.jpg"))
-        .expect(StatusCode::OK)
-        .await;
-    // A login's refresh endpoint does not take an application's refresh token.
+    assert_eq!(read_cat(&kg, &access).await, StatusCode::OK);
     reqwest::Client::new()
         .post(kg.control_url("/v1/auth/refresh"))
         .json(&json!({"refreshToken": renewed["refresh_token"]}))
         .expect(StatusCode::UNAUTHORIZED)
         .await;
-    // Another application cannot use this one's refresh token.
-    let other = register(&kg, "Other app", &redirect).await;
-    let (status, _, _) = token(
-        &kg,
-        &[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", renewed["refresh_token"].as_str().unwrap()),
-            ("client_id", &other),
-        ],
-    )
-    .await;
+    let other = register(&kg, "Other app", &app.redirect).await;
+    let (status, _) = app
+        .refresh(renewed["refresh_token"].as_str().unwrap(), &other)
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 
     // The user sees the application among their devices, and revokes it from the console.
@@ -347,12 +326,11 @@ async fn an_application_gets_scoped_tokens_through_the_consent_page_and_loses_th
         ))
         .await;
     browser.confirm().await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !browser.text("#tokens-table tbody").await.is_empty()
-        && browser
-            .text("#tokens-table tbody")
-            .await
-            .contains("Photo printer")
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while browser
+        .text("#tokens-table tbody")
+        .await
+        .contains("Photo printer")
     {
         assert!(
             std::time::Instant::now() < deadline,
@@ -360,66 +338,24 @@ async fn an_application_gets_scoped_tokens_through_the_consent_page_and_loses_th
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    bearer(&access)
-        .get(kg.url("/v1/files/local/photos/cat.jpg"))
-        .expect(StatusCode::UNAUTHORIZED)
-        .await;
+    assert_eq!(read_cat(&kg, &access).await, StatusCode::UNAUTHORIZED);
     browser.assert_quiet_console("the devices page").await;
 
     // A last grant, and the admin removes the application: its tokens stop at once.
-    let (verifier, challenge) = pkce();
-    let seen = app.requests().len();
-    browser
-        .goto(&authorize_url(
-            &kg,
-            &client_id,
-            &redirect,
-            "files.read",
-            &challenge,
-        ))
-        .await;
-    browser.click("#consent-approve:enabled").await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while app.requests().len() == seen {
-        assert!(std::time::Instant::now() < deadline, "no callback");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    let code = callback(&app).await["code"].clone();
-    let (status, tokens, _) = token(
-        &kg,
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("redirect_uri", &redirect),
-            ("client_id", &client_id),
-            ("code_verifier", &verifier),
-        ],
-    )
-    .await;
+    let (code, verifier) = app.allow(&browser, "files.read").await;
+    let (status, tokens, _) = app.exchange(&code, &verifier).await;
     assert_eq!(status, StatusCode::OK, "{tokens}");
     let access = tokens["access_token"].as_str().unwrap();
-    bearer(access)
-        .get(kg.url("/v1/files/local/photos/cat.jpg"))
-        .expect(StatusCode::OK)
-        .await;
+    assert_eq!(read_cat(&kg, access).await, StatusCode::OK);
     admin(&kg)
         .await
-        .delete(kg.control_url(&format!("/v1/oauth/clients/{client_id}")))
+        .delete(kg.control_url(&format!("/v1/oauth/clients/{}", app.client_id)))
         .expect(StatusCode::OK)
         .await;
-    bearer(access)
-        .get(kg.url("/v1/files/local/photos/cat.jpg"))
-        .expect(StatusCode::UNAUTHORIZED)
+    assert_eq!(read_cat(&kg, access).await, StatusCode::UNAUTHORIZED);
+    let (status, _) = app
+        .refresh(tokens["refresh_token"].as_str().unwrap(), &app.client_id)
         .await;
-    let (status, _, _) = token(
-        &kg,
-        &[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", tokens["refresh_token"].as_str().unwrap()),
-            ("client_id", &client_id),
-        ],
-    )
-    .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
 
@@ -502,16 +438,10 @@ async fn requests_that_break_the_rules_never_reach_the_application_with_a_code()
             "invalid_scope",
         ),
     ] {
-        let calls = || {
-            app.requests()
-                .iter()
-                .filter(|s| s.target.starts_with("/callback"))
-                .count()
-        };
-        let before = calls();
+        let before = callbacks(&app);
         browser.goto(&url).await;
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while calls() == before {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while callbacks(&app) == before {
             assert!(std::time::Instant::now() < deadline, "{error}: never told");
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }

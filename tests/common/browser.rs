@@ -4,6 +4,7 @@
 //! fail.
 
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -92,9 +93,10 @@ impl Browser {
         self.client.goto(url).await.unwrap();
     }
 
-    /// The element `css`, once it is on the page and shown (within 10 s).
+    /// The element `css`, once it is on the page and shown (within 20 s: chromium is slow on a
+    /// busy 2-core machine).
     pub async fn shown(&self, css: &str) -> Element {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(e) = self.client.find(Locator::Css(css)).await {
                 if e.is_displayed().await.unwrap_or(false) {
@@ -112,7 +114,7 @@ impl Browser {
 
     /// Waits until the text of `css` contains `wanted`, and returns it.
     pub async fn text_with(&self, css: &str, wanted: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let text = self.text(css).await;
             if text.contains(wanted) {
@@ -210,9 +212,34 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        // The session ends with the driver: chromedriver closes the browsers it started.
+        // Ends the session (chromedriver then quits its chromium), then stops the driver and
+        // anything left of its process group: a killed driver leaves its browsers running,
+        // and each holds inotify instances the other tests' keygates need.
+        end_session(&self.driver_url, &self.session);
+        let group = nix::unistd::Pid::from_raw(-(self.driver.id() as i32));
+        let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
         let _ = self.driver.kill();
         let _ = self.driver.wait();
+    }
+}
+
+/// `DELETE /session/{id}` on the driver, blocking (a `Drop` cannot wait for a future).
+fn end_session(driver_url: &str, session: &str) {
+    use std::io::{Read, Write};
+    let Some(addr) = driver_url.strip_prefix("http://") else {
+        return;
+    };
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+        return;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let request = format!(
+        "DELETE /session/{session} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\n\
+         Connection: close\r\n\r\n"
+    );
+    if stream.write_all(request.as_bytes()).is_ok() {
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
     }
 }
 
@@ -228,9 +255,11 @@ fn start_driver() -> (Child, u16) {
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            // Its own process group, with the browsers it starts: stopped as one.
+            .process_group(0)
             .spawn()
             .expect("chromedriver starts");
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Some(status) = driver.try_wait().unwrap() {
                 eprintln!("chromedriver exited ({status}) on port {port}; trying another");
