@@ -8,7 +8,9 @@ use std::time::Duration;
 /// HTTP client library would normalise (dot segments, odd bytes, conflicting framing).
 pub fn raw_request(addr: SocketAddr, bytes: &[u8]) -> (u16, String) {
     let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // Longer than any deadline of keygate's that a test waits out (10 s for a body): the
+    // answer to a late request must not race the test's own timeout.
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     s.write_all(bytes).unwrap();
     read_response(&mut s)
 }
