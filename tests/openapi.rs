@@ -510,6 +510,25 @@ async fn the_openapi_document_is_valid_and_real_answers_match_it() {
         .as_str()
         .unwrap()
         .starts_with("https://app.example.com/cb?error=invalid_request"));
+    // A parameter over its bound (2000 bytes) is refused, and the application told.
+    let long = format!(
+        "&code_challenge=E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM&providers={}",
+        "a".repeat(2001)
+    );
+    let (status, too_long) = s
+        .call(
+            &session,
+            Method::GET,
+            "/v1/oauth/authorize",
+            url(&ask(&long)),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(too_long["error"]["details"]["redirectTo"]
+        .as_str()
+        .unwrap()
+        .contains("error=invalid_request"));
     let (status, _) = s
         .call(
             &session,
