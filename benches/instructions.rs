@@ -72,6 +72,7 @@ fn decider() -> Decider {
         &route("/v1/files/local/backups/2025/first.tar"),
     );
     engine.set_providers(directories(&engine)[1].clone());
+    engine.run_pending_cache_tasks();
     let fresh = route("/v1/files/local/backups/2025/db-dump.tar");
     (engine, restricted, fresh, dir)
 }
@@ -106,6 +107,7 @@ fn admitter(next: &str, retire: bool) -> Admitter {
     if retire {
         kg.policy.set_providers(directories(&kg.policy)[1].clone());
     }
+    kg.run_pending_cache_tasks();
     (rt, kg, get(next, &key), dir)
 }
 

@@ -91,6 +91,14 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// Applies the caches' deferred bookkeeping now (see `Keygate::run_pending_cache_tasks`).
+    pub fn run_pending_cache_tasks(&self) {
+        self.principals.run_pending_tasks();
+        self.unknown.run_pending_tasks();
+        self.generations.run_pending_tasks();
+        self.gate.run_pending_tasks();
+    }
+
     pub fn new(
         store: Store,
         pepper: Pepper,

@@ -2118,6 +2118,12 @@ impl PolicyEngine {
 }
 
 impl PolicyEngine {
+    /// Applies the decision cache's deferred bookkeeping now (see
+    /// `Keygate::run_pending_cache_tasks`).
+    pub fn run_pending_cache_tasks(&self) {
+        self.decisions.run_pending_tasks();
+    }
+
     /// For each of `groups` (scopes or permissions), the actions in it that `principal` (a
     /// credential about to be issued) could never do because of its owner's role: those the
     /// policies deny it with a forbid marked `@restriction("role")`. Groups with none are left

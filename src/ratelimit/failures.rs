@@ -322,9 +322,14 @@ impl<K: LimiterKey> FailureLimiter<K> {
 
     /// Keys held (counters and blocks), for the metrics; settles pending evictions first.
     pub fn entries(&self) -> u64 {
+        self.run_pending_tasks();
+        self.local.counters.entry_count() + self.local.blocked.entry_count()
+    }
+
+    /// Applies the caches' deferred bookkeeping now (see `Keygate::run_pending_cache_tasks`).
+    pub fn run_pending_tasks(&self) {
         self.local.counters.run_pending_tasks();
         self.local.blocked.run_pending_tasks();
-        self.local.counters.entry_count() + self.local.blocked.entry_count()
     }
 }
 
@@ -362,6 +367,12 @@ pub struct AddressGate {
 }
 
 impl AddressGate {
+    /// Applies both limiters' deferred cache bookkeeping now.
+    pub fn run_pending_tasks(&self) {
+        self.failures.run_pending_tasks();
+        self.forbidden.run_pending_tasks();
+    }
+
     /// `failures_per_minute` failed authentications, `forbidden_per_minute` refusals (403),
     /// at most `capacity` addresses tracked by each.
     pub fn new(

@@ -250,6 +250,11 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
+    /// Applies the cache's deferred bookkeeping now (see `Keygate::run_pending_cache_tasks`).
+    pub fn run_pending_cache_tasks(&self) {
+        self.windows.run_pending_tasks();
+    }
+
     pub fn new(config: RateLimitConfig, metrics: Arc<Metrics>) -> RateLimiter {
         let longest = config
             .rules
