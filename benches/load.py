@@ -523,17 +523,7 @@ http {{
         rss_before = kg.status_kib("VmHWM:")
         for rnd in range(1, a.rounds + 1):
             for name, port, headers in [("keygate", kg.port, key), ("direct", self.backend_port, [])]:
-                cmd = ["taskset", "-c", str(a.load_cpu), "curl", "-sS", "-o", "/dev/null",
-                       "-w", "%{speed_upload} %{http_code}", "-T", big, "-H", "Expect:"]
-                for h in headers:
-                    cmd += ["-H", h]
-                cmd.append(f"http://127.0.0.1:{port}/v1/files/local/upload-{name}.bin")
-                speed, code = subprocess.run(cmd, capture_output=True, text=True,
-                                             check=True).stdout.split()
-                self.rows.append(("upload", name, rnd, {"mib_s": float(speed) / (1 << 20),
-                                                        "code": code}))
-                log(f"  upload {name:<10} round {rnd}: {float(speed) / (1 << 20):.0f} MiB/s "
-                    f"(HTTP {code})")
+                self.upload(big, name, rnd, port, headers)
         self.upload_rss_growth = (kg.status_kib("VmHWM:") - rss_before) / 1024
         kg.stop()
         os.remove(big)
@@ -541,6 +531,24 @@ http {{
         self.tls_scenario(key)
         self.threads_scenario(key)
         self.backend.stop()
+
+    def upload(self, path, name, rnd, port, headers, server=None):
+        """PUTs the file at `path` through `port` with curl on the load CPU and records its
+        speed (and, given the `server`, that server's CPU per MiB)."""
+        cmd = ["taskset", "-c", str(self.args.load_cpu), "curl", "-sS", "-o", "/dev/null",
+               "-w", "%{speed_upload} %{http_code}", "-T", path, "-H", "Expect:"]
+        for h in headers:
+            cmd += ["-H", h]
+        cmd.append(f"http://127.0.0.1:{port}/v1/files/local/upload-{name}.bin")
+        before = server.cpu_seconds() if server else 0
+        speed, code = subprocess.run(cmd, capture_output=True, text=True,
+                                     check=True).stdout.split()
+        result = {"mib_s": float(speed) / (1 << 20), "code": code}
+        if server:
+            result["cpu_ms_per_mib"] = (server.cpu_seconds() - before) * 1e3 / (
+                os.path.getsize(path) / (1 << 20))
+        self.rows.append(("upload", name, rnd, result))
+        log(f"  upload {name:<10} round {rnd}: {result['mib_s']:.0f} MiB/s (HTTP {code})")
 
     def tls_scenario(self, key):
         """Small GETs over HTTPS (keep-alive: the handshake once per connection, then the
@@ -641,6 +649,70 @@ http {{
         self.shadow_scenario(kg, key)
         kg.stop()
         self.backend.stop()
+
+    def run_compare_only(self):
+        """`ONLY=compare BASELINE=path/to/keygate`: this build's keygate against another
+        build of it (the commit before a change), with the pass-through beside them, alternating
+        within each round: a small GET, a 1 MiB GET and an upload. Both keygates serve the same
+        database and policies."""
+        baseline = os.environ["BASELINE"]
+        self.start_backend()
+        self.setup_keygate()
+        other = f"{self.work}/baseline.toml"
+        shutil.copy(self.kg_config, other)
+        kg = self.start_keygate()
+        base_port, base_control = free_port(), free_port()
+        base = Server("baseline", [baseline, "--config", other, "serve", "--listen",
+                                   f"127.0.0.1:{base_port}", "--control-listen",
+                                   f"127.0.0.1:{base_control}"],
+                      base_port, self.args.server_cpu, self.work)
+        pt = self.start_passthrough()
+        key = [f"X-API-Key: {self.key}"]
+        servers = [("keygate", kg), ("baseline", base), ("passthrough", pt)]
+        with_key = lambda name: [] if name == "passthrough" else key
+        for _, server in servers[:2]:
+            wrk(self.args, f"http://127.0.0.1:{server.port}/v1/files/local/small.txt",
+                headers=key, seconds=1)
+        log("small GET")
+        self.side_by_side(servers, "/v1/files/local/small.txt", "small GET", with_key)
+        log("1 MiB GET")
+        self.side_by_side(servers, "/v1/files/local/big.bin", "1 MiB GET", with_key)
+        log(f"{self.args.upload_mib} MiB upload")
+        big = f"{self.work}/upload.bin"
+        with open(big, "wb") as f:
+            chunk = os.urandom(1 << 20)
+            for _ in range(self.args.upload_mib):
+                f.write(chunk)
+        for rnd in range(1, self.args.rounds + 1):
+            for name, server in servers:
+                self.upload(big, name, rnd, server.port, with_key(name), server)
+        os.remove(big)
+        for _, server in servers:
+            server.stop()
+        self.backend.stop()
+
+    def compare_lines(self):
+        lines = ["| scenario | target | requests/s (MiB/s) | p50 µs | p99 µs "
+                 "| server CPU µs/request (ms/MiB) |",
+                 "| --- | --- | ---: | ---: | ---: | ---: |"]
+        names = ["keygate", "baseline", "passthrough"]
+        for s in ["small GET", "1 MiB GET"]:
+            for t in names:
+                v = lambda f: self.med(s, t, f)
+                lines.append(f"| {s} | {t} | {v('rps'):,.0f} | {v('p50'):,.0f} "
+                             f"| {v('p99'):,.0f} | {v('cpu_us'):,.1f} |")
+        for t in names:
+            v = lambda f: self.med("upload", t, f)
+            lines.append(f"| upload | {t} | {v('mib_s'):,.0f} | | | {v('cpu_ms_per_mib'):.2f} |")
+        lines.append("")
+        for s, rate, cpu in [("small GET", "rps", "cpu_us"), ("1 MiB GET", "rps", "cpu_us"),
+                             ("upload", "mib_s", "cpu_ms_per_mib")]:
+            r = lambda t, f: self.med(s, "keygate", f) / self.med(s, t, f)
+            lines.append(f"- {s}: keygate / baseline throughput **{r('baseline', rate):.2f}**, "
+                         f"CPU **{r('baseline', cpu):.2f}**; keygate / P throughput "
+                         f"**{r('passthrough', rate):.2f}**, CPU **{r('passthrough', cpu):.2f}**"
+                         f" (baseline / P {self.med(s, 'baseline', rate) / self.med(s, 'passthrough', rate):.2f})")
+        return lines
 
     def run_redis_only(self):
         """`ONLY=redis`: what sharing the limits through Redis costs a request, against limits
@@ -941,7 +1013,8 @@ def main():
     out = env.get("OUT", "docs/benchmarks.md")
     bench = Bench(args)
     only = {"shadow": (bench.run_shadow_only, bench.shadow_lines),
-            "redis": (bench.run_redis_only, bench.redis_lines)}.get(env.get("ONLY"))
+            "redis": (bench.run_redis_only, bench.redis_lines),
+            "compare": (bench.run_compare_only, bench.compare_lines)}.get(env.get("ONLY"))
     if only:
         try:
             only[0]()

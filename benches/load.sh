@@ -10,7 +10,9 @@
 # LOAD_CPU (1), QUICK=1 (one round of 3 s per run, for trying the harness), OUT
 # (docs/benchmarks.md), ONLY=shadow (only the cold decisions with and without shadow policies,
 # printed rather than written to OUT), ONLY=redis (limits shared through Redis against limits
-# kept in the instance, printed; REDIS_URL, default redis://127.0.0.1:6379).
+# kept in the instance, printed; REDIS_URL, default redis://127.0.0.1:6379), ONLY=compare
+# BASELINE=path/to/keygate (this build against another build of keygate, with the pass-through
+# beside them: small GET, 1 MiB GET, upload; printed: how a change is judged).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

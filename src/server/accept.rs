@@ -19,6 +19,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
+use super::buffered::WriteBuffered;
 use crate::background::Shutdown;
 use crate::identity::client::TrustedProxies;
 use crate::proxy::HeaderArrived;
@@ -217,11 +218,13 @@ pub async fn accept_loop<A>(
         async move {
             let accepted = std::time::Instant::now();
             let stream: Stream = match tls {
-                None => Box::new(stream),
+                None => Box::new(WriteBuffered::new(stream)),
                 Some(acceptor) => {
                     // Boxed: inline, the handshake's state would make every connection's
                     // future (plain ones too) about 13 KiB larger.
-                    let handshake = Box::pin(acceptor.tls_handshake(stream));
+                    // The write buffer goes under TLS, as pingora's listener puts it: the
+                    // records of one response leave together.
+                    let handshake = Box::pin(acceptor.tls_handshake(WriteBuffered::new(stream)));
                     match tokio::time::timeout(settings.header_timeout, handshake).await {
                         Ok(Ok(tls)) => Box::new(tls),
                         Ok(Err(e)) => {

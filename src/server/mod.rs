@@ -7,6 +7,7 @@
 //! May import everything below it; only `commands` and `main.rs` import it.
 
 mod accept;
+mod buffered;
 mod control_plane;
 mod plain;
 mod tasks;
