@@ -148,6 +148,27 @@ async fn backends_that_fail_are_answered_in_the_json_shape_and_never_hang() {
         Err(_) => panic!("the client was left hanging"),
     }
     assert!(started.elapsed() < Duration::from_secs(10));
+    drop(kg);
+
+    // Stalled mid-body: it promises 100 bytes, sends 20 and stops. When keygate gives up on
+    // it, what had come (the status, the headers, the 20 bytes) reaches the client before the
+    // connection closes: it was not lost in keygate's write buffer.
+    let stalled = bad_backend(
+        b"HTTP/1.1 201 Created\r\nContent-Length: 100\r\n\r\n01234567890123456789",
+        false,
+    )
+    .await;
+    let kg = Keygate::start(&[stalled], timeouts);
+    let r = tokio::time::timeout(
+        Duration::from_secs(10),
+        client_with_key(&kg.key).get(kg.url(path)).send(),
+    )
+    .await
+    .expect("the client was left hanging")
+    .expect("the response's head reaches the client");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let got = tokio::time::timeout(Duration::from_secs(10), r.bytes()).await;
+    assert!(got.is_ok(), "the client was left hanging");
     let m = kg.metrics().await;
     assert!(m.contains("keygate_upstream_errors_total"));
 }

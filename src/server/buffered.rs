@@ -3,10 +3,16 @@
 //!
 //! Without it every write pingora makes goes to the kernel as it comes: a response's header
 //! block and its body left in two system calls and, with `TCP_NODELAY`, two TCP segments, which
-//! the client reads in two wake-ups. Buffered, a small response leaves in one. pingora flushes
-//! whenever a response must go out now (after a header with no body or a 1xx, at each chunk of
-//! a streamed body, at the end of every response) and `shutdown` flushes before it closes, so
-//! nothing waits in the buffer.
+//! the client reads in two wake-ups. Buffered, a small response leaves in one.
+//!
+//! What waits in the buffer, and for how long, is pingora's choice, as behind its own listener:
+//! it flushes after a 1xx, after a header with no body, at each chunk of a chunked or
+//! close-delimited (upgraded) body, and at the end of every response; `shutdown` flushes
+//! before it closes, and dropping the stream makes one last attempt (as pingora's `Stream`
+//! does), so a response cut short by a failing backend, or a TLS alert, still goes out. The
+//! one case where bytes wait: a body with a `Content-Length` that the backend sends slowly
+//! reaches the client in pieces of at least `WRITE_BUFFER` bytes, or when it is complete, or
+//! when the backend's read timeout gives up on it.
 //!
 //! Reads are not buffered: pingora reads request headers and bodies into buffers of its own, and
 //! a read buffer would cost its size on every open connection (4096 of them by default).
@@ -31,8 +37,18 @@ pub const WRITE_BUFFER: usize = 1460;
 
 /// `io` with its writes gathered in a buffer of `WRITE_BUFFER` bytes.
 #[derive(Debug)]
-pub struct WriteBuffered<S> {
+pub struct WriteBuffered<S: AsyncWrite + Unpin> {
     io: BufWriter<S>,
+}
+
+impl<S: AsyncWrite + Unpin> Drop for WriteBuffered<S> {
+    /// One attempt to send what is left, without waiting (the socket is non-blocking): tokio's
+    /// `BufWriter` drops its buffer silently, and pingora's error paths drop a session without
+    /// flushing it, trusting its own `Stream` to do this.
+    fn drop(&mut self) {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let _ = Pin::new(&mut self.io).poll_flush(&mut cx);
+    }
 }
 
 impl<S: IO> WriteBuffered<S> {
@@ -156,6 +172,17 @@ mod tests {
         server.flush().await.unwrap();
         let n = client.read(&mut buf).await.unwrap();
         assert_eq!(&buf[..n], b"HTTP/1.1 200 OK\r\n\r\nhello");
+    }
+
+    /// What is held when the stream is dropped still goes out.
+    #[tokio::test]
+    async fn dropping_sends_what_was_held() {
+        let (mut server, mut client) = pair().await;
+        server.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+        drop(server);
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"HTTP/1.1 200 OK\r\n\r\n");
     }
 
     /// A write larger than the buffer goes out whole, and shutdown sends what was held.
