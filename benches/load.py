@@ -245,14 +245,15 @@ output = "{self.work}/audit.jsonl"
 level = "warn"
 """)
 
-    def start_keygate(self, config=None, name="keygate", cpus=None):
-        """keygate with `config` (the main one by default); another config gets ports of its
-        own, so two keygates can run side by side on the same database."""
+    def start_keygate(self, config=None, name="keygate", cpus=None, binary=None):
+        """keygate (this build's, or `binary`) with `config` (the main one by default); another
+        config gets ports of its own, so two keygates can run side by side on the same
+        database."""
         port, control = (self.kg_port, self.kg_control) if config is None \
             else (free_port(), free_port())
         return Server(
             name,
-            [f"{self.bin}/keygate", "--config", config or self.kg_config, "serve", "--listen",
+            [binary or f"{self.bin}/keygate", "--config", config or self.kg_config, "serve", "--listen",
              f"127.0.0.1:{port}", "--control-listen", f"127.0.0.1:{control}"],
             port, cpus or self.args.server_cpu, self.work)
 
@@ -661,11 +662,7 @@ http {{
         other = f"{self.work}/baseline.toml"
         shutil.copy(self.kg_config, other)
         kg = self.start_keygate()
-        base_port, base_control = free_port(), free_port()
-        base = Server("baseline", [baseline, "--config", other, "serve", "--listen",
-                                   f"127.0.0.1:{base_port}", "--control-listen",
-                                   f"127.0.0.1:{base_control}"],
-                      base_port, self.args.server_cpu, self.work)
+        base = self.start_keygate(config=other, name="baseline", binary=baseline)
         pt = self.start_passthrough()
         key = [f"X-API-Key: {self.key}"]
         servers = [("keygate", kg), ("baseline", base), ("passthrough", pt)]
